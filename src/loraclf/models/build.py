@@ -1,0 +1,200 @@
+"""Build the model to train: base checkpoint + classification head + method (lora | head | full)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..config import LoraSection, ModelConfig
+from ..errors import BudgetError, ModelError
+from .registry import Resolved, resolve
+from .targets import DECODER_TYPES, default_targets
+
+log = logging.getLogger("loraclf")
+
+HEAD_NAMES = ["classifier", "score"]  # PEFT's SEQ_CLS defaults, suffix-matched like PEFT does
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    tokenizer: Any
+    resolved: Optional[Resolved]
+    method: str
+    model_type: str
+    is_decoder: bool
+    target_modules: Optional[list[str] | str]
+    modules_to_save: list[str]
+    newly_initialised: list[str] = field(default_factory=list)
+
+
+def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0][:200]}") from None
+    if tok.pad_token is None:
+        # Decoders often lack a pad token; eos is safe because pooling uses the attention mask.
+        tok.pad_token = tok.eos_token or tok.unk_token
+        if tok.pad_token is None:
+            raise ModelError(f"tokenizer of {path} has no pad, eos or unk token to pad with")
+    return tok
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+
+def _covered(module: str, names: list[str]) -> bool:
+    parts = module.split(".")
+    return any(module.endswith(n) or n in parts for n in names)
+
+
+def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet: bool = False):
+    """Load the checkpoint with a sequence-classification head; report weights it had to create."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    resolved = resolve(cfg.name, quiet=quiet)
+    tok = load_tokenizer(resolved.path, cfg.revision, cfg.trust_remote_code)
+    try:
+        mcfg = AutoConfig.from_pretrained(resolved.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model config from {resolved.path}: {str(e).splitlines()[0][:200]}") from None
+    mcfg.num_labels = num_labels
+    mcfg.id2label = {int(k): v for k, v in id2label.items()}
+    mcfg.label2id = {v: int(k) for k, v in id2label.items()}
+    mcfg.problem_type = "single_label_classification"
+    if getattr(mcfg, "pad_token_id", None) is None:
+        mcfg.pad_token_id = tok.pad_token_id
+    kwargs: dict[str, Any] = dict(config=mcfg, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                  output_loading_info=True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # we report newly initialised weights ourselves
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    resolved.path, attn_implementation=cfg.attn_implementation, **kwargs)
+            except (ValueError, ImportError) as e:
+                if cfg.attn_implementation and "attn" in str(e).lower():
+                    model, info = AutoModelForSequenceClassification.from_pretrained(resolved.path, **kwargs)
+                else:
+                    raise
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model {cfg.name}: {str(e).splitlines()[0][:300]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = set(info.get("missing_keys", []))
+    missing.update(_untrained_pooler_params(model))
+    return model, tok, resolved, sorted(missing)
+
+
+def _untrained_pooler_params(model) -> list[str]:
+    """Pooler weights present in the checkpoint but never trained (bias exactly zero).
+
+    Sentence-embedding checkpoints such as all-MiniLM-L6-v2 pool by mean, so their BERT pooler is
+    the untouched initialisation (tiny weights, zero bias). Freezing it would starve the head of
+    signal, so it is treated like a missing weight: trained and saved with the adapter.
+    """
+    out = []
+    for name, mod in model.named_modules():
+        if "pooler" in name.split(".")[-2:] or name.endswith("pooler.dense"):
+            bias = getattr(mod, "bias", None)
+            if isinstance(mod, torch.nn.Linear) and bias is not None and not bool(bias.detach().abs().max() > 0):
+                out += [f"{name}.weight", f"{name}.bias"]
+    return out
+
+
+def build_model(cfg: ModelConfig, lora: LoraSection, num_labels: int, id2label: dict[int, str],
+                quiet: bool = False) -> Built:
+    """Base model + head + method, with newly initialised weights made trainable."""
+    model, tok, resolved, missing = load_base(cfg, num_labels, id2label, quiet=quiet)
+    return apply_method(model, tok, resolved, cfg.method, lora, missing)
+
+
+def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lora: LoraSection,
+                 missing: Sequence[str] = ()) -> Built:
+    """Make the right parameters trainable: LoRA adapters, the head, or everything.
+
+    `missing` names weights the checkpoint lacked; their modules are trained (and saved) too.
+    Works on any sequence-classification model, including random-init ones built from a config.
+    """
+    model_type = model.config.model_type
+    is_decoder = model_type in DECODER_TYPES or bool(getattr(model.config, "is_decoder", False))
+    new_modules = sorted({_module_of(k) for k in missing})
+    extra = [m for m in new_modules if not _covered(m, HEAD_NAMES)]
+    if extra:
+        log.info("weights missing from the checkpoint will be trained: %s", ", ".join(extra))
+    to_save = list(dict.fromkeys(extra + list(lora.modules_to_save or [])))
+
+    targets: Optional[list[str] | str] = None
+    if method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
+        pcfg = LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=targets, bias=lora.bias, modules_to_save=list(to_save) or None,  # PEFT appends to it
+        )
+        try:
+            model = get_peft_model(model, pcfg)
+        except ValueError as e:
+            raise ModelError(f"lora.target_modules {targets!r} do not fit {model_type}: {str(e).splitlines()[0][:200]}") from None
+    elif method == "head":
+        names = HEAD_NAMES + to_save
+        for n, p in model.named_parameters():
+            p.requires_grad = _covered(_module_of(n), names)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ModelError(f"no classification head found in {type(model).__name__} for method 'head'")
+    elif method == "full":
+        for p in model.parameters():
+            p.requires_grad = True
+    else:
+        raise ModelError(f"unknown method {method!r} (lora, head, full)")
+    return Built(model, tokenizer, resolved, method, model_type, is_decoder, targets,
+                 list(dict.fromkeys(HEAD_NAMES + to_save)), sorted(missing))
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable parameters by component (lora / head / other) and the model's total.
+
+    PEFT keeps a frozen copy of each module in modules_to_save (``original_module``); the total
+    counts the model as it runs, so those copies are excluded.
+    """
+    lora = head = other = total = 0
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if ".original_module." in name:
+            continue
+        n = p.numel()
+        total += n
+        if not p.requires_grad:
+            continue
+        if "lora_" in name:
+            lora += n
+        elif "modules_to_save" in name or _covered(_module_of(name), HEAD_NAMES):
+            head += n
+        else:
+            other += n
+    trainable = lora + head + other
+    return {"trainable": trainable, "lora": lora, "head": head, "other": other, "total": total,
+            "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+
+
+def check_budget(counts: dict[str, int], budget: Optional[int]) -> None:
+    if budget is not None and counts["trainable"] > budget:
+        raise BudgetError(
+            f"config trains {counts['trainable']:,} parameters (lora {counts['lora']:,}, head {counts['head']:,}, "
+            f"other {counts['other']:,}), over train.max_trainable_params={budget:,}; lower lora.r or target fewer modules"
+        )

@@ -1,0 +1,274 @@
+"""`train(config) -> Run`: data -> model -> loop -> evaluation -> run directory.
+
+Everything a user can get wrong (data, config, budget) is checked before the run directory is
+created. Final outputs are assembled in a hidden temporary folder and moved into place at the end,
+so a crashed or interrupted run never leaves a half-written artifact or metrics file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .config import Config, load_config
+from .data import Data, Encoded, encode, load_data, token_lengths
+from .errors import DataError, LoraclfError
+from .metrics import compute_metrics
+
+log = logging.getLogger("loraclf")
+
+
+@dataclass
+class Run:
+    """A finished run directory."""
+
+    path: Path
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.path / "config.yaml")
+
+    @property
+    def history(self) -> list[dict]:
+        f = self.path / "history.jsonl"
+        return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+
+    def load(self, **kw):
+        from .artifact import load
+
+        return load(self.path / "artifact", **kw)
+
+
+def default_name(cfg: Config) -> str:
+    data = Path((cfg.data.path or cfg.data.train or "data").replace("hf:", "")).name.split(".")[0]
+    model = Path(cfg.model.name).name
+    return f"{data}-{model}-{cfg.model.method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _length_stats(lengths: np.ndarray) -> dict:
+    if len(lengths) == 0:
+        return {}
+    return {"mean": float(lengths.mean()), "median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
+            "max": int(lengths.max()), "min": int(lengths.min())}
+
+
+def _filter_train(data: Data, tok, cfg: Config) -> dict:
+    """Apply data.min_tokens / data.max_tokens to train; return token-length stats per split."""
+    stats = {}
+    for split, s in data.splits.items():
+        lengths = token_lengths(tok, s.texts)
+        if split == "train" and (cfg.data.min_tokens or cfg.data.max_tokens):
+            keep = np.ones(len(lengths), dtype=bool)
+            if cfg.data.min_tokens:
+                keep &= lengths >= cfg.data.min_tokens
+            if cfg.data.max_tokens:
+                keep &= lengths <= cfg.data.max_tokens
+            dropped = int((~keep).sum())
+            if keep.sum() == 0:
+                raise DataError(f"data.min_tokens/max_tokens removed every train row ({len(lengths)} rows)")
+            if len(np.unique(s.labels[keep])) < 2:
+                raise DataError("data.min_tokens/max_tokens left a single class in train")
+            data.splits[split] = s.take(np.flatnonzero(keep))
+            lengths = lengths[keep]
+            data.notes.append(f"train: {dropped} rows outside the token-length filter dropped")
+        stats[split] = _length_stats(lengths)
+        stats[split]["truncated"] = int((lengths > cfg.data.max_length).sum())
+    return stats
+
+
+def _write_predictions(path: Path, split, probs: np.ndarray, labels: list[str]) -> None:
+    pred = probs.argmax(axis=1)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "gold", "predicted", "correct"] + [f"p_{n}" for n in labels])
+        for i, text in enumerate(split.texts):
+            w.writerow([text, labels[split.labels[i]], labels[pred[i]], int(pred[i] == split.labels[i])]
+                       + [f"{p:.6f}" for p in probs[i]])
+
+
+def results_table(metrics: dict) -> str:
+    """Plain-text summary of a run's metrics.json for the terminal."""
+    rows = [("split", "n", "accuracy", "macro-F1", "weighted-F1", "macro-recall", "ROC-AUC", "ECE")]
+    for split in ("validation", "test"):
+        m = metrics.get(split)
+        if not m:
+            continue
+        auc = "-" if m.get("roc_auc") is None else f"{m['roc_auc']:.4f}"
+        rows.append((split, str(m["n"]), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['weighted_f1']:.4f}",
+                     f"{m['macro_recall']:.4f}", auc, f"{m['ece']:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    last = metrics.get("test") or metrics.get("validation")
+    if last:
+        lines.append("")
+        lines.append("per class (" + ("test" if metrics.get("test") else "validation") + "): " + ", ".join(
+            f"{k} F1 {v['f1']:.3f}" for k, v in last["per_class"].items()))
+    p = metrics["params"]
+    t = metrics["timing"]
+    lines.append(f"trainable params: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.2f}%): "
+                 f"lora {p['lora']:,}, head {p['head']:,}, other {p['other']:,}")
+    lines.append(f"train: {t['train_seconds']:.1f} s, {t['train_samples_per_s']:.1f} samples/s; total {t['total_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
+          quiet: bool = False) -> Run:
+    """Train and evaluate one config; returns the finished :class:`Run`.
+
+    `resume` is a run directory whose checkpoints/ holds the state to continue from; its
+    config.yaml is used (overrides still apply on top).
+    """
+    from accelerate.utils import set_seed
+
+    from .artifact import save_artifact
+    from .models import build_model, check_budget, count_parameters
+    from .loop import evaluate_encoded, fit, make_accelerator
+
+    t_start = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise LoraclfError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+        if (run_dir / "metrics.json").exists():
+            raise LoraclfError(f"--resume {run_dir}: that run already finished")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    elif isinstance(config, Config):
+        cfg = config
+    else:
+        cfg = load_config(config, overrides)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+
+    data = load_data(cfg.data, cfg.seed)
+    labels = data.labels.names
+    set_seed(cfg.seed)
+    built = build_model(cfg.model, cfg.lora, len(labels), data.labels.id2label, quiet=quiet)
+    counts = count_parameters(built.model)
+    check_budget(counts, cfg.train.max_trainable_params)
+    tok = built.tokenizer
+    length_stats = _filter_train(data, tok, cfg)
+    enc: dict[str, Encoded] = {
+        split: encode(tok, s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()
+    }
+
+    accelerator = make_accelerator(cfg.train)
+    main = accelerator.is_main_process
+    if resume is None:
+        name = cfg.name or default_name(cfg)
+        cfg.name = name
+        run_dir = Path(cfg.output_dir) / name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise LoraclfError(f"run directory {run_dir} already exists; choose another name or --resume it")
+    ckpt = run_dir / "checkpoints"
+    if main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    if not quiet and main:
+        sizes = ", ".join(f"{k} {v:,}" for k, v in data.sizes().items())
+        print(f"loraclf: {cfg.model.name} ({built.model_type}, {cfg.model.method}) on {sizes}; "
+              f"labels: {', '.join(labels)}; trainable {counts['trainable']:,} params -> {run_dir}")
+
+    res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
+              ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main)
+    model = accelerator.unwrap_model(built.model)
+
+    results: dict[str, dict] = {}
+    probs_by_split: dict[str, np.ndarray] = {}
+    t_eval = time.perf_counter()
+    for split in ("validation", "test"):
+        if split in enc:
+            m, probs = evaluate_encoded(model, enc[split], tok, labels, cfg.train.eval_batch_size, accelerator,
+                                        progress=not quiet and main, desc=f"eval {split}")
+            results[split], probs_by_split[split] = m, probs
+    eval_seconds = time.perf_counter() - t_eval
+    accelerator.wait_for_everyone()
+    if not main:
+        return Run(run_dir)
+
+    metrics = {
+        "run": cfg.name,
+        "model": {"name": cfg.model.name, "resolved": built.resolved.portable, "hub_id": built.resolved.hub_id,
+                  "model_type": built.model_type, "method": cfg.model.method,
+                  "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
+                  "newly_initialised": built.newly_initialised},
+        "params": counts,
+        "labels": labels,
+        "data": {"sizes": data.sizes(), "notes": data.notes, "sources": {k: v.source for k, v in data.splits.items()},
+                 "token_lengths": length_stats},
+        **results,
+        "best": {"metric": cfg.train.metric, "value": res.best_metric, "step": res.best_step,
+                 "stopped_early": res.stopped_early, "epochs_run": res.epochs_run, "steps": res.steps},
+        "timing": {"train_seconds": res.train_seconds, "train_samples_per_s": res.samples_per_s,
+                   "eval_seconds": eval_seconds, "total_seconds": time.perf_counter() - t_start,
+                   "padding_efficiency": res.train_tokens / max(res.padded_tokens, 1)},
+        "environment": {"device": str(accelerator.device), "precision": accelerator.mixed_precision,
+                        "num_processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
+                        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+    }
+    meta = {"labels": labels, "base_model": built.resolved.portable, "base_model_hub_id": built.resolved.hub_id,
+            "method": cfg.model.method, "head": "classifier", "model_type": built.model_type,
+            "max_length": cfg.data.max_length,
+            "text_column": cfg.data.text_column, "pooling": "model default (classification head of the architecture)",
+            "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
+            "metrics": {s: {k: results[s][k] for k in ("accuracy", "macro_f1")} for s in results}}
+
+    # Assemble everything in a hidden folder, then move into place.
+    stage = run_dir / f".partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        save_artifact(model, tok, stage / "artifact", meta)
+        (stage / "predictions").mkdir()
+        for split, probs in probs_by_split.items():
+            _write_predictions(stage / "predictions" / f"{split}.csv", data.splits[split], probs, labels)
+        (stage / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in res.history))
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for item in ("artifact", "predictions", "history.jsonl", "metrics.json"):  # metrics.json last: "finished"
+            target = run_dir / item
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(stage / item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its resume state is no longer needed
+    if not quiet:
+        print(results_table(metrics))
+        print(f"run directory: {run_dir}")
+    return Run(run_dir)
+
+
+def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None, split: str = "test",
+                      batch_size: int = 128, quiet: bool = False) -> dict:
+    """Metrics of a saved artifact on a labelled split (the data options as in a config)."""
+    from .artifact import load
+
+    clf = load(path)
+    cfg = load_config(None, data_cfg_overrides)
+    cfg.data.label_names = cfg.data.label_names or None
+    data = load_data(cfg.data, cfg.seed)
+    if split not in data.splits:
+        raise DataError(f"no {split} split in the data")
+    s = data.splits[split]
+    unknown = set(data.labels.names) - set(clf.labels)
+    if unknown:
+        raise DataError(f"labels {sorted(unknown)} are not known to the model (labels: {', '.join(clf.labels)})")
+    probs_model = clf.predict_proba(s.texts, batch_size, s.pairs, progress=not quiet)
+    gold = np.array([clf.labels.index(data.labels.names[i]) for i in s.labels])
+    return compute_metrics(gold, probs_model, clf.labels)
