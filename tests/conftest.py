@@ -15,6 +15,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+
+def pytest_configure(config):
+    import torch
+
+    # Tiny models are dominated by per-op overhead; one thread avoids oversubscribing 2 cores.
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("LORACLF_DATASETS", REPO.parent / "shared" / "datasets"))
 
@@ -24,6 +31,7 @@ NEUTRAL = ["movie", "film", "plot", "actor", "scene", "story", "the", "a", "was"
            "it", "this", "really", "ending", "music", "cast", "script"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "</s>", "<|endoftext|>"]
 VOCAB = SPECIALS + POS + NEG + NEUTRAL + ["neutral", "okay", "meh"]
+DECODER_VOCAB = 384
 
 
 def synthetic_rows(n: int, seed: int, classes=("negative", "positive")) -> list[tuple[str, str]]:
@@ -53,11 +61,19 @@ def make_tokenizer(decoder: bool = False):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    if decoder:  # byte-level BPE like Llama/Qwen: no pad token, nothing added around the text
+        from tokenizers import decoders, trainers
+
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=DECODER_VOCAB, special_tokens=["</s>", "<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tk.train_from_iterator([" ".join(VOCAB[7:])] * 20 + [t for t, _ in synthetic_rows(200, 0)], trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>")
     vocab = {w: i for i, w in enumerate(VOCAB)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    if decoder:  # like Llama/Qwen: no pad token, nothing added around the text
-        return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="</s>")
     tk.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
@@ -92,13 +108,13 @@ def tiny_config(arch: str):
                                    cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3,
                                    local_attention=16, global_attn_every_n_layers=2)
     if arch == "llama":
-        return tf.LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        return tf.LlamaConfig(vocab_size=DECODER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                              eos_token_id=5, bos_token_id=5, pad_token_id=None)
+                              eos_token_id=0, bos_token_id=0, pad_token_id=None)
     if arch == "qwen2":
-        return tf.Qwen2Config(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        return tf.Qwen2Config(vocab_size=DECODER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                              eos_token_id=5, bos_token_id=5, pad_token_id=None)
+                              eos_token_id=0, bos_token_id=0, pad_token_id=None)
     raise ValueError(arch)
 
 

@@ -387,6 +387,13 @@ def encode(tokenizer, texts: Sequence[str], labels, max_length: int, pairs: Opti
         ids.extend(enc["input_ids"])
         if want_types:
             types.extend(enc["token_type_ids"])
+    # A text made only of characters the tokenizer drops would give an empty row: keep one token.
+    filler = next((t for t in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None), 0)
+    for i, row in enumerate(ids):
+        if not row:
+            ids[i] = [filler]
+            if want_types:
+                types[i] = [0]
     lab = np.asarray(labels if labels is not None else np.zeros(len(ids)), dtype=np.int64)
     return Encoded(ids, lab, types if want_types else None)
 

@@ -159,7 +159,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     labels = data.labels.names
     set_seed(cfg.seed)
     built = build_model(cfg.model, cfg.lora, len(labels), data.labels.id2label, quiet=quiet)
-    counts = count_parameters(built.model)
+    counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
     tok = built.tokenizer
     length_stats = _filter_train(data, tok, cfg)

@@ -142,7 +142,7 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
         targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
         pcfg = LoraConfig(
             task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=targets, bias=lora.bias, modules_to_save=list(to_save) or None,  # PEFT appends to it
+            target_modules=_expand_all_linear(model, HEAD_NAMES + to_save) if targets == "all-linear" else targets, bias=lora.bias, modules_to_save=list(to_save) or None,  # PEFT appends to it
         )
         try:
             model = get_peft_model(model, pcfg)
@@ -163,7 +163,19 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
                  list(dict.fromkeys(HEAD_NAMES + to_save)), sorted(missing))
 
 
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+def _expand_all_linear(model, head: list[str]) -> list[str]:
+    """'all-linear' as full module names, leaving out the head (which is trained whole).
+
+    PEFT's own expansion would also put LoRA on DistilBERT's pre_classifier, which its suffix
+    matching of modules_to_save ('classifier') then claims too, and fails.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not _covered(n, head)]
+    if not names:
+        raise ModelError("lora.target_modules=all-linear found no linear layers outside the head")
+    return names
+
+
+def count_parameters(model: torch.nn.Module, head_modules: Sequence[str] = tuple(HEAD_NAMES)) -> dict[str, int]:
     """Trainable parameters by component (lora / head / other) and the model's total.
 
     PEFT keeps a frozen copy of each module in modules_to_save (``original_module``); the total
@@ -183,7 +195,7 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
             continue
         if "lora_" in name:
             lora += n
-        elif "modules_to_save" in name or _covered(_module_of(name), HEAD_NAMES):
+        elif "modules_to_save" in name or _covered(_module_of(name), list(head_modules)):
             head += n
         else:
             other += n
