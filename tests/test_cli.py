@@ -1,0 +1,104 @@
+"""The command line: exit code 2 with one line for user errors, predict/evaluate/models/config."""
+
+import csv
+import io
+import sys
+
+import pytest
+
+from conftest import synthetic_rows, tiny_overrides, write_csv
+from loraclf.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models, synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_runs")
+    sets = []
+    for o in tiny_overrides(tiny_models["bert"], synth_dir, out, **{"train.epochs": 1}):
+        sets += ["--set", o]
+    assert main(["train", "--quiet", *sets]) == 0
+    return out / "run"
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("setup,needle", [
+    (lambda d: None, "data path not found"),
+    (lambda d: write_csv(d / "train.csv", synthetic_rows(20, 1), header=("sentence", "label")), "no column 'text'"),
+    (lambda d: (d / "train.csv").write_text("text,label\ngood,positive\n,negative\n"), "row 2"),
+    (lambda d: (d / "train.csv").write_bytes(b"text,label\ngood,positive\nb\xffd,negative\n"), "not valid UTF-8"),
+    (lambda d: write_csv(d / "train.csv", [(t, "positive") for t, _ in synthetic_rows(20, 1)]), "single class"),
+    (lambda d: (write_csv(d / "train.csv", synthetic_rows(20, 1)), (d / "test.csv").write_text("text,label\n")),
+     "no rows"),
+    (lambda d: (write_csv(d / "train.csv", synthetic_rows(20, 1)),
+                write_csv(d / "test.csv", [("hmm", "mixed")])), "train lacks it"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(setup, needle, tmp_path, capsys, tiny_models):
+    data = tmp_path / "data"
+    data.mkdir()
+    setup(data)
+    out = tmp_path / "runs"
+    code = main(["train", "--quiet", "--data", str(data if any(data.iterdir()) else tmp_path / "missing"),
+                 "--model", str(tiny_models["bert"]), "--output-dir", str(out), "--name", "x"])
+    assert code == 2
+    assert needle in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_bad_config_field_exits_2(capsys):
+    assert main(["train", "--set", "train.lrr=1"]) == 2
+    assert "did you mean 'train.lr'" in _error_line(capsys)
+
+
+def test_predict_file_and_kaggle_ids(trained, tmp_path, capsys):
+    rows = [(f"id{i}", t) for i, (t, _) in enumerate(synthetic_rows(10, 9))]
+    inp = write_csv(tmp_path / "unlabelled.csv", rows, header=("id", "text"))
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(trained), "--input", str(inp), "--output", str(out), "--quiet"]) == 0
+    got = list(csv.DictReader(open(out)))
+    assert len(got) == 10 and set(got[0]) == {"text", "label", "confidence", "p_negative", "p_positive"}
+    assert {r["label"] for r in got} <= {"negative", "positive"}
+    assert abs(float(got[0]["p_negative"]) + float(got[0]["p_positive"]) - 1) < 1e-4
+
+    kaggle = tmp_path / "submission.csv"
+    assert main(["predict", str(trained / "artifact"), "-i", str(inp), "-o", str(kaggle), "--id-column", "id",
+                 "-q"]) == 0
+    lines = kaggle.read_text().splitlines()
+    assert lines[0] == "id,label" and lines[1].split(",")[0] == "id0" and len(lines) == 11
+    assert [r["label"] for r in got] == [line.split(",")[1] for line in lines[1:]]
+
+
+def test_predict_stdin(trained, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a great film\n\nawful boring plot\n"))
+    assert main(["predict", str(trained), "-q"]) == 0
+    out = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["text"] for r in out] == ["a great film", "awful boring plot"]
+
+
+def test_predict_errors(trained, tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope"), "-q"]) == 2
+    assert "artifact not found" in _error_line(capsys)
+    f = write_csv(tmp_path / "x.csv", [("a",)], header=("sentence",))
+    assert main(["predict", str(trained), "-i", str(f), "-q"]) == 2
+    assert "no column 'text'" in _error_line(capsys)
+
+
+def test_evaluate(trained, synth_dir, tmp_path, capsys):
+    assert main(["evaluate", str(trained), "--data", str(synth_dir), "-q", "-o", str(tmp_path / "m.json")]) == 0
+    assert "test: n=60 accuracy=" in capsys.readouterr().out
+    assert (tmp_path / "m.json").exists()
+
+
+def test_models_and_config(capsys):
+    assert main(["models", "--targets"]) == 0
+    out = capsys.readouterr().out
+    assert "minilm" in out and "q_lin" in out
+    assert main(["config", "--reference"]) == 0
+    assert "`train.lr`" in capsys.readouterr().out
+    assert main(["config", "--set", "lora.r=4"]) == 0
+    assert "r: 4" in capsys.readouterr().out

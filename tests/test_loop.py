@@ -1,0 +1,80 @@
+"""The training loop: resume equals an uninterrupted run, early stopping keeps the best weights."""
+
+import pytest
+
+import loraclf
+import loraclf.loop
+from conftest import tiny_overrides
+
+
+def test_resume_continues_to_the_same_result(tiny_models, synth_dir, tmp_path, monkeypatch):
+    extra = {"train.epochs": 3}
+    full = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="full", **extra),
+                         quiet=True)
+
+    real = loraclf.loop.evaluate_encoded
+    calls = {"n": 0}
+
+    def crash_on_second_eval(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", crash_on_second_eval)
+    with pytest.raises(KeyboardInterrupt):
+        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="cut", **extra), quiet=True)
+    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", real)
+    cut = tmp_path / "cut"
+    assert (cut / "checkpoints" / "trainer_state.json").exists()
+    assert not (cut / "metrics.json").exists() and not (cut / "artifact").exists()
+
+    resumed = loraclf.train(None, resume=str(cut), quiet=True)
+    a, b = full.metrics, resumed.metrics
+    assert b["best"]["steps"] == a["best"]["steps"]
+    assert [h["step"] for h in resumed.history if h["type"] == "eval"] == [
+        h["step"] for h in full.history if h["type"] == "eval"]
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], abs=1e-5)
+    assert b["test"]["accuracy"] == a["test"]["accuracy"]
+
+
+def test_resume_refuses_finished_or_unknown_runs(tiny_models, synth_dir, tmp_path):
+    run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"train.epochs": 0.5}),
+                        quiet=True)
+    with pytest.raises(loraclf.LoraclfError, match="already finished"):
+        loraclf.train(None, resume=str(run.path), quiet=True)
+    with pytest.raises(loraclf.LoraclfError, match="no config.yaml"):
+        loraclf.train(None, resume=str(tmp_path / "nothing"), quiet=True)
+
+
+def test_existing_run_dir_is_not_overwritten(tiny_models, synth_dir, tmp_path):
+    ov = tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"train.epochs": 0.5})
+    loraclf.train(None, ov, quiet=True)
+    with pytest.raises(loraclf.LoraclfError, match="already exists"):
+        loraclf.train(None, ov, quiet=True)
+
+
+def test_early_stopping_keeps_the_best(tiny_models, synth_dir, tmp_path):
+    run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{
+        "train.lr": 1e-12, "train.epochs": 5, "train.eval_steps": 3, "train.early_stopping_patience": 2,
+        "train.metric": "accuracy", "train.warmup_ratio": 0}), quiet=True)
+    m = run.metrics
+    evals = [h for h in run.history if h["type"] == "eval"]
+    assert m["best"]["stopped_early"] is True
+    assert len(evals) == 3 and m["best"]["step"] == 3
+    assert m["best"]["steps"] == 9 < 5 * 15
+
+
+def test_precision_needs_a_gpu_for_bf16():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(loraclf.LoraclfError, match="needs a CUDA GPU"):
+        loraclf.loop.choose_precision("bf16")
+    assert loraclf.loop.choose_precision("auto") == "no"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_precision_on_gpu_is_mixed():
+    assert loraclf.loop.choose_precision("auto") in ("bf16", "fp16")
