@@ -33,7 +33,7 @@ class DataConfig:
     path: Optional[str] = _f(
         None,
         "Dataset: a folder holding train/validation/test files, a single file (used as train), "
-        "or 'hf:<dataset id>' (online). A bare name such as 'sst2' is also looked up under "
+        "or `hf:{dataset id}` (online). A bare name such as `sst2` is also looked up under "
         "$LORACLF_DATASETS (default ../shared/datasets).",
     )
     train: Optional[str] = _f(None, "Explicit train file (overrides the one found in `path`).")
@@ -126,7 +126,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    name: Optional[str] = _f(None, "Run name; default <data>-<model>-<method>-<timestamp>.")
+    name: Optional[str] = _f(None, "Run name; default {data}-{model}-{method}-{timestamp}.")
     output_dir: str = _f("runs", "Parent folder of run directories.")
     seed: int = _f(42, "One seed for sampling, splits, initialisation and batch order.")
     data: DataConfig = field(default_factory=DataConfig)

@@ -171,10 +171,15 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     main = accelerator.is_main_process
     if resume is None:
         name = cfg.name or default_name(cfg)
+        if accelerator.num_processes > 1:  # every process must agree on a timestamped name
+            from accelerate.utils import broadcast_object_list
+
+            name = broadcast_object_list([name])[0]
         cfg.name = name
         run_dir = Path(cfg.output_dir) / name
         if run_dir.exists() and any(run_dir.iterdir()):
             raise LoraclfError(f"run directory {run_dir} already exists; choose another name or --resume it")
+        accelerator.wait_for_everyone()
     ckpt = run_dir / "checkpoints"
     if main:
         ckpt.mkdir(parents=True, exist_ok=True)

