@@ -127,6 +127,15 @@ def results_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _make_on_log(cfg: Config, accelerator, run_dir: Path):
+    """Hook: a callback that receives every history record during training (experiment trackers)."""
+    return None
+
+
+def _after_run(run_dir: Path, cfg: Config, quiet: bool) -> None:
+    """Hook: work done once a run directory is complete (plots, report.html, model card)."""
+
+
 def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
           quiet: bool = False) -> Run:
     """Train and evaluate one config; returns the finished :class:`Run`.
@@ -190,8 +199,9 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
         print(f"loraclf: {cfg.model.name} ({built.model_type}, {cfg.model.method}) on {sizes}; "
               f"labels: {', '.join(labels)}; trainable {counts['trainable']:,} params -> {run_dir}")
 
+    on_log = _make_on_log(cfg, accelerator, run_dir)
     res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
-              ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main)
+              ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log)
     model = accelerator.unwrap_model(built.model)
 
     results: dict[str, dict] = {}
@@ -253,6 +263,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its resume state is no longer needed
+    _after_run(run_dir, cfg, quiet)
     if not quiet:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
