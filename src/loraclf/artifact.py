@@ -44,20 +44,36 @@ def save_artifact(model, tokenizer, dest: Path, meta: dict[str, Any]) -> None:
     from peft import PeftModel
 
     dest.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, PeftModel):
-        # No embedding layers are trained, so PEFT need not look anything up (it would go online).
-        model.save_pretrained(str(dest), save_embedding_layers=False)
-        # Plain-PEFT users load the base from here: the hub id when the alias has one, not a local path.
-        acfg_path = dest / "adapter_config.json"
-        acfg = json.loads(acfg_path.read_text())
-        acfg["base_model_name_or_path"] = meta.get("base_model_hub_id") or meta["base_model"]
-        acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
+    if hasattr(model, "formatter"):  # a decoder prompt head: save the language model (adapter or full)
+        lm = model.lm
+        if isinstance(lm, PeftModel):
+            _save_adapter(lm, dest, meta)
+            config = lm.get_base_model().config
+        else:
+            if meta["method"] == "full":
+                lm.save_pretrained(str(dest))
+            config = lm.config
+        config.id2label = dict(enumerate(meta["labels"]))
+        config.label2id = {n: i for i, n in enumerate(meta["labels"])}
+        config.save_pretrained(str(dest))
+    elif isinstance(model, PeftModel):
+        _save_adapter(model, dest, meta)
         model.get_base_model().config.save_pretrained(str(dest))
     else:
         model.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))
     full = {"format_version": FORMAT_VERSION, **meta, "versions": versions()}
     (dest / META_FILE).write_text(json.dumps(full, indent=2))
+
+
+def _save_adapter(model, dest: Path, meta: dict) -> None:
+    # No embedding layers are trained, so PEFT need not look anything up (it would go online).
+    model.save_pretrained(str(dest), save_embedding_layers=False)
+    # Plain-PEFT users load the base from here: the hub id when the alias has one, not a local path.
+    acfg_path = dest / "adapter_config.json"
+    acfg = json.loads(acfg_path.read_text())
+    acfg["base_model_name_or_path"] = meta.get("base_model_hub_id") or meta["base_model"]
+    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
 
 
 def read_meta(path: Path) -> dict:
@@ -108,11 +124,15 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier(base={self.meta.get('base_model')!r}, method={self.meta.get('method')!r}, labels={self.labels})"
 
+    formatter = None  # set for decoder prompt heads
+
     def _encode(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None):
         from .data import encode
 
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts, not a single string")
+        if self.formatter is not None:
+            return self.formatter.encode(list(texts), None, self.max_length)
         return encode(self.tokenizer, list(texts), None, self.max_length, pairs)
 
     def logits(self, texts: Sequence[str], batch_size: int = 128, pairs: Optional[Sequence[str]] = None,
@@ -151,6 +171,8 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
     meta = read_meta(art)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(str(art))
+    if meta.get("head", "classifier") != "classifier":
+        return _load_prompt_model(art, meta, tok, dev, base_model, merge)
     try:
         with _quiet_hf():
             if meta["method"] == "lora":
@@ -170,3 +192,40 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
         raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
     model.to(dev).eval()
     return Classifier(model, tok, meta, dev)
+
+
+def _load_prompt_model(art: Path, meta: dict, tok, dev: torch.device, base_model: Optional[str], merge: bool) -> Classifier:
+    from transformers import AutoModelForCausalLM
+
+    from .models import resolve
+    from .models.decoder_heads import PromptClassifier
+    from .models.prompting import PromptFormatter, PromptSpec
+
+    tok.padding_side = "left"
+    try:
+        with _quiet_hf():
+            if meta["method"] == "full":
+                lm = AutoModelForCausalLM.from_pretrained(str(art))
+            else:
+                lm = AutoModelForCausalLM.from_pretrained(resolve(base_model or meta["base_model"]).path)
+                if meta["method"] == "lora":
+                    from peft import PeftModel
+
+                    lm = PeftModel.from_pretrained(lm, str(art))
+                    if merge:
+                        lm = lm.merge_and_unload()
+    except LoraclfError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
+    lm.generation_config.do_sample = False
+    for k in ("temperature", "top_p", "top_k"):
+        if hasattr(lm.generation_config, k):
+            setattr(lm.generation_config, k, None)
+    formatter = PromptFormatter(tok, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
+    model = PromptClassifier(lm, formatter, meta["labels"], meta["head"], meta.get("max_new_tokens", 8),
+                             meta.get("fallback_label"))
+    model.to(dev).eval()
+    clf = Classifier(model, tok, meta, dev)
+    clf.formatter = formatter
+    return clf

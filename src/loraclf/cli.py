@@ -123,6 +123,104 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .compare import markdown_table
+    from .experiments import load_sweep, point_status, run_sweep
+
+    sweep = load_sweep(args.sweep, args.set, args.output_dir)
+    if args.dry_run:
+        for pt in sweep.points:
+            changes = ", ".join(f"{k}={v}" for k, v in pt.overrides.items()) or "base config"
+            print(f"{point_status(pt, sweep.out_dir):8s} {pt.name:32s} {changes}")
+        print(f"{len(sweep.points)} points -> {sweep.out_dir}")
+        return 0
+    res = run_sweep(sweep, isolate=not args.in_process, quiet=args.quiet, fail_fast=args.fail_fast)
+    if not args.quiet:
+        print("\n" + markdown_table(res.rows))
+        print(f"\ntable: {res.out_dir / 'results.md'} and results.csv; plot: {res.out_dir / 'accuracy_vs_params.png'}")
+    if res.failed:
+        print(f"{len(res.failed)} point(s) failed: {', '.join(res.failed)}; fix and rerun (finished points are skipped)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .experiments import run_search
+
+    res = run_search(args.search, args.set, args.output_dir, trials=args.trials, timeout=args.timeout,
+                     storage=args.storage, study_name=args.study_name, quiet=args.quiet)
+    study = res.study
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if complete:
+        best = study.best_trial
+        print(f"best: trial {best.number}, validation {best.value:.4f}: "
+              + ", ".join(f"{k}={v}" for k, v in best.user_attrs.get("overrides", {}).items()))
+        print(f"rerun it: loraclf train -c {res.best_config}")
+    else:
+        print("no trial has completed yet", file=sys.stderr)
+    print(f"table: {res.out_dir / 'results.md'}")
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .budget import format_param_report, num_labels_for, param_report
+    from .config import load_config
+
+    sets = list(args.set or [])
+    for flag, key in (("model", "model.name"), ("method", "model.method")):
+        if getattr(args, flag) is not None:
+            sets.append(f"{key}={getattr(args, flag)}")
+    spec = {}
+    if args.config and Path(args.config).is_file():
+        spec = yaml.safe_load(Path(args.config).read_text()) or {}
+    if isinstance(spec, dict) and ("grid" in spec or "points" in spec):  # a sweep file: every point
+        from .experiments import load_sweep
+
+        sweep = load_sweep(args.config, sets)
+        reports = []
+        for pt in sweep.points:
+            n, _ = num_labels_for(pt.config, args.num_labels)
+            reports.append((pt.name, param_report(pt.config, n, config_only=args.config_only)))
+        if args.json:
+            print(json.dumps({name: r for name, r in reports}, indent=2, default=str))
+            return 0
+        rows = [("point", "method", "r", "targets", "trainable", "% of total", "lora", "head", "artifact (fp32)")]
+        for name, r in reports:
+            tg = r["target_modules"]
+            rows.append((name, r["method"], "-" if r["r"] is None else str(r["r"]),
+                         "-" if tg is None else (tg if isinstance(tg, str) else "+".join(tg)), f"{r['trainable']:,}",
+                         f"{r['trainable_pct']:.2f}%", f"{r['lora']:,}", f"{r['head']:,}",
+                         f"{r['artifact_bytes'] / 1e6:.2f} MB"))
+        widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
+        for x in rows:
+            print("  ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip())
+        return 0
+    cfg = load_config(args.config, sets)
+    n, source = num_labels_for(cfg, args.num_labels)
+    rep = param_report(cfg, n, config_only=args.config_only)
+    rep["num_labels_from"] = source
+    print(json.dumps(rep, indent=2, default=str) if args.json else format_param_report(rep))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_rows, compare_text, markdown_table, plot_accuracy_vs_params, write_csv
+
+    print(compare_text(args.runs, split=args.split, examples=args.examples, seed=args.seed))
+    if args.output or args.csv or args.plot:
+        rows = compare_rows(args.runs, args.split)
+        if args.output:
+            Path(args.output).write_text(markdown_table(rows) + "\n")
+        if args.csv:
+            write_csv(rows, args.csv)
+        if args.plot:
+            plot_accuracy_vs_params(rows, args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -168,6 +266,51 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the bundled model aliases")
     m.add_argument("--targets", action="store_true", help="also list default LoRA targets per architecture")
     m.set_defaults(func=_models)
+
+    sw = sub.add_parser("sweep", help="run a grid or list of configs; skips finished points; writes a comparison table")
+    sw.add_argument("sweep", help="sweep YAML: base/config + grid and/or points (see docs/experiments.md)")
+    sw.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override the base config (repeatable)")
+    sw.add_argument("--output-dir", help="folder of the point runs and the table (default: the file's output_dir)")
+    sw.add_argument("--in-process", action="store_true",
+                    help="train points in this process instead of one fresh process each (faster start, "
+                         "peak memory less exact)")
+    sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed point")
+    sw.add_argument("--dry-run", action="store_true", help="list the points and their status; train nothing")
+    sw.add_argument("--quiet", "-q", action="store_true")
+    sw.set_defaults(func=_sweep)
+
+    se = sub.add_parser("search", help="Optuna hyper-parameter search with pruning; writes best.yaml")
+    se.add_argument("search", help="search YAML: base/config + space, trials, storage (see docs/experiments.md)")
+    se.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override the base config (repeatable)")
+    se.add_argument("--trials", type=int, help="finished trials the study should hold (all workers together)")
+    se.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    se.add_argument("--storage", help="Optuna storage URL shared by workers (default sqlite:///<output dir>/study.db)")
+    se.add_argument("--study-name", help="study name (default: the file's study_name or stem)")
+    se.add_argument("--output-dir", help="folder for trial runs, best.yaml and the table")
+    se.add_argument("--quiet", "-q", action="store_true")
+    se.set_defaults(func=_search)
+
+    pa = sub.add_parser("params", help="trainable-parameter breakdown of a config (or every point of a sweep), no training")
+    pa.add_argument("--config", "-c", help="config or sweep YAML")
+    pa.add_argument("--model", help="shortcut for --set model.name=...")
+    pa.add_argument("--method", choices=["lora", "head", "full"], help="shortcut for --set model.method=...")
+    pa.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    pa.add_argument("--num-labels", type=int, help="labels of the head (default: data.label_names, else the data's labels)")
+    pa.add_argument("--config-only", action="store_true",
+                    help="build the model from its architecture config on the meta device: no weights loaded or downloaded")
+    pa.add_argument("--json", action="store_true", help="print JSON")
+    pa.set_defaults(func=_params)
+
+    co = sub.add_parser("compare", help="side-by-side metrics, confusion matrices and sample predictions of runs")
+    co.add_argument("runs", nargs="+", help="run directories (a folder of runs, e.g. a sweep's, expands)")
+    co.add_argument("--split", choices=["validation", "test"], help="default: test when every run has it")
+    co.add_argument("--examples", type=int, default=0, metavar="N",
+                    help="show N texts with each run's prediction and the gold label (disagreements first)")
+    co.add_argument("--seed", type=int, default=0, help="seed for choosing the examples")
+    co.add_argument("--output", "-o", help="also write the table as Markdown here")
+    co.add_argument("--csv", help="also write the table as CSV here")
+    co.add_argument("--plot", help="also write accuracy against trainable parameters (PNG) here")
+    co.set_defaults(func=_compare)
 
     c = sub.add_parser("config", help="print the resolved config, or the reference of every field")
     c.add_argument("--config", "-c")

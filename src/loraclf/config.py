@@ -69,8 +69,32 @@ class ModelConfig:
     name: str = _f("minilm", "Base model: alias (see `loraclf models`), hub id, or local path.")
     method: str = _f(
         "lora",
-        "lora: LoRA adapters + trained head; head: frozen encoder, train only the head; full: all weights.",
-        ("lora", "head", "full"),
+        "lora: LoRA adapters + trained head; head: frozen encoder, train only the head; full: all weights; "
+        "zero-shot: no training, evaluate the base model (decoders with head verbalizer or generate).",
+        ("lora", "head", "full", "zero-shot"),
+    )
+    head: str = _f(
+        "classifier",
+        "How a label is produced. classifier: a classification head (encoders; decoders pool the last real "
+        "token); verbalizer: a decoder's next-token scores of each label's word(s) after a prompt; generate: "
+        "free generation parsed into a label.",
+        ("classifier", "verbalizer", "generate"),
+    )
+    prompt: Optional[str] = _f(
+        None,
+        "Prompt template for verbalizer/generate, with {text} and optionally {labels}; null: a built-in "
+        "instruction. Instruct models wrap it in their chat template.",
+    )
+    label_words: Optional[Union[list, dict]] = _f(
+        None, "Answer word(s) per label for verbalizer/generate: a list in label order or a mapping label -> "
+        "word or list of words; null: the label names.",
+    )
+    chat_template: bool = _f(True, "Use the tokenizer's chat template (when it has one) for prompt heads.")
+    system_prompt: Optional[str] = _f(None, "System message for prompt heads (chat models) or a preamble.")
+    few_shot: int = _f(0, "Number of examples drawn from train (seeded, round-robin over classes) put in the prompt.")
+    max_new_tokens: int = _f(8, "Tokens generated per text by the generate head.")
+    fallback_label: Optional[str] = _f(
+        None, "Label used when a generated answer names no label; null: the most frequent train label."
     )
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `name` is a hub id.")
     trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask.")
@@ -81,7 +105,11 @@ class ModelConfig:
 
 @dataclass
 class LoraSection:
-    r: int = _f(8, "LoRA rank.")
+    r: Union[int, str] = _f(
+        8,
+        "LoRA rank, or 'auto': the largest candidate (lora.auto_ranks x lora.auto_targets) whose trainable "
+        "parameters fit train.max_trainable_params; the choice is printed and stored in metrics.json (budget).",
+    )
     alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r).")
     dropout: float = _f(0.1, "Dropout on the LoRA input.")
     target_modules: Optional[Union[str, list]] = _f(
@@ -92,6 +120,13 @@ class LoraSection:
         None,
         "Extra modules trained fully and saved with the adapter. The classification head and any "
         "weights the checkpoint lacks (e.g. MiniLM's pooler) are always added.",
+    )
+    auto_ranks: list = _f([1, 2, 4, 8, 16, 32, 64], "Ranks `r: auto` may choose from.")
+    auto_targets: Optional[list] = _f(
+        None,
+        "Target-module sets `r: auto` may choose from (a list of lists, or 'all-linear' entries); "
+        "null: only lora.target_modules. Among the candidates that fit, the one training the most "
+        "parameters wins; ties go to more target modules, then the higher rank.",
     )
 
 
@@ -119,9 +154,63 @@ class TrainConfig:
         None, "Stop after this many evaluations without improvement; the best weights are kept either way."
     )
     group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
-    max_trainable_params: Optional[int] = _f(None, "Fail before training if the config trains more parameters than this.")
+    max_trainable_params: Optional[int] = _f(
+        None, "Fail before training if the config trains more parameters than this (with lora.r: auto, the budget "
+        "the rank and targets are chosen to fit).")
     log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.")
     num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.")
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = _f(
+        True,
+        "After training, write plots/, report.html, the error analysis (metrics.json) and the artifact's model "
+        "card (README.md). `loraclf report <run>` regenerates them.",
+    )
+    trackers: Union[str, list] = _f(
+        "auto",
+        "Experiment trackers fed during training through Accelerate: 'auto' (TensorBoard when installed), "
+        "'none', or a list of tensorboard, mlflow, wandb. All write inside the run directory.",
+    )
+    project: str = _f("loraclf", "MLflow experiment / W&B project name.")
+    mlflow_tracking_uri: Optional[str] = _f(
+        None,
+        "MLflow tracking URI; null: $MLFLOW_TRACKING_URI if set, else a local store in the run directory "
+        "(mlruns/). Only a server URI you give makes MLflow use the network.",
+    )
+    wandb_mode: str = _f(
+        "offline", "W&B mode: offline writes to the run's wandb/ (upload later with `wandb sync`); online uploads.",
+        ("offline", "online"),
+    )
+    top_errors: int = _f(20, "Most confident mistakes listed in the report and metrics.json.")
+    length_buckets: int = _f(5, "Word-length buckets (equal counts) for accuracy by length.")
+    examples_per_confusion: int = _f(3, "Example texts kept per (gold, predicted) confusion pair.")
+
+
+def _tracker_installed(name: str) -> bool:
+    import importlib.util
+
+    mods = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}[name]
+    return any(importlib.util.find_spec(m) is not None for m in mods)
+
+
+def _validate_report(r: "ReportConfig") -> None:
+    names = [r.trackers] if isinstance(r.trackers, str) else list(r.trackers)
+    if names not in (["auto"], ["none"]):
+        for n in names:
+            if n not in TRACKERS:
+                raise ConfigError(f"report.trackers: unknown tracker {n!r}; use auto, none, or a list of "
+                                  f"{', '.join(TRACKERS)}")
+            if not _tracker_installed(n):  # fail before a run directory exists, not after
+                raise ConfigError(f"report.trackers: {n} is not installed (pip install {n}), or drop it from "
+                                  "report.trackers")
+    if r.top_errors < 0 or r.length_buckets < 1 or r.examples_per_confusion < 0:
+        raise ConfigError("report.top_errors and report.examples_per_confusion must be >= 0, "
+                          "report.length_buckets >= 1")
 
 
 @dataclass
@@ -133,6 +222,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSection = field(default_factory=LoraSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,7 +231,8 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "lora": LoraSection, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "lora": LoraSection, "train": TrainConfig,
+            "report": ReportConfig}
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -199,6 +290,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (list, tuple)):
             return list(value)
         raise ConfigError(f"config field '{where}' must be a list, got {value!r}")
+    if tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"config field '{where}' must be a mapping, got {value!r}")
     return value
 
 
@@ -288,6 +383,22 @@ def config_from_dict(tree: dict) -> Config:
     return cfg
 
 
+def _validate_auto_rank(cfg: Config) -> None:
+    """`lora.r: auto` needs a budget and well-formed candidates (see loraclf.budget)."""
+    lo = cfg.lora
+    if not lo.auto_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in lo.auto_ranks):
+        raise ConfigError(f"lora.auto_ranks must be a non-empty list of integers >= 1, got {lo.auto_ranks!r}")
+    if lo.auto_targets is not None:
+        if not lo.auto_targets:
+            raise ConfigError("lora.auto_targets must be null or a non-empty list of target-module lists")
+        for t in lo.auto_targets:
+            ok = t == "all-linear" or (isinstance(t, list) and t and all(isinstance(x, str) for x in t))
+            if not ok:
+                raise ConfigError(f"lora.auto_targets: each entry must be a list of module names or 'all-linear', got {t!r}")
+    if lo.r == "auto" and cfg.model.method == "lora" and cfg.train.max_trainable_params is None:
+        raise ConfigError("lora.r: auto needs train.max_trainable_params (the budget it chooses the rank to fit)")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     t, d, lo = cfg.train, cfg.data, cfg.lora
@@ -302,7 +413,7 @@ def validate(cfg: Config) -> None:
         (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps must be >= 1 or null"),
         (t.early_stopping_patience is None or t.early_stopping_patience >= 1, "train.early_stopping_patience must be >= 1"),
         (t.log_every >= 1, "train.log_every must be >= 1"),
-        (lo.r >= 1, "lora.r must be >= 1"),
+        (lo.r == "auto" or (isinstance(lo.r, int) and lo.r >= 1), f"lora.r must be an integer >= 1 or 'auto', got {lo.r!r}"),
         (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
         (0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)"),
         (d.max_length >= 2, "data.max_length must be >= 2"),
@@ -314,12 +425,21 @@ def validate(cfg: Config) -> None:
         v = getattr(d, k)
         if v is not None and v < 1:
             raise ConfigError(f"data.{k} must be >= 1 or null")
+    m = cfg.model
+    if m.method == "zero-shot" and m.head == "classifier":
+        raise ConfigError("model.method=zero-shot needs model.head verbalizer or generate (a classifier head is untrained)")
+    if m.method == "head" and m.head != "classifier":
+        raise ConfigError(f"model.method=head trains a classification head; with model.head={m.head} use lora, full or zero-shot")
+    if m.few_shot < 0 or m.max_new_tokens < 1:
+        raise ConfigError("model.few_shot must be >= 0 and model.max_new_tokens >= 1")
+    _validate_auto_rank(cfg)
     if isinstance(t.class_weights, str) and t.class_weights != "balanced":
         raise ConfigError("train.class_weights must be null, 'balanced' or a list of numbers")
     from .metrics import METRIC_DIRECTIONS
 
     if t.metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"train.metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {t.metric!r}")
+    _validate_report(cfg.report)
 
 
 def reference() -> str:

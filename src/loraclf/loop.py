@@ -183,6 +183,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
         weight=weights.to(accelerator.device) if weights is not None else None, label_smoothing=tcfg.label_smoothing)
     optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
                                   fused=accelerator.device.type == "cuda")
+    own_loss = bool(getattr(model, "loraclf_own_loss", False))  # e.g. the generate head's SFT loss
     model, optimizer = accelerator.prepare(model, optimizer)
     collate = Collator(train, tokenizer.pad_token_id, pad_side_left(tokenizer))
     lengths = train.lengths
@@ -280,8 +281,10 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
             ctx = accelerator.no_sync(model) if not accum_boundary and accelerator.num_processes > 1 else _null()
             with ctx:
                 with accelerator.autocast():
-                    logits = _forward(model, batch)
-                    loss = loss_fn(logits.float(), labels_t)
+                    if own_loss:
+                        loss = model(**{k: v for k, v in batch.items() if k != "idx"}).loss
+                    else:
+                        loss = loss_fn(_forward(model, batch).float(), labels_t)
                 accelerator.backward(loss / tcfg.grad_accum_steps)
             running += loss.detach()
             running_n += 1

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -129,27 +129,36 @@ def results_table(metrics: dict) -> str:
 
 def _make_on_log(cfg: Config, accelerator, run_dir: Path):
     """Hook: a callback that receives every history record during training (experiment trackers)."""
-    return None
+    from .tracking import start
+
+    return start(cfg, accelerator, run_dir)
 
 
 def _after_run(run_dir: Path, cfg: Config, quiet: bool) -> None:
     """Hook: work done once a run directory is complete (plots, report.html, model card)."""
+    from .report import after_run
+
+    after_run(run_dir, cfg, quiet)
 
 
 def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
-          quiet: bool = False) -> Run:
+          quiet: bool = False, callback: Optional[Callable[[dict], None]] = None) -> Run:
     """Train and evaluate one config; returns the finished :class:`Run`.
 
     `resume` is a run directory whose checkpoints/ holds the state to continue from; its
-    config.yaml is used (overrides still apply on top).
+    config.yaml is used (overrides still apply on top). `callback` receives every history record
+    during training (a search uses it to report validation metrics and prune).
     """
     from accelerate.utils import set_seed
 
     from .artifact import save_artifact
-    from .models import build_model, check_budget, count_parameters
-    from .loop import evaluate_encoded, fit, make_accelerator
+    from .loop import FitResult, evaluate_encoded, fit, make_accelerator
+    from .models import build_model, build_prompt_model, check_budget, count_parameters
 
     t_start = time.perf_counter()
+    from .memory import PeakMemory
+
+    peak_mem = PeakMemory.start()
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").exists():
@@ -166,15 +175,27 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
 
     data = load_data(cfg.data, cfg.seed)
     labels = data.labels.names
+    from .budget import resolve_auto_lora
+
+    auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
     set_seed(cfg.seed)
-    built = build_model(cfg.model, cfg.lora, len(labels), data.labels.id2label, quiet=quiet)
+    prompt_head = cfg.model.head != "classifier"
+    if prompt_head:
+        if data.splits["train"].pairs is not None:
+            raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
+        tr = data.splits["train"]
+        built = build_prompt_model(cfg.model, cfg.lora, labels, tr.texts, tr.labels, cfg.seed, quiet=quiet)
+    else:
+        built = build_model(cfg.model, cfg.lora, len(labels), data.labels.id2label, quiet=quiet)
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
     tok = built.tokenizer
     length_stats = _filter_train(data, tok, cfg)
-    enc: dict[str, Encoded] = {
-        split: encode(tok, s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()
-    }
+    if prompt_head:
+        enc: dict[str, Encoded] = {split: built.model.formatter.encode(s.texts, s.labels, cfg.data.max_length)
+                                   for split, s in data.splits.items()}
+    else:
+        enc = {split: encode(tok, s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()}
 
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
@@ -200,8 +221,14 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
               f"labels: {', '.join(labels)}; trainable {counts['trainable']:,} params -> {run_dir}")
 
     on_log = _make_on_log(cfg, accelerator, run_dir)
-    res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
-              ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log)
+    if callback is not None:
+        on_log = callback if on_log is None else (lambda rec, _a=on_log, _b=callback: (_a(rec), _b(rec)))
+    if cfg.model.method == "zero-shot":
+        res = FitResult()
+        built.model.to(accelerator.device)
+    else:
+        res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
+                  ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log)
     model = accelerator.unwrap_model(built.model)
 
     results: dict[str, dict] = {}
@@ -209,8 +236,12 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     t_eval = time.perf_counter()
     for split in ("validation", "test"):
         if split in enc:
+            if hasattr(model, "generation_log"):
+                model.generation_log = []
             m, probs = evaluate_encoded(model, enc[split], tok, labels, cfg.train.eval_batch_size, accelerator,
                                         progress=not quiet and main, desc=f"eval {split}")
+            if cfg.model.head == "generate":
+                m["generation"] = model.generation_stats()
             results[split], probs_by_split[split] = m, probs
     eval_seconds = time.perf_counter() - t_eval
     accelerator.wait_for_everyone()
@@ -237,12 +268,21 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
                         "num_processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
                         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }
+    metrics["timing"].update(peak_mem.read())  # peak_memory_mb: peak RSS on CPU, max allocated on CUDA
+    if auto_lora:
+        metrics["budget"] = auto_lora
     meta = {"labels": labels, "base_model": built.resolved.portable, "base_model_hub_id": built.resolved.hub_id,
-            "method": cfg.model.method, "head": "classifier", "model_type": built.model_type,
+            "method": cfg.model.method, "head": cfg.model.head, "model_type": built.model_type,
             "max_length": cfg.data.max_length,
             "text_column": cfg.data.text_column, "pooling": "model default (classification head of the architecture)",
             "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
             "metrics": {s: {k: results[s][k] for k in ("accuracy", "macro_f1")} for s in results}}
+    if prompt_head:
+        meta["prompt"] = built.model.formatter.spec.to_dict()
+        meta["max_new_tokens"] = cfg.model.max_new_tokens
+        meta["fallback_label"] = built.model.labels[built.model.fallback]
+        metrics["prompt"] = {**meta["prompt"], "chat": built.model.formatter.chat,
+                             "example_prompt": tok.decode(enc["test" if "test" in enc else "validation"].input_ids[0])}
 
     # Assemble everything in a hidden folder, then move into place.
     stage = run_dir / f".partial-{os.getpid()}"

@@ -12,7 +12,7 @@ import torch
 from ..config import LoraSection, ModelConfig
 from ..errors import BudgetError, ModelError
 from .registry import Resolved, resolve
-from .targets import DECODER_TYPES, default_targets
+from .targets import DECODER_TYPES, DEFAULT_TARGETS, default_targets
 
 log = logging.getLogger("loraclf")
 
@@ -118,6 +118,73 @@ def build_model(cfg: ModelConfig, lora: LoraSection, num_labels: int, id2label: 
     """Base model + head + method, with newly initialised weights made trainable."""
     model, tok, resolved, missing = load_base(cfg, num_labels, id2label, quiet=quiet)
     return apply_method(model, tok, resolved, cfg.method, lora, missing)
+
+
+def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], train_texts: Sequence[str],
+                       train_labels, seed: int, quiet: bool = False) -> Built:
+    """A causal LM wrapped as a verbalizer or generate classifier (see decoder_heads)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from .decoder_heads import PromptClassifier
+    from .prompting import DEFAULT_PROMPT, PromptFormatter, PromptSpec, label_words_from, pick_examples
+
+    resolved = resolve(cfg.name, quiet=quiet)
+    tok = load_tokenizer(resolved.path, cfg.revision, cfg.trust_remote_code)
+    tok.padding_side = "left"  # every prompt ends at the same position: the answer slot
+    from transformers import AutoConfig
+
+    try:
+        mtype = AutoConfig.from_pretrained(resolved.path, revision=cfg.revision,
+                                           trust_remote_code=cfg.trust_remote_code).model_type
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model config from {resolved.path}: {str(e).splitlines()[0][:200]}") from None
+    if mtype in DEFAULT_TARGETS and mtype not in DECODER_TYPES:
+        raise ModelError(f"model.head={cfg.head} needs a decoder (causal LM); {cfg.name} is a {mtype} encoder: "
+                         "use model.head=classifier")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(resolved.path, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code,
+                                                  attn_implementation=cfg.attn_implementation)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"head {cfg.head} needs a causal LM; cannot load {cfg.name} as one: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if lm.generation_config is not None:  # greedy decoding: drop sampling defaults that would warn
+        for k in ("temperature", "top_p", "top_k"):
+            if hasattr(lm.generation_config, k):
+                setattr(lm.generation_config, k, None)
+        lm.generation_config.do_sample = False
+    model_type = lm.config.model_type
+    spec = PromptSpec(cfg.prompt or DEFAULT_PROMPT, label_words_from(cfg.label_words, labels), cfg.chat_template,
+                      cfg.system_prompt, pick_examples(train_texts, train_labels, labels, cfg.few_shot, seed))
+    formatter = PromptFormatter(tok, spec, labels)
+    targets: Optional[list[str] | str] = None
+    if cfg.method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
+        pcfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=targets, bias=lora.bias)
+        try:
+            lm = get_peft_model(lm, pcfg)
+        except ValueError as e:
+            raise ModelError(f"lora.target_modules {targets!r} do not fit {model_type}: {str(e).splitlines()[0][:200]}") from None
+    else:
+        for p in lm.parameters():
+            p.requires_grad = cfg.method == "full"
+    fallback = cfg.fallback_label
+    if fallback is None:
+        import numpy as np
+
+        fallback = labels[int(np.bincount(np.asarray(train_labels), minlength=len(labels)).argmax())]
+    elif fallback not in labels:
+        raise ModelError(f"model.fallback_label {fallback!r} is not a label ({', '.join(labels)})")
+    model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback)
+    return Built(model, tok, resolved, cfg.method, model_type, True, targets, [], [])
 
 
 def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lora: LoraSection,

@@ -1,0 +1,332 @@
+"""Parameter budgets without training: counts from an architecture's config, and ``lora.r: auto``.
+
+Counting builds the sequence-classification model on PyTorch's *meta* device: every tensor has
+its shape but no storage, so RoBERTa-base or SmolLM2-360M is "built" in a fraction of a second
+with no memory and no download, and :func:`loraclf.models.apply_method` makes exactly the
+parameters trainable that a real run would. The counts equal those of a random-init model of the
+same shape (tested).
+
+Architecture configs come from, in order: a local folder or bundled alias, a small table of
+well-known hub models (so ``loraclf params --config-only`` works offline), then
+``AutoConfig.from_pretrained`` (needs the network or the Hugging Face cache).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .config import Config, LoraSection
+from .errors import BudgetError, ConfigError, ModelError
+
+log = logging.getLogger("loraclf")
+
+BYTES_FP32 = 4
+
+
+def _distilbert_base():
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig()  # the defaults are distilbert-base-uncased
+
+
+def _bert_base():
+    from transformers import BertConfig
+
+    return BertConfig()  # the defaults are bert-base-uncased
+
+
+def _roberta_base():
+    from transformers import RobertaConfig
+
+    return RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                         bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+
+
+def _minilm_l6():
+    from transformers import BertConfig
+
+    return BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+
+
+def _smollm2(hidden: int, layers: int, heads: int, kv: int, inter: int, rope: float):
+    def make():
+        from transformers import LlamaConfig
+
+        return LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           num_key_value_heads=kv, intermediate_size=inter, vocab_size=49152,
+                           tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=rope,
+                           rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+    return make
+
+
+# Real shapes of models the recipes use (checked against their published config.json and parameter totals).
+KNOWN_SHAPES: dict[str, Callable[[], Any]] = {
+    "distilbert-base-uncased": _distilbert_base,
+    "distilbert/distilbert-base-uncased": _distilbert_base,
+    "bert-base-uncased": _bert_base,
+    "google-bert/bert-base-uncased": _bert_base,
+    "roberta-base": _roberta_base,
+    "facebookai/roberta-base": _roberta_base,
+    "sentence-transformers/all-minilm-l6-v2": _minilm_l6,
+    "huggingfacetb/smollm2-360m": _smollm2(960, 32, 15, 5, 2560, 100000.0),
+    "huggingfacetb/smollm2-360m-instruct": _smollm2(960, 32, 15, 5, 2560, 100000.0),
+    "huggingfacetb/smollm2-135m": _smollm2(576, 30, 9, 3, 1536, 100000.0),
+    "huggingfacetb/smollm2-135m-instruct": _smollm2(576, 30, 9, 3, 1536, 100000.0),
+}
+
+
+def architecture_config(name: str, revision: Optional[str] = None, trust_remote_code: bool = False):
+    """(transformers config, where it came from) for an alias, local folder, known hub id or any hub id."""
+    from transformers import AutoConfig
+
+    from .models.registry import ALIASES, cache_dir
+
+    key = name.strip().lower()
+    if key in ALIASES:
+        alias = ALIASES[key]
+        import importlib.util
+
+        spec = importlib.util.find_spec(alias.package)
+        local = None
+        if alias.subdir and spec is not None and spec.submodule_search_locations:
+            local = Path(list(spec.submodule_search_locations)[0]) / alias.subdir
+        elif alias.gguf and (cache_dir() / alias.name / "config.json").exists():
+            local = cache_dir() / alias.name
+        if local is not None and (local / "config.json").exists():
+            return AutoConfig.from_pretrained(str(local)), f"the bundled {alias.name} config"
+        key = alias.hub_id.lower()  # not installed / not converted yet: its shape from the table
+    p = Path(name).expanduser()
+    if p.is_dir() and (p / "config.json").exists():
+        return AutoConfig.from_pretrained(str(p), trust_remote_code=trust_remote_code), f"{p}/config.json"
+    if key in KNOWN_SHAPES and revision is None:
+        return KNOWN_SHAPES[key](), "the built-in shape table"
+    try:
+        return (AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code),
+                "the hub config")
+    except (OSError, ValueError) as e:
+        known = ", ".join(sorted({k for k in KNOWN_SHAPES if "/" in k or k.endswith("-base")}))
+        raise ModelError(f"no architecture config for {name!r} offline ({str(e).splitlines()[0][:120]}); "
+                         f"known shapes: {known}, or pass a local folder") from None
+
+
+def meta_model(arch_config, num_labels: int, head: str = "classifier", trust_remote_code: bool = False):
+    """The model a run would train, built on the meta device (shapes only, no weights, no memory)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = copy.deepcopy(arch_config)
+    cfg.num_labels = num_labels
+    if getattr(cfg, "pad_token_id", None) is None:
+        cfg.pad_token_id = getattr(cfg, "eos_token_id", None) or 0
+    cls = AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            try:
+                return cls.from_config(cfg, trust_remote_code=trust_remote_code)
+            except ValueError as e:
+                raise ModelError(f"{cfg.model_type} has no {cls.__name__[12:]} class: {str(e).splitlines()[0][:160]}") from None
+
+
+def count_config(arch_config, method: str, lora: LoraSection, num_labels: int, missing: Sequence[str] = (),
+                 head: str = "classifier") -> dict:
+    """Trainable-parameter breakdown (as :func:`count_parameters`) plus the targets and saved modules."""
+    from .models import apply_method, count_parameters
+    from .models.targets import default_targets
+
+    model = meta_model(arch_config, num_labels, head)
+    if head != "classifier":  # prompt heads (verbalizer / generate): LoRA on a causal LM, no classifier
+        targets = None
+        if method == "lora":
+            from peft import LoraConfig, TaskType, get_peft_model
+
+            targets = lora.target_modules if lora.target_modules is not None else default_targets(model.config.model_type)
+            model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
+                                                     target_modules=targets, bias=lora.bias))
+        else:
+            for p in model.parameters():
+                p.requires_grad = method == "full"
+        counts = count_parameters(model, [])
+        return {**counts, "target_modules": targets, "modules_to_save": []}
+    built = apply_method(model, None, None, method, lora, missing)
+    counts = count_parameters(built.model, built.modules_to_save)
+    names = [n for n, _ in built.model.named_modules()]
+    present = [m for m in built.modules_to_save if any(n == m or n.endswith("." + m) for n in names)]
+    return {**counts, "target_modules": built.target_modules, "modules_to_save": present}
+
+
+def size_estimate(counts: dict, method: str) -> dict:
+    """Bytes on disk (fp32 safetensors, headers aside): what the artifact stores, and the full model."""
+    base = counts["total"] - counts.get("lora", 0)
+    stored = counts["trainable"] if method == "lora" else base  # head/full runs save a whole checkpoint
+    return {"artifact_bytes": stored * BYTES_FP32, "full_model_bytes": base * BYTES_FP32}
+
+
+# ----------------------------------------------------------------------------- lora.r: auto
+
+
+def _n_modules(targets) -> float:
+    return float("inf") if targets == "all-linear" else len(targets or [])
+
+
+def rank_candidates(arch_config, lora: LoraSection, num_labels: int, budget: int, missing: Sequence[str] = (),
+                    head: str = "classifier") -> dict:
+    """Every (rank, target set) candidate with its trainable count, and the one `r: auto` picks.
+
+    LoRA parameters are linear in r (A is r x in, B is out x r) and nothing else depends on r, so
+    one meta build at r=1 per target set gives every rank's count exactly.
+    """
+    target_sets = list(lora.auto_targets) if lora.auto_targets is not None else [lora.target_modules]
+    rows = []
+    for targets in target_sets:
+        probe = copy.copy(lora)
+        probe.r, probe.target_modules = 1, targets
+        c = count_config(arch_config, "lora", probe, num_labels, missing, head)
+        per_rank, fixed = c["lora"], c["trainable"] - c["lora"]
+        for r in sorted(set(lora.auto_ranks)):
+            n = fixed + r * per_rank
+            rows.append({"r": r, "target_modules": c["target_modules"], "trainable": n, "fits": n <= budget,
+                         "lora": r * per_rank, "head": c["head"], "other": c["other"],
+                         "total": c["total"] - per_rank + r * per_rank})
+    fitting = [x for x in rows if x["fits"]]
+    if not fitting:
+        small = min(rows, key=lambda x: x["trainable"])
+        raise BudgetError(
+            f"lora.r: auto: no candidate fits train.max_trainable_params={budget:,}; the smallest, r={small['r']} on "
+            f"{_fmt_targets(small['target_modules'])}, trains {small['trainable']:,} (head alone {small['head']:,})")
+    best = max(fitting, key=lambda x: (x["trainable"], _n_modules(x["target_modules"]), x["r"]))
+    return {"budget": budget, "chosen": {"r": best["r"], "target_modules": best["target_modules"],
+                                         "trainable": best["trainable"]},
+            "rule": "most trainable parameters within the budget; ties: more target modules, then higher rank",
+            "candidates": rows}
+
+
+def _fmt_targets(t) -> str:
+    return t if isinstance(t, str) else "+".join(t or ["default"])
+
+
+def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False) -> Optional[dict]:
+    """Hook for :func:`loraclf.run.train`: replace ``lora.r: auto`` by the chosen rank and targets.
+
+    Counts use the checkpoint's own config and the weights it lacks (they are trained too), so the
+    choice is exact. Mutates ``cfg.lora``; the saved config.yaml therefore reruns the same choice.
+    Returns the choice for metrics.json, or None when there is nothing to choose.
+    """
+    if cfg.lora.r != "auto" or cfg.model.method != "lora":
+        return None
+    from .models.build import load_base
+
+    head = getattr(cfg.model, "head", "classifier")
+    missing: list[str] = []
+    if head == "classifier":
+        model, _, _, missing = load_base(cfg.model, len(id2label), id2label, quiet=True)
+        arch = model.config
+        del model
+    else:
+        arch, _ = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    choice = rank_candidates(arch, cfg.lora, len(id2label), cfg.train.max_trainable_params, missing, head)
+    cfg.lora.r = choice["chosen"]["r"]
+    cfg.lora.target_modules = choice["chosen"]["target_modules"]
+    n_fit = sum(c["fits"] for c in choice["candidates"])
+    msg = (f"lora.r=auto: r={cfg.lora.r} on {_fmt_targets(cfg.lora.target_modules)}, "
+           f"{choice['chosen']['trainable']:,} trainable params within the budget of {choice['budget']:,} "
+           f"({n_fit} of {len(choice['candidates'])} candidates fit)")
+    if not quiet:
+        print(f"loraclf: {msg}")
+    log.info(msg)
+    return choice
+
+
+# ----------------------------------------------------------------------------- loraclf params
+
+
+def num_labels_for(cfg: Config, explicit: Optional[int] = None) -> tuple[int, str]:
+    """How many labels to count the head for, and where that number came from."""
+    if explicit is not None:
+        if explicit < 2:
+            raise ConfigError("--num-labels must be >= 2")
+        return explicit, "--num-labels"
+    if cfg.data.label_names:
+        return len(cfg.data.label_names), "data.label_names"
+    if cfg.data.path or cfg.data.train:
+        from .data import load_data
+
+        data = load_data(cfg.data, cfg.seed)
+        return len(data.labels), f"the labels of {cfg.data.path or cfg.data.train}"
+    return 2, "default (no data configured; use --num-labels)"
+
+
+def param_report(cfg: Config, num_labels: int, config_only: bool = True) -> dict:
+    """Trainable-parameter breakdown of a config; `config_only` never loads (or downloads) weights."""
+    head = getattr(cfg.model, "head", "classifier")
+    missing: list[str] = []
+    if config_only:
+        arch, source = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    else:
+        from .models.build import load_base
+
+        if head == "classifier":
+            id2label = {i: f"label_{i}" for i in range(num_labels)}
+            model, _, _, missing = load_base(cfg.model, num_labels, id2label, quiet=True)
+            arch = model.config
+            del model
+        else:
+            arch, _ = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+        source = "the checkpoint (weights loaded)"
+    lora = copy.copy(cfg.lora)
+    auto = None
+    if cfg.model.method == "lora" and lora.r == "auto":
+        auto = rank_candidates(arch, lora, num_labels, cfg.train.max_trainable_params, missing, head)
+        lora.r, lora.target_modules = auto["chosen"]["r"], auto["chosen"]["target_modules"]
+    elif lora.r == "auto":
+        lora.r = 8  # unused by head / full / zero-shot
+    counts = count_config(arch, cfg.model.method, lora, num_labels, missing, head)
+    out = {"model": cfg.model.name, "model_type": arch.model_type, "method": cfg.model.method, "head": head,
+           "num_labels": num_labels, "source": source, "config_only": config_only,
+           "r": lora.r if cfg.model.method == "lora" else None,
+           "alpha": lora.alpha if cfg.model.method == "lora" else None,
+           "newly_initialised": sorted({m.rsplit(".", 1)[0] for m in missing}),
+           **counts, **size_estimate(counts, cfg.model.method), "budget": cfg.train.max_trainable_params}
+    if auto:
+        out["auto"] = auto
+    return out
+
+
+def format_param_report(rep: dict) -> str:
+    """Terminal text for :func:`param_report`."""
+    lines = [f"{rep['model']} ({rep['model_type']}, {rep['method']}, {rep['num_labels']} labels; "
+             f"shapes from {rep['source']}{', meta device, no weights' if rep['config_only'] else ''})"]
+    if rep["method"] == "lora":
+        lines.append(f"LoRA r={rep['r']} alpha={rep['alpha']:g} on {_fmt_targets(rep['target_modules'])}")
+    if rep.get("modules_to_save") and rep["method"] != "full":
+        where = " and saved with the adapter" if rep["method"] == "lora" else ""
+        lines.append(f"trained whole{where}: {', '.join(rep['modules_to_save'])}")
+    lacking = [m for m in rep["newly_initialised"] if m not in ("classifier", "score") and ".classifier" not in m]
+    if lacking:
+        lines.append(f"weights the checkpoint lacks or ships untrained (trained): {', '.join(lacking)}")
+    w = len(f"{rep['total']:,}")
+    lines.append(f"trainable  {rep['trainable']:>{w},}  {rep['trainable_pct']:.2f}% of {rep['total']:,}")
+    for k in ("lora", "head", "other"):
+        lines.append(f"  {k:<8} {rep[k]:>{w},}")
+    lines.append(f"on disk (fp32): artifact ~{rep['artifact_bytes'] / 1e6:.2f} MB, full model "
+                 f"{rep['full_model_bytes'] / 1e6:.1f} MB")
+    if rep["budget"] is not None:
+        ok = rep["trainable"] <= rep["budget"]
+        lines.append(f"budget train.max_trainable_params={rep['budget']:,}: {'fits' if ok else 'EXCEEDED'}")
+    if rep["config_only"] and rep["method"] != "full":
+        lines.append("note: a config cannot show weights a checkpoint lacks or ships untrained (e.g. minilm's "
+                     "pooler); they are trained too. Without --config-only they are counted.")
+    if rep.get("auto"):
+        lines.append("")
+        lines.append(f"lora.r: auto candidates ({rep['auto']['rule']}):")
+        for c in sorted(rep["auto"]["candidates"], key=lambda x: x["trainable"]):
+            mark = "<- chosen" if (c["r"], c["target_modules"]) == (rep["r"], rep["target_modules"]) else ""
+            lines.append(f"  r={c['r']:<3} {_fmt_targets(c['target_modules']):<28} {c['trainable']:>12,}  "
+                         f"{'fits' if c['fits'] else 'over'} {mark}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,370 @@
+"""Compare finished runs: one row per run (Markdown, CSV, terminal), accuracy against trainable
+parameters, confusion matrices side by side and sample predictions.
+
+Everything here reads run directories (metrics.json, config.yaml, predictions/, artifact/) and
+never loads a model, so comparing is instant and works on runs made elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from .errors import LoraclfError
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+
+
+def _dotted(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def is_run(path: Path) -> bool:
+    return (path / "metrics.json").is_file()
+
+
+def expand_run_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories as given; a folder of runs (a sweep's output) expands to its finished runs."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if is_run(p):
+            out.append(p)
+        elif p.is_dir() and any(is_run(c) for c in p.iterdir() if c.is_dir()):
+            out += sorted(c for c in p.iterdir() if c.is_dir() and is_run(c))
+        elif p.is_dir() and (p / "config.yaml").exists():
+            raise LoraclfError(f"{p}: the run has not finished (no metrics.json); resume it with loraclf train --resume {p}")
+        else:
+            raise LoraclfError(f"{p}: not a run directory (no metrics.json) or a folder of runs")
+    if not out:
+        raise LoraclfError("no runs to compare")
+    return out
+
+
+def artifact_bytes(run_dir: Path) -> Optional[int]:
+    """Bytes of the weight files in the run's artifact/ (what must be shipped besides the base model)."""
+    art = run_dir / "artifact"
+    if not art.is_dir():
+        return None
+    return sum(f.stat().st_size for pat in WEIGHT_FILES for f in art.glob(pat)) or None
+
+
+def pick_split(metrics_list: Sequence[dict], split: Optional[str] = None) -> str:
+    if split:
+        return split
+    return "test" if all(m.get("test") for m in metrics_list) else "validation"
+
+
+def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[str] = None,
+                  extra_keys: Sequence[str] = ()) -> dict:
+    """One comparison row from a finished run directory (see :data:`CSV_FIELDS` for the keys)."""
+    path = Path(path)
+    if not is_run(path):
+        raise LoraclfError(f"{path}: not a finished run (no metrics.json)")
+    m = json.loads((path / "metrics.json").read_text())
+    cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
+    split = pick_split([m], split)
+    sm = m.get(split) or {}
+    model = m.get("model", {})
+    method = model.get("method") or _dotted(cfg, "model.method")
+    head = model.get("head") or _dotted(cfg, "model.head") or "classifier"
+    params = m.get("params", {})
+    timing = m.get("timing", {})
+    lora = method == "lora"
+    targets = model.get("target_modules") if lora else None
+    full_bytes = None
+    if params.get("total"):
+        full_bytes = (params["total"] - params.get("lora", 0)) * 4
+    return {
+        "run": name or path.name,
+        "path": str(path),
+        "status": "done",
+        "model": model.get("name") or _dotted(cfg, "model.name"),
+        "method": method if head == "classifier" else f"{method} ({head})",
+        "targets": targets if isinstance(targets, str) or targets is None else "+".join(targets),
+        "r": _dotted(cfg, "lora.r") if lora else None,
+        "alpha": _dotted(cfg, "lora.alpha") if lora else None,
+        "extra": {k: _dotted(cfg, k) for k in extra_keys},
+        "trainable": params.get("trainable"),
+        "total": params.get("total"),
+        "trainable_pct": params.get("trainable_pct"),
+        "split": split,
+        "n": sm.get("n"),
+        "accuracy": sm.get("accuracy"),
+        "macro_f1": sm.get("macro_f1"),
+        "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or {}).items()},
+        "confusion_matrix": sm.get("confusion_matrix"),
+        "labels": m.get("labels") or list((sm.get("per_class") or {}).keys()),
+        "validation_best": (m.get("best") or {}).get("value"),
+        "train_seconds": timing.get("train_seconds"),
+        "peak_memory_mb": timing.get("peak_memory_mb"),
+        "artifact_bytes": artifact_bytes(path),
+        "full_model_bytes": full_bytes,
+    }
+
+
+def compare_rows(paths: Sequence[str | Path], split: Optional[str] = None) -> list[dict]:
+    """Rows for several runs on one common split (test when every run has one)."""
+    runs = expand_run_paths(paths)
+    metrics = [json.loads((p / "metrics.json").read_text()) for p in runs]
+    split = pick_split(metrics, split)
+    names = [p.name for p in runs]
+    if len(set(names)) < len(names):  # same folder names from different sweeps: use more of the path
+        names = [str(Path(*p.parts[-2:])) for p in runs]
+    return [summarize_run(p, split, n) for p, n in zip(runs, names)]
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _num(v, fmt: str = "{:,}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def _mb(b) -> str:
+    return "-" if b is None else (f"{b / 1e6:.2f} MB" if b < 10e6 else f"{b / 1e6:.1f} MB")
+
+
+def _secs(s) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.1f} s" if s < 100 else f"{s / 60:.1f} min"
+
+
+def _labels(rows: Sequence[dict]) -> list[str]:
+    out: list[str] = []
+    for r in rows:
+        for lab in r.get("per_class_f1") or {}:
+            if lab not in out:
+                out.append(lab)
+    return out
+
+
+def _extra_keys(rows: Sequence[dict]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        for k in r.get("extra") or {}:
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def _fmt_value(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return "+".join(map(str, v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
+    """(header, row -> cell text) for the comparison table."""
+    split = next((r["split"] for r in rows if r.get("split")), "test")
+    cols: list[tuple[str, Any]] = [
+        ("run", lambda r: r["run"]),
+        ("method", lambda r: _fmt_value(r.get("method"))),
+        ("targets", lambda r: _fmt_value(r.get("targets"))),
+        ("r", lambda r: _fmt_value(r.get("r"))),
+        ("alpha", lambda r: _fmt_value(r.get("alpha"))),
+    ]
+    for k in _extra_keys(rows):
+        cols.append((k, lambda r, k=k: _fmt_value((r.get("extra") or {}).get(k))))
+    cols += [
+        ("trainable params", lambda r: _num(r.get("trainable"))),
+        ("% of total", lambda r: _num(r.get("trainable_pct"), "{:.2f}%")),
+        (f"accuracy ({split})", lambda r: _num(r.get("accuracy"), "{:.4f}")),
+        ("macro-F1", lambda r: _num(r.get("macro_f1"), "{:.4f}")),
+    ]
+    for lab in _labels(rows):
+        cols.append((f"F1 {lab}", lambda r, lab=lab: _num((r.get("per_class_f1") or {}).get(lab), "{:.4f}")))
+    cols += [
+        ("train time", lambda r: _secs(r.get("train_seconds"))),
+        ("peak memory", lambda r: _num(r.get("peak_memory_mb"), "{:,.0f} MB")),
+        ("artifact on disk", lambda r: _mb(r.get("artifact_bytes"))),
+        ("full model (fp32)", lambda r: _mb(r.get("full_model_bytes"))),
+    ]
+    if any(r.get("status", "done") != "done" for r in rows):
+        cols.append(("status", lambda r: r.get("status", "done")))
+    return cols
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The comparison table in Markdown (one row per run)."""
+    cols = table_columns(rows)
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    out = ["| " + " | ".join(h for h, _ in cols) + " |",
+           "|" + "|".join("---" if i < 3 else "---:" for i in range(len(cols))) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(esc(f(r)) for _, f in cols) + " |")
+    return "\n".join(out)
+
+
+def csv_fields(rows: Sequence[dict]) -> list[str]:
+    return (["run", "status", "model", "method", "targets", "r", "alpha"] + _extra_keys(rows)
+            + ["trainable_params", "total_params", "trainable_pct", "split", "n", "accuracy", "macro_f1"]
+            + [f"f1_{lab}" for lab in _labels(rows)]
+            + ["validation_best", "train_seconds", "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path"])
+
+
+def write_csv(rows: Sequence[dict], path: str | Path) -> None:
+    """The comparison table as CSV with raw numbers (bytes, seconds, fractions)."""
+    fields = csv_fields(rows)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            rec = {k: r.get(k) for k in ("run", "status", "model", "method", "targets", "r", "alpha", "split", "n",
+                                         "accuracy", "macro_f1", "trainable_pct", "validation_best", "train_seconds",
+                                         "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path")}
+            rec["trainable_params"], rec["total_params"] = r.get("trainable"), r.get("total")
+            for k in _extra_keys(rows):
+                rec[k] = _fmt_value((r.get("extra") or {}).get(k))
+            for lab in _labels(rows):
+                rec[f"f1_{lab}"] = (r.get("per_class_f1") or {}).get(lab)
+            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+
+
+def plot_accuracy_vs_params(rows: Sequence[dict], path: str | Path, title: Optional[str] = None) -> Optional[Path]:
+    """Scatter of accuracy against trainable parameters (log scale), one labelled point per run."""
+    pts = [r for r in rows if r.get("accuracy") is not None and r.get("trainable")]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(str(r["method"]) for r in pts))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    for i, meth in enumerate(methods):
+        sel = [r for r in pts if str(r["method"]) == meth]
+        ax.scatter([r["trainable"] for r in sel], [r["accuracy"] for r in sel], s=60, label=meth,
+                   color=colours[i % len(colours)], zorder=3)
+    for r in pts:
+        ax.annotate(r["run"], (r["trainable"], r["accuracy"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    split = pts[0].get("split", "test")
+    ax.set_ylabel(f"{split} accuracy")
+    lo, hi = min(r["accuracy"] for r in pts), max(r["accuracy"] for r in pts)
+    pad = max(0.01, (hi - lo) * 0.15)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    xs = [r["trainable"] for r in pts]
+    ax.set_xlim(min(xs) / 2, max(xs) * 3)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="method", fontsize=8)
+    ax.set_title(title or f"{split} accuracy against trainable parameters")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- loraclf compare (terminal)
+
+
+def _grid(rows: list[list[str]], right_from: int = 1) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i >= right_from else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+def side_by_side_table(rows: Sequence[dict]) -> str:
+    """Metrics as rows, runs as columns (what fits a terminal for a handful of runs)."""
+    cols = table_columns(rows)
+    body = [[h] + [f(r) for r in rows] for h, f in cols]
+    return "\n".join(_grid(body))
+
+
+def confusion_block(row: dict) -> list[str]:
+    cm, labels = row.get("confusion_matrix"), row.get("labels") or []
+    if not cm:
+        return [row["run"], "(no confusion matrix)"]
+    body = [["gold \\ pred"] + list(labels)] + [[lab] + [str(v) for v in line] for lab, line in zip(labels, cm)]
+    return [row["run"]] + _grid(body)
+
+
+def side_by_side_confusion(rows: Sequence[dict], per_line: int = 3) -> str:
+    out = []
+    for start in range(0, len(rows), per_line):
+        blocks = [confusion_block(r) for r in rows[start:start + per_line]]
+        height = max(len(b) for b in blocks)
+        widths = [max(len(x) for x in b) for b in blocks]
+        for i in range(height):
+            out.append("    ".join((b[i] if i < len(b) else "").ljust(w) for b, w in zip(blocks, widths)).rstrip())
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _read_predictions(path: Path, split: str):
+    import pandas as pd
+
+    f = path / "predictions" / f"{split}.csv"
+    if not f.exists():
+        raise LoraclfError(f"{path}: no predictions/{split}.csv to draw examples from")
+    return pd.read_csv(f, keep_default_na=False, dtype={"text": str, "gold": str, "predicted": str})
+
+
+def sample_examples(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+    """n texts with every run's prediction; texts the runs disagree on come first, then mistakes."""
+    import numpy as np
+
+    split = rows[0]["split"]
+    frames = [_read_predictions(Path(r["path"]), split) for r in rows]
+    same = all(len(f) == len(frames[0]) and (f["text"].values == frames[0]["text"].values).all() for f in frames)
+    if same:
+        texts, golds = list(frames[0]["text"]), list(frames[0]["gold"])
+        preds = [list(f["predicted"]) for f in frames]
+    else:  # different data or order: align on the text
+        maps = [dict(zip(f["text"], zip(f["gold"], f["predicted"]))) for f in frames]
+        texts = [t for t in dict.fromkeys(frames[0]["text"]) if all(t in m for m in maps[1:])]
+        golds = [maps[0][t][0] for t in texts]
+        preds = [[m[t][1] for t in texts] for m in maps]
+    if not texts:
+        raise LoraclfError("the runs' predictions share no texts; were they evaluated on the same data?")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    disagree = [i for i in order if len({p[i] for p in preds}) > 1]
+    wrong = [i for i in order if i not in set(disagree) and preds[0][i] != golds[i]]
+    chosen = list(dict.fromkeys(disagree + wrong + list(order)))[:n]
+    return [{"text": texts[i], "gold": golds[i], "predictions": [p[i] for p in preds]} for i in chosen]
+
+
+def format_examples(rows: Sequence[dict], examples: list[dict], width: int = 110) -> str:
+    names = [r["run"] for r in rows]
+    out = []
+    for k, ex in enumerate(examples, 1):
+        text = " ".join(ex["text"].split())
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        out.append(f"[{k}] {text}")
+        parts = [f"gold: {ex['gold']}"] + [f"{n}: {p}{'' if p == ex['gold'] else ' (wrong)'}"
+                                           for n, p in zip(names, ex["predictions"])]
+        out.append("    " + " | ".join(parts))
+    return "\n".join(out)
+
+
+def compare_text(paths: Sequence[str | Path], split: Optional[str] = None, examples: int = 0, seed: int = 0) -> str:
+    """What `loraclf compare` prints: the side-by-side table, confusion matrices, and sample predictions."""
+    rows = compare_rows(paths, split)
+    parts = [side_by_side_table(rows), "", f"confusion matrices ({rows[0]['split']}; rows: gold, columns: predicted)",
+             "", side_by_side_confusion(rows)]
+    if examples > 0:
+        exs = sample_examples(rows, examples, seed)
+        parts += ["", f"examples ({rows[0]['split']}; texts the runs disagree on first, then mistakes, then others; "
+                      f"seed {seed})", format_examples(rows, exs)]
+    return "\n".join(parts)

@@ -1,0 +1,787 @@
+"""Studies: sweeps over a grid or list of config changes, and Optuna searches with pruning.
+
+A **sweep file** is a base config plus the points to run::
+
+    base: ../examples/quickstart.yaml      # optional, relative to this file
+    config: {data: {max_train_samples: 4000}, train: {epochs: 2}}   # optional, merged over base
+    grid: {lora.r: [8, 16], lora.alpha: [16, 32]}                   # cartesian product, and/or
+    points:                                                         # an explicit list
+      - {name: head-only, model.method: head}
+      - {model.method: lora}
+    output_dir: runs/my-sweep       # default runs/<file stem>
+    split: test                     # split of the comparison table (default test, else validation)
+
+With both ``points`` and ``grid``, every point is crossed with every grid combination. Each point
+is a run directory ``<output_dir>/<point name>``; rerunning the sweep skips finished points and
+resumes interrupted ones from their checkpoint. After every point the table is rewritten:
+``results.md``, ``results.csv`` and ``accuracy_vs_params.png``.
+
+A **search file** has the same ``base``/``config`` plus ``space`` (see :func:`suggest`), ``trials``
+and Optuna's ``storage`` (default: a SQLite file in the output folder), so several processes or
+machines that point at one storage share the study. See docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+from .compare import markdown_table, plot_accuracy_vs_params, summarize_run, write_csv
+from .config import Config, _set_dotted, config_from_dict, parse_override
+from .errors import ConfigError, LoraclfError
+
+log = logging.getLogger("loraclf")
+
+SWEEP_KEYS = {"base", "config", "grid", "points", "output_dir", "split", "description"}
+SEARCH_KEYS = {"base", "config", "space", "trials", "timeout", "storage", "study_name", "metric", "pruner",
+               "sampler", "output_dir", "split", "description"}
+# Columns the comparison table always has; other varied fields get a column of their own.
+SHOWN_KEYS = {"model.method", "lora.r", "lora.alpha", "lora.target_modules", "name"}
+RESULT_FILES = ("results.md", "results.csv", "accuracy_vs_params.png")
+
+
+# ----------------------------------------------------------------------------- spec files
+
+
+def read_spec(path: str | Path, allowed: set[str], kind: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{kind} file not found: {p}")
+    try:
+        spec = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{p}: a {kind} file is a mapping ({', '.join(sorted(allowed))})")
+    unknown = set(spec) - allowed
+    if unknown:
+        import difflib
+
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{p}: unknown {kind} key '{key}'{hint}; {kind} keys: {', '.join(sorted(allowed))}")
+    return spec
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in (b or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        elif "." in str(k):  # dotted keys are allowed in `config:` too
+            _set_dotted(out, str(k), copy.deepcopy(v))
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def base_tree(spec: dict, spec_path: str | Path, sets: Sequence[str] = ()) -> dict:
+    """The base config as a plain tree: `base` file, then inline `config`, then CLI --set overrides."""
+    tree: dict = {}
+    if spec.get("base"):
+        b = Path(spec["base"]).expanduser()
+        if not b.is_absolute() and not b.exists():
+            b = Path(spec_path).parent / b
+        if not b.is_file():
+            raise ConfigError(f"{spec_path}: base config not found: {spec['base']} (paths are relative to the file)")
+        tree = yaml.safe_load(b.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{b}: top level must be a mapping of config sections")
+    if spec.get("config") is not None:
+        if not isinstance(spec["config"], dict):
+            raise ConfigError(f"{spec_path}: 'config' must be a mapping of config sections")
+        tree = _deep_merge(tree, spec["config"])
+    for item in sets or ():
+        k, v = parse_override(item)
+        _set_dotted(tree, k, v)
+    return tree
+
+
+def with_overrides(tree: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(tree)
+    for k, v in overrides.items():
+        _set_dotted(out, k, copy.deepcopy(v))
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    d = cfg.to_dict()
+    d.pop("name", None)
+    d.pop("output_dir", None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class SweepPoint:
+    name: str
+    overrides: dict
+    config: Config
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+
+@dataclass
+class Sweep:
+    path: Path
+    out_dir: Path
+    points: list[SweepPoint]
+    split: Optional[str] = None
+    description: str = ""
+    varied: list[str] = field(default_factory=list)
+
+
+def _value_slug(v: Any) -> str:
+    if isinstance(v, list):
+        return "+".join(map(str, v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "null"
+    return Path(str(v)).name if isinstance(v, str) and "/" in v else str(v)
+
+
+def point_name(overrides: dict) -> str:
+    """A readable folder name from a point's changes: {model.method: lora, lora.r: 8} -> lora-r8."""
+    parts = []
+    for k, v in overrides.items():
+        short = k.split(".")[-1]
+        if k in ("model.method", "model.name", "data.path"):
+            parts.append(_value_slug(v))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{short}{_value_slug(v)}")
+        else:
+            parts.append(f"{short}-{_value_slug(v)}")
+    name = "-".join(parts) or "base"
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", name)[:120]
+
+
+def expand_points(spec: dict, where: str) -> list[tuple[str, dict]]:
+    """(name, dotted overrides) for every point: `points` crossed with the `grid` product."""
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}: 'grid' must map config fields to lists of values")
+    for k, vals in grid.items():
+        if not isinstance(vals, list) or not vals:
+            raise ConfigError(f"{where}: grid field '{k}' must be a non-empty list of values, got {vals!r}")
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    points = spec.get("points")
+    if points is None:
+        points = [{}]
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{where}: 'points' must be a list of mappings of config fields to values")
+    if not grid and not spec.get("points"):
+        raise ConfigError(f"{where}: a sweep needs 'grid' (fields -> lists of values) or 'points' (a list)")
+    out, seen = [], set()
+    for p in points:
+        p = dict(p)
+        given = p.pop("name", None)
+        for g in combos:
+            ov = {**p, **g}
+            name = str(given) if given and len(combos) == 1 else (
+                f"{given}-{point_name(g)}" if given else point_name(ov))
+            name = re.sub(r"[^A-Za-z0-9._+=-]+", "_", name)
+            base, k = name, 2
+            while name in seen:
+                name, k = f"{base}-{k}", k + 1
+            seen.add(name)
+            out.append((name, ov))
+    return out
+
+
+def load_sweep(path: str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None) -> Sweep:
+    """Parse and validate a sweep file; every point's config is checked before anything runs."""
+    path = Path(path)
+    spec = read_spec(path, SWEEP_KEYS, "sweep")
+    tree = base_tree(spec, path, sets)
+    out_dir = Path(output_dir or spec.get("output_dir") or Path("runs") / path.stem)
+    points = []
+    for name, ov in expand_points(spec, str(path)):
+        t = with_overrides(tree, ov)
+        t["name"], t["output_dir"] = name, str(out_dir)
+        try:
+            cfg = config_from_dict(t)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: point '{name}': {e}") from None
+        points.append(SweepPoint(name, ov, cfg))
+    varied = list(dict.fromkeys(k for p in points for k in p.overrides if k not in SHOWN_KEYS))
+    varied = [k for k in varied if len({json.dumps(p.overrides.get(k), default=str) for p in points}) > 1
+              or any(k not in p.overrides for p in points)]
+    return Sweep(path, out_dir, points, spec.get("split"), str(spec.get("description") or "").strip(), varied)
+
+
+def _state_file(out_dir: Path) -> Path:
+    return out_dir / "points.json"
+
+
+def _read_state(out_dir: Path) -> dict:
+    f = _state_file(out_dir)
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _write_state(out_dir: Path, state: dict) -> None:
+    f = _state_file(out_dir)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    tmp.replace(f)
+
+
+def point_status(point: SweepPoint, out_dir: Path, state: Optional[dict] = None) -> str:
+    """done | resume (interrupted after a checkpoint) | partial (interrupted before one) | pending.
+
+    Raises if the point's folder holds a run made from a different config, rather than mixing
+    stale results into the table.
+    """
+    d = out_dir / point.name
+    if not d.exists():
+        return "pending"
+    rec = (state if state is not None else _read_state(out_dir)).get(point.name)
+    if rec and rec.get("hash") != point.hash:
+        old, new = _flat(rec.get("config", {})), _flat(point.config.to_dict())
+        diff = [k for k in sorted(set(old) | set(new)) if k not in ("name", "output_dir") and old.get(k) != new.get(k)]
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3]) or "config changed"
+        raise LoraclfError(f"sweep point '{point.name}' in {out_dir} was run with a different config ({shown}); "
+                           f"delete {d} or use another --output-dir")
+    if (d / "metrics.json").exists():
+        return "done"
+    if (d / "checkpoints" / "trainer_state.json").exists():
+        return "resume"
+    return "partial"
+
+
+def _row_for(point: SweepPoint, out_dir: Path, split: Optional[str], varied: list[str], status: str) -> dict:
+    d = out_dir / point.name
+    if status == "done":
+        return summarize_run(d, split, point.name, varied)
+    c = point.config
+    lora = c.model.method == "lora"
+    return {"run": point.name, "status": status, "method": c.model.method, "model": c.model.name,
+            "targets": _value_slug(c.lora.target_modules) if lora and c.lora.target_modules else ("default" if lora else None),
+            "r": c.lora.r if lora else None, "alpha": c.lora.alpha if lora else None,
+            "extra": {k: _get(c.to_dict(), k) for k in varied}, "split": split, "path": str(d)}
+
+
+def _get(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def write_results(sweep: Sweep, statuses: dict[str, str], title: Optional[str] = None) -> list[dict]:
+    """Rewrite results.md / results.csv / accuracy_vs_params.png from the point folders."""
+    split = sweep.split
+    if split is None:
+        done = [p for p in sweep.points if statuses.get(p.name) == "done"]
+        has_test = all((json.loads((sweep.out_dir / p.name / "metrics.json").read_text()).get("test")) for p in done)
+        split = "test" if has_test else "validation"
+    rows = [_row_for(p, sweep.out_dir, split, sweep.varied, statuses.get(p.name, "pending")) for p in sweep.points]
+    sweep.out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, sweep.out_dir / "results.csv")
+    title = title or f"{sweep.path.stem}: {split} accuracy against trainable parameters"
+    png = plot_accuracy_vs_params(rows, sweep.out_dir / "accuracy_vs_params.png", title)
+    from . import __version__
+
+    n_done = sum(s == "done" for s in statuses.values())
+    lines = [f"# {sweep.path.stem}", ""]
+    if sweep.description:
+        lines += [sweep.description, ""]
+    lines += [f"Sweep file `{sweep.path}`, {len(sweep.points)} points ({n_done} finished); metrics on the "
+              f"**{split}** split. Written by loraclf {__version__} on "
+              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.", "", markdown_table(rows), ""]
+    if png is not None:
+        lines += ["![accuracy against trainable parameters](accuracy_vs_params.png)", ""]
+    lines += ["Trainable params count the LoRA weights, the head and any weights the checkpoint lacks. "
+              "Artifact: the weight files in `artifact/` (LoRA: the adapter incl. head; head/full: a whole "
+              "checkpoint). Full model: the base model's weights in fp32. Peak memory: peak RSS on CPU, "
+              "`torch.cuda.max_memory_allocated` on GPU.", ""]
+    (sweep.out_dir / "results.md").write_text("\n".join(lines))
+    return rows
+
+
+def _child_cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "loraclf.experiments", *args]
+
+
+def _run_point_subprocess(point: SweepPoint, out_dir: Path, resume: bool, quiet: bool) -> Optional[str]:
+    """Train one point in a fresh Python process (own memory peak, nothing leaks between points).
+
+    Returns None on success, else the error message.
+    """
+    tmp = out_dir / ".points"
+    tmp.mkdir(parents=True, exist_ok=True)
+    err = tmp / f"{point.name}.error"
+    err.unlink(missing_ok=True)
+    if resume:
+        args = ["--resume", str(out_dir / point.name)]
+    else:
+        cfg_file = tmp / f"{point.name}.yaml"
+        point.config.save(cfg_file)
+        args = ["--config", str(cfg_file)]
+    args += ["--error-file", str(err)] + (["--quiet"] if quiet else [])
+    proc = subprocess.Popen(_child_cmd(args))
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the child too; let it stop cleanly
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if rc == 0:
+        return None
+    return err.read_text().strip() if err.exists() else f"training process exited with code {rc}"
+
+
+def _run_point_inprocess(point: SweepPoint, out_dir: Path, resume: bool, quiet: bool) -> Optional[str]:
+    import gc
+
+    from .run import train
+
+    try:
+        if resume:
+            train(None, resume=str(out_dir / point.name), quiet=quiet)
+        else:
+            train(copy.deepcopy(point.config), quiet=quiet)
+    except LoraclfError as e:
+        return str(e)
+    finally:
+        gc.collect()
+    return None
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    rows: list[dict]
+    statuses: dict[str, str]
+    failed: dict[str, str]
+    ran: list[str]
+
+
+def run_sweep(sweep: Sweep | str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None,
+              isolate: bool = True, quiet: bool = False, fail_fast: bool = False,
+              echo: Callable[[str], None] = print) -> SweepResult:
+    """Run every unfinished point of a sweep, then write the comparison table and plot.
+
+    `isolate` trains each point in its own process (clean per-run peak memory; a crash cannot take
+    the sweep down). A point that fails with a user error (e.g. over budget) is recorded and the
+    sweep goes on, unless `fail_fast`. Interrupting is safe: rerun to continue.
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = load_sweep(sweep, sets, output_dir)
+    out = sweep.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    state = _read_state(out)
+    statuses = {p.name: point_status(p, out, state) for p in sweep.points}
+    failed: dict[str, str] = {}
+    ran: list[str] = []
+    todo = [p for p in sweep.points if statuses[p.name] != "done"]
+    if not quiet:
+        echo(f"sweep {sweep.path.name}: {len(sweep.points)} points, {len(sweep.points) - len(todo)} finished, "
+             f"{len(todo)} to run -> {out}")
+    run_one = _run_point_subprocess if isolate else _run_point_inprocess
+    try:
+        for i, p in enumerate(todo, 1):
+            st = statuses[p.name]
+            if st == "partial":  # interrupted before its first checkpoint: nothing to resume
+                d = out / p.name
+                if any(d.iterdir()) and not (d / "config.yaml").exists():
+                    raise LoraclfError(f"{d} exists but is not a loraclf run; move it away")
+                shutil.rmtree(d)
+            state[p.name] = {"hash": p.hash, "overrides": p.overrides, "config": p.config.to_dict()}
+            _write_state(out, state)
+            if not quiet:
+                what = "resuming" if st == "resume" else "running"
+                changes = ", ".join(f"{k}={_value_slug(v)}" for k, v in p.overrides.items()) or "base config"
+                echo(f"\n[{i}/{len(todo)}] {what} {p.name} ({changes})")
+            error = run_one(p, out, st == "resume", quiet)
+            ran.append(p.name)
+            if error is None:
+                statuses[p.name] = "done"
+            else:
+                statuses[p.name] = f"failed: {error.splitlines()[0][:200] if error else 'error'}"
+                failed[p.name] = error
+                shutil.rmtree(out / p.name, ignore_errors=True)  # failed before training: nothing to keep
+                echo(f"point {p.name} failed: {error}")
+                if fail_fast:
+                    break
+            write_results(sweep, statuses)
+    finally:
+        rows = write_results(sweep, statuses)
+    return SweepResult(out, rows, statuses, failed, ran)
+
+
+# ----------------------------------------------------------------------------- search (Optuna)
+
+
+def _label(v: Any) -> Any:
+    return v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v)
+
+
+def suggest(trial, key: str, spec: Any) -> Any:
+    """One value for `key` from its search-space spec.
+
+    - a list, or ``{choices: [...]}``: categorical (values may be lists, e.g. target-module sets);
+    - ``{low, high}``: a float, or an int when both bounds are ints; optional ``log: true`` and ``step``;
+      ``type: int|float`` forces the kind.
+    """
+    if isinstance(spec, list) or (isinstance(spec, dict) and "choices" in spec):
+        choices = spec if isinstance(spec, list) else spec["choices"]
+        labels = [_label(c) for c in choices]
+        picked = trial.suggest_categorical(key, labels)
+        return choices[labels.index(picked)]
+    lo, hi = spec["low"], spec["high"]
+    kind = spec.get("type") or ("int" if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log_float") else "float")
+    if kind == "int":
+        return trial.suggest_int(key, int(lo), int(hi), step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
+    return trial.suggest_float(key, float(lo), float(hi), step=spec.get("step"), log=bool(spec.get("log", False)))
+
+
+def _check_space(space: Any, where: str) -> None:
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{where}: 'space' must map config fields to ranges ({{low, high}}) or lists of choices")
+    for k, s in space.items():
+        if isinstance(s, list):
+            if not s:
+                raise ConfigError(f"{where}: space '{k}' has no choices")
+            continue
+        if not isinstance(s, dict):
+            raise ConfigError(f"{where}: space '{k}' must be a list of choices or {{low, high}}, got {s!r}")
+        if "choices" in s:
+            if not isinstance(s["choices"], list) or not s["choices"]:
+                raise ConfigError(f"{where}: space '{k}': choices must be a non-empty list")
+            continue
+        if "low" not in s or "high" not in s:
+            raise ConfigError(f"{where}: space '{k}' needs low and high (or choices)")
+        bad = set(s) - {"low", "high", "log", "step", "type"}
+        if bad:
+            raise ConfigError(f"{where}: space '{k}': unknown key {sorted(bad)[0]!r} (low, high, log, step, type)")
+        if not s["low"] < s["high"]:
+            raise ConfigError(f"{where}: space '{k}': low must be < high")
+
+
+@dataclass
+class Search:
+    path: Path
+    tree: dict
+    space: dict
+    out_dir: Path
+    trials: int
+    timeout: Optional[float]
+    storage: str
+    study_name: str
+    metric: str
+    direction: str
+    pruner: Any
+    sampler: Any
+    split: Optional[str]
+    description: str = ""
+
+
+def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None) -> Search:
+    from .metrics import METRIC_DIRECTIONS
+
+    path = Path(path)
+    spec = read_spec(path, SEARCH_KEYS, "search")
+    tree = base_tree(spec, path, sets)
+    space = spec.get("space")
+    _check_space(space, str(path))
+    metric = spec.get("metric") or _get(tree, "train.metric") or "accuracy"
+    if metric not in METRIC_DIRECTIONS:
+        raise ConfigError(f"{path}: metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {metric!r}")
+    tree = with_overrides(tree, {"train.metric": metric})
+    # Every field in the space must exist and accept its bounds / choices.
+    ends = {k: (s if isinstance(s, list) else s.get("choices") or [s["low"], s["high"]]) for k, s in space.items()}
+    for smp in ({k: v[0] for k, v in ends.items()}, {k: v[-1] for k, v in ends.items()}):
+        try:
+            config_from_dict(with_overrides(tree, smp))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    out_dir = Path(output_dir or spec.get("output_dir") or Path("runs") / path.stem)
+    storage = spec.get("storage") or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    trials = int(spec.get("trials", 20))
+    if trials < 1:
+        raise ConfigError(f"{path}: trials must be >= 1")
+    return Search(path, tree, space, out_dir, trials, spec.get("timeout"), storage,
+                  str(spec.get("study_name") or path.stem), metric,
+                  "maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
+                  spec.get("pruner", "median"), spec.get("sampler", "tpe"), spec.get("split"),
+                  str(spec.get("description") or "").strip())
+
+
+def _make_pruner(spec: Any):
+    import optuna
+
+    if spec in (None, "none", False):
+        return optuna.pruners.NopPruner()
+    kw = {}
+    if isinstance(spec, dict):
+        kw = {k: v for k, v in spec.items() if k != "type"}
+        spec = spec.get("type", "median")
+    makers = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+              "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+              "percentile": optuna.pruners.PercentilePruner}
+    if spec not in makers:
+        raise ConfigError(f"pruner must be none or one of {', '.join(makers)}; got {spec!r}")
+    if spec == "median":
+        kw.setdefault("n_startup_trials", 3)
+    try:
+        return makers[spec](**kw)
+    except TypeError as e:
+        raise ConfigError(f"pruner {spec}: {e}") from None
+
+
+def _make_sampler(spec: Any):
+    import optuna
+
+    kw = {}
+    if isinstance(spec, dict):
+        kw = {k: v for k, v in spec.items() if k != "type"}
+        spec = spec.get("type", "tpe")
+    makers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if spec not in makers:
+        raise ConfigError(f"sampler must be one of {', '.join(makers)}; got {spec!r}")
+    try:
+        return makers[spec](**kw)
+    except TypeError as e:
+        raise ConfigError(f"sampler {spec}: {e}") from None
+
+
+def _make_storage(url: str):
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # A heartbeat lets a restarted search mark trials of killed processes failed and retry them once.
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=60, grace_period=180,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"storage {url!r}: {str(e).splitlines()[0][:200]}") from None
+
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+@dataclass
+class SearchResult:
+    study: Any
+    out_dir: Path
+    best_config: Optional[Path]
+    rows: list[dict]
+
+
+def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None,
+               trials: Optional[int] = None, timeout: Optional[float] = None, storage: Optional[str] = None,
+               study_name: Optional[str] = None, quiet: bool = False,
+               echo: Callable[[str], None] = print) -> SearchResult:
+    """Run (or join) an Optuna study until it holds `trials` finished trials, then write best.yaml.
+
+    Trials optimise the best *validation* value of `metric`; test metrics are reported, never used
+    to choose. Validation metrics at each evaluation feed the pruner, so set train.eval_steps for
+    pruning finer than once per epoch.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    if not isinstance(search, Search):
+        search = load_search(search, sets, output_dir)
+    if trials is not None:
+        search.trials = trials
+    if timeout is not None:
+        search.timeout = timeout
+    if storage:
+        search.storage = storage
+    if study_name:
+        search.study_name = study_name
+    out = search.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(study_name=search.study_name, storage=_make_storage(search.storage),
+                                    direction=search.direction, load_if_exists=True,
+                                    sampler=_make_sampler(search.sampler), pruner=_make_pruner(search.pruner))
+    except ValueError as e:  # e.g. an existing study with the other direction
+        raise ConfigError(f"study {search.study_name!r} in {search.storage}: {e}") from None
+    states = tuple(getattr(TrialState, s) for s in FINISHED)
+
+    def objective(trial) -> float:
+        from .run import train
+
+        overrides = {k: suggest(trial, k, s) for k, s in search.space.items()}
+        name = f"trial-{trial.number:04d}"
+        tree = with_overrides(search.tree, overrides)
+        tree["name"], tree["output_dir"] = name, str(out / "trials")
+        trial.set_user_attr("overrides", json.loads(json.dumps(overrides, default=str)))
+        trial.set_user_attr("run_dir", str(out / "trials" / name))
+        cfg = config_from_dict(tree)
+        if not quiet:
+            echo(f"\ntrial {trial.number}: " + ", ".join(f"{k}={_value_slug(v)}" for k, v in overrides.items()))
+
+        def report(rec: dict) -> None:
+            if rec.get("type") != "eval" or rec.get(search.metric) is None:
+                return
+            trial.report(float(rec[search.metric]), step=int(rec["step"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {rec['step']} ({search.metric}={rec[search.metric]:.4f})")
+
+        run_dir = out / "trials" / name
+        try:
+            run = train(cfg, quiet=quiet, callback=report)
+        except BaseException:
+            if not (run_dir / "metrics.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        m = run.metrics
+        for split in ("validation", "test"):
+            if m.get(split):
+                trial.set_user_attr(f"{split}_accuracy", m[split]["accuracy"])
+                trial.set_user_attr(f"{split}_macro_f1", m[split]["macro_f1"])
+        trial.set_user_attr("trainable_params", m["params"]["trainable"])
+        value = m["best"]["value"]
+        if value is None:
+            raise LoraclfError("the run recorded no validation metric")
+        return float(value)
+
+    done = len(study.get_trials(deepcopy=False, states=states))
+    if done < search.trials:
+        if not quiet:
+            echo(f"search {search.study_name}: {done} of {search.trials} trials finished; storage {search.storage}")
+        from optuna.study import MaxTrialsCallback
+
+        study.optimize(objective, n_trials=search.trials - done, timeout=search.timeout, catch=(LoraclfError,),
+                       callbacks=[MaxTrialsCallback(search.trials, states=states)], gc_after_trial=True)
+    best_path = write_search_results(search, study)
+    rows = _search_rows(search, study)
+    return SearchResult(study, out, best_path, rows)
+
+
+def _search_rows(search: Search, study) -> list[dict]:
+    from optuna.trial import TrialState
+
+    rows = []
+    keys = list(search.space)
+    for t in study.get_trials(deepcopy=False):
+        d = Path(t.user_attrs.get("run_dir", search.out_dir / "trials" / f"trial-{t.number:04d}"))
+        if t.state == TrialState.COMPLETE and (d / "metrics.json").exists():
+            r = summarize_run(d, search.split, d.name, keys)
+        else:
+            r = {"run": d.name, "extra": {k: t.user_attrs.get("overrides", {}).get(k) for k in keys},
+                 "split": search.split or "test", "path": str(d)}
+        r["status"] = t.state.name.lower() + ("" if t.state != TrialState.COMPLETE or (d / "metrics.json").exists()
+                                              else " (run on another machine)")
+        r["validation_best"] = t.value
+        rows.append(r)
+    return rows
+
+
+def write_search_results(search: Search, study) -> Optional[Path]:
+    """best.yaml (rerun with `loraclf train -c`), results.md / results.csv / accuracy_vs_params.png."""
+    from optuna.trial import TrialState
+
+    out = search.out_dir
+    rows = _search_rows(search, study)
+    if rows:
+        write_csv(rows, out / "results.csv")
+        plot_accuracy_vs_params([r for r in rows if r.get("status") == "complete"], out / "accuracy_vs_params.png",
+                                f"{search.study_name}: trials")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best_path = None
+    lines = [f"# search {search.study_name}", ""]
+    if search.description:
+        lines += [search.description, ""]
+    if complete:
+        best = study.best_trial
+        tree = with_overrides(search.tree, best.user_attrs.get("overrides", {}))
+        tree["name"], tree["output_dir"] = None, "runs"
+        cfg = config_from_dict(tree)
+        best_path = out / "best.yaml"
+        header = (f"# Best trial of Optuna study '{search.study_name}' ({search.storage}): trial {best.number}, "
+                  f"validation {search.metric} = {best.value:.4f}\n# chosen: "
+                  + ", ".join(f"{k}={_value_slug(v)}" for k, v in best.user_attrs.get("overrides", {}).items())
+                  + f"\n# rerun: loraclf train -c {best_path}\n")
+        best_path.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        lines += [f"Best: trial {best.number}, validation {search.metric} = {best.value:.4f} "
+                  f"(`loraclf train -c {best_path}` reruns it).", ""]
+    counts = {s: len(study.get_trials(deepcopy=False, states=(getattr(TrialState, s),)))
+              for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    lines += [f"Trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
+              f"{counts['RUNNING']} running. Objective: best validation {search.metric} ({search.direction}); "
+              "test metrics are shown, never used to choose.", ""]
+    if rows:
+        lines += [markdown_table(rows), ""]
+    (out / "results.md").write_text("\n".join(lines))
+    return best_path
+
+
+# ----------------------------------------------------------------------------- child process entry
+
+
+def _child_main(argv: Optional[list[str]] = None) -> int:
+    """`python -m loraclf.experiments`: train one sweep point; user errors go to --error-file."""
+    p = argparse.ArgumentParser(prog="loraclf.experiments")
+    p.add_argument("--config")
+    p.add_argument("--resume")
+    p.add_argument("--error-file")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="loraclf: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.quiet:
+        logging.getLogger("loraclf").setLevel(logging.ERROR)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    from .run import train
+
+    try:
+        train(args.config, resume=args.resume, quiet=args.quiet)
+    except LoraclfError as e:
+        if args.error_file:
+            Path(args.error_file).write_text(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_child_main())

@@ -1,0 +1,581 @@
+"""Figures for run and comparison reports. Each function takes plain data and returns a matplotlib
+Figure (object-oriented API: no pyplot state, no GUI backend, safe in threads and headless).
+
+Readability rules: every figure has a title and axis labels; classes appear by name, shortened in
+the middle when long (the full names are in the report's tables); figures grow with the number of
+classes and x tick labels turn vertical when they would not fit side by side. A test renders a
+20-class case with long names and checks that no two tick labels overlap.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+DPI = 110
+MAX_LABEL_CHARS = 26
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 9.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "xtick.labelsize": 8.5,
+    "ytick.labelsize": 8.5,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+}
+GREEN, RED, BLUE, ORANGE, GREY = "#2a9d5c", "#d1495b", "#3569a8", "#e8a33d", "#8a8f98"
+PRF_COLORS = {"precision": "#6a8fc7", "recall": "#e8a33d", "f1": "#2a9d5c"}
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        import matplotlib
+
+        with matplotlib.rc_context(STYLE):
+            return fn(*a, **kw)
+
+    return wrapper
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def save(fig, path: Path) -> Path:
+    """Write `fig` as PNG (white background) and release it."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(path, format="png", dpi=DPI, facecolor="white")
+    return Path(path)
+
+
+def short_label(name: str, width: int = MAX_LABEL_CHARS) -> str:
+    """Shorten a long class name in the middle, keeping its start and its (often distinctive) end."""
+    name = str(name)
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2 + (width - 1) % 2
+    tail = width - 1 - head
+    return name[:head].rstrip() + "…" + name[len(name) - tail:].lstrip()
+
+
+def short_labels(names: Sequence[str], width: int = MAX_LABEL_CHARS) -> list[str]:
+    """Shortened names, kept unique (a numeric suffix where shortening made two equal)."""
+    out, seen = [], {}
+    for n in names:
+        s = short_label(n, width)
+        if s in seen:
+            seen[s] += 1
+            s = short_label(n, width - 3) + f" #{seen[s]}"
+        else:
+            seen[s] = 1
+        out.append(s)
+    return out
+
+
+def _text_width_in(text: str, size: float) -> float:
+    """Rough rendered width of `text` in inches at `size` points (DejaVu Sans averages ~0.6 em)."""
+    return len(text) * size * 0.6 / 72
+
+
+def _xticks(ax, names: Sequence[str], slot_in: float, size: float = 8.5) -> None:
+    """Class-name x tick labels: horizontal when they fit their slot, else vertical."""
+    ax.set_xticks(range(len(names)))
+    fits = max((_text_width_in(n, size) for n in names), default=0) <= slot_in * 0.92
+    if fits:
+        ax.set_xticklabels(names, fontsize=size)
+    else:
+        ax.set_xticklabels(names, fontsize=size, rotation=90, ha="center", va="top")
+
+
+# ---------------------------------------------------------------- training curves
+
+
+def _best_line(ax, best_step: Optional[int]) -> None:
+    if best_step is not None:
+        ax.axvline(best_step, color=GREY, ls="--", lw=1, label=f"best (step {best_step})")
+
+
+@_styled
+def loss_curves(history: list[dict], best_step: Optional[int] = None):
+    """Train loss per log step and validation loss per evaluation, on one axis."""
+    tr = [h for h in history if h.get("type") == "train" and h.get("loss") is not None]
+    ev = [h for h in history if h.get("type") == "eval" and h.get("loss") is not None]
+    if not tr and not ev:
+        return None
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    if tr:
+        ax.plot([h["step"] for h in tr], [h["loss"] for h in tr], color=BLUE, lw=1.4,
+                marker="o" if len(tr) < 3 else None, ms=4, label="train loss (mean over log interval)")
+    if ev:
+        ax.plot([h["step"] for h in ev], [h["loss"] for h in ev], color=ORANGE, lw=1.8, marker="o", ms=4,
+                label="validation loss")
+    _best_line(ax, best_step)
+    ax.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy loss")
+    ax.legend(loc="upper right")
+    _epoch_axis(ax, history)
+    return fig
+
+
+def _epoch_axis(ax, history: list[dict]) -> None:
+    """A secondary x axis in epochs, when steps and epochs are related linearly."""
+    pts = [(h["step"], h["epoch"]) for h in history if h.get("step") and h.get("epoch")]
+    if len(pts) < 2:
+        return
+    s, e = np.array(pts, dtype=float).T
+    ratio = float(np.median(e / s))
+    if ratio <= 0:
+        return
+    sec = ax.secondary_xaxis("top", functions=(lambda x: x * ratio, lambda x: x / ratio))
+    sec.set_xlabel("epoch", fontsize=8)
+    sec.tick_params(labelsize=7.5)
+
+
+@_styled
+def learning_rate(history: list[dict]):
+    tr = [h for h in history if h.get("type") == "train" and h.get("lr") is not None]
+    if not tr:
+        return None
+    fig = _figure(6.4, 3.0)
+    ax = fig.subplots()
+    ax.plot([h["step"] for h in tr], [h["lr"] for h in tr], color=BLUE, lw=1.6, marker="o" if len(tr) < 3 else None)
+    ax.set(title="Learning rate", xlabel="optimizer step", ylabel="learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    return fig
+
+
+VAL_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
+               ("macro_recall", "macro recall"), ("roc_auc", "ROC-AUC"))
+
+
+@_styled
+def validation_metrics(history: list[dict], best_step: Optional[int] = None, metric: str = "accuracy"):
+    ev = [h for h in history if h.get("type") == "eval"]
+    if not ev:
+        return None
+    fig = _figure(6.4, 3.6)
+    ax = fig.subplots()
+    steps = [h["step"] for h in ev]
+    for i, (key, name) in enumerate(VAL_METRICS):
+        vals = [h.get(key) for h in ev]
+        if all(v is None for v in vals):
+            continue
+        vals = [np.nan if v is None else v for v in vals]
+        ax.plot(steps, vals, marker="o", ms=4, lw=2.2 if key == metric else 1.2,
+                label=name + (" (selection metric)" if key == metric else ""), color=f"C{i}")
+    _best_line(ax, best_step)
+    ax.set(title="Validation metrics per evaluation", xlabel="optimizer step", ylabel="score")
+    ax.legend(loc="lower right")
+    _epoch_axis(ax, history)
+    return fig
+
+
+# ---------------------------------------------------------------- per-split evaluation
+
+
+def _matrix_size(k: int, names: Sequence[str]) -> tuple[float, float, float]:
+    """Figure width, height and the size of one cell (inches) for a k x k matrix."""
+    cell = 0.62 if k <= 6 else 0.48 if k <= 12 else 0.36
+    label_in = max((_text_width_in(n, 8.5) for n in names), default=0.5)
+    side = k * cell
+    return min(side + label_in + 2.2, 22), min(side + label_in + 1.6, 22), cell
+
+
+@_styled
+def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], normalize: bool, title: str = ""):
+    """Confusion matrix, counts or rows normalised to 1 (each row's diagonal is that class's recall)."""
+    cm = np.asarray(cm, dtype=float)
+    k = len(labels)
+    names = short_labels(labels)
+    w, h, cell = _matrix_size(k, names)
+    fig = _figure(w, h)
+    ax = fig.subplots()
+    ax.grid(False)
+    if normalize:
+        rows = cm.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            data = np.where(rows > 0, cm / rows, np.nan)
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=1)
+    else:
+        data = cm
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(cm.max(), 1))
+    if k <= 30:
+        size = 10 if k <= 6 else 8 if k <= 12 else 6.5
+        thresh = (np.nanmax(data) if np.isfinite(data).any() else 1) * 0.55
+        for i in range(k):
+            for j in range(k):
+                v = data[i, j]
+                txt = "–" if np.isnan(v) else (f"{v:.2f}" if normalize else f"{int(v):,}")
+                if not normalize and v == 0:
+                    txt = "0"
+                ax.text(j, i, txt, ha="center", va="center", fontsize=size,
+                        color="white" if (not np.isnan(v) and v > thresh) else "#222")
+    _xticks(ax, names, cell)
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(title or ("Confusion matrix, normalised by true label" if normalize else "Confusion matrix"))
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of true label" if normalize else "texts")
+    return fig
+
+
+@_styled
+def per_class(per_class: dict, labels: Sequence[str], title: str = "Per-class precision, recall and F1"):
+    """Horizontal grouped bars (class names on the y axis stay readable however many or long)."""
+    k = len(labels)
+    names = short_labels(labels)
+    h = max(2.6, 0.5 + k * (0.42 if k <= 10 else 0.34))
+    fig = _figure(7.2, min(h, 22))
+    ax = fig.subplots()
+    y = np.arange(k)
+    bh = 0.26
+    for j, key in enumerate(("precision", "recall", "f1")):
+        vals = [per_class[c][key] for c in labels]
+        ax.barh(y + (j - 1) * bh, vals, height=bh, color=PRF_COLORS[key], label=key if key != "f1" else "F1")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{n} (n={per_class[c]['support']:,})" for n, c in zip(names, labels)])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.0)
+    ax.grid(axis="y", visible=False)
+    ax.set(title=title, xlabel="score")
+    ax.legend(loc="lower right", ncols=3, bbox_to_anchor=(1, 1.0), fontsize=8) if k > 2 else ax.legend(loc="lower left")
+    return fig
+
+
+def _ranked(pos: np.ndarray, score: np.ndarray):
+    """True and false positives at each distinct threshold, highest score first (as sklearn counts them)."""
+    order = np.argsort(-score, kind="mergesort")
+    s, t = score[order], pos[order].astype(np.float64)
+    idx = np.r_[np.flatnonzero(np.diff(s)), len(t) - 1]
+    tps = np.cumsum(t)[idx]
+    return tps, 1 + idx - tps
+
+
+def roc_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """False and true positive rates and the area under them (numpy only: no sklearn import cost)."""
+    tps, fps = _ranked(pos, score)
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 lacks trapezoid
+    return fpr, tpr, float(trapezoid(tpr, fpr))
+
+
+def pr_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Precision, recall and average precision (sklearn's step-wise definition)."""
+    tps, fps = _ranked(pos, score)
+    precision = tps / (tps + fps)
+    recall = tps / max(tps[-1], 1)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return np.r_[1.0, precision], np.r_[0.0, recall], ap
+
+
+def _curve_colors(k: int):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(k)]
+
+
+def _legend_outside(fig, ax, k: int) -> None:
+    if k <= 6:
+        ax.legend(loc="lower right" if ax.get_title().startswith("ROC") else "lower left")
+    else:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7 if k > 12 else 8)
+
+
+@_styled
+def roc_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], title_suffix: str = ""):
+    """ROC curve of the positive (second) class when binary; one-vs-rest per class otherwise."""
+    k = len(labels)
+    names = short_labels(labels)
+    classes = [1] if k == 2 else list(range(k))
+    fig = _figure(6.0 if k <= 6 else 8.4, 4.6)
+    ax = fig.subplots()
+    colors = _curve_colors(k)
+    for c in classes:
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue
+        fpr, tpr, area = roc_points(pos, probs[:, c])
+        name = f"{names[c]} vs rest" if k > 2 else f"positive class: {names[c]}"
+        ax.plot(fpr, tpr, lw=1.6, color=colors[c] if k > 2 else BLUE, label=f"{name} (AUC {area:.3f})")
+    ax.plot([0, 1], [0, 1], color=GREY, ls=":", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+           title="ROC curve" + (" (one-vs-rest)" if k > 2 else "") + title_suffix)
+    ax.set_aspect("equal")
+    _legend_outside(fig, ax, k)
+    return fig
+
+
+@_styled
+def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], title_suffix: str = ""):
+    """Precision-recall curves, with average precision; dotted lines mark each class's prevalence."""
+    k = len(labels)
+    names = short_labels(labels)
+    classes = [1] if k == 2 else list(range(k))
+    fig = _figure(6.0 if k <= 6 else 8.4, 4.6)
+    ax = fig.subplots()
+    colors = _curve_colors(k)
+    for c in classes:
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue
+        p, r, ap = pr_points(pos, probs[:, c])
+        color = colors[c] if k > 2 else BLUE
+        name = names[c] if k > 2 else f"positive class: {names[c]}"
+        ax.plot(r, p, lw=1.6, color=color, label=f"{name} (AP {ap:.3f})")
+        if k <= 6:
+            ax.axhline(pos.mean(), color=color, ls=":", lw=0.9)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision",
+           title="Precision-recall" + (" (one-vs-rest)" if k > 2 else "") + title_suffix)
+    _legend_outside(fig, ax, k)
+    return fig
+
+
+@_styled
+def reliability(bins: list[dict], ece: float, title_suffix: str = ""):
+    """Reliability diagram: accuracy against confidence per bin (gap shaded), counts below."""
+    fig = _figure(5.6, 5.2)
+    ax, axc = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    used = [b for b in bins if b["count"]]
+    for b in used:
+        w = b["hi"] - b["lo"]
+        ax.bar(b["lo"], b["accuracy"], width=w, align="edge", color=BLUE, alpha=0.8, edgecolor="white")
+        lo, hi = sorted((b["accuracy"], b["confidence"]))
+        ax.bar(b["lo"], hi - lo, bottom=lo, width=w, align="edge", color=RED, alpha=0.25, edgecolor=RED, lw=0.5)
+    ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1, label="perfect calibration")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=BLUE, alpha=0.8, label="accuracy in bin"),
+                       Patch(facecolor=RED, alpha=0.25, edgecolor=RED, label="gap to mean confidence"),
+                       ax.get_lines()[0]], loc="upper left")
+    lo = min((b["lo"] for b in used), default=0.0)
+    ax.set(xlim=(max(0.0, lo - 0.02), 1.0), ylim=(0, 1.02), ylabel="accuracy",
+           title=f"Reliability diagram (ECE {ece:.3f})" + title_suffix)
+    axc.bar([b["lo"] for b in bins], [b["count"] for b in bins], width=[b["hi"] - b["lo"] for b in bins],
+            align="edge", color=GREY, edgecolor="white")
+    axc.set(xlabel="confidence (probability of the predicted label)", ylabel="texts")
+    if max((b["count"] for b in bins), default=0) > 50 * max(min((b["count"] for b in used), default=1), 1):
+        axc.set_yscale("log")
+    return fig
+
+
+@_styled
+def confidence_hist(confidence: np.ndarray, correct: np.ndarray, k: int, title_suffix: str = ""):
+    """Confidence of correct and of wrong predictions (each normalised, so their shapes compare)."""
+    fig = _figure(6.0, 3.4)
+    ax = fig.subplots()
+    edges = np.linspace(1.0 / k, 1.0, 21)
+    ok = correct.astype(bool)
+    for sel, color, name in ((ok, GREEN, "correct"), (~ok, RED, "wrong")):
+        v = confidence[sel]
+        if len(v):
+            ax.hist(v, bins=edges, weights=np.full(len(v), 1.0 / len(v)), histtype="stepfilled", alpha=0.35,
+                    color=color, edgecolor=color, lw=1.2, label=f"{name} (n={len(v):,}, mean {v.mean():.3f})")
+    ax.set(title="Confidence of correct and wrong predictions" + title_suffix,
+           xlabel="confidence (probability of the predicted label)", ylabel="share of its group")
+    ax.legend(loc="upper left")
+    return fig
+
+
+SPLIT_COLORS = {"train": GREY, "validation": ORANGE, "test": BLUE}
+
+
+@_styled
+def length_distribution(hist: dict):
+    """Word-length distribution per split on shared bins."""
+    if not hist or not hist.get("counts"):
+        return None
+    edges = np.asarray(hist["edges"], dtype=float)
+    fig = _figure(6.4, 3.4)
+    ax = fig.subplots()
+    for split in ("train", "validation", "test"):
+        if split not in hist["counts"]:
+            continue
+        c = np.asarray(hist["counts"][split], dtype=float)
+        st = hist["stats"][split]
+        share = c / max(c.sum(), 1)
+        ax.stairs(share, edges, fill=split == "train", alpha=0.3 if split == "train" else 1.0, lw=1.6,
+                  color=SPLIT_COLORS[split], label=f"{split} (n={st['n']:,}, median {st['median']:.0f}, max {st['max']:,})")
+    ax.set(title="Text length per split", ylabel="share of split",
+           xlabel=f"length in words (texts over {hist['clipped_at']:,} counted in the last bin)")
+    ax.legend(loc="upper right")
+    return fig
+
+
+@_styled
+def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = ""):
+    """Accuracy per word-length bucket with 95% intervals, and the number of texts per bucket."""
+    buckets = [b for b in buckets if b["n"]]
+    if not buckets:
+        return None
+    fig = _figure(6.4, 4.2)
+    ax, axn = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    x = np.arange(len(buckets))
+    acc = np.array([b["accuracy"] for b in buckets])
+    lo = np.array([b["ci95"][0] for b in buckets])
+    hi = np.array([b["ci95"][1] for b in buckets])
+    colors = [RED if h < overall else GREEN if low > overall else BLUE for low, h in zip(lo, hi)]
+    ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="none", ecolor=GREY, elinewidth=1.2, capsize=4)
+    ax.scatter(x, acc, s=46, color=colors, zorder=3)
+    for xi, a in zip(x, acc):
+        ax.annotate(f"{a:.3f}", (xi, a), textcoords="offset points", xytext=(8, -3), fontsize=8)
+    ax.axhline(overall, color=GREY, ls="--", lw=1, label=f"overall {overall:.3f}")
+    ax.set(title="Accuracy by text length" + title_suffix, ylabel="accuracy (95% CI)")
+    ax.set_ylim(max(0.0, min(lo.min(), overall) - 0.05), min(1.0, max(hi.max(), overall) + 0.03) + 0.001)
+    ax.legend(loc="lower right")
+    axn.bar(x, [b["n"] for b in buckets], color=GREY, width=0.55)
+    axn.set(ylabel="texts", xlabel="length in words")
+    axn.grid(axis="x", visible=False)
+    axn.set_xticks(x)
+    axn.set_xticklabels([b["range"] for b in buckets])
+    return fig
+
+
+# ---------------------------------------------------------------- comparison of runs
+
+
+COMPARE_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
+                   ("roc_auc", "ROC-AUC"), ("ece", "ECE (lower is better)"))
+
+
+@_styled
+def compare_metrics(runs: list[dict], split: str):
+    """One panel per metric, one horizontal bar per run (runs share the y axis)."""
+    names = short_labels([r["name"] for r in runs], 30)
+    metrics = [(k, t) for k, t in COMPARE_METRICS if any((r["metrics"].get(split) or {}).get(k) is not None for r in runs)]
+    n = len(runs)
+    fig = _figure(2.3 * len(metrics) + 2.2, max(2.4, 0.8 + 0.38 * n))
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    y = np.arange(n)
+    for ax, (key, title) in zip(axes, metrics):
+        vals = [(r["metrics"].get(split) or {}).get(key) for r in runs]
+        v = np.array([np.nan if x is None else x for x in vals], dtype=float)
+        best = np.nanargmin(v) if key == "ece" else np.nanargmax(v)
+        ax.barh(y, np.nan_to_num(v), color=[GREEN if i == best else BLUE for i in range(n)], height=0.6)
+        finite = v[np.isfinite(v)]
+        if key == "ece":
+            ax.set_xlim(0, max(finite.max() * 1.35, 0.01))
+        else:
+            lo = max(0.0, np.floor((finite.min() - 0.05) * 20) / 20)
+            ax.set_xlim(lo, 1.0)
+        for yi, x in zip(y, v):
+            if np.isfinite(x):
+                ax.text(x, yi, f" {x:.3f}", va="center", fontsize=7.5)
+        ax.set_title(title, fontsize=9.5)
+        ax.grid(axis="y", visible=False)
+        ax.tick_params(axis="x", labelsize=7.5)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(names)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Metrics by run ({split}; best in green; x axes do not start at 0)", fontsize=11, fontweight="bold")
+    return fig
+
+
+@_styled
+def compare_params(runs: list[dict], split: str, metric: str = "accuracy"):
+    """Accuracy against trainable parameters (log scale), one marker style per method."""
+    fig = _figure(6.6, 4.2)
+    ax = fig.subplots()
+    markers = {"lora": "o", "head": "s", "full": "D", "zero-shot": "^"}
+    seen = set()
+    for i, r in enumerate(runs):
+        p = (r["metrics"].get("params") or {}).get("trainable")
+        v = (r["metrics"].get(split) or {}).get(metric)
+        if v is None:
+            continue
+        method = (r["metrics"].get("model") or {}).get("method", "?")
+        x = max(p or 0, 1)
+        ax.scatter([x], [v], s=60, marker=markers.get(method, "o"), color=f"C{i % 10}", zorder=3,
+                   label=method if method not in seen else None, edgecolor="black", lw=0.5)
+        seen.add(method)
+        ax.annotate(short_label(r["name"], 28), (x, v), textcoords="offset points", xytext=(6, 4), fontsize=7.5)
+    ax.set_xscale("log")
+    ax.set(title=f"{metric.replace('_', '-')} against trainable parameters ({split})",
+           xlabel="trainable parameters (log scale)", ylabel=metric.replace("_", "-"))
+    ax.margins(x=0.25, y=0.15)
+    ax.legend(title="method", loc="lower right")
+    return fig
+
+
+@_styled
+def compare_confusions(runs: list[dict], split: str):
+    """Normalised confusion matrices side by side (each with its own labels)."""
+    runs = [r for r in runs if (r["metrics"].get(split) or {}).get("confusion_matrix")]
+    if not runs:
+        return None
+    n = len(runs)
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    k = max(len(r["metrics"]["labels"]) for r in runs)
+    names_all = [short_labels(r["metrics"]["labels"]) for r in runs]
+    label_in = max(_text_width_in(x, 7.5) for ns in names_all for x in ns)
+    cell = 0.5 if k <= 6 else 0.34 if k <= 12 else 0.24
+    side = k * cell + label_in + 0.9
+    fig = _figure(min(cols * side + 1.0, 24), min(rows * (side + 0.3) + 0.5, 30))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    im = None
+    for ax, r, names in zip(axes, runs, names_all):
+        cm = np.asarray(r["metrics"][split]["confusion_matrix"], dtype=float)
+        rs = cm.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            data = np.where(rs > 0, cm / rs, np.nan)
+        ax.grid(False)
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=1)
+        kk = len(names)
+        if kk <= 12:
+            for i in range(kk):
+                for j in range(kk):
+                    v = data[i, j]
+                    ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                            fontsize=8 if kk <= 6 else 6, color="white" if v > 0.55 else "#222")
+        _xticks(ax, names, cell, size=7.5)
+        ax.set_yticks(range(kk))
+        ax.set_yticklabels(names, fontsize=7.5)
+        acc = r["metrics"][split].get("accuracy")
+        ax.set_title(short_label(r["name"], 34) + (f"\naccuracy {acc:.3f}" if acc is not None else ""), fontsize=9)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+    for ax in axes[len(runs):]:
+        ax.set_visible(False)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[:len(runs)]), shrink=0.6, label="share of true label")
+    fig.suptitle(f"Confusion matrices, normalised by true label ({split})", fontsize=11, fontweight="bold")
+    return fig
+
+
+@_styled
+def compare_curves(runs: list[dict]):
+    """Validation loss and accuracy per epoch, one line per run."""
+    have = [r for r in runs if any(h.get("type") == "eval" for h in r["history"])]
+    if not have:
+        return None
+    fig = _figure(10.0, 3.8)
+    ax_l, ax_a = fig.subplots(1, 2)
+    for i, r in enumerate(have):
+        ev = [h for h in r["history"] if h.get("type") == "eval"]
+        x = [h.get("epoch", h["step"]) for h in ev]
+        name = short_label(r["name"], 30)
+        ax_l.plot(x, [h.get("loss", np.nan) for h in ev], marker="o", ms=3.5, color=f"C{i % 10}", label=name)
+        ax_a.plot(x, [h.get("accuracy", np.nan) for h in ev], marker="o", ms=3.5, color=f"C{i % 10}", label=name)
+    ax_l.set(title="Validation loss", xlabel="epoch", ylabel="loss")
+    ax_a.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    fig.legend(*ax_a.get_legend_handles_labels(), loc="outside right upper")
+    return fig

@@ -1,0 +1,100 @@
+"""Synthetic finished run directories for report tests and the report speed benchmark: any number
+of rows and classes, realistic-looking probabilities (short texts are harder), a training history,
+metrics computed by loraclf.metrics, and an artifact loraclf.json (for the model card)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+WORDS = ("the film was quite good and bad but really not very much of a story plot actor scene music ending "
+         "cast script okay dull brilliant boring lovely").split()
+
+
+def _texts(rng: np.random.Generator, n: int, long_tail: bool) -> list[str]:
+    lengths = np.clip(rng.lognormal(2.6 if not long_tail else 5.0, 0.6, n).astype(int), 1, 3000)
+    vocab = np.array(WORDS)
+    return [" ".join(vocab[rng.integers(0, len(vocab), size=k)]) for k in lengths]
+
+
+def _probs(rng: np.random.Generator, y: np.ndarray, texts: Sequence[str], k: int) -> np.ndarray:
+    lengths = np.array([len(t.split()) for t in texts])
+    skill = np.clip(0.55 + 0.12 * np.log1p(lengths), 0.4, 0.97)  # longer texts are easier here
+    logits = rng.normal(0, 1.0, (len(y), k))
+    right = rng.random(len(y)) < skill
+    target = np.where(right, y, (y + rng.integers(1, k, len(y))) % k)
+    logits[np.arange(len(y)), target] += rng.uniform(1.0, 5.0, len(y))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def write_predictions(path: Path, texts, y, probs, labels) -> None:
+    pred = probs.argmax(1)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "gold", "predicted", "correct"] + [f"p_{n}" for n in labels])
+        for i, t in enumerate(texts):
+            w.writerow([t, labels[y[i]], labels[pred[i]], int(pred[i] == y[i])] + [f"{p:.6f}" for p in probs[i]])
+
+
+def fake_run(root: Path, n_test: int = 600, labels: Optional[Sequence[str]] = None, seed: int = 0,
+             name: str = "fake", n_val: Optional[int] = None, long_texts: bool = False, method: str = "lora",
+             trainable: int = 150_000) -> Path:
+    """Write a complete run directory under root/name and return its path."""
+    from loraclf.config import Config
+    from loraclf.metrics import compute_metrics
+
+    labels = list(labels or ["negative", "positive"])
+    k = len(labels)
+    rng = np.random.default_rng(seed)
+    d = Path(root) / name
+    (d / "predictions").mkdir(parents=True)
+    (d / "artifact").mkdir()
+    metrics: dict = {"run": name, "labels": labels}
+    n_val = n_val if n_val is not None else max(n_test // 4, 50)
+    for split, n in (("validation", n_val), ("test", n_test)):
+        texts = _texts(rng, n, long_texts)
+        y = np.arange(n) % k
+        rng.shuffle(y)
+        probs = _probs(rng, y, texts, k)
+        write_predictions(d / "predictions" / f"{split}.csv", texts, y, probs, labels)
+        metrics[split] = compute_metrics(y, probs, labels, loss=float(-np.log(probs[np.arange(n), y]).mean()))
+    history, steps = [], 60
+    for s in range(5, steps + 1, 5):
+        history.append({"type": "train", "step": s, "epoch": round(s / 20, 4), "loss": 0.7 * np.exp(-s / 30) + 0.2,
+                        "lr": 5e-4 * (1 - s / steps), "samples_per_s": 100.0})
+        if s % 20 == 0:
+            history.append({"type": "eval", "step": s, "epoch": s / 20, "split": "validation",
+                            "loss": 0.3 + 0.1 / s, "accuracy": 0.8 + s / 1000, "macro_f1": 0.79 + s / 1000,
+                            "weighted_f1": 0.8, "macro_recall": 0.8, "roc_auc": 0.9, "ece": 0.05, "improved": True})
+    (d / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    cfg = Config()
+    cfg.name = name
+    cfg.data.path = "synthetic-data-that-does-not-exist"
+    cfg.model.method = method
+    cfg.save(d / "config.yaml")
+    metrics.update({
+        "model": {"name": "minilm", "resolved": "minilm", "hub_id": "sentence-transformers/all-MiniLM-L6-v2",
+                  "model_type": "bert", "method": method, "target_modules": ["query", "value"],
+                  "modules_to_save": ["classifier", "pooler"], "newly_initialised": []},
+        "params": {"trainable": trainable, "total": 22_000_000 + trainable, "trainable_pct": trainable / 22e6 * 100,
+                   "lora": trainable // 2, "head": trainable - trainable // 2, "other": 0},
+        "data": {"sizes": {"train": 5000, "validation": n_val, "test": n_test}, "notes": [],
+                 "sources": {}, "token_lengths": {"test": {"mean": 20.0, "median": 18.0, "p95": 50.0, "max": 90,
+                                                            "min": 1, "truncated": 3}}},
+        "best": {"metric": "accuracy", "value": 0.86, "step": 60, "stopped_early": False, "epochs_run": 3.0,
+                 "steps": steps},
+        "timing": {"train_seconds": 42.0, "train_samples_per_s": 120.0, "eval_seconds": 3.0, "total_seconds": 50.0,
+                   "padding_efficiency": 0.93},
+        "environment": {"device": "cpu", "precision": "no", "num_processes": 1, "torch_threads": 2,
+                        "cuda_device": None},
+    })
+    (d / "artifact" / "loraclf.json").write_text(json.dumps({
+        "labels": labels, "base_model": "minilm", "base_model_hub_id": "sentence-transformers/all-MiniLM-L6-v2",
+        "method": method, "max_length": 128, "versions": {"loraclf": "0.1.0", "torch": "x"}}))
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return d
