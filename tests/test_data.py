@@ -189,3 +189,13 @@ def test_carve_too_small():
 
     with pytest.raises(DataError):
         carve_validation(Split(["a"], np.array([0])), 0.5, 0)
+
+
+def test_include_labels_filters_every_split(tmp_path):
+    classes = ("negative", "neutral", "positive")
+    write_csv(tmp_path / "train.csv", synthetic_rows(60, 1, classes))
+    write_csv(tmp_path / "test.csv", synthetic_rows(30, 2, classes))
+    d = load_data(_cfg(path=str(tmp_path), include_labels=["negative", "positive"]))
+    assert d.labels.names == ["negative", "positive"]
+    assert len(d.splits["test"]) == 20 and len(d.splits["train"]) + len(d.splits["validation"]) == 40
+    _expect(_cfg(path=str(tmp_path), include_labels=["mixed"]), "no rows left")

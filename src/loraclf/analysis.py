@@ -97,6 +97,45 @@ def confusion_pairs(texts: Sequence[str], y: np.ndarray, probs: np.ndarray, labe
     return pairs
 
 
+def _ranked(pos: np.ndarray, score: np.ndarray):
+    """True and false positives at each distinct threshold, highest score first (as sklearn counts them)."""
+    order = np.argsort(-score, kind="mergesort")
+    s, t = score[order], pos[order].astype(np.float64)
+    idx = np.r_[np.flatnonzero(np.diff(s)), len(t) - 1]
+    tps = np.cumsum(t)[idx]
+    return tps, 1 + idx - tps
+
+
+def roc_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """False and true positive rates and the area under them (numpy only: no sklearn import cost)."""
+    tps, fps = _ranked(pos, score)
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 lacks trapezoid
+    return fpr, tpr, float(trapezoid(tpr, fpr))
+
+
+def pr_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Precision, recall and average precision (sklearn's step-wise definition)."""
+    tps, fps = _ranked(pos, score)
+    precision = tps / (tps + fps)
+    recall = tps / max(tps[-1], 1)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return np.r_[1.0, precision], np.r_[0.0, recall], ap
+
+
+def ranking(y: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict:
+    """Per-class one-vs-rest ROC-AUC and average precision (null for a class absent from the split)."""
+    out = {}
+    for c, name in enumerate(labels):
+        pos = y == c
+        if 0 < pos.sum() < len(y):
+            out[name] = {"roc_auc": roc_points(pos, probs[:, c])[2], "average_precision": pr_points(pos, probs[:, c])[2]}
+        else:
+            out[name] = {"roc_auc": None, "average_precision": None}
+    return out
+
+
 def analyse_split(texts: Sequence[str], y: Sequence[int], probs: np.ndarray, labels: Sequence[str],
                   top_errors: int = 20, n_buckets: int = 5, examples_per_pair: int = 3) -> dict:
     """Error analysis of one split: confident mistakes, confusion pairs, accuracy by length."""
@@ -114,6 +153,7 @@ def analyse_split(texts: Sequence[str], y: Sequence[int], probs: np.ndarray, lab
         "most_confident_mistakes": confident_mistakes(texts, y, probs, labels, top_errors, lengths),
         "confusions": confusion_pairs(texts, y, probs, labels, examples_per_pair),
         "by_length": by_length(lengths, correct, probs.max(axis=1), n_buckets),
+        "per_class_ranking": ranking(y, probs, labels),
     }
 
 
@@ -194,8 +234,9 @@ def findings(metrics: dict, analysis: dict, split: str) -> list[str]:
                        f"are {skew!r}.")
     tl = ((metrics.get("data") or {}).get("token_lengths") or {}).get(split) or {}
     if tl.get("truncated"):
-        out.append(f"{tl['truncated']} {split} texts ({tl['truncated'] / max(m['n'], 1):.1%}) are longer than "
-                   f"data.max_length and were truncated.")
+        share = tl["truncated"] / max(m["n"], 1)
+        out.append(f"{tl['truncated']:,} {split} texts ({'<0.1%' if share < 0.001 else f'{share:.1%}'}) are longer "
+                   f"than data.max_length tokens and were truncated: the model saw only their beginning.")
     return out
 
 

@@ -123,6 +123,18 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .compare import expand_run_paths
+    from .report import compare_report, make_report
+
+    runs = expand_run_paths(args.runs)
+    if len(runs) == 1:
+        make_report(runs[0], output=args.output, quiet=args.quiet)
+    else:
+        compare_report(runs, args.output or "comparison.html", split=args.split, quiet=args.quiet)
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from .compare import markdown_table
     from .experiments import load_sweep, point_status, run_sweep
@@ -311,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--csv", help="also write the table as CSV here")
     co.add_argument("--plot", help="also write accuracy against trainable parameters (PNG) here")
     co.set_defaults(func=_compare)
+
+    rp = sub.add_parser("report", help="regenerate a run's plots, report.html and model card; or compare runs in one HTML page")
+    rp.add_argument("runs", nargs="+", help="one run directory (regenerated in place), or several / a folder of runs (compared)")
+    rp.add_argument("--output", "-o", help="HTML file to write (one run: default <run>/report.html; several: comparison.html)")
+    rp.add_argument("--split", choices=["validation", "test"], help="comparison split; default: test when every run has it")
+    rp.add_argument("--quiet", "-q", action="store_true")
+    rp.set_defaults(func=_report)
 
     c = sub.add_parser("config", help="print the resolved config, or the reference of every field")
     c.add_argument("--config", "-c")

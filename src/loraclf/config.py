@@ -51,6 +51,10 @@ class DataConfig:
     label_names: Optional[list] = _f(
         None, "Names for integer labels, in id order. Default: names as they appear (sorted)."
     )
+    include_labels: Optional[list] = _f(
+        None, "Keep only rows with these labels, in every split (e.g. [negative, positive] turns 3-class "
+        "sentiment into binary). Applied before caps and carving.",
+    )
     validation_fraction: float = _f(
         0.1, "Fraction of train carved (stratified, seeded) when there is no validation split."
     )

@@ -294,6 +294,7 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
         frames[split] = (read_table(path, cfg.format), str(path))
 
     names_cfg = list(cfg.label_names) if cfg.label_names else hub_names
+    keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
     raw: dict[str, tuple[list[list[str]], list[str], str]] = {}
     for split, (df, where) in frames.items():
         if len(df) == 0:
@@ -305,10 +306,18 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
                 labels.append(_normalise_label(v, names_cfg))
             except KeyError as e:
                 raise DataError(f"{where}: row {i + 1}: {e.args[0]}") from None
+        if keep is not None:
+            rows = [i for i, lab in enumerate(labels) if lab in keep]
+            if not rows:
+                raise DataError(f"{where}: no rows left after data.include_labels={keep}")
+            texts = [[col[i] for i in rows] for col in texts]
+            labels = [labels[i] for i in rows]
         raw[split] = (texts, labels, where)
 
     train_labels = raw["train"][1]
     present = sorted(set(train_labels))
+    if keep is not None and names_cfg is not None:
+        names_cfg = [n for n in names_cfg if str(n) in keep]
     if names_cfg is not None:
         names = [str(n) for n in names_cfg]
         unknown = sorted(set(train_labels) - set(names))

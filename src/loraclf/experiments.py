@@ -551,7 +551,7 @@ def _make_pruner(spec: Any):
         spec = spec.get("type", "median")
     makers = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
               "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-              "percentile": optuna.pruners.PercentilePruner}
+              "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner}
     if spec not in makers:
         raise ConfigError(f"pruner must be none or one of {', '.join(makers)}; got {spec!r}")
     if spec == "median":
@@ -585,9 +585,12 @@ def _make_storage(url: str):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
         # A heartbeat lets a restarted search mark trials of killed processes failed and retry them once.
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=60, grace_period=180,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        st = optuna.storages
+        if hasattr(st, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+            retry = {"heartbeat_stale_trial_callback": st.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        else:
+            retry = {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)}
+        return st.RDBStorage(url, heartbeat_interval=60, grace_period=180, **retry)
     except (ImportError, ValueError) as e:
         raise ConfigError(f"storage {url!r}: {str(e).splitlines()[0][:200]}") from None
 

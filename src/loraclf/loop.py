@@ -45,7 +45,10 @@ def choose_precision(requested: str) -> str:
 def make_accelerator(tcfg: TrainConfig, project_dir: Optional[str] = None):
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=choose_precision(tcfg.precision), project_dir=project_dir)
+    # cpu=True on machines without CUDA: it is what makes `torchrun --nproc_per_node N` a gloo DDP run
+    # (Accelerate's MULTI_CPU) instead of N independent single-process runs.
+    return Accelerator(mixed_precision=choose_precision(tcfg.precision), project_dir=project_dir,
+                       cpu=not torch.cuda.is_available())
 
 
 def pad_side_left(tokenizer) -> bool:

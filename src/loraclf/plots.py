@@ -10,10 +10,13 @@ classes and x tick labels turn vertical when they would not fit side by side. A 
 from __future__ import annotations
 
 import functools
+import os.path
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from .analysis import pr_points, roc_points
 
 DPI = 110
 MAX_LABEL_CHARS = 26
@@ -75,16 +78,29 @@ def short_label(name: str, width: int = MAX_LABEL_CHARS) -> str:
 
 
 def short_labels(names: Sequence[str], width: int = MAX_LABEL_CHARS) -> list[str]:
-    """Shortened names, kept unique (a numeric suffix where shortening made two equal)."""
-    out, seen = [], {}
-    for n in names:
-        s = short_label(n, width)
+    """Shortened names that stay distinguishable: where middle-shortening makes names equal, the
+    part they share at the start is dropped instead ("…3: long descriptive na…"), and a numeric
+    suffix is the last resort."""
+    names = [str(n) for n in names]
+    out = [short_label(n, width) for n in names]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(out):
+        groups.setdefault(s, []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        common = os.path.commonprefix([names[i] for i in members])
+        cut = max(common.rfind(" ") + 1, len(common) - 4, 0)  # keep a little context before the difference
+        for i in members:
+            rest = names[i][cut:]
+            out[i] = "…" + (rest if len(rest) <= width - 1 else rest[: width - 2].rstrip() + "…")
+    seen: dict[str, int] = {}
+    for i, s in enumerate(out):
         if s in seen:
             seen[s] += 1
-            s = short_label(n, width - 3) + f" #{seen[s]}"
+            out[i] = s[: width - 3] + f" #{seen[s]}"
         else:
             seen[s] = 1
-        out.append(s)
     return out
 
 
@@ -128,7 +144,7 @@ def loss_curves(history: list[dict], best_step: Optional[int] = None):
                 label="validation loss")
     _best_line(ax, best_step)
     ax.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy loss")
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     _epoch_axis(ax, history)
     return fig
 
@@ -181,7 +197,7 @@ def validation_metrics(history: list[dict], best_step: Optional[int] = None, met
                 label=name + (" (selection metric)" if key == metric else ""), color=f"C{i}")
     _best_line(ax, best_step)
     ax.set(title="Validation metrics per evaluation", xlabel="optimizer step", ylabel="score")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     _epoch_axis(ax, history)
     return fig
 
@@ -194,7 +210,7 @@ def _matrix_size(k: int, names: Sequence[str]) -> tuple[float, float, float]:
     cell = 0.62 if k <= 6 else 0.48 if k <= 12 else 0.36
     label_in = max((_text_width_in(n, 8.5) for n in names), default=0.5)
     side = k * cell
-    return min(side + label_in + 2.2, 22), min(side + label_in + 1.6, 22), cell
+    return min(max(side + label_in + 2.2, 5.6), 22), min(max(side + label_in + 1.6, 4.2), 22), cell
 
 
 @_styled
@@ -224,7 +240,7 @@ def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], normali
                 txt = "–" if np.isnan(v) else (f"{v:.2f}" if normalize else f"{int(v):,}")
                 if not normalize and v == 0:
                     txt = "0"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=size,
+                ax.text(j, i, txt, ha="center", va="center", fontsize=size, in_layout=False,  # faster layout
                         color="white" if (not np.isnan(v) and v > thresh) else "#222")
     _xticks(ax, names, cell)
     ax.set_yticks(range(k))
@@ -255,35 +271,8 @@ def per_class(per_class: dict, labels: Sequence[str], title: str = "Per-class pr
     ax.set_xlim(0, 1.0)
     ax.grid(axis="y", visible=False)
     ax.set(title=title, xlabel="score")
-    ax.legend(loc="lower right", ncols=3, bbox_to_anchor=(1, 1.0), fontsize=8) if k > 2 else ax.legend(loc="lower left")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3)
     return fig
-
-
-def _ranked(pos: np.ndarray, score: np.ndarray):
-    """True and false positives at each distinct threshold, highest score first (as sklearn counts them)."""
-    order = np.argsort(-score, kind="mergesort")
-    s, t = score[order], pos[order].astype(np.float64)
-    idx = np.r_[np.flatnonzero(np.diff(s)), len(t) - 1]
-    tps = np.cumsum(t)[idx]
-    return tps, 1 + idx - tps
-
-
-def roc_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """False and true positive rates and the area under them (numpy only: no sklearn import cost)."""
-    tps, fps = _ranked(pos, score)
-    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
-    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 lacks trapezoid
-    return fpr, tpr, float(trapezoid(tpr, fpr))
-
-
-def pr_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Precision, recall and average precision (sklearn's step-wise definition)."""
-    tps, fps = _ranked(pos, score)
-    precision = tps / (tps + fps)
-    recall = tps / max(tps[-1], 1)
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    return np.r_[1.0, precision], np.r_[0.0, recall], ap
 
 
 def _curve_colors(k: int):
@@ -297,28 +286,47 @@ def _legend_outside(fig, ax, k: int) -> None:
     if k <= 6:
         ax.legend(loc="lower right" if ax.get_title().startswith("ROC") else "lower left")
     else:
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7 if k > 12 else 8)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+
+
+HIGHLIGHT = 6  # with more classes than this, the weakest few are drawn in colour and the rest in grey
+
+
+def _one_vs_rest(fig, ax, y, probs, labels, curve, score_name):
+    """Draw one curve per class (or the positive class when binary); returns nothing."""
+    k = len(labels)
+    names = short_labels(labels)
+    classes = [1] if k == 2 else [c for c in range(k) if 0 < (y == c).sum() < len(y)]
+    pts = {c: curve(y == c, probs[:, c]) for c in classes if 0 < (y == c).sum() < len(y)}
+    many = len(pts) > HIGHLIGHT + 2
+    ranked = sorted(pts, key=lambda c: pts[c][2])
+    shown = set(ranked[:HIGHLIGHT]) if many else set(pts)
+    colors = _curve_colors(k)
+    for c in ranked:
+        a, b, score = pts[c]
+        if c not in shown:
+            ax.plot(a, b, lw=0.9, color="#c3c7ce", zorder=1)
+            continue
+        name = names[c] if k > 2 else f"positive class: {names[c]}"
+        ax.plot(a, b, lw=1.7, color=BLUE if k == 2 else colors[c], zorder=2, label=f"{name} ({score_name} {score:.3f})")
+    if many:
+        ax.plot([], [], lw=0.9, color="#c3c7ce", label=f"{len(pts) - len(shown)} other classes "
+                f"({score_name} {min(pts[c][2] for c in ranked[HIGHLIGHT:]):.3f}–{pts[ranked[-1]][2]:.3f})")
+    return pts, many
 
 
 @_styled
 def roc_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], title_suffix: str = ""):
-    """ROC curve of the positive (second) class when binary; one-vs-rest per class otherwise."""
+    """ROC curve of the positive (second) class when binary; one-vs-rest per class otherwise, the
+    classes with the lowest AUC in colour when there are many."""
     k = len(labels)
-    names = short_labels(labels)
-    classes = [1] if k == 2 else list(range(k))
-    fig = _figure(6.0 if k <= 6 else 8.4, 4.6)
+    fig = _figure(6.0 if k <= 6 else 8.6, 4.6)
     ax = fig.subplots()
-    colors = _curve_colors(k)
-    for c in classes:
-        pos = y == c
-        if pos.all() or not pos.any():
-            continue
-        fpr, tpr, area = roc_points(pos, probs[:, c])
-        name = f"{names[c]} vs rest" if k > 2 else f"positive class: {names[c]}"
-        ax.plot(fpr, tpr, lw=1.6, color=colors[c] if k > 2 else BLUE, label=f"{name} (AUC {area:.3f})")
+    _, many = _one_vs_rest(fig, ax, y, probs, labels, roc_points, "AUC")
     ax.plot([0, 1], [0, 1], color=GREY, ls=":", lw=1, label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
-           title="ROC curve" + (" (one-vs-rest)" if k > 2 else "") + title_suffix)
+           title="ROC curve" + (" (one-vs-rest" + (f", {HIGHLIGHT} lowest AUC in colour)" if many else ")")
+                                if k > 2 else "") + title_suffix)
     ax.set_aspect("equal")
     _legend_outside(fig, ax, k)
     return fig
@@ -326,27 +334,23 @@ def roc_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], title_su
 
 @_styled
 def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], title_suffix: str = ""):
-    """Precision-recall curves, with average precision; dotted lines mark each class's prevalence."""
+    """Precision-recall curves with average precision (AP); dotted: prevalence, i.e. chance."""
     k = len(labels)
-    names = short_labels(labels)
-    classes = [1] if k == 2 else list(range(k))
-    fig = _figure(6.0 if k <= 6 else 8.4, 4.6)
+    fig = _figure(6.0 if k <= 6 else 8.6, 4.6)
     ax = fig.subplots()
-    colors = _curve_colors(k)
-    for c in classes:
-        pos = y == c
-        if pos.all() or not pos.any():
-            continue
-        p, r, ap = pr_points(pos, probs[:, c])
-        color = colors[c] if k > 2 else BLUE
-        name = names[c] if k > 2 else f"positive class: {names[c]}"
-        ax.plot(r, p, lw=1.6, color=color, label=f"{name} (AP {ap:.3f})")
-        if k <= 6:
-            ax.axhline(pos.mean(), color=color, ls=":", lw=0.9)
+    pts, many = _one_vs_rest(fig, ax, y, probs, labels, lambda pos, s: _pr_xy(pos, s), "AP")
+    if k == 2 and 1 in pts:
+        ax.axhline((y == 1).mean(), color=GREY, ls=":", lw=1, label="chance (prevalence)")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision",
-           title="Precision-recall" + (" (one-vs-rest)" if k > 2 else "") + title_suffix)
+           title="Precision-recall" + (" (one-vs-rest" + (f", {HIGHLIGHT} lowest AP in colour)" if many else ")")
+                                       if k > 2 else "") + title_suffix)
     _legend_outside(fig, ax, k)
     return fig
+
+
+def _pr_xy(pos, score):
+    p, r, ap = pr_points(pos, score)
+    return r, p, ap
 
 
 @_styled
@@ -453,7 +457,7 @@ def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = 
 
 
 COMPARE_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
-                   ("roc_auc", "ROC-AUC"), ("ece", "ECE (lower is better)"))
+                   ("roc_auc", "ROC-AUC"), ("ece", "ECE"))
 
 
 @_styled
@@ -480,10 +484,12 @@ def compare_metrics(runs: list[dict], split: str):
             if np.isfinite(x):
                 ax.text(x, yi, f" {x:.3f}", va="center", fontsize=7.5)
         ax.set_title(title, fontsize=9.5)
+        ax.set_xlabel("lower is better" if key == "ece" else "score", fontsize=8)
         ax.grid(axis="y", visible=False)
         ax.tick_params(axis="x", labelsize=7.5)
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(names)
+    axes[0].set_ylabel("run")
     axes[0].invert_yaxis()
     fig.suptitle(f"Metrics by run ({split}; best in green; x axes do not start at 0)", fontsize=11, fontweight="bold")
     return fig
@@ -544,7 +550,7 @@ def compare_confusions(runs: list[dict], split: str):
             for i in range(kk):
                 for j in range(kk):
                     v = data[i, j]
-                    ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", in_layout=False,
                             fontsize=8 if kk <= 6 else 6, color="white" if v > 0.55 else "#222")
         _xticks(ax, names, cell, size=7.5)
         ax.set_yticks(range(kk))

@@ -202,8 +202,7 @@ def make_plots(run: RunData, ea: dict, out_dir: Path) -> list[Plot]:
         labels = run.labels
         emit(pl.confusion_matrix(m["confusion_matrix"], labels, False, f"Confusion matrix{suffix} (n={m['n']:,})"),
              "confusion_matrix.png", "evaluation", "Confusion matrix", "Counts: rows are true labels, columns predictions.")
-        emit(pl.confusion_matrix(m["confusion_matrix"], labels, True,
-                                 f"Confusion matrix, normalised by true label{suffix}"),
+        emit(pl.confusion_matrix(m["confusion_matrix"], labels, True, f"Confusion matrix, normalised{suffix}"),
              "confusion_matrix_normalized.png", "evaluation", "Confusion matrix, normalised",
              "Each row sums to 1; the diagonal is each label's recall.")
         emit(pl.per_class(m["per_class"], labels, f"Per-class precision, recall and F1{suffix}"), "per_class.png",
@@ -409,9 +408,13 @@ def _splits_table(m: dict) -> str:
     return f'<div class="wrap"><table>{head}{rows}</table></div>'
 
 
-def _per_class_table(m: dict, split: str) -> str:
+def _per_class_table(m: dict, split: str, ranking: dict) -> str:
     pc = m[split]["per_class"]
     pred = m[split].get("predicted_distribution") or {}
+
+    def rank(c: str, key: str) -> str:
+        v = (ranking.get(c) or {}).get(key)
+        return "–" if v is None else f"{v:.4f}"
     rows = ""
     for c, v in sorted(pc.items(), key=lambda kv: kv[1]["f1"]):
         low = ' class="low"' if v["f1"] < m[split]["macro_f1"] - 0.1 else ""
@@ -421,9 +424,11 @@ def _per_class_table(m: dict, split: str) -> str:
                  + f"<td class=n><span class=bar style='width:{v['f1'] * 80:.0f}px'></span>"
                    f"{_num(v['f1'], [split, 'per_class', c, 'f1'])}</td>"
                  + f"<td class=n>{_num(v['support'], [split, 'per_class', c, 'support'])}</td>"
-                 + f"<td class=n>{pred.get(c, 0):,}</td></tr>")
+                 + f"<td class=n>{pred.get(c, 0):,}</td><td class=n>{rank(c, 'roc_auc')}</td>"
+                   f"<td class=n>{rank(c, 'average_precision')}</td></tr>")
     return ('<div class="wrap"><table><tr><th>label (worst F1 first)</th><th class=n>precision</th>'
-            '<th class=n>recall</th><th class=n>F1</th><th class=n>support</th><th class=n>predicted</th></tr>'
+            '<th class=n>recall</th><th class=n>F1</th><th class=n>support</th><th class=n>predicted</th>'
+            '<th class=n>ROC-AUC (vs rest)</th><th class=n>average precision</th></tr>'
             f"{rows}</table></div>")
 
 
@@ -503,7 +508,7 @@ def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> st
                 + (tr or "<p class=muted>No training history (nothing was trained, or history.jsonl is missing).</p>")
                 + "</section>")
     if split:
-        body.append(f'<section id="evaluation"><h2>Evaluation ({e(split)})</h2>{_per_class_table(m, split)}'
+        body.append(f'<section id="evaluation"><h2>Evaluation ({e(split)})</h2>{_per_class_table(m, split, (ea.get(split) or {}).get("per_class_ranking") or {})}'
                     f'<div style="height:14px"></div>{_figures(plots, plot_dir, "evaluation")}</section>')
         conf = m[split].get("confidence") or {}
         body.append(f'<section id="calibration"><h2>Calibration ({e(split)})</h2><p>Mean confidence '
@@ -633,7 +638,8 @@ def _compare_table(runs: list[RunData], split: str) -> str:
     return f'<div class="wrap"><table>{head}{rows}</table></div>'
 
 
-def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, quiet: bool = True) -> Path:
+def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, split: Optional[str] = None,
+                   quiet: bool = True) -> Path:
     """One HTML page comparing runs: metric bars, accuracy against trainable parameters, confusion
     matrices side by side, validation curves and a table (best values in green)."""
     import tempfile
@@ -645,9 +651,10 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
     if len(run_dirs) < 2:
         raise LoraclfError("a comparison needs at least two run directories")
     runs = [read_run(d, predictions=False) for d in run_dirs]
-    split = "test" if all(r.metrics.get("test") for r in runs) else "validation"
-    if not all(r.metrics.get(split) for r in runs):
-        raise LoraclfError("every run needs validation metrics to be compared")
+    split = split or ("test" if all(r.metrics.get("test") for r in runs) else "validation")
+    missing = [r.name for r in runs if not r.metrics.get(split)]
+    if missing:
+        raise LoraclfError(f"no {split} metrics in run(s) {', '.join(missing)}; use --split validation")
     as_dicts = [{"name": r.name, "metrics": r.metrics, "history": r.history} for r in runs]
     figs = [("compare_metrics.png", "Metrics by run", pl.compare_metrics(as_dicts, split)),
             ("compare_params.png", "Accuracy against trainable parameters", pl.compare_params(as_dicts, split)),
