@@ -199,3 +199,25 @@ def test_include_labels_filters_every_split(tmp_path):
     assert d.labels.names == ["negative", "positive"]
     assert len(d.splits["test"]) == 20 and len(d.splits["train"]) + len(d.splits["validation"]) == 40
     _expect(_cfg(path=str(tmp_path), include_labels=["mixed"]), "no rows left")
+
+
+def test_hub_datasets_go_through_datasets_load_dataset(monkeypatch):
+    """Offline stand-in for `hf:<id>`: the loader maps splits and ClassLabel names."""
+    import datasets
+
+    rows = synthetic_rows(40, 1)
+    feats = datasets.Features({"text": datasets.Value("string"),
+                               "label": datasets.ClassLabel(names=["negative", "positive"])})
+    ds = datasets.Dataset.from_dict({"text": [t for t, _ in rows],
+                                     "label": [1 if lab == "positive" else 0 for _, lab in rows]}, features=feats)
+    calls = []
+
+    def fake_load(ident):
+        calls.append(ident)
+        return datasets.DatasetDict({"train": ds, "test": ds.select(range(10))})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    d = load_data(_cfg(path="hf:org/sentiment"))
+    assert calls == ["org/sentiment"]
+    assert d.labels.names == ["negative", "positive"]
+    assert len(d.splits["test"]) == 10 and "validation" in d.splits

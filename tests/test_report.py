@@ -186,7 +186,7 @@ def test_plots_are_readable(labels):
     assert_readable(pl.reliability(reliability_bins(conf, correct), m["ece"]))
     assert_readable(pl.confidence_hist(conf, correct, k))
     runs = [{"name": f"run-{i}-with-a-rather-long-name-lora-r{8 * i}", "metrics": {**{"test": m}, "labels": labels,
-             "params": {"trainable": 10 ** (4 + i)}, "model": {"method": "lora"}}, "history": []} for i in range(3)]
+             "params": {"trainable": 10 ** (4 + i)}, "model": {"method": "lora"}}, "history": []} for i in range(2)]
     for fig in (pl.compare_confusions(runs, "test"), pl.compare_metrics(runs, "test"), pl.compare_params(runs, "test")):
         assert_readable(fig)
 
@@ -243,6 +243,20 @@ def test_report_contents(tmp_path):
     assert json.loads((d / "metrics.json").read_text()) == m
 
 
+def test_report_of_a_run_without_training_history(tmp_path):
+    """Zero-shot runs have no history and may lack a test split: the report still comes out."""
+    d = fake_run(tmp_path, method="zero-shot")
+    (d / "history.jsonl").unlink()
+    m = json.loads((d / "metrics.json").read_text())
+    del m["test"], m["best"], m["timing"]
+    (d / "metrics.json").write_text(json.dumps(m))
+    (d / "predictions" / "test.csv").unlink()
+    page = R.make_report(d).read_text()
+    assert "No training history" in page and "Evaluation (validation)" in page
+    assert not (d / "plots" / "loss.png").exists() and (d / "plots" / "roc.png").exists()
+    assert "validation" in json.loads((d / "metrics.json").read_text())["error_analysis"]
+
+
 def test_report_disabled_writes_nothing(tmp_path):
     d = fake_run(tmp_path)
     cfg = loraclf.load_config(None, ["report.enabled=false"])
@@ -292,7 +306,7 @@ def test_unknown_tracker_is_a_config_error():
 def trained(tiny_models, synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report_runs")
     run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, out, **{
-        "train.epochs": 2, "train.log_every": 2}), quiet=True)
+        "train.epochs": 2, "train.log_every": 2, "report.enabled": True, "report.trackers": "auto"}), quiet=True)
     return run.path
 
 
@@ -341,7 +355,8 @@ def test_mlflow_and_wandb_stay_offline(tmp_path, monkeypatch):
     calls: list = []
     mlflow = _fake_module(
         "mlflow", set_tracking_uri=lambda uri: calls.append(("uri", uri)),
-        search_experiments=lambda filter_string: [], create_experiment=lambda **kw: "1",
+        search_experiments=lambda filter_string: [],
+        create_experiment=lambda **kw: calls.append(("experiment", kw)) or "1",
         start_run=lambda **kw: calls.append(("start", kw)) or object(),
         log_params=lambda d: calls.append(("params", d)),
         log_metrics=lambda d, step=None: calls.append(("metrics", d, step)),
@@ -373,7 +388,9 @@ def test_mlflow_and_wandb_stay_offline(tmp_path, monkeypatch):
        "improved": True})
     (run_dir / "report.html").write_text("x")
     tracking.finish(run_dir, {"test": {"accuracy": 0.7, "n": 10}}, [run_dir / "report.html"])
-    assert ("uri", (run_dir / "mlruns").resolve().as_uri()) in calls
+    assert ("uri", f"sqlite:///{(run_dir / 'mlflow' / 'mlflow.db').resolve()}") in calls
+    experiment = next(c[1] for c in calls if c[0] == "experiment")
+    assert experiment["artifact_location"] == str((run_dir / "mlflow" / "artifacts").resolve())
     init = next(c[1] for c in calls if c[0] == "wandb.init")
     assert init["mode"] == "offline" and init["dir"] == str(run_dir) and init["name"] == "r1"
     assert ("metrics", {"train/loss": 0.5, "train/epoch": 0.1, "train/lr": 1e-4, "train/samples_per_s": 10.0}, 5) in calls

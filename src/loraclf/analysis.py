@@ -218,9 +218,10 @@ def findings(metrics: dict, analysis: dict, split: str) -> list[str]:
     if conf.get("mean") is not None:
         gap = conf["mean"] - acc
         if gap > 0.02:
+            sure = conf.get("wrong_above_0.9") or 0
             out.append(f"The model is over-confident: mean confidence {_fmt(conf['mean'])} against accuracy "
-                       f"{_fmt(acc)} (ECE {_fmt(m['ece'])}); {conf.get('wrong_above_0.9', 0)} mistakes have "
-                       f"confidence above 0.9.")
+                       f"{_fmt(acc)} (ECE {_fmt(m['ece'])})" + (f"; {sure:,} mistakes have confidence above 0.9."
+                                                                if sure else "."))
         elif gap < -0.02:
             out.append(f"The model is under-confident: mean confidence {_fmt(conf['mean'])} against accuracy "
                        f"{_fmt(acc)} (ECE {_fmt(m['ece'])}).")

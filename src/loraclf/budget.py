@@ -165,10 +165,29 @@ def size_estimate(counts: dict, method: str) -> dict:
     """Bytes on disk (fp32 safetensors, headers aside): what the artifact stores, and the full model."""
     base = counts["total"] - counts.get("lora", 0)
     stored = counts["trainable"] if method == "lora" else base  # head/full runs save a whole checkpoint
-    return {"artifact_bytes": stored * BYTES_FP32, "full_model_bytes": base * BYTES_FP32}
+    return {"artifact_bytes": None if method == "zero-shot" else stored * BYTES_FP32,
+            "full_model_bytes": base * BYTES_FP32}
 
 
 # ----------------------------------------------------------------------------- lora.r: auto
+
+
+def _load_base_quietly(model_cfg, num_labels: int, id2label: dict):
+    """(model config, weights the checkpoint lacks): loads the checkpoint without progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    from .models.build import load_base
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model, _, _, missing = load_base(model_cfg, num_labels, id2label, quiet=True)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+    arch = model.config
+    del model
+    return arch, missing
 
 
 def _n_modules(targets) -> float:
@@ -220,14 +239,10 @@ def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False
     """
     if cfg.lora.r != "auto" or cfg.model.method != "lora":
         return None
-    from .models.build import load_base
-
     head = getattr(cfg.model, "head", "classifier")
     missing: list[str] = []
     if head == "classifier":
-        model, _, _, missing = load_base(cfg.model, len(id2label), id2label, quiet=True)
-        arch = model.config
-        del model
+        arch, missing = _load_base_quietly(cfg.model, len(id2label), id2label)
     else:
         arch, _ = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     choice = rank_candidates(arch, cfg.lora, len(id2label), cfg.train.max_trainable_params, missing, head)
@@ -269,13 +284,8 @@ def param_report(cfg: Config, num_labels: int, config_only: bool = True) -> dict
     if config_only:
         arch, source = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     else:
-        from .models.build import load_base
-
         if head == "classifier":
-            id2label = {i: f"label_{i}" for i in range(num_labels)}
-            model, _, _, missing = load_base(cfg.model, num_labels, id2label, quiet=True)
-            arch = model.config
-            del model
+            arch, missing = _load_base_quietly(cfg.model, num_labels, {i: f"label_{i}" for i in range(num_labels)})
         else:
             arch, _ = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
         source = "the checkpoint (weights loaded)"
@@ -314,8 +324,9 @@ def format_param_report(rep: dict) -> str:
     lines.append(f"trainable  {rep['trainable']:>{w},}  {rep['trainable_pct']:.2f}% of {rep['total']:,}")
     for k in ("lora", "head", "other"):
         lines.append(f"  {k:<8} {rep[k]:>{w},}")
-    lines.append(f"on disk (fp32): artifact ~{rep['artifact_bytes'] / 1e6:.2f} MB, full model "
-                 f"{rep['full_model_bytes'] / 1e6:.1f} MB")
+    if rep["artifact_bytes"] is not None:
+        lines.append(f"on disk (fp32): artifact ~{rep['artifact_bytes'] / 1e6:.2f} MB, full model "
+                     f"{rep['full_model_bytes'] / 1e6:.1f} MB")
     if rep["budget"] is not None:
         ok = rep["trainable"] <= rep["budget"]
         lines.append(f"budget train.max_trainable_params={rep['budget']:,}: {'fits' if ok else 'EXCEEDED'}")

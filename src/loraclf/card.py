@@ -61,6 +61,7 @@ def _metadata(metrics: dict, config: dict, meta: dict) -> dict:
 
 
 def _table(rows: list[list[str]]) -> str:
+    rows = [[c.replace("|", "\\|") for c in r] for r in rows]  # a label may contain the column separator
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in body]

@@ -205,12 +205,18 @@ def _params(args: argparse.Namespace) -> int:
             rows.append((name, r["method"], "-" if r["r"] is None else str(r["r"]),
                          "-" if tg is None else (tg if isinstance(tg, str) else "+".join(tg)), f"{r['trainable']:,}",
                          f"{r['trainable_pct']:.2f}%", f"{r['lora']:,}", f"{r['head']:,}",
-                         f"{r['artifact_bytes'] / 1e6:.2f} MB"))
+                         "-" if r["artifact_bytes"] is None else f"{r['artifact_bytes'] / 1e6:.2f} MB"))
         widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
         for x in rows:
             print("  ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip())
         return 0
-    cfg = load_config(args.config, sets)
+    if isinstance(spec, dict) and "space" in spec:  # a search file: its base config
+        from .config import config_from_dict
+        from .experiments import load_search
+
+        cfg = config_from_dict(load_search(args.config, sets).tree)
+    else:
+        cfg = load_config(args.config, sets)
     n, source = num_labels_for(cfg, args.num_labels)
     rep = param_report(cfg, n, config_only=args.config_only)
     rep["num_labels_from"] = source

@@ -237,6 +237,13 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
             w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
 
 
+def _human(v: float) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{unit}"
+    return f"{v:g}"
+
+
 def plot_accuracy_vs_params(rows: Sequence[dict], path: str | Path, title: Optional[str] = None) -> Optional[Path]:
     """Scatter of accuracy against trainable parameters (log scale), one labelled point per run."""
     pts = [r for r in rows if r.get("accuracy") is not None and r.get("trainable")]
@@ -257,6 +264,11 @@ def plot_accuracy_vs_params(rows: Sequence[dict], path: str | Path, title: Optio
     for r in pts:
         ax.annotate(r["run"], (r["trainable"], r["accuracy"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("trainable parameters (log scale)")
     split = pts[0].get("split", "test")
     ax.set_ylabel(f"{split} accuracy")

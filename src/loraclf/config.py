@@ -183,8 +183,8 @@ class ReportConfig:
     project: str = _f("loraclf", "MLflow experiment / W&B project name.")
     mlflow_tracking_uri: Optional[str] = _f(
         None,
-        "MLflow tracking URI; null: $MLFLOW_TRACKING_URI if set, else a local store in the run directory "
-        "(mlruns/). Only a server URI you give makes MLflow use the network.",
+        "MLflow tracking URI; null: $MLFLOW_TRACKING_URI if set, else a SQLite store in the run directory "
+        "(mlflow/mlflow.db). Only a server URI you give makes MLflow use the network.",
     )
     wandb_mode: str = _f(
         "offline", "W&B mode: offline writes to the run's wandb/ (upload later with `wandb sync`); online uploads.",

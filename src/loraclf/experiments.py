@@ -432,7 +432,8 @@ def run_sweep(sweep: Sweep | str | Path, sets: Sequence[str] = (), output_dir: O
             else:
                 statuses[p.name] = f"failed: {error.splitlines()[0][:200] if error else 'error'}"
                 failed[p.name] = error
-                shutil.rmtree(out / p.name, ignore_errors=True)  # failed before training: nothing to keep
+                if not (out / p.name / "checkpoints" / "trainer_state.json").exists():
+                    shutil.rmtree(out / p.name, ignore_errors=True)  # nothing trained yet: nothing to keep
                 echo(f"point {p.name} failed: {error}")
                 if fail_fast:
                     break
@@ -585,12 +586,16 @@ def _make_storage(url: str):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
         # A heartbeat lets a restarted search mark trials of killed processes failed and retry them once.
+        import warnings
+
         st = optuna.storages
-        if hasattr(st, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
-            retry = {"heartbeat_stale_trial_callback": st.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-        else:
-            retry = {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)}
-        return st.RDBStorage(url, heartbeat_interval=60, grace_period=180, **retry)
+        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we want
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if hasattr(st, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+                retry = {"heartbeat_stale_trial_callback": st.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            else:
+                retry = {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)}
+            return st.RDBStorage(url, heartbeat_interval=60, grace_period=180, **retry)
     except (ImportError, ValueError) as e:
         raise ConfigError(f"storage {url!r}: {str(e).splitlines()[0][:200]}") from None
 
@@ -685,8 +690,12 @@ def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir
             echo(f"search {search.study_name}: {done} of {search.trials} trials finished; storage {search.storage}")
         from optuna.study import MaxTrialsCallback
 
-        study.optimize(objective, n_trials=search.trials - done, timeout=search.timeout, catch=(LoraclfError,),
-                       callbacks=[MaxTrialsCallback(search.trials, states=states)], gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=search.trials - done, timeout=search.timeout, catch=(LoraclfError,),
+                           callbacks=[MaxTrialsCallback(search.trials, states=states)], gc_after_trial=True)
+        except KeyboardInterrupt:  # keep what finished: rerunning the command continues the study
+            write_search_results(search, study)
+            raise
     best_path = write_search_results(search, study)
     rows = _search_rows(search, study)
     return SearchResult(study, out, best_path, rows)

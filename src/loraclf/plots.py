@@ -363,12 +363,13 @@ def reliability(bins: list[dict], ece: float, title_suffix: str = ""):
         w = b["hi"] - b["lo"]
         ax.bar(b["lo"], b["accuracy"], width=w, align="edge", color=BLUE, alpha=0.8, edgecolor="white")
         lo, hi = sorted((b["accuracy"], b["confidence"]))
-        ax.bar(b["lo"], hi - lo, bottom=lo, width=w, align="edge", color=RED, alpha=0.25, edgecolor=RED, lw=0.5)
+        ax.bar(b["lo"], hi - lo, bottom=lo, width=w, align="edge", facecolor="none", hatch="////",
+               edgecolor=RED, lw=0.6)
     ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1, label="perfect calibration")
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color=BLUE, alpha=0.8, label="accuracy in bin"),
-                       Patch(facecolor=RED, alpha=0.25, edgecolor=RED, label="gap to mean confidence"),
+                       Patch(facecolor="none", hatch="////", edgecolor=RED, label="gap to mean confidence"),
                        ax.get_lines()[0]], loc="upper left")
     lo = min((b["lo"] for b in used), default=0.0)
     ax.set(xlim=(max(0.0, lo - 0.02), 1.0), ylim=(0, 1.02), ylabel="accuracy",
@@ -552,7 +553,7 @@ def compare_confusions(runs: list[dict], split: str):
                     v = data[i, j]
                     ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", in_layout=False,
                             fontsize=8 if kk <= 6 else 6, color="white" if v > 0.55 else "#222")
-        _xticks(ax, names, cell, size=7.5)
+        _xticks(ax, names, k * cell / kk, size=7.5)  # a smaller matrix is drawn with larger cells
         ax.set_yticks(range(kk))
         ax.set_yticklabels(names, fontsize=7.5)
         acc = r["metrics"][split].get("accuracy")

@@ -1,8 +1,8 @@
 """Experiment tracking through Accelerate's trackers: TensorBoard, MLflow, Weights & Biases.
 
 Every tracker writes inside the run directory unless the user points it elsewhere:
-TensorBoard to ``<run>/tensorboard``, MLflow to a local store ``<run>/mlruns`` (or
-``report.mlflow_tracking_uri`` / ``$MLFLOW_TRACKING_URI``), W&B offline to ``<run>/wandb``
+TensorBoard to ``<run>/tensorboard``, MLflow to a local SQLite store ``<run>/mlflow/mlflow.db``
+(or ``report.mlflow_tracking_uri`` / ``$MLFLOW_TRACKING_URI``), W&B offline to ``<run>/wandb``
 (``report.wandb_mode=online`` uploads). Nothing here opens a network connection unless the user
 configured one.
 
@@ -121,9 +121,14 @@ def _make(name: str, rcfg, run_dir: Path, run_name: str):
     if name == "mlflow":
         import mlflow
 
-        uri = rcfg.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        uri = rcfg.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = None
+        if not uri:  # a local SQLite store (MLflow 3 retired the plain-file store) and artifacts in the run
+            local = (run_dir / "mlflow").resolve()
+            local.mkdir(parents=True, exist_ok=True)
+            uri, artifacts = f"sqlite:///{local / 'mlflow.db'}", str(local / "artifacts")
         mlflow.set_tracking_uri(uri)
-        return at.MLflowTracker(experiment_name=rcfg.project, run_name=run_name)
+        return at.MLflowTracker(experiment_name=rcfg.project, run_name=run_name, logging_dir=artifacts)
     if name == "wandb":
         return at.WandBTracker(rcfg.project, name=run_name, dir=str(run_dir), mode=rcfg.wandb_mode)
     raise ValueError(name)

@@ -196,6 +196,9 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
     """
     model_type = model.config.model_type
     is_decoder = model_type in DECODER_TYPES or bool(getattr(model.config, "is_decoder", False))
+    if is_decoder and tokenizer is not None:
+        # The head reads the last non-pad token; right padding keeps positions those of the text alone.
+        tokenizer.padding_side = "right"
     new_modules = sorted({_module_of(k) for k in missing})
     extra = [m for m in new_modules if not _covered(m, HEAD_NAMES)]
     if extra:

@@ -1,0 +1,57 @@
+"""How long a run's report takes: plots, error analysis, report.html and model card, for synthetic
+run directories with a 25,000-row test set (short SST-2-like texts, long IMDB-like texts, 20 classes).
+
+    .venv/bin/python benchmarks/report_speed.py [--rows 25000] [--repeat 3]
+
+Prints a Markdown table: seconds of `make_report` inside a Python process that has loraclf and
+matplotlib imported already (as after training), and of a fresh `loraclf report <run>` command
+(imports included). Median of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from reportdata import fake_run  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=25_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    from loraclf.report import make_report
+
+    cases = [("binary, short texts (SST-2-like, median ~14 words)", dict(labels=["negative", "positive"])),
+             ("binary, long texts (IMDB-like, median ~150 words)", dict(labels=["negative", "positive"], long_texts=True)),
+             ("20 classes, long class names", dict(labels=[f"category {i}: a long descriptive class name"
+                                                           for i in range(20)]))]
+    exe = Path(sys.executable).with_name("loraclf")
+    print(f"| case | test rows | in process (s) | `loraclf report` (s) |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, kw) in enumerate(cases):
+            d = fake_run(Path(tmp), n_test=args.rows, n_val=1000, name=f"case{i}", **kw)
+            make_report(d)  # warm up imports and file caches
+            inproc, fresh = [], []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                make_report(d)
+                inproc.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                subprocess.run([str(exe), "report", str(d), "-q"], check=True, env={**os.environ})
+                fresh.append(time.perf_counter() - t0)
+            print(f"| {name} | {args.rows:,} | {statistics.median(inproc):.1f} | {statistics.median(fresh):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Speed and accuracy: loraclf against the reference notebooks' recipe, side by side in one process.
+
+The peer ("notebook") implementation is written here from the reference projects' recipe: HF
+``Trainer`` + PEFT LoRA (r=8, alpha=16, dropout 0.1, query/value), every input padded to
+``max_length`` (128), batch 32, fp16 on GPU, AdamW at 5e-4 with linear decay, the classification
+head saved through PEFT's ``modules_to_save`` and everything else frozen. loraclf runs the same
+model, data, batch size, epochs and learning rate. Both train on the same rows and are tested on
+the same test split.
+
+    python benchmarks/speed.py --model minilm --data sst2 --train-samples 2000 --epochs 1
+    python benchmarks/speed.py --model minilm --data sst2 --epochs 3            # full data (slow on CPU)
+    python benchmarks/speed.py --predict-only --predict-rows 25000 --data imdb   # prediction throughput
+
+It prints a Markdown table (samples/s, peak memory, accuracy, ratio) and writes JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import loraclf  # noqa: E402
+from loraclf.config import DataConfig  # noqa: E402
+from loraclf.data import load_data  # noqa: E402
+from loraclf.memory import _max_rss_mb  # noqa: E402
+from loraclf.models import resolve  # noqa: E402
+
+
+def _peak_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e6
+    return _max_rss_mb() or float("nan")
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, lr: float, max_length: int,
+               seed: int, out: str) -> dict:
+    """The notebook recipe: Trainer + PEFT, padding='max_length'."""
+    from datasets import Dataset
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments,
+                              set_seed)
+
+    set_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
+                                             target_modules=["query", "value"]))
+
+    def ds(split):
+        d = Dataset.from_dict({"text": split.texts, "label": split.labels.tolist()})
+        return d.map(lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=max_length),
+                     batched=True, remove_columns=["text"])
+
+    tr, te = ds(train), ds(test)
+    args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
+                             per_device_eval_batch_size=batch, learning_rate=lr, weight_decay=0.01,
+                             lr_scheduler_type="linear", warmup_ratio=0.06, fp16=torch.cuda.is_available(),
+                             logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
+                             disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=tr)
+    _reset_peak()
+    t0 = time.perf_counter()
+    trainer.train()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = _peak_mb()
+    pred = trainer.predict(te).predictions.argmax(-1)
+    acc = float((pred == np.asarray(test.labels)).mean())
+    return {"train_seconds": seconds, "samples_per_s": len(train) * epochs / seconds, "peak_mb": peak,
+            "accuracy": acc, "model": model}
+
+
+def loraclf_train(model_name: str, data_path: str, n_train, epochs: float, batch: int, lr: float, max_length: int,
+                  seed: int, out: str) -> dict:
+    sets = [f"data.path={data_path}", f"model.name={model_name}", f"train.epochs={epochs}", f"train.batch_size={batch}",
+            f"train.lr={lr}", f"data.max_length={max_length}", f"seed={seed}", f"output_dir={out}", "name=loraclf",
+            "report.enabled=false", "report.trackers=none",
+            "lora.target_modules=[query, value]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.1"]
+    if n_train:
+        sets.append(f"data.max_train_samples={n_train}")
+    _reset_peak()
+    run = loraclf.train(None, sets, quiet=True)
+    m = run.metrics
+    return {"train_seconds": m["timing"]["train_seconds"], "samples_per_s": m["timing"]["train_samples_per_s"],
+            "peak_mb": _peak_mb(), "accuracy": m["test"]["accuracy"], "run": str(run.path)}
+
+
+def peer_predict(model, tok_path: str, texts, batch: int, max_length: int) -> float:
+    """Notebook-style inference: unmerged adapter, batches in file order, padded to max_length."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_path)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(dev).eval()
+    t0 = time.perf_counter()
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+        for i in range(0, len(texts), batch):
+            enc = tok(texts[i:i + batch], padding="max_length", truncation=True, max_length=max_length,
+                      return_tensors="pt").to(dev)
+            model(**enc).logits.float().softmax(-1).cpu()
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def loraclf_predict(run_dir: str, texts) -> float:
+    clf = loraclf.load(run_dir)
+    t0 = time.perf_counter()
+    clf.predict_proba(texts)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--data", default="sst2")
+    ap.add_argument("--train-samples", type=int, default=2000, help="0: the full train split")
+    ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--predict-rows", type=int, default=0, help="also time prediction over this many texts")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--skip-peer", action="store_true")
+    args = ap.parse_args()
+
+    data = load_data(DataConfig(path=args.data, max_train_samples=args.train_samples or None), args.seed)
+    labels = data.labels.names
+    model_path = resolve(args.model).path
+    res: dict = {"date": str(date.today()), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                 else f"CPU ({os.cpu_count()} cores, torch {torch.__version__}, {platform.machine()})",
+                 "model": args.model, "data": args.data, "train_rows": len(data.splits["train"]),
+                 "epochs": args.epochs, "batch": args.batch, "command": " ".join(sys.argv)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = loraclf_train(args.model, args.data, args.train_samples, args.epochs, args.batch, args.lr,
+                             args.max_length, args.seed, tmp)
+        res["loraclf"] = {k: v for k, v in ours.items() if k != "run"}
+        if not args.skip_peer:
+            peer = peer_train(model_path, data.splits["train"], data.splits["test"], labels, args.epochs, args.batch,
+                              args.lr, args.max_length, args.seed, tmp + "/peer")
+            res["peer"] = {k: v for k, v in peer.items() if k != "model"}
+            res["train_speedup"] = ours["samples_per_s"] / peer["samples_per_s"]
+        if args.predict_rows:
+            pool = [t for s in data.splits.values() for t in s.texts]
+            texts = (pool * (args.predict_rows // len(pool) + 1))[:args.predict_rows]
+            res["predict_rows"] = len(texts)
+            res["loraclf"]["predict_per_s"] = loraclf_predict(ours["run"], texts)
+            if not args.skip_peer:
+                res["peer"]["predict_per_s"] = peer_predict(peer["model"], model_path, texts, args.batch,
+                                                            args.max_length)
+                res["predict_speedup"] = res["loraclf"]["predict_per_s"] / res["peer"]["predict_per_s"]
+    print(json.dumps(res, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    if "peer" in res:
+        p, o = res["peer"], res["loraclf"]
+        print("\n| | samples/s | peak MB | test accuracy | predict texts/s |\n|---|---|---|---|---|")
+        print(f"| peer (Trainer+PEFT, pad {args.max_length}) | {p['samples_per_s']:.1f} | {p['peak_mb']:.0f} | "
+              f"{p['accuracy']:.4f} | {p.get('predict_per_s', float('nan')):.1f} |")
+        print(f"| loraclf | {o['samples_per_s']:.1f} | {o['peak_mb']:.0f} | {o['accuracy']:.4f} | "
+              f"{o.get('predict_per_s', float('nan')):.1f} |")
+        print(f"| ratio | {res['train_speedup']:.2f}x | | | {res.get('predict_speedup', float('nan')):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
