@@ -33,11 +33,12 @@ def main() -> None:
     from loraclf.report import make_report
 
     cases = [("binary, short texts (SST-2-like, median ~14 words)", dict(labels=["negative", "positive"])),
-             ("binary, long texts (IMDB-like, median ~150 words)", dict(labels=["negative", "positive"], long_texts=True)),
+             ("binary, long texts (IMDB-like, median ~150 words)",
+              dict(labels=["negative", "positive"], long_texts=True)),
              ("20 classes, long class names", dict(labels=[f"category {i}: a long descriptive class name"
                                                            for i in range(20)]))]
     exe = Path(sys.executable).with_name("loraclf")
-    print(f"| case | test rows | in process (s) | `loraclf report` (s) |\n|---|---|---|---|")
+    print("| case | test rows | in process (s) | `loraclf report` (s) |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, kw) in enumerate(cases):
             d = fake_run(Path(tmp), n_test=args.rows, n_val=1000, name=f"case{i}", **kw)

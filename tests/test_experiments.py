@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import loraclf
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.errors import BudgetError, ConfigError, LoraclfError
@@ -314,6 +314,11 @@ def test_params_cli(tiny_models, capsys):
     assert re.search(r"^trainable +888,580 ", out, re.M) and re.search(r"r=4 +query\+key\+value +814,852  fits", out)
     assert re.search(r"r=8 +query\+value +888,580  fits <- chosen", out)
     assert main(["params", "--model", "no-such-model-anywhere", "--config-only"]) == 2
+    # a sweep file: one line per point
+    assert main(["params", "-c", str(REPO / "recipes" / "sst2-distilbert-baselines.yaml"), "--config-only"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["point", "method"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["head", "lora-r8", "lora-r16"] and "887,042" in lines[3]
 
 
 def test_peak_memory_is_measured():

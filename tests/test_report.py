@@ -393,7 +393,8 @@ def test_mlflow_and_wandb_stay_offline(tmp_path, monkeypatch):
     assert experiment["artifact_location"] == str((run_dir / "mlflow" / "artifacts").resolve())
     init = next(c[1] for c in calls if c[0] == "wandb.init")
     assert init["mode"] == "offline" and init["dir"] == str(run_dir) and init["name"] == "r1"
-    assert ("metrics", {"train/loss": 0.5, "train/epoch": 0.1, "train/lr": 1e-4, "train/samples_per_s": 10.0}, 5) in calls
+    train_values = {"train/loss": 0.5, "train/epoch": 0.1, "train/lr": 1e-4, "train/samples_per_s": 10.0}
+    assert ("metrics", train_values, 5) in calls
     assert ("wandb.log", {"validation/epoch": 1.0, "validation/accuracy": 0.8}, 10) in calls
     assert ("metrics", {"final/test_accuracy": 0.7}, 10) in calls and ("end",) in calls
     assert ("artifact", str(run_dir / "report.html")) in calls and ("wandb.finish",) in calls

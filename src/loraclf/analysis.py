@@ -68,8 +68,9 @@ def confident_mistakes(texts: Sequence[str], y: np.ndarray, probs: np.ndarray, l
     conf = probs.max(axis=1)
     wrong = np.flatnonzero(pred != y)
     order = wrong[np.lexsort((wrong, -conf[wrong]))][:k]
-    return [{"index": int(i), "text": clip_text(texts[i], max_chars), "gold": labels[y[i]], "predicted": labels[pred[i]],
-             "confidence": float(conf[i]), "p_gold": float(probs[i, y[i]]), "words": int(lengths[i])} for i in order]
+    return [{"index": int(i), "text": clip_text(texts[i], max_chars), "gold": labels[y[i]],
+             "predicted": labels[pred[i]], "confidence": float(conf[i]), "p_gold": float(probs[i, y[i]]),
+             "words": int(lengths[i])} for i in order]
 
 
 def confusion_pairs(texts: Sequence[str], y: np.ndarray, probs: np.ndarray, labels: Sequence[str], examples: int,
@@ -130,7 +131,8 @@ def ranking(y: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict:
     for c, name in enumerate(labels):
         pos = y == c
         if 0 < pos.sum() < len(y):
-            out[name] = {"roc_auc": roc_points(pos, probs[:, c])[2], "average_precision": pr_points(pos, probs[:, c])[2]}
+            out[name] = {"roc_auc": roc_points(pos, probs[:, c])[2],
+                         "average_precision": pr_points(pos, probs[:, c])[2]}
         else:
             out[name] = {"roc_auc": None, "average_precision": None}
     return out
@@ -231,7 +233,8 @@ def findings(metrics: dict, analysis: dict, split: str) -> list[str]:
         skew = max(dist, key=lambda c: abs(dist[c] - per_class[c]["support"]) / n)
         diff = (dist[skew] - per_class[skew]["support"]) / n
         if abs(diff) >= 0.05:
-            out.append(f"It predicts {skew!r} for {dist[skew] / n:.0%} of texts, though {per_class[skew]['support'] / n:.0%} "
+            out.append(f"It predicts {skew!r} for {dist[skew] / n:.0%} of texts, though "
+                       f"{per_class[skew]['support'] / n:.0%} "
                        f"are {skew!r}.")
     tl = ((metrics.get("data") or {}).get("token_lengths") or {}).get(split) or {}
     if tl.get("truncated"):

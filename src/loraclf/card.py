@@ -15,7 +15,8 @@ import yaml
 
 from .analysis import primary_split
 
-_HEADLINE = (("accuracy", "Accuracy", None), ("macro_f1", "Macro F1", "macro"), ("weighted_f1", "Weighted F1", "weighted"))
+_HEADLINE = (("accuracy", "Accuracy", None), ("macro_f1", "Macro F1", "macro"),
+             ("weighted_f1", "Weighted F1", "weighted"))
 
 
 def _dataset_name(config: dict, metrics: dict) -> tuple[str, Optional[str]]:
@@ -81,9 +82,10 @@ def model_card(metrics: dict, config: dict, meta: dict, findings: Optional[list[
     tr = config.get("train") or {}
     p = metrics.get("params") or {}
     split = primary_split(metrics)
-    out = ["---", yaml.safe_dump(_metadata(metrics, config, meta), sort_keys=False, allow_unicode=True).strip(), "---", ""]
-    what = {"lora": "a LoRA adapter (with its trained classification head)", "head": "a classification head on a frozen",
-            "full": "a fully fine-tuned"}.get(method, "a")
+    front = yaml.safe_dump(_metadata(metrics, config, meta), sort_keys=False, allow_unicode=True).strip()
+    out = ["---", front, "---", ""]
+    what = {"lora": "a LoRA adapter (with its trained classification head)",
+            "head": "a classification head on a frozen", "full": "a fully fine-tuned"}.get(method, "a")
     if method == "lora":
         intro = f"{what} for `{base}`"
     else:
@@ -158,7 +160,8 @@ def model_card(metrics: dict, config: dict, meta: dict, findings: Optional[list[
     t = metrics.get("timing") or {}
     env = metrics.get("environment") or {}
     if t:
-        hp.append(["training time", f"{t.get('train_seconds', 0):.0f} s ({t.get('train_samples_per_s', 0):.1f} samples/s) "
+        hp.append(["training time", f"{t.get('train_seconds', 0):.0f} s "
+                   f"({t.get('train_samples_per_s', 0):.1f} samples/s) "
                    f"on {env.get('cuda_device') or env.get('device', '?')}, precision {env.get('precision', '?')}"])
     out += [_table(hp), ""]
 

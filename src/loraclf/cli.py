@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="trainable-parameter breakdown of a config (or every point of a sweep), no training")
     pa.add_argument("--config", "-c", help="config or sweep YAML")
     pa.add_argument("--model", help="shortcut for --set model.name=...")
-    pa.add_argument("--method", choices=["lora", "head", "full"], help="shortcut for --set model.method=...")
+    pa.add_argument("--method", choices=["lora", "head", "full", "zero-shot"], help="shortcut for --set model.method=...")
     pa.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
     pa.add_argument("--num-labels", type=int, help="labels of the head (default: data.label_names, else the data's labels)")
     pa.add_argument("--config-only", action="store_true",

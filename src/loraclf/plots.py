@@ -265,10 +265,14 @@ def per_class(per_class: dict, labels: Sequence[str], title: str = "Per-class pr
     for j, key in enumerate(("precision", "recall", "f1")):
         vals = [per_class[c][key] for c in labels]
         ax.barh(y + (j - 1) * bh, vals, height=bh, color=PRF_COLORS[key], label=key if key != "f1" else "F1")
+        if k <= 8:
+            for yi, v in zip(y, vals):
+                ax.text(v + 0.005, yi + (j - 1) * bh, f"{v:.3f}", va="center", fontsize=7, in_layout=False)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{n} (n={per_class[c]['support']:,})" for n, c in zip(names, labels)])
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.0)
+    ax.set_xlim(0, 1.08 if k <= 8 else 1.0)
+    ax.set_xticks(np.linspace(0, 1, 6))
     ax.grid(axis="y", visible=False)
     ax.set(title=title, xlabel="score")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3)
@@ -418,7 +422,8 @@ def length_distribution(hist: dict):
         st = hist["stats"][split]
         share = c / max(c.sum(), 1)
         ax.stairs(share, edges, fill=split == "train", alpha=0.3 if split == "train" else 1.0, lw=1.6,
-                  color=SPLIT_COLORS[split], label=f"{split} (n={st['n']:,}, median {st['median']:.0f}, max {st['max']:,})")
+                  color=SPLIT_COLORS[split],
+                  label=f"{split} (n={st['n']:,}, median {st['median']:.0f}, max {st['max']:,})")
     ax.set(title="Text length per split", ylabel="share of split",
            xlabel=f"length in words (texts over {hist['clipped_at']:,} counted in the last bin)")
     ax.legend(loc="upper right")
@@ -465,7 +470,8 @@ COMPARE_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighte
 def compare_metrics(runs: list[dict], split: str):
     """One panel per metric, one horizontal bar per run (runs share the y axis)."""
     names = short_labels([r["name"] for r in runs], 30)
-    metrics = [(k, t) for k, t in COMPARE_METRICS if any((r["metrics"].get(split) or {}).get(k) is not None for r in runs)]
+    metrics = [(k, t) for k, t in COMPARE_METRICS
+               if any((r["metrics"].get(split) or {}).get(k) is not None for r in runs)]
     n = len(runs)
     fig = _figure(2.3 * len(metrics) + 2.2, max(2.4, 0.8 + 0.38 * n))
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))

@@ -145,8 +145,8 @@ def error_analysis(run: RunData, opts: dict, train: Optional[list[str]] = None) 
         for split, (texts, _, _) in run.predictions.items():
             lengths[split] = an.word_counts(texts)
         out["text_lengths"] = an.length_histograms(lengths)
-        tok = (run.config.get("data") or {})
-        if train is not None and (tok.get("min_tokens") or tok.get("max_tokens")):
+        dcfg = run.config.get("data") or {}
+        if train is not None and (dcfg.get("min_tokens") or dcfg.get("max_tokens")):
             out["text_lengths"]["note"] = "train shown before the data.min_tokens/max_tokens filter"
     split = an.primary_split(run.metrics)
     out["findings"] = an.findings(run.metrics, out, split) if split else []
@@ -201,7 +201,8 @@ def make_plots(run: RunData, ea: dict, out_dir: Path) -> list[Plot]:
         m = run.metrics[split]
         labels = run.labels
         emit(pl.confusion_matrix(m["confusion_matrix"], labels, False, f"Confusion matrix{suffix} (n={m['n']:,})"),
-             "confusion_matrix.png", "evaluation", "Confusion matrix", "Counts: rows are true labels, columns predictions.")
+             "confusion_matrix.png", "evaluation", "Confusion matrix",
+             "Counts: rows are true labels, columns predictions.")
         emit(pl.confusion_matrix(m["confusion_matrix"], labels, True, f"Confusion matrix, normalised{suffix}"),
              "confusion_matrix_normalized.png", "evaluation", "Confusion matrix, normalised",
              "Each row sums to 1; the diagonal is each label's recall.")
@@ -245,7 +246,8 @@ def _replace_dir(new: Path, target: Path) -> None:
 CSS = """
 :root{--fg:#1d2330;--muted:#5d6675;--line:#e3e6eb;--bg:#f6f7f9;--card:#fff;--accent:#3569a8;--good:#2a9d5c;--bad:#d1495b}
 *{box-sizing:border-box}
-body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--fg);background:var(--bg)}
+body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--fg);background:var(--bg)}
 header{background:#1d2330;color:#fff;padding:18px 32px}
 header h1{margin:0;font-size:22px;font-weight:600;word-break:break-all}
 header .sub{color:#c5cbd6;font-size:13px;margin-top:4px}
@@ -355,10 +357,11 @@ def _summary(run: RunData, split: Optional[str]) -> str:
     if t:
         cards.append(f'<div class="card"><div class="k">train time</div><div class="v">'
                      f'{e(_fmt_seconds(t.get("train_seconds")))}</div><div class="s">'
-                     f'{_num(t.get("train_samples_per_s"), ["timing", "train_samples_per_s"], 1)} samples/s</div></div>')
+                     f'{_num(t.get("train_samples_per_s"), ["timing", "train_samples_per_s"], 1)} samples/s'
+                     "</div></div>")
     model_rows = [
-        ("model", f"<code>{e(str(model.get('name')))}</code>" + (f" <span class='muted'>({e(str(model.get('hub_id')))})</span>"
-                                                                  if model.get("hub_id") else "")),
+        ("model", f"<code>{e(str(model.get('name')))}</code>"
+         + (f" <span class='muted'>({e(str(model.get('hub_id')))})</span>" if model.get("hub_id") else "")),
         ("architecture", e(str(model.get("model_type", "–")))),
         ("method", f'<span class="tag">{e(str(model.get("method", "–")))}</span>'),
     ]
@@ -508,7 +511,8 @@ def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> st
                 + (tr or "<p class=muted>No training history (nothing was trained, or history.jsonl is missing).</p>")
                 + "</section>")
     if split:
-        body.append(f'<section id="evaluation"><h2>Evaluation ({e(split)})</h2>{_per_class_table(m, split, (ea.get(split) or {}).get("per_class_ranking") or {})}'
+        ranking = (ea.get(split) or {}).get("per_class_ranking") or {}
+        body.append(f'<section id="evaluation"><h2>Evaluation ({e(split)})</h2>{_per_class_table(m, split, ranking)}'
                     f'<div style="height:14px"></div>{_figures(plots, plot_dir, "evaluation")}</section>')
         conf = m[split].get("confidence") or {}
         body.append(f'<section id="calibration"><h2>Calibration ({e(split)})</h2><p>Mean confidence '
@@ -628,11 +632,12 @@ def _compare_table(runs: list[RunData], split: str) -> str:
             b = ' style="font-weight:700;color:var(--good)"' if v is not None and v == best.get(k) else ""
             cells += f"<td class=n{b}>{_num(v, [split, k])}</td>"
         t = m.get("timing") or {}
+        n_train = ((m.get("data") or {}).get("sizes") or {}).get("train")
         rows += (f"<tr data-run='{i}'><td><b>{e(r.name)}</b><br><span class=muted>{e(str(r.path))}</span></td>"
                  f"<td><code>{e(str((m.get('model') or {}).get('name')))}</code></td>"
                  f"<td>{e(str((m.get('model') or {}).get('method')))}</td>"
                  f"<td class=n>{_num((m.get('params') or {}).get('trainable'), ['params', 'trainable'])}</td>"
-                 f"<td class=n>{_num(((m.get('data') or {}).get('sizes') or {}).get('train'), ['data', 'sizes', 'train'])}</td>"
+                 f"<td class=n>{_num(n_train, ['data', 'sizes', 'train'])}</td>"
                  f"{cells}<td class=n>{e(_fmt_seconds(t.get('train_seconds')))}</td>"
                  f"<td class=n>{_num(t.get('train_samples_per_s'), ['timing', 'train_samples_per_s'], 1)}</td></tr>")
     return f'<div class="wrap"><table>{head}{rows}</table></div>'
