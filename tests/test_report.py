@@ -251,10 +251,16 @@ def test_report_of_a_run_without_training_history(tmp_path):
     del m["test"], m["best"], m["timing"]
     (d / "metrics.json").write_text(json.dumps(m))
     (d / "predictions" / "test.csv").unlink()
+    meta = json.loads((d / "artifact" / "loraclf.json").read_text())
+    meta.update(head="verbalizer", prompt={"template": "Is {text} {labels}?", "label_words": {"neg": ["bad"]}})
+    (d / "artifact" / "loraclf.json").write_text(json.dumps(meta))
     page = R.make_report(d).read_text()
     assert "No training history" in page and "Evaluation (validation)" in page
     assert not (d / "plots" / "loss.png").exists() and (d / "plots" / "roc.png").exists()
     assert "validation" in json.loads((d / "metrics.json").read_text())["error_analysis"]
+    card = (d / "artifact" / "README.md").read_text()  # a prompted zero-shot model, not a classifier head
+    assert "nothing was trained" in card and "AutoModelForSequenceClassification" not in card
+    assert "Is {text} {labels}?" in card and "none (zero-shot)" in card
 
 
 def test_report_disabled_writes_nothing(tmp_path):
@@ -284,11 +290,11 @@ def test_cli_report_and_compare(two_runs, tmp_path, capsys):
     a, b = two_runs
     assert main(["report", str(a), "-q"]) == 0
     assert (a / "report.html").exists() and (a / "plots" / "roc.png").exists()
-    out = tmp_path / "cmp.html"
-    assert main(["report", str(a.parent), "--output", str(out), "-q"]) == 0  # a folder of runs is compared
+    out = tmp_path / "cmp.html"  # a folder of runs is compared
+    assert main(["report", str(a.parent), "--split", "validation", "--output", str(out), "-q"]) == 0
     page = out.read_text()
     assert page.count('src="data:image/png;base64,') == 4 and ">a<" in page and ">b<" in page
-    assert main(["report", str(a), str(b), "--split", "validation", "-o", str(tmp_path / "v.html"), "-q"]) == 0
+    assert "Runs (validation)" in page
     capsys.readouterr()
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err

@@ -204,6 +204,13 @@ def findings(metrics: dict, analysis: dict, split: str) -> list[str]:
         if not out:
             out.append(f"Accuracy does not clearly depend on length: every length bucket's 95% interval "
                        f"contains the overall {_fmt(acc)}.")
+    stats = (analysis.get("text_lengths") or {}).get("stats") or {}
+    if "train" in stats and split in stats and stats["train"]["median"] > 0:
+        tr, ev = stats["train"]["median"], stats[split]["median"]
+        if ev >= 1.5 * tr or ev <= tr / 1.5:
+            out.append(f"{split.capitalize()} texts are {'longer' if ev > tr else 'shorter'} than train texts "
+                       f"(median {ev:.0f} words against {tr:.0f}): the model is scored on a different kind of "
+                       "text than it mostly learned from.")
     pairs = a.get("confusions") or []
     if pairs:
         p = pairs[0]

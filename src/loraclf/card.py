@@ -84,15 +84,22 @@ def model_card(metrics: dict, config: dict, meta: dict, findings: Optional[list[
     split = primary_split(metrics)
     front = yaml.safe_dump(_metadata(metrics, config, meta), sort_keys=False, allow_unicode=True).strip()
     out = ["---", front, "---", ""]
-    what = {"lora": "a LoRA adapter (with its trained classification head)",
-            "head": "a classification head on a frozen", "full": "a fully fine-tuned"}.get(method, "a")
-    if method == "lora":
-        intro = f"{what} for `{base}`"
+    head = meta.get("head") or "classifier"
+    prompted = head != "classifier"  # decoders that answer a prompt (label words or generation)
+    how = {"verbalizer": "scores each label's word(s) as the next tokens after a prompt",
+           "generate": "generates an answer to a prompt, parsed into a label"}.get(head, "")
+    if method == "zero-shot":
+        intro = (f"This is `{base}` used zero-shot as a classifier: nothing was trained; it {how}. loraclf "
+                 f"evaluated it on **{ds_name}**")
+    elif method == "lora" and prompted:
+        intro = f"This is a LoRA adapter for the causal LM `{base}` that {how}, trained with loraclf on **{ds_name}**"
     else:
-        intro = f"{what} `{base}`"
+        what = {"lora": f"a LoRA adapter (with its trained classification head) for `{base}`",
+                "head": f"a classification head on a frozen `{base}`",
+                "full": f"a fully fine-tuned `{base}`"}.get(method, f"`{base}`")
+        intro = f"This is {what}, trained with loraclf on **{ds_name}**"
     out += [f"# {run}", "",
-            f"This is {intro}, trained with loraclf to classify text from **{ds_name}** "
-            f"into {len(labels)} labels: " + ", ".join(f"`{x}`" for x in labels) + ".", ""]
+            f"{intro}, to classify text into {len(labels)} labels: " + ", ".join(f"`{x}`" for x in labels) + ".", ""]
     if split:
         m = metrics[split]
         out += [f"On the {split} split ({m['n']:,} texts) it reaches accuracy **{m['accuracy']:.4f}** and "
@@ -103,7 +110,11 @@ def model_card(metrics: dict, config: dict, meta: dict, findings: Optional[list[
     out += ["## How to use", "", "With loraclf:", "", "```python", "import loraclf", "",
             'clf = loraclf.load("path/to/this/folder")', 'clf.predict(["your text here"])        # label names',
             'clf.predict_proba(["your text here"])  # probabilities, columns = clf.labels', "```", ""]
-    if method == "lora":
+    if prompted:
+        out += ["The prompt template and the label words are in `loraclf.json`; loraclf applies them (and the "
+                "chat template) for you." + (" The adapter is a standard PEFT LoRA adapter of the causal LM."
+                                            if method == "lora" else ""), ""]
+    elif method == "lora":
         out += ["With plain transformers and PEFT (the label names are in `config.json`):", "", "```python",
                 "from peft import PeftModel",
                 "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer", "",
@@ -139,27 +150,36 @@ def model_card(metrics: dict, config: dict, meta: dict, findings: Optional[list[
         out.append("")
 
     out += ["## Training procedure", ""]
-    hp = [["setting", "value"], ["method", f"`{method}`"], ["base model", f"`{base}`"]]
+    hp = [["setting", "value"], ["method", f"`{method}`"], ["base model", f"`{base}`"], ["head", f"`{head}`"]]
+    prompt = meta.get("prompt") or {}
+    if prompt.get("template"):
+        hp.append(["prompt", "`" + " ".join(str(prompt["template"]).split()) + "`"])
+    if prompt.get("label_words"):
+        hp.append(["label words", "; ".join(f"`{k}`: {', '.join(map(str, v if isinstance(v, list) else [v]))}"
+                                           for k, v in prompt["label_words"].items())])
     if method == "lora":
         hp += [["LoRA rank r / alpha / dropout", f"{lo.get('r')} / {lo.get('alpha')} / {lo.get('dropout')}"],
                ["target modules", ", ".join(f"`{x}`" for x in (model.get("target_modules") or []))],
                ["modules trained fully and saved", ", ".join(f"`{x}`" for x in (model.get("modules_to_save") or []))]]
-    hp += [["epochs (run)", f"{tr.get('epochs')} ({(metrics.get('best') or {}).get('epochs_run', '-')})"],
-           ["batch size x grad accumulation", f"{tr.get('batch_size')} x {tr.get('grad_accum_steps')}"],
-           ["learning rate, schedule, warmup", f"{tr.get('lr')}, {tr.get('scheduler')}, {tr.get('warmup_ratio')}"],
-           ["weight decay, label smoothing", f"{tr.get('weight_decay')}, {tr.get('label_smoothing')}"],
-           ["class weights", f"{tr.get('class_weights')}"],
-           ["max length (tokens)", f"{d.get('max_length')}"],
-           ["model selection", f"best validation `{tr.get('metric')}`"
-            + (f" at step {metrics['best']['step']}" if (metrics.get("best") or {}).get("step") else "")],
-           ["seed", f"{config.get('seed')}"]]
+    if method == "zero-shot":
+        hp.append(["training", "none (zero-shot)"])
+    else:
+        best = metrics.get("best") or {}
+        hp += [["epochs (run)", f"{tr.get('epochs')} ({best.get('epochs_run', '-')})"],
+               ["batch size x grad accumulation", f"{tr.get('batch_size')} x {tr.get('grad_accum_steps')}"],
+               ["learning rate, schedule, warmup", f"{tr.get('lr')}, {tr.get('scheduler')}, {tr.get('warmup_ratio')}"],
+               ["weight decay, label smoothing", f"{tr.get('weight_decay')}, {tr.get('label_smoothing')}"],
+               ["class weights", f"{tr.get('class_weights')}"],
+               ["model selection", f"best validation `{tr.get('metric')}`"
+                + (f" at step {best['step']}" if best.get("step") else "")]]
+    hp += [["max length (tokens)", f"{d.get('max_length')}"], ["seed", f"{config.get('seed')}"]]
     if p:
         hp.append(["trainable parameters", f"{p.get('trainable', 0):,} of {p.get('total', 0):,} "
                    f"({p.get('trainable_pct', 0):.2f}%): LoRA {p.get('lora', 0):,}, head {p.get('head', 0):,}, "
                    f"other {p.get('other', 0):,}"])
     t = metrics.get("timing") or {}
     env = metrics.get("environment") or {}
-    if t:
+    if t and method != "zero-shot":
         hp.append(["training time", f"{t.get('train_seconds', 0):.0f} s "
                    f"({t.get('train_samples_per_s', 0):.1f} samples/s) "
                    f"on {env.get('cuda_device') or env.get('device', '?')}, precision {env.get('precision', '?')}"])

@@ -137,8 +137,16 @@ def loss_curves(history: list[dict], best_step: Optional[int] = None):
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
     if tr:
-        ax.plot([h["step"] for h in tr], [h["loss"] for h in tr], color=BLUE, lw=1.4,
+        steps, loss = [h["step"] for h in tr], np.array([h["loss"] for h in tr], dtype=float)
+        smooth = len(tr) > 30  # noisy: show the raw points faintly and an exponential moving average on top
+        ax.plot(steps, loss, color=BLUE, lw=1.0 if smooth else 1.4, alpha=0.3 if smooth else 1.0,
                 marker="o" if len(tr) < 3 else None, ms=4, label="train loss (mean over log interval)")
+        if smooth:  # centred moving average (no lag), the window shrinking at both ends
+            half = max(2, len(tr) // 50)
+            c = np.r_[0.0, np.cumsum(loss)]
+            lo = np.clip(np.arange(len(loss)) - half, 0, None)
+            hi = np.clip(np.arange(len(loss)) + half + 1, None, len(loss))
+            ax.plot(steps, (c[hi] - c[lo]) / (hi - lo), color=BLUE, lw=1.8, label="train loss (moving average)")
     if ev:
         ax.plot([h["step"] for h in ev], [h["loss"] for h in ev], color=ORANGE, lw=1.8, marker="o", ms=4,
                 label="validation loss")
@@ -238,8 +246,8 @@ def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], normali
             for j in range(k):
                 v = data[i, j]
                 txt = "–" if np.isnan(v) else (f"{v:.2f}" if normalize else f"{int(v):,}")
-                if not normalize and v == 0:
-                    txt = "0"
+                if k > 12 and i != j and not np.isnan(v) and v < (0.005 if normalize else 1):
+                    continue  # many classes: leave empty off-diagonal cells blank, so the mistakes stand out
                 ax.text(j, i, txt, ha="center", va="center", fontsize=size, in_layout=False,  # faster layout
                         color="white" if (not np.isnan(v) and v > thresh) else "#222")
     _xticks(ax, names, cell)

@@ -262,13 +262,13 @@ h3{font-size:15px;margin:18px 0 8px}
 .card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .card .v{font-size:24px;font-weight:600;font-variant-numeric:tabular-nums}
 .card .s{color:var(--muted);font-size:12px}
-.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:12px;margin-top:12px}
+.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(320px,100%),1fr));gap:12px;margin-top:12px}
 table{border-collapse:collapse;background:var(--card);font-variant-numeric:tabular-nums;width:100%}
 th,td{border-bottom:1px solid var(--line);padding:5px 9px;text-align:left;vertical-align:top}
 th{background:#eef0f4;font-weight:600;font-size:12.5px}
 td.n,th.n{text-align:right;white-space:nowrap}
 table.kv th{width:38%;background:#fafbfc}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:16px}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(520px,100%),1fr));gap:16px}
 figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:8px;padding:10px}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{color:var(--muted);font-size:12.5px;margin-top:6px}
