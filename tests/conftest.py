@@ -109,11 +109,11 @@ def tiny_config(arch: str):
                                    local_attention=16, global_attn_every_n_layers=2)
     if arch == "llama":
         return tf.LlamaConfig(vocab_size=DECODER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                               eos_token_id=0, bos_token_id=0, pad_token_id=None)
     if arch == "qwen2":
         return tf.Qwen2Config(vocab_size=DECODER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                               eos_token_id=0, bos_token_id=0, pad_token_id=None)
     raise ValueError(arch)
 

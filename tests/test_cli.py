@@ -102,3 +102,53 @@ def test_models_and_config(capsys):
     assert "`train.lr`" in capsys.readouterr().out
     assert main(["config", "--set", "lora.r=4"]) == 0
     assert "r: 4" in capsys.readouterr().out
+
+
+def test_evaluate_a_single_labelled_file_scores_every_row(trained, tmp_path, capsys):
+    f = write_csv(tmp_path / "some.csv", synthetic_rows(37, 5))
+    assert main(["evaluate", str(trained), "--data", str(f), "-q", "--split", "train"]) == 0
+    assert "n=37 " in capsys.readouterr().out
+    bad = write_csv(tmp_path / "bad.csv", synthetic_rows(3, 5) + [("meh", "mixed")])
+    assert main(["evaluate", str(trained), "--data", str(bad), "-q"]) == 2
+    assert "row 4" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.class_weights=[a, b]", "non-negative numbers"),
+    ("train.class_weights=[1, 2, 3]", "3 values but there are 2 labels"),
+    ("data.max_length=4096", "exceeds what"),
+])
+def test_config_errors_found_before_the_run_directory(override, needle, tiny_models, synth_dir, tmp_path, capsys):
+    sets = []
+    for o in tiny_overrides(tiny_models["bert"], synth_dir, tmp_path) + [override]:
+        sets += ["--set", o]
+    assert main(["train", "-q", *sets]) == 2
+    assert needle in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_gzip_is_a_clear_error(tmp_path, capsys):
+    import gzip
+
+    data = gzip.compress(b"text,label\n" + b"good film,positive\nbad film,negative\n" * 200)
+    (tmp_path / "train.csv.gz").write_bytes(data[: len(data) // 2])
+    assert main(["train", "-q", "--data", str(tmp_path), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert "damaged or truncated" in _error_line(capsys)
+
+
+def test_predict_pairs_reads_both_columns(tiny_models, tmp_path, capsys):
+    rows = [(t, t[::-1], lab) for t, lab in synthetic_rows(80, 1)]
+    data = tmp_path / "pairs"
+    write_csv(data / "train.csv", rows, header=("a", "b", "label"))
+    sets = []
+    for o in tiny_overrides(tiny_models["bert"], data, tmp_path, **{"data.text_column": "[a, b]",
+                                                                       "train.epochs": 0.5}):
+        sets += ["--set", o]
+    assert main(["train", "-q", *sets]) == 0
+    inp = write_csv(tmp_path / "in.csv", [(r[0], r[1]) for r in rows[:5]], header=("a", "b"))
+    assert main(["predict", str(tmp_path / "run"), "-i", str(inp), "-q"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 6
+    only_a = write_csv(tmp_path / "a.csv", [(r[0],) for r in rows[:5]], header=("a",))
+    assert main(["predict", str(tmp_path / "run"), "-i", str(only_a), "-q"]) == 2
+    assert "no column 'b'" in _error_line(capsys)

@@ -50,7 +50,7 @@ def test_verbalizer_batch_equals_single_and_scores_multi_token_words(arch, words
     built = build_prompt_model(cfg, LoraSection(), labels, TEXTS, np.array([0, 1, 0, 1]), seed=0)
     clf, tok = built.model.eval(), built.tokenizer
     assert tok.padding_side == "left"
-    enc = clf.formatter.encode(TEXTS, [0, 1, 0, 1], 64)
+    enc = clf.formatter.encode(TEXTS, [0, 1, 0, 1], 192)
     batch, single = _batch_vs_single(clf, enc, tok.pad_token_id, left=True)
     torch.testing.assert_close(batch, single, atol=1e-4, rtol=1e-4)
 
@@ -104,7 +104,7 @@ def test_prompt_spec_round_trip():
 def test_prompt_head_runs_write_the_same_run_directory(head, method, tiny_models, synth_dir, tmp_path):
     run = loraclf.train(None, tiny_overrides(tiny_models["llama"], synth_dir, tmp_path, **{
         "model.head": head, "model.method": method, "train.epochs": 0.5, "data.max_test_samples": 20,
-        "data.max_eval_samples": 10, "model.max_new_tokens": 3}), quiet=True)
+        "data.max_eval_samples": 10, "model.max_new_tokens": 3, "data.max_length": 160}), quiet=True)
     m = run.metrics
     for f in ("metrics.json", "predictions/test.csv", "artifact/loraclf.json", "artifact/config.json"):
         assert (run.path / f).exists()
@@ -127,3 +127,14 @@ def test_prompt_heads_need_a_decoder_and_zero_shot_needs_a_prompt_head(tiny_mode
     with pytest.raises(loraclf.LoraclfError, match="needs a decoder"):
         loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{
             "model.method": "zero-shot", "model.head": "verbalizer"}), quiet=True)
+
+
+def test_prompt_that_leaves_no_room_for_the_text_is_an_error(tiny_models):
+    cfg = ModelConfig(name=str(tiny_models["llama"]), method="zero-shot", head="verbalizer", few_shot=4)
+    texts = [f"a rather long example text number {i} " * 5 for i in range(8)]
+    built = build_prompt_model(cfg, LoraSection(), ["negative", "positive"], texts, np.array([0, 1] * 4), 0)
+    with pytest.raises(loraclf.LoraclfError, match="leaving"):
+        built.model.formatter.encode(TEXTS, None, 128)
+    with pytest.raises(loraclf.LoraclfError, match="exactly once"):
+        build_prompt_model(ModelConfig(name=str(tiny_models["llama"]), method="zero-shot", head="verbalizer",
+                                       prompt="{text} and {text}"), LoraSection(), ["a", "b"], TEXTS, np.array([0, 1, 0, 1]), 0)

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 def test_torchrun_two_processes(tiny_models, synth_dir, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     sets = []
-    for o in tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"train.epochs": 1, "train.batch_size": 8}):
+    for o in tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"train.epochs": 1, "train.batch_size": 8,
+                                                                          "train.eval_batch_size": 7}):
         sets += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "loraclf", "train",

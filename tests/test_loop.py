@@ -7,8 +7,9 @@ import loraclf.loop
 from conftest import tiny_overrides
 
 
-def test_resume_continues_to_the_same_result(tiny_models, synth_dir, tmp_path, monkeypatch):
-    extra = {"train.epochs": 3}
+@pytest.mark.parametrize("accum", [1, 4])  # 15 batches per epoch: 4 does not divide them
+def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_path, monkeypatch):
+    extra = {"train.epochs": 3, "train.grad_accum_steps": accum}
     full = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="full", **extra),
                          quiet=True)
 
@@ -78,3 +79,23 @@ def test_precision_needs_a_gpu_for_bf16():
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_precision_on_gpu_is_mixed():
     assert loraclf.loop.choose_precision("auto") in ("bf16", "fp16")
+
+
+def test_resume_after_early_stop_trains_no_more(tiny_models, synth_dir, tmp_path, monkeypatch):
+    import loraclf.run
+
+    ov = tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{
+        "train.lr": 1e-12, "train.epochs": 5, "train.eval_steps": 3, "train.early_stopping_patience": 1})
+    full = loraclf.train(None, [*ov, "name=full"], quiet=True)
+
+    def die(*a, **kw):  # the process dies after training, during the final evaluation
+        raise KeyboardInterrupt
+
+    real = loraclf.run._write_predictions
+    monkeypatch.setattr(loraclf.run, "_write_predictions", die)
+    with pytest.raises(KeyboardInterrupt):
+        loraclf.train(None, [*ov, "name=cut"], quiet=True)
+    monkeypatch.setattr(loraclf.run, "_write_predictions", real)
+    resumed = loraclf.train(None, resume=str(tmp_path / "cut"), quiet=True)
+    assert resumed.metrics["best"]["steps"] == full.metrics["best"]["steps"] == 6
+    assert resumed.metrics["best"]["stopped_early"] is True

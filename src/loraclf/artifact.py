@@ -120,6 +120,7 @@ class Classifier:
         self.model, self.tokenizer, self.meta, self.device = model, tokenizer, meta, device
         self.labels: list[str] = list(meta["labels"])
         self.max_length: int = int(meta.get("max_length", 512))
+        self.precision: str = "fp32"
 
     def __repr__(self) -> str:
         return f"Classifier(base={self.meta.get('base_model')!r}, method={self.meta.get('method')!r}, labels={self.labels})"
@@ -142,7 +143,9 @@ class Classifier:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         enc = self._encode(texts, pairs)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        # fp32 by default so the numbers match the run's metrics; precision="bf16"/"fp16" trades that for speed
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=low or torch.float32, enabled=low is not None):
             return predict_logits(self.model, enc, self.tokenizer, batch_size, progress=progress)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 128, pairs: Optional[Sequence[str]] = None,
@@ -158,7 +161,20 @@ class Classifier:
 
 
 def load(path: str | Path, base_model: Optional[str] = None, device: Optional[str] = None,
-         merge: bool = True) -> Classifier:
+         merge: bool = True, precision: str = "fp32") -> Classifier:
+    """Load an artifact (or a run directory) for prediction.
+
+    `base_model` overrides where the base weights come from; LoRA weights are merged into the base
+    unless ``merge=False``; ``precision`` ("fp32", "bf16", "fp16") is the autocast used on GPU.
+    """
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise LoraclfError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+    clf = _load(path, base_model, device, merge)
+    clf.precision = precision
+    return clf
+
+
+def _load(path: str | Path, base_model: Optional[str], device: Optional[str], merge: bool) -> Classifier:
     """Load an artifact (or a run directory). `base_model` overrides where the base weights come from.
 
     LoRA weights are merged into the base for prediction unless ``merge=False``.

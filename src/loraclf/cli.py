@@ -29,8 +29,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(args: argparse.Namespace) -> tuple[list[str], Optional[list[str]], Optional[list]]:
-    """Texts (and ids) from --input, or one text per line from stdin."""
+def _read_inputs(args: argparse.Namespace, text_columns: list[str]) -> tuple[list[str], Optional[list[str]], Optional[list]]:
+    """Texts, second texts of pairs, and ids from --input; or one text per line from stdin."""
     from .data import read_table
 
     if args.input:
@@ -38,24 +38,29 @@ def _read_inputs(args: argparse.Namespace) -> tuple[list[str], Optional[list[str
         if not p.exists():
             raise LoraclfError(f"--input: file not found: {p}")
         df = read_table(p, args.format)
-        if args.text_column not in df.columns:
-            raise LoraclfError(f"{p}: no column '{args.text_column}' (columns: {', '.join(map(str, df.columns))}); "
-                               "use --text-column")
-        texts = df[args.text_column].tolist()
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise LoraclfError(f"{p}: row {i + 1} has an empty '{args.text_column}'")
+        columns = []
+        for col in text_columns:
+            if col not in df.columns:
+                raise LoraclfError(f"{p}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); "
+                                   "use --text-column")
+            values = df[col].tolist()
+            for i, t in enumerate(values):
+                if not isinstance(t, str) or not t.strip():
+                    raise LoraclfError(f"{p}: row {i + 1} has an empty '{col}'")
+            columns.append(values)
         ids = None
         if args.id_column:
             if args.id_column not in df.columns:
                 raise LoraclfError(f"{p}: no id column '{args.id_column}' (columns: {', '.join(map(str, df.columns))})")
             ids = df[args.id_column].tolist()
-        return texts, ids, None
+        return columns[0], columns[1] if len(columns) > 1 else None, ids
+    if len(text_columns) > 1:
+        raise LoraclfError(f"this model takes text pairs ({', '.join(text_columns)}): give them in a file with --input")
+    if args.id_column:
+        raise LoraclfError("--id-column needs --input")
     if sys.stdin.isatty():
         print("reading texts from stdin, one per line (Ctrl-D to end)", file=sys.stderr)
     texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if args.id_column:
-        raise LoraclfError("--id-column needs --input")
     return texts, None, None
 
 
@@ -63,8 +68,14 @@ def _predict(args: argparse.Namespace) -> int:
     from .artifact import load
 
     clf = load(args.artifact, base_model=args.base_model)
-    texts, ids, _ = _read_inputs(args)
-    probs = clf.predict_proba(texts, batch_size=args.batch_size, progress=not args.quiet and len(texts) > 1000)
+    trained = clf.meta.get("text_column", "text")
+    if args.text_column:
+        cols = [c.strip() for c in args.text_column.split(",")]
+    else:
+        cols = [trained] if isinstance(trained, str) else list(trained)
+    texts, pairs, ids = _read_inputs(args, cols)
+    probs = clf.predict_proba(texts, batch_size=args.batch_size, pairs=pairs,
+                              progress=not args.quiet and len(texts) > 1000)
     pred = probs.argmax(axis=1)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -263,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("artifact", help="run directory or its artifact/ folder")
     pr.add_argument("--input", "-i", help="CSV/TSV/JSONL/Parquet file; default: one text per line on stdin")
     pr.add_argument("--output", "-o", help="output CSV (default stdout)")
-    pr.add_argument("--text-column", default="text")
+    pr.add_argument("--text-column", help="input column(s), comma-separated for pairs; default: the columns "
+                    "the model was trained on")
     pr.add_argument("--id-column", help="write a Kaggle-style <id>,label file using this column")
     pr.add_argument("--format", default="auto", help="input format if the extension does not tell")
     pr.add_argument("--batch-size", type=int, default=128)

@@ -437,6 +437,9 @@ def validate(cfg: Config) -> None:
     if m.few_shot < 0 or m.max_new_tokens < 1:
         raise ConfigError("model.few_shot must be >= 0 and model.max_new_tokens >= 1")
     _validate_auto_rank(cfg)
+    if isinstance(t.class_weights, list) and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in t.class_weights):
+        raise ConfigError("train.class_weights must be 'balanced' or a list of non-negative numbers")
     if isinstance(t.class_weights, str) and t.class_weights != "balanced":
         raise ConfigError("train.class_weights must be null, 'balanced' or a list of numbers")
     from .metrics import METRIC_DIRECTIONS

@@ -7,7 +7,9 @@ and an int array of label ids per split, plus a :class:`LabelSet`.
 
 from __future__ import annotations
 
+import lzma
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -188,6 +190,10 @@ def read_table(path: Path, fmt: str = "auto"):
         raise DataError(f"{path}: not valid UTF-8 text at {_bad_bytes_location(path)}") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
+    except ImportError as e:
+        raise DataError(f"{path}: reading it needs an optional package ({e.name or e}); pip install it") from None
+    except (EOFError, zlib.error, lzma.LZMAError) as e:
+        raise DataError(f"{path}: the compressed file is damaged or truncated ({type(e).__name__})") from None
     except (pd.errors.ParserError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot parse as {kind}: {first}") from None
@@ -352,6 +358,39 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
             splits[split] = splits[split].take(_stratified_subset(splits[split].labels, cap, seed))
             notes.append(f"{split} capped at {cap} rows (stratified, seed {seed})")
     return Data(splits, labels, notes)
+
+
+def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str], Optional[list[str]], list[str], str]:
+    """One labelled split as (texts, pairs, label names, source) for evaluating a trained model.
+
+    `data.path` may be a single file (used whatever `split` says) or a folder; nothing is carved,
+    capped or filtered, so every row of the file is scored.
+    """
+    cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+    explicit = getattr(cfg, split, None)
+    if explicit:
+        path = Path(explicit).expanduser()
+    elif cfg.path:
+        root = resolve_path(cfg.path)
+        path = root if root.is_file() else _find_split_file(root, split)
+        if path is None:
+            raise DataError(f"{root}: no {split} file found (expected {split}.csv, {split}.jsonl, ...)")
+    else:
+        raise DataError("no data: give a dataset folder or file")
+    if not path.exists():
+        raise DataError(f"file not found: {path}")
+    df = read_table(path, cfg.format)
+    if len(df) == 0:
+        raise DataError(f"{path}: the file has no rows")
+    texts = _texts(df, cols, str(path))
+    names = list(cfg.label_names) if cfg.label_names else None
+    labels = []
+    for i, v in enumerate(_raw_labels(df, cfg.label_column, str(path))):
+        try:
+            labels.append(_normalise_label(v, names))
+        except KeyError as e:
+            raise DataError(f"{path}: row {i + 1}: {e.args[0]}") from None
+    return texts[0], texts[1] if len(texts) > 1 else None, labels, str(path)
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,17 @@ def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if accelerator is not None:
             with accelerator.autocast():
-                logits = _forward(model, batch)
-            logits, idx = accelerator.gather_for_metrics((logits.float(), batch["idx"]))
+                logits = _forward(model, batch).float()
+            idx = batch["idx"]
+            if accelerator.num_processes > 1:
+                # Processes can hold batches of different sizes (length-sorted batches, a short last
+                # one): pad to a common size, gather, and drop the padding rows (idx -1). Batches that
+                # Accelerate repeats to even out the processes write the same rows twice, harmlessly.
+                logits = accelerator.pad_across_processes(logits, dim=0)
+                idx = accelerator.pad_across_processes(idx, dim=0, pad_index=-1)
+                logits, idx = accelerator.gather((logits, idx))
+                keep = idx >= 0
+                logits, idx = logits[keep], idx[keep]
         else:
             logits, idx = _forward(model, batch).float(), batch["idx"]
         if out is None:
@@ -195,9 +205,6 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
         batches = train_batches(lengths, tcfg.batch_size, seed, epoch, tcfg.group_by_length)
         if limit is not None:
             batches = batches[:limit]
-        for b in batches[skip:]:  # padding efficiency, computed from lengths (no device sync)
-            state["train_tokens"] += int(lengths[b].sum())
-            state["padded_tokens"] += int(lengths[b].max()) * len(b)
         dl = DataLoader(range(len(train)), batch_sampler=batches[skip:], collate_fn=collate,
                         pin_memory=accelerator.device.type == "cuda")
         return accelerator.prepare_data_loader(dl), len(batches)
@@ -205,8 +212,14 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     n_batches_epoch = math.ceil(len(train) / tcfg.batch_size)
     per_process = math.ceil(n_batches_epoch / accelerator.num_processes)
     total_micro = max(1, round(tcfg.epochs * per_process))
-    total_steps = max(1, math.ceil(total_micro / tcfg.grad_accum_steps))
     n_epochs = math.ceil(total_micro / per_process)
+
+    def micro_in(epoch: int) -> int:
+        return min(per_process, total_micro - epoch * per_process)
+
+    # The last micro-batch of every epoch closes an accumulation, so no gradient is pending at an
+    # epoch's evaluation and checkpoint (a resume then replays the uninterrupted run exactly).
+    total_steps = max(1, sum(math.ceil(micro_in(e) / tcfg.grad_accum_steps) for e in range(n_epochs)))
     warmup = int(round(tcfg.warmup_ratio * total_steps))
     sched_name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[tcfg.scheduler]
     scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
@@ -218,7 +231,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     best_weights: Optional[dict] = None
     direction = METRIC_DIRECTIONS[tcfg.metric]
     state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
-    if resume and state_file is not None and state_file.exists():
+    if resume and state_file is not None and state_file.exists() and (ckpt_dir / "state").exists():
         state.update(json.loads(state_file.read_text()))
         accelerator.load_state(str(ckpt_dir / "state"))
         if (ckpt_dir / "best_trainable.safetensors").exists():
@@ -232,8 +245,16 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
         if ckpt_dir is None:
             return
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(ckpt_dir / "state"), safe_serialization=True)
+        state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
+        # Write the new state beside the old one and swap: an interrupt never leaves a mix of both.
+        tmp_dir, final = ckpt_dir / "state.tmp", ckpt_dir / "state"
+        accelerator.save_state(str(tmp_dir), safe_serialization=True)
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            import shutil
+
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp_dir, final)
             if best_weights is not None:
                 save_file(best_weights, str(ckpt_dir / "best_trainable.safetensors"))
             (ckpt_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in res.history))
@@ -261,7 +282,8 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
         else:
             state["bad_evals"] += 1
         if not quiet:
-            tqdm.write(f"eval step {state['step']} epoch {epoch_f:.2f}: {tcfg.metric}={value:.4f} "
+            shown = "n/a" if value is None else f"{value:.4f}"
+            tqdm.write(f"eval step {state['step']} epoch {epoch_f:.2f}: {tcfg.metric}={shown} "
                        f"loss={metrics['loss']:.4f}" + (" *" if improved else ""))
         return tcfg.early_stopping_patience is not None and state["bad_evals"] >= tcfg.early_stopping_patience
 
@@ -269,17 +291,19 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step",
                disable=quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
     running = torch.zeros((), device=accelerator.device)
+    tokens_t = torch.zeros((), device=accelerator.device, dtype=torch.long) + state["train_tokens"]
+    padded_n = state["padded_tokens"]
     running_n = 0
     stop = False
     log_t0, log_samples = time.perf_counter(), 0
-    for epoch in range(state["epoch"], n_epochs):
+    for epoch in range(n_epochs if state.get("done") else state["epoch"], n_epochs):
         remaining = total_micro - epoch * per_process
         limit = None if remaining >= per_process else remaining * accelerator.num_processes
         dl, _ = loader(epoch, skip=state["batch"] * accelerator.num_processes if epoch == state["epoch"] else 0,
                        limit=limit)
         t0 = time.perf_counter()
         for batch in dl:
-            accum_boundary = (state["micro"] + 1) % tcfg.grad_accum_steps == 0 or state["micro"] + 1 == total_micro
+            accum_boundary = (state["batch"] + 1) % tcfg.grad_accum_steps == 0 or state["batch"] + 1 == micro_in(epoch)
             labels_t = batch["labels"]
             ctx = accelerator.no_sync(model) if not accum_boundary and accelerator.num_processes > 1 else _null()
             with ctx:
@@ -290,6 +314,8 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
                         loss = loss_fn(_forward(model, batch).float(), labels_t)
                 accelerator.backward(loss / tcfg.grad_accum_steps)
             running += loss.detach()
+            tokens_t += batch["attention_mask"].sum()  # stays on the device: no sync per step
+            padded_n += batch["attention_mask"].numel()
             running_n += 1
             n = labels_t.shape[0]
             state["train_samples"] += n * accelerator.num_processes
@@ -337,6 +363,13 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
                 res.stopped_early = True
                 break
     bar.close()
+    state["done"], state["stopped_early"] = True, res.stopped_early or state.get("stopped_early", False)
+    state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
+    if state_file is not None and accelerator.is_main_process:  # a resume after this trains no more
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_file)
+    res.stopped_early = state["stopped_early"]
     unwrapped = accelerator.unwrap_model(model)
     if best_weights is not None:
         load_trainable_state(unwrapped, best_weights)

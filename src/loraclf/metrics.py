@@ -101,8 +101,8 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[s
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:
+    if new is None or (isinstance(new, float) and np.isnan(new)):
+        return False  # e.g. ROC-AUC of a one-class split: not a measurement, never "better"
     if best is None:
         return True
-    if new is None or (isinstance(new, float) and np.isnan(new)):
-        return False
     return new > best if METRIC_DIRECTIONS[metric] == "max" else new < best

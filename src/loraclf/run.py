@@ -23,7 +23,7 @@ import torch
 
 from .config import Config, load_config
 from .data import Data, Encoded, encode, load_data, token_lengths
-from .errors import DataError, LoraclfError
+from .errors import ConfigError, DataError, LoraclfError
 from .metrics import compute_metrics
 
 log = logging.getLogger("loraclf")
@@ -127,6 +127,19 @@ def results_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_max_length(cfg: Config, built) -> None:
+    """data.max_length must fit the model's position embeddings (else a shape error mid-training)."""
+    mc = getattr(built.model, "config", None)
+    limit = getattr(mc, "max_position_embeddings", None) if mc is not None else None
+    if limit and built.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # positions start after the padding index
+    tok_limit = getattr(built.tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < 1_000_000:
+        limit = min(limit, tok_limit) if limit else tok_limit
+    if limit and cfg.data.max_length > limit:
+        raise ConfigError(f"data.max_length={cfg.data.max_length} exceeds what {cfg.model.name} supports ({limit} tokens)")
+
+
 def _make_on_log(cfg: Config, accelerator, run_dir: Path):
     """Hook: a callback that receives every history record during training (experiment trackers)."""
     from .tracking import start
@@ -190,6 +203,10 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
     tok = built.tokenizer
+    _check_max_length(cfg, built)
+    if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(labels):
+        raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values but there are "
+                          f"{len(labels)} labels ({', '.join(labels)})")
     length_stats = _filter_train(data, tok, cfg)
     if prompt_head:
         enc: dict[str, Encoded] = {split: built.model.formatter.encode(s.texts, s.labels, cfg.data.max_length)
@@ -207,7 +224,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
             name = broadcast_object_list([name])[0]
         cfg.name = name
         run_dir = Path(cfg.output_dir) / name
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints" / "trainer_state.json").exists():
             raise LoraclfError(f"run directory {run_dir} already exists; choose another name or --resume it")
         accelerator.wait_for_everyone()
     ckpt = run_dir / "checkpoints"
@@ -312,19 +329,20 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
 
 def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None, split: str = "test",
                       batch_size: int = 128, quiet: bool = False) -> dict:
-    """Metrics of a saved artifact on a labelled split (the data options as in a config)."""
+    """Metrics of a saved artifact on every row of one labelled file or split (data options as in a config)."""
     from .artifact import load
+    from .data import load_labelled_split
 
     clf = load(path)
-    cfg = load_config(None, data_cfg_overrides)
-    cfg.data.label_names = cfg.data.label_names or None
-    data = load_data(cfg.data, cfg.seed)
-    if split not in data.splits:
-        raise DataError(f"no {split} split in the data")
-    s = data.splits[split]
-    unknown = set(data.labels.names) - set(clf.labels)
-    if unknown:
-        raise DataError(f"labels {sorted(unknown)} are not known to the model (labels: {', '.join(clf.labels)})")
-    probs_model = clf.predict_proba(s.texts, batch_size, s.pairs, progress=not quiet)
-    gold = np.array([clf.labels.index(data.labels.names[i]) for i in s.labels])
-    return compute_metrics(gold, probs_model, clf.labels)
+    overrides = list(data_cfg_overrides or [])
+    if not any(o.startswith("data.text_column=") for o in overrides):
+        overrides.append(f"data.text_column={clf.meta.get('text_column', 'text')}")
+    cfg = load_config(None, overrides)
+    texts, pairs, gold_names, source = load_labelled_split(cfg.data, split)
+    gold = []
+    for i, name in enumerate(gold_names):
+        if name not in clf.labels:
+            raise DataError(f"{source}: row {i + 1} has label {name!r}, unknown to the model (labels: {', '.join(clf.labels)})")
+        gold.append(clf.labels.index(name))
+    probs = clf.predict_proba(texts, batch_size, pairs, progress=not quiet)
+    return compute_metrics(np.array(gold), probs, clf.labels)

@@ -71,8 +71,8 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
     mcfg.id2label = {int(k): v for k, v in id2label.items()}
     mcfg.label2id = {v: int(k) for k, v in id2label.items()}
     mcfg.problem_type = "single_label_classification"
-    if getattr(mcfg, "pad_token_id", None) is None:
-        mcfg.pad_token_id = tok.pad_token_id
+    # The head finds the last real token by the config's pad id: it must be the id batches are padded with.
+    mcfg.pad_token_id = tok.pad_token_id
     kwargs: dict[str, Any] = dict(config=mcfg, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                                   output_loading_info=True)
     verbosity = hf_logging.get_verbosity()

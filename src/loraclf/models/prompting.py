@@ -81,8 +81,8 @@ class PromptFormatter:
 
     def __init__(self, tokenizer, spec: PromptSpec, labels: Sequence[str]):
         self.tok, self.spec, self.labels = tokenizer, spec, list(labels)
-        if "{text}" not in spec.template:
-            raise ConfigError("model.prompt must contain {text}")
+        if spec.template.count("{text}") != 1:
+            raise ConfigError("model.prompt must contain {text} exactly once")
         self.chat = bool(spec.use_chat_template and getattr(tokenizer, "chat_template", None))
         shown = ", ".join(spec.label_words[lab][0] for lab in self.labels)
         filled = self._fill(_PLACEHOLDER, shown)
@@ -125,7 +125,12 @@ class PromptFormatter:
     def encode(self, texts: Sequence[str], labels, max_length: int):
         from ..data import Encoded
 
-        budget = max(1, max_length - len(self.prefix_ids) - len(self.suffix_ids))
+        fixed = len(self.prefix_ids) + len(self.suffix_ids)
+        budget = max_length - fixed
+        if budget < min(32, max_length // 2):
+            raise ConfigError(f"the prompt takes {fixed} tokens (instruction, chat markup, {len(self.spec.examples)} "
+                              f"few-shot examples), leaving {max(budget, 0)} of data.max_length={max_length} for the "
+                              "text; raise data.max_length or lower model.few_shot")
         ids = []
         for start in range(0, len(texts), 2048):
             enc = self.tok(list(texts[start:start + 2048]), add_special_tokens=False, truncation=True,

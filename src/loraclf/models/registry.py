@@ -123,7 +123,7 @@ def resolve(name: str, quiet: bool = False) -> Resolved:
     if p.exists():
         if not (p / "config.json").exists():
             raise ModelError(f"model path {p} has no config.json; is it a transformers checkpoint?")
-        return Resolved(str(p), name, None)
+        return Resolved(str(p), str(p.resolve()), None)  # absolute: the artifact must load from anywhere
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return Resolved(name, name, name)
     known = ", ".join(ALIASES)
