@@ -122,8 +122,9 @@ def meta_model(arch_config, num_labels: int, head: str = "classifier", trust_rem
 
     cfg = copy.deepcopy(arch_config)
     cfg.num_labels = num_labels
-    if getattr(cfg, "pad_token_id", None) is None:
-        cfg.pad_token_id = getattr(cfg, "eos_token_id", None) or 0
+    if getattr(cfg, "pad_token_id", None) is None:  # decoders: only the shape matters here
+        eos = getattr(cfg, "eos_token_id", None)
+        cfg.pad_token_id = (eos[0] if isinstance(eos, (list, tuple)) and eos else eos) or 0
     cls = AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
