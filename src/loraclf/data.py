@@ -145,6 +145,8 @@ def find_files(cfg: DataConfig) -> dict[str, Path]:
         explicit = getattr(cfg, split)
         if explicit:
             p = Path(explicit).expanduser()
+            if not p.exists() and (datasets_root() / explicit).exists():
+                p = datasets_root() / explicit  # like data.path: also looked up under the datasets root
             if not p.exists():
                 raise DataError(f"data.{split}: file not found: {p}")
             files[split] = p
