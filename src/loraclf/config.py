@@ -354,6 +354,20 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def read_yaml_mapping(path: str | os.PathLike, kind: str, not_mapping: str) -> dict:
+    """A YAML file whose top level is a mapping; one-line ConfigErrors for every way it can fail."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{kind} file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: {not_mapping}")
+    return tree
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | dict | None = None,
@@ -361,15 +375,7 @@ def load_config(
     """Load a YAML config (optional), apply dotted overrides and validate every field."""
     tree: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of config sections")
+        tree = read_yaml_mapping(path, "config", "top level must be a mapping of config sections")
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:

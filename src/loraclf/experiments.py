@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from .compare import markdown_table, plot_accuracy_vs_params, summarize_run, write_csv
-from .config import Config, _set_dotted, config_from_dict, parse_override
+from .config import Config, _set_dotted, config_from_dict, parse_override, read_yaml_mapping
 from .errors import ConfigError, LoraclfError
 
 log = logging.getLogger("loraclf")
@@ -60,14 +60,7 @@ RESULT_FILES = ("results.md", "results.csv", "accuracy_vs_params.png")
 
 def read_spec(path: str | Path, allowed: set[str], kind: str) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{kind} file not found: {p}")
-    try:
-        spec = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{p}: a {kind} file is a mapping ({', '.join(sorted(allowed))})")
+    spec = read_yaml_mapping(p, kind, f"a {kind} file is a mapping ({', '.join(sorted(allowed))})")
     unknown = set(spec) - allowed
     if unknown:
         import difflib
