@@ -46,3 +46,8 @@ def test_auc_with_missing_class_in_gold():
 def test_is_better_direction():
     assert is_better("accuracy", 0.9, 0.8) and not is_better("accuracy", 0.8, 0.9)
     assert is_better("loss", 0.1, 0.2) and is_better("ece", 0.1, None)
+
+
+def test_missing_metric_values_are_never_better():
+    assert not is_better("roc_auc", None, None)
+    assert not is_better("roc_auc", float("nan"), 0.5)

@@ -40,3 +40,11 @@ def test_smollm2_alias_converts_once(tmp_path, monkeypatch):
     mtime = (tmp_path / "smollm2-135m" / "model.safetensors").stat().st_mtime
     assert resolve("smollm2-135m").path == r.path
     assert (tmp_path / "smollm2-135m" / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_local_paths_are_stored_absolute(tmp_path, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    r = resolve("./ckpt")
+    assert r.portable == str((tmp_path / "ckpt").resolve())
