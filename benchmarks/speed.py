@@ -77,7 +77,7 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
     tr, te = ds(train), ds(test)
     args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
                              per_device_eval_batch_size=batch, learning_rate=lr, weight_decay=0.01,
-                             lr_scheduler_type="linear", warmup_ratio=0.06, fp16=torch.cuda.is_available(),
+                             lr_scheduler_type="linear", warmup_steps=0.06, fp16=torch.cuda.is_available(),
                              logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
                              disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=tr)
