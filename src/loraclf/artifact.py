@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -95,24 +94,6 @@ def artifact_dir(path: str | Path) -> Path:
     raise ModelError(f"{p} is not a loraclf artifact or run directory (no {META_FILE})")
 
 
-def _quiet_hf():
-    from transformers.utils import logging as hf_logging
-
-    class _Ctx:
-        def __enter__(self):
-            self.v = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
-            self.w = warnings.catch_warnings()
-            self.w.__enter__()
-            warnings.simplefilter("ignore")
-
-        def __exit__(self, *a):
-            self.w.__exit__(*a)
-            hf_logging.set_verbosity(self.v)
-
-    return _Ctx()
-
-
 class Classifier:
     """A loaded classifier: ``predict`` returns label names, ``predict_proba`` probabilities."""
 
@@ -121,11 +102,10 @@ class Classifier:
         self.labels: list[str] = list(meta["labels"])
         self.max_length: int = int(meta.get("max_length", 512))
         self.precision: str = "fp32"
+        self.formatter = getattr(model, "formatter", None)  # decoder prompt heads build their own inputs
 
     def __repr__(self) -> str:
         return f"Classifier(base={self.meta.get('base_model')!r}, method={self.meta.get('method')!r}, labels={self.labels})"
-
-    formatter = None  # set for decoder prompt heads
 
     def _encode(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None):
         from .data import encode
@@ -175,13 +155,10 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
 
 
 def _load(path: str | Path, base_model: Optional[str], device: Optional[str], merge: bool) -> Classifier:
-    """Load an artifact (or a run directory). `base_model` overrides where the base weights come from.
-
-    LoRA weights are merged into the base for prediction unless ``merge=False``.
-    """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .models import load_tokenizer, resolve
+    from .models.build import quiet_hf
 
     art = artifact_dir(path)
     meta = read_meta(art)
@@ -190,7 +167,7 @@ def _load(path: str | Path, base_model: Optional[str], device: Optional[str], me
     if meta.get("head", "classifier") != "classifier":
         return _load_prompt_model(art, meta, tok, dev, base_model, merge)
     try:
-        with _quiet_hf():
+        with quiet_hf():
             if meta["method"] == "lora":
                 from peft import PeftModel
 
@@ -214,12 +191,13 @@ def _load_prompt_model(art: Path, meta: dict, tok, dev: torch.device, base_model
     from transformers import AutoModelForCausalLM
 
     from .models import resolve
-    from .models.decoder_heads import PromptClassifier
+    from .models.build import quiet_hf
+    from .models.decoder_heads import PromptClassifier, greedy_generation
     from .models.prompting import PromptFormatter, PromptSpec
 
     tok.padding_side = "left"
     try:
-        with _quiet_hf():
+        with quiet_hf():
             if meta["method"] == "full":
                 lm = AutoModelForCausalLM.from_pretrained(str(art))
             else:
@@ -234,14 +212,9 @@ def _load_prompt_model(art: Path, meta: dict, tok, dev: torch.device, base_model
         raise
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
-    lm.generation_config.do_sample = False
-    for k in ("temperature", "top_p", "top_k"):
-        if hasattr(lm.generation_config, k):
-            setattr(lm.generation_config, k, None)
+    greedy_generation(lm)
     formatter = PromptFormatter(tok, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
     model = PromptClassifier(lm, formatter, meta["labels"], meta["head"], meta.get("max_new_tokens", 8),
                              meta.get("fallback_label"))
     model.to(dev).eval()
-    clf = Classifier(model, tok, meta, dev)
-    clf.formatter = formatter
-    return clf
+    return Classifier(model, tok, meta, dev)

@@ -142,22 +142,17 @@ def _secs(s) -> str:
     return f"{s:.1f} s" if s < 100 else f"{s / 60:.1f} min"
 
 
+def _ordered_keys(rows: Sequence[dict], field: str) -> list[str]:
+    """The keys of every row's `field` mapping, in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in (r.get(field) or {})))
+
+
 def _labels(rows: Sequence[dict]) -> list[str]:
-    out: list[str] = []
-    for r in rows:
-        for lab in r.get("per_class_f1") or {}:
-            if lab not in out:
-                out.append(lab)
-    return out
+    return _ordered_keys(rows, "per_class_f1")
 
 
 def _extra_keys(rows: Sequence[dict]) -> list[str]:
-    keys: list[str] = []
-    for r in rows:
-        for k in r.get("extra") or {}:
-            if k not in keys:
-                keys.append(k)
-    return keys
+    return _ordered_keys(rows, "extra")
 
 
 def _fmt_value(v) -> str:

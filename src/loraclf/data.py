@@ -272,6 +272,24 @@ def _normalise_label(v, names: Optional[list[str]]) -> str:
     return str(v).strip() if isinstance(v, str) else str(v)
 
 
+def _label_names(df, col: str, names: Optional[list[str]], where: str) -> list[str]:
+    """Every row's label as a name (integer ids map through `names`); errors name the row."""
+    out = []
+    for i, v in enumerate(_raw_labels(df, col, where)):
+        try:
+            out.append(_normalise_label(v, names))
+        except KeyError as e:
+            raise DataError(f"{where}: row {i + 1}: {e.args[0]}") from None
+    return out
+
+
+def _text_columns(cfg: DataConfig) -> list[str]:
+    cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+    if not 1 <= len(cols) <= 2:
+        raise DataError("data.text_column: give one column, or two for sentence-pair tasks")
+    return cols
+
+
 def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a seeded, label-stratified sample of size n (sorted, so order is kept)."""
     if n >= len(labels):
@@ -288,9 +306,7 @@ def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def load_data(cfg: DataConfig, seed: int = 42) -> Data:
     """Read, validate and label-encode all splits named by the config."""
-    cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
-    if not 1 <= len(cols) <= 2:
-        raise DataError("data.text_column: give one column, or two for sentence-pair tasks")
+    cols = _text_columns(cfg)
     frames: dict[str, tuple[object, str]] = {}
     hub_names = None
     if cfg.path and cfg.path.startswith("hf:"):
@@ -308,12 +324,7 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
         if len(df) == 0:
             raise DataError(f"{where}: the {split} split has no rows")
         texts = _texts(df, cols, where)
-        labels = []
-        for i, v in enumerate(_raw_labels(df, cfg.label_column, where)):
-            try:
-                labels.append(_normalise_label(v, names_cfg))
-            except KeyError as e:
-                raise DataError(f"{where}: row {i + 1}: {e.args[0]}") from None
+        labels = _label_names(df, cfg.label_column, names_cfg, where)
         if keep is not None:
             rows = [i for i, lab in enumerate(labels) if lab in keep]
             if not rows:
@@ -368,7 +379,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
     `data.path` may be a single file (used whatever `split` says) or a folder; nothing is carved,
     capped or filtered, so every row of the file is scored.
     """
-    cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+    cols = _text_columns(cfg)
     explicit = getattr(cfg, split, None)
     if explicit:
         path = Path(explicit).expanduser()
@@ -385,13 +396,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
     if len(df) == 0:
         raise DataError(f"{path}: the file has no rows")
     texts = _texts(df, cols, str(path))
-    names = list(cfg.label_names) if cfg.label_names else None
-    labels = []
-    for i, v in enumerate(_raw_labels(df, cfg.label_column, str(path))):
-        try:
-            labels.append(_normalise_label(v, names))
-        except KeyError as e:
-            raise DataError(f"{path}: row {i + 1}: {e.args[0]}") from None
+    labels = _label_names(df, cfg.label_column, list(cfg.label_names) if cfg.label_names else None, str(path))
     return texts[0], texts[1] if len(texts) > 1 else None, labels, str(path)
 
 

@@ -207,7 +207,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
             batches = batches[:limit]
         dl = DataLoader(range(len(train)), batch_sampler=batches[skip:], collate_fn=collate,
                         pin_memory=accelerator.device.type == "cuda")
-        return accelerator.prepare_data_loader(dl), len(batches)
+        return accelerator.prepare_data_loader(dl)
 
     n_batches_epoch = math.ceil(len(train) / tcfg.batch_size)
     per_process = math.ceil(n_batches_epoch / accelerator.num_processes)
@@ -241,6 +241,11 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
             res.history = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
         log.info("resuming at step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
 
+    def write_state() -> None:
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_file)
+
     def checkpoint() -> None:
         if ckpt_dir is None:
             return
@@ -258,9 +263,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
             if best_weights is not None:
                 save_file(best_weights, str(ckpt_dir / "best_trainable.safetensors"))
             (ckpt_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in res.history))
-            tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(state_file)
+            write_state()
 
     def evaluate_now(epoch_f: float) -> bool:
         """Evaluate on validation; returns True when training should stop early."""
@@ -297,10 +300,9 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     stop = False
     log_t0, log_samples = time.perf_counter(), 0
     for epoch in range(n_epochs if state.get("done") else state["epoch"], n_epochs):
-        remaining = total_micro - epoch * per_process
-        limit = None if remaining >= per_process else remaining * accelerator.num_processes
-        dl, _ = loader(epoch, skip=state["batch"] * accelerator.num_processes if epoch == state["epoch"] else 0,
-                       limit=limit)
+        limit = None if micro_in(epoch) == per_process else micro_in(epoch) * accelerator.num_processes
+        dl = loader(epoch, skip=state["batch"] * accelerator.num_processes if epoch == state["epoch"] else 0,
+                    limit=limit)
         t0 = time.perf_counter()
         for batch in dl:
             accum_boundary = (state["batch"] + 1) % tcfg.grad_accum_steps == 0 or state["batch"] + 1 == micro_in(epoch)
@@ -366,9 +368,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     state["done"], state["stopped_early"] = True, res.stopped_early or state.get("stopped_early", False)
     state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
     if state_file is not None and accelerator.is_main_process:  # a resume after this trains no more
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_file)
+        write_state()
     res.stopped_early = state["stopped_early"]
     unwrapped = accelerator.unwrap_model(model)
     if best_weights is not None:

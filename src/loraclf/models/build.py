@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -56,17 +57,51 @@ def _covered(module: str, names: list[str]) -> bool:
     return any(module.endswith(n) or n in parts for n in names)
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """Silence transformers' logging and warnings while loading: loraclf reports what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _load_config(resolved: Resolved, cfg: ModelConfig):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolved.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model config from {resolved.path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _add_lora(model, task_type, lora: LoraSection, targets, model_type: str, shown=None, **extra):
+    """Wrap `model` with PEFT LoRA; a target list that matches nothing is a one-line ModelError
+    naming `shown` (what the user wrote, e.g. 'all-linear'), default `targets`."""
+    from peft import LoraConfig, get_peft_model
+
+    pcfg = LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=targets, bias=lora.bias, **extra)
+    try:
+        return get_peft_model(model, pcfg)
+    except ValueError as e:
+        raise ModelError(f"lora.target_modules {shown or targets!r} do not fit {model_type}: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+
+
 def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet: bool = False):
     """Load the checkpoint with a sequence-classification head; report weights it had to create."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForSequenceClassification
 
     resolved = resolve(cfg.name, quiet=quiet)
     tok = load_tokenizer(resolved.path, cfg.revision, cfg.trust_remote_code)
-    try:
-        mcfg = AutoConfig.from_pretrained(resolved.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model config from {resolved.path}: {str(e).splitlines()[0][:200]}") from None
+    mcfg = _load_config(resolved, cfg)
     mcfg.num_labels = num_labels
     mcfg.id2label = {int(k): v for k, v in id2label.items()}
     mcfg.label2id = {v: int(k) for k, v in id2label.items()}
@@ -75,11 +110,8 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
     mcfg.pad_token_id = tok.pad_token_id
     kwargs: dict[str, Any] = dict(config=mcfg, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                                   output_loading_info=True)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # we report newly initialised weights ourselves
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_hf():  # we report newly initialised weights ourselves
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
                     resolved.path, attn_implementation=cfg.attn_implementation, **kwargs)
@@ -90,8 +122,6 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
                     raise
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model {cfg.name}: {str(e).splitlines()[0][:300]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     missing = set(info.get("missing_keys", []))
     missing.update(_untrained_pooler_params(model))
     return model, tok, resolved, sorted(missing)
@@ -123,56 +153,36 @@ def build_model(cfg: ModelConfig, lora: LoraSection, num_labels: int, id2label: 
 def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], train_texts: Sequence[str],
                        train_labels, seed: int, quiet: bool = False) -> Built:
     """A causal LM wrapped as a verbalizer or generate classifier (see decoder_heads)."""
+    from peft import TaskType
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    from .decoder_heads import PromptClassifier
+    from .decoder_heads import PromptClassifier, greedy_generation
     from .prompting import DEFAULT_PROMPT, PromptFormatter, PromptSpec, label_words_from, pick_examples
 
     resolved = resolve(cfg.name, quiet=quiet)
     tok = load_tokenizer(resolved.path, cfg.revision, cfg.trust_remote_code)
     tok.padding_side = "left"  # every prompt ends at the same position: the answer slot
-    from transformers import AutoConfig
-
-    try:
-        mtype = AutoConfig.from_pretrained(resolved.path, revision=cfg.revision,
-                                           trust_remote_code=cfg.trust_remote_code).model_type
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model config from {resolved.path}: {str(e).splitlines()[0][:200]}") from None
+    mtype = _load_config(resolved, cfg).model_type
     if mtype in DEFAULT_TARGETS and mtype not in DECODER_TYPES:
         raise ModelError(f"model.head={cfg.head} needs a decoder (causal LM); {cfg.name} is a {mtype} encoder: "
                          "use model.head=classifier")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        lm = AutoModelForCausalLM.from_pretrained(resolved.path, revision=cfg.revision,
-                                                  trust_remote_code=cfg.trust_remote_code,
-                                                  attn_implementation=cfg.attn_implementation)
+        with quiet_hf():
+            lm = AutoModelForCausalLM.from_pretrained(resolved.path, revision=cfg.revision,
+                                                      trust_remote_code=cfg.trust_remote_code,
+                                                      attn_implementation=cfg.attn_implementation)
     except (OSError, ValueError) as e:
         raise ModelError(f"head {cfg.head} needs a causal LM; cannot load {cfg.name} as one: "
                          f"{str(e).splitlines()[0][:200]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if lm.generation_config is not None:  # greedy decoding: drop sampling defaults that would warn
-        for k in ("temperature", "top_p", "top_k"):
-            if hasattr(lm.generation_config, k):
-                setattr(lm.generation_config, k, None)
-        lm.generation_config.do_sample = False
+    greedy_generation(lm)
     model_type = lm.config.model_type
     spec = PromptSpec(cfg.prompt or DEFAULT_PROMPT, label_words_from(cfg.label_words, labels), cfg.chat_template,
                       cfg.system_prompt, pick_examples(train_texts, train_labels, labels, cfg.few_shot, seed))
     formatter = PromptFormatter(tok, spec, labels)
     targets: Optional[list[str] | str] = None
     if cfg.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
         targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
-        pcfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=targets, bias=lora.bias)
-        try:
-            lm = get_peft_model(lm, pcfg)
-        except ValueError as e:
-            raise ModelError(f"lora.target_modules {targets!r} do not fit {model_type}: {str(e).splitlines()[0][:200]}") from None
+        lm = _add_lora(lm, TaskType.CAUSAL_LM, lora, targets, model_type)
     else:
         for p in lm.parameters():
             p.requires_grad = cfg.method == "full"
@@ -207,17 +217,12 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
 
     targets: Optional[list[str] | str] = None
     if method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import TaskType
 
         targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
-        pcfg = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=_expand_all_linear(model, HEAD_NAMES + to_save) if targets == "all-linear" else targets, bias=lora.bias, modules_to_save=list(to_save) or None,  # PEFT appends to it
-        )
-        try:
-            model = get_peft_model(model, pcfg)
-        except ValueError as e:
-            raise ModelError(f"lora.target_modules {targets!r} do not fit {model_type}: {str(e).splitlines()[0][:200]}") from None
+        expanded = _expand_all_linear(model, HEAD_NAMES + to_save) if targets == "all-linear" else targets
+        model = _add_lora(model, TaskType.SEQ_CLS, lora, expanded, model_type, shown=targets,
+                          modules_to_save=list(to_save) or None)  # a copy: PEFT appends to it
     elif method == "head":
         names = HEAD_NAMES + to_save
         for n, p in model.named_parameters():

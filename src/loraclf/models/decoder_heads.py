@@ -24,6 +24,17 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .prompting import PromptFormatter
 
 
+def greedy_generation(lm: nn.Module) -> None:
+    """Greedy decoding: drop the checkpoint's sampling defaults (they would only warn)."""
+    gen = getattr(lm, "generation_config", None)
+    if gen is None:
+        return
+    for k in ("temperature", "top_p", "top_k"):
+        if hasattr(gen, k):
+            setattr(gen, k, None)
+    gen.do_sample = False
+
+
 class PromptClassifier(nn.Module):
     def __init__(self, lm: nn.Module, formatter: PromptFormatter, labels: Sequence[str], head: str = "verbalizer",
                  max_new_tokens: int = 8, fallback_label: Optional[str] = None):
@@ -39,7 +50,9 @@ class PromptClassifier(nn.Module):
         for c, lab in enumerate(self.labels):
             for w in words[lab]:
                 self.words.append((c, w, formatter.word_ids(w)))
-        self.gold_word = [next(ids for cls, _, ids in self.words if cls == c) for c in range(len(self.labels))]
+        # word columns of each class, and each class's first (gold) word, fixed for the model's life
+        self._class_cols = [[j for j, (c, _, _) in enumerate(self.words) if c == k] for k in range(len(self.labels))]
+        self._gold_col = [cols[0] for cols in self._class_cols]
         self.generation_log: list[dict] = []  # outputs of the last generate-head evaluation
         self.generate_at_eval = head == "generate"
         self.config = getattr(lm, "config", None)
@@ -84,8 +97,7 @@ class PromptClassifier(nn.Module):
         return out
 
     def class_scores(self, word_lp: torch.Tensor) -> torch.Tensor:
-        cols = [[j for j, (c, _, _) in enumerate(self.words) if c == k] for k in range(len(self.labels))]
-        return torch.stack([torch.logsumexp(word_lp[:, idx], dim=-1) for idx in cols], dim=-1)
+        return torch.stack([torch.logsumexp(word_lp[:, idx], dim=-1) for idx in self._class_cols], dim=-1)
 
     # ------------------------------------------------------------------ generation
     def parse(self, text: str) -> Optional[int]:
@@ -125,8 +137,7 @@ class PromptClassifier(nn.Module):
         loss = None
         if labels is not None and self.head == "generate":
             # supervised fine-tuning: full-vocabulary likelihood of the gold label word's tokens
-            gold_cols = torch.tensor([next(j for j, (c, _, _) in enumerate(self.words) if c == k)
-                                      for k in range(len(self.labels))], device=labels.device)
+            gold_cols = torch.tensor(self._gold_col, device=labels.device)
             loss = -word_lp.gather(1, gold_cols[labels].unsqueeze(1)).mean()
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
