@@ -29,6 +29,13 @@ def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_
     cut = tmp_path / "cut"
     assert (cut / "checkpoints" / "trainer_state.json").exists()
     assert not (cut / "metrics.json").exists() and not (cut / "artifact").exists()
+    # the checkpoint holds the trainable weights only (LoRA + head), not the frozen base
+    from safetensors import safe_open
+
+    with safe_open(str(cut / "checkpoints" / "state" / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert saved and all("lora_" in k or "classifier" in k or "pooler" in k for k in saved), sorted(saved)[:5]
+    assert not any("word_embeddings" in k or k.endswith("query.base_layer.weight") for k in saved)
 
     resumed = loraclf.train(None, resume=str(cut), quiet=True)
     a, b = full.metrics, resumed.metrics

@@ -198,6 +198,16 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
                                   fused=accelerator.device.type == "cuda")
     own_loss = bool(getattr(model, "loraclf_own_loss", False))  # e.g. the generate head's SFT loss
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Checkpoints hold the trainable weights only (LoRA + head: megabytes, not the frozen base); the
+    # frozen weights are rebuilt from the base model when a run resumes.
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def keep_trainable(_models, weights: list[dict], _dir) -> None:
+        for w in weights:
+            for key in [k for k in w if k not in trainable_names]:
+                del w[key]
+
+    slim_hook = accelerator.register_save_state_pre_hook(keep_trainable)
     collate = Collator(train, tokenizer.pad_token_id, pad_side_left(tokenizer))
     lengths = train.lengths
 
@@ -233,7 +243,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
     if resume and state_file is not None and state_file.exists() and (ckpt_dir / "state").exists():
         state.update(json.loads(state_file.read_text()))
-        accelerator.load_state(str(ckpt_dir / "state"))
+        accelerator.load_state(str(ckpt_dir / "state"), strict=False)  # trainable weights only
         if (ckpt_dir / "best_trainable.safetensors").exists():
             best_weights = load_file(str(ckpt_dir / "best_trainable.safetensors"))
         hist = ckpt_dir / "history.jsonl"
@@ -365,6 +375,7 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
                 res.stopped_early = True
                 break
     bar.close()
+    slim_hook.remove()
     state["done"], state["stopped_early"] = True, res.stopped_early or state.get("stopped_early", False)
     state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
     if state_file is not None and accelerator.is_main_process:  # a resume after this trains no more
