@@ -9,7 +9,13 @@ the same test split.
 
     python benchmarks/speed.py --model minilm --data sst2 --train-samples 2000 --epochs 1
     python benchmarks/speed.py --model minilm --data sst2 --epochs 3            # full data (slow on CPU)
-    python benchmarks/speed.py --predict-only --predict-rows 25000 --data imdb   # prediction throughput
+    python benchmarks/speed.py --model minilm --train-samples 2000 --predict-rows 25000  # + `loraclf predict`
+    python benchmarks/speed.py --shape roberta-base --tokenizer minilm --data sst2 --train-samples 20000  # GPU
+
+``--shape`` builds a randomly initialised model of a real architecture's size from its config (no
+download: speed does not depend on weight values) with the vocabulary of ``--tokenizer``; both sides
+train that same model. ``--predict-rows`` also times prediction over that many texts, in process
+and through the ``loraclf predict`` command on a CSV file (model loading included).
 
 It prints a Markdown table (samples/s, peak memory, accuracy, ratio) and writes JSON with --json.
 """
@@ -17,9 +23,11 @@ It prints a Markdown table (samples/s, peak memory, accuracy, ratio) and writes 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +44,40 @@ from loraclf.config import DataConfig  # noqa: E402
 from loraclf.data import load_data  # noqa: E402
 from loraclf.memory import _max_rss_mb  # noqa: E402
 from loraclf.models import resolve  # noqa: E402
+from loraclf.models.targets import default_targets  # noqa: E402
+
+# Real architectures' sizes, for speed rows from random weights (vocabulary from --tokenizer).
+SHAPES: dict[str, tuple[str, dict]] = {
+    "roberta-base": ("roberta", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)),
+    "distilbert-base": ("distilbert", dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072,
+                                           max_position_embeddings=512)),
+    "smollm2-360m": ("llama", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                                   num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
+                                   rope_theta=100000.0, tie_word_embeddings=True)),
+    # small shapes for checking the harness itself on CPU
+    "tiny-roberta": ("roberta", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=514, type_vocab_size=1)),
+    "tiny-llama": ("llama", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=512)),
+}
+
+
+def build_shape(shape: str, tokenizer: str, out: Path, seed: int = 0) -> Path:
+    """A randomly initialised base model of `shape`, saved with `tokenizer`'s files under `out`."""
+    from transformers import AutoConfig, AutoModel
+
+    from loraclf.models.build import load_tokenizer, quiet_hf
+
+    model_type, dims = SHAPES[shape]
+    tok = load_tokenizer(resolve(tokenizer).path)
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), pad_token_id=tok.pad_token_id, **dims)
+    torch.manual_seed(seed)
+    with quiet_hf():
+        model = AutoModel.from_config(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def _peak_mb() -> float:
@@ -55,24 +97,25 @@ def _reset_peak() -> None:
 
 
 def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, lr: float, max_length: int,
-               seed: int, out: str) -> dict:
+               seed: int, out: str, targets: list[str]) -> dict:
     """The notebook recipe: Trainer + PEFT, padding='max_length'."""
-    from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments,
                               set_seed)
 
     set_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        pad_token_id=tok.pad_token_id)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
-                                             target_modules=["query", "value"]))
+                                             target_modules=targets))
 
-    def ds(split):
-        d = Dataset.from_dict({"text": split.texts, "label": split.labels.tolist()})
-        return d.map(lambda b: tok(b["text"], padding="max_length", truncation=True, max_length=max_length),
-                     batched=True, remove_columns=["text"])
+    def ds(split):  # a list of feature dicts, every one padded to max_length, as the notebooks do
+        enc = tok(list(split.texts), padding="max_length", truncation=True, max_length=max_length)
+        return [{**{k: v[i] for k, v in enc.items()}, "labels": int(y)} for i, y in enumerate(split.labels)]
 
     tr, te = ds(train), ds(test)
     args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
@@ -95,11 +138,11 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
 
 
 def loraclf_train(model_name: str, data_path: str, n_train, epochs: float, batch: int, lr: float, max_length: int,
-                  seed: int, out: str) -> dict:
+                  seed: int, out: str, targets: list[str], extra: list[str]) -> dict:
     sets = [f"data.path={data_path}", f"model.name={model_name}", f"train.epochs={epochs}", f"train.batch_size={batch}",
             f"train.lr={lr}", f"data.max_length={max_length}", f"seed={seed}", f"output_dir={out}", "name=loraclf",
-            "report.enabled=false", "report.trackers=none",
-            "lora.target_modules=[query, value]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.1"]
+            "report.enabled=false", "report.trackers=none", "model.head=classifier",
+            f"lora.target_modules=[{', '.join(targets)}]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.1", *extra]
     if n_train:
         sets.append(f"data.max_train_samples={n_train}")
     _reset_peak()
@@ -114,6 +157,8 @@ def peer_predict(model, tok_path: str, texts, batch: int, max_length: int) -> fl
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(dev).eval()
     t0 = time.perf_counter()
@@ -125,16 +170,36 @@ def peer_predict(model, tok_path: str, texts, batch: int, max_length: int) -> fl
     return len(texts) / (time.perf_counter() - t0)
 
 
-def loraclf_predict(run_dir: str, texts) -> float:
-    clf = loraclf.load(run_dir)
+def loraclf_predict(run_dir: str, texts, precision: str) -> float:
+    clf = loraclf.load(run_dir, precision=precision)
     t0 = time.perf_counter()
     clf.predict_proba(texts)
     return len(texts) / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def loraclf_predict_cli(run_dir: str, texts, precision: str, tmp: str) -> float:
+    """Texts/s of the whole `loraclf predict` command over a CSV file: start-up and model loading included."""
+    src, dst = Path(tmp) / "predict_in.csv", Path(tmp) / "predict_out.csv"
+    with open(src, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text"])
+        w.writerows([t] for t in texts)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "loraclf", "predict", run_dir, "-i", str(src), "-o", str(dst), "-q",
+                    "--precision", precision], check=True, env={**os.environ, "PYTHONPATH": str(Path(loraclf.__file__).parents[1])})
+    seconds = time.perf_counter() - t0
+    with open(dst, newline="", encoding="utf-8") as f:
+        n = sum(1 for _ in f) - 1
+    if n != len(texts):
+        raise RuntimeError(f"loraclf predict wrote {n} rows for {len(texts)} texts")
+    return len(texts) / seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--model", default="minilm", help="alias, path or hub id of the model to train")
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="instead of --model: random weights of this size")
+    ap.add_argument("--tokenizer", default="minilm", help="with --shape: whose vocabulary to use (alias or path)")
     ap.add_argument("--data", default="sst2")
     ap.add_argument("--train-samples", type=int, default=2000, help="0: the full train split")
     ap.add_argument("--epochs", type=float, default=1)
@@ -145,33 +210,48 @@ def main() -> None:
     ap.add_argument("--predict-rows", type=int, default=0, help="also time prediction over this many texts")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--skip-peer", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra loraclf config override, e.g. train.compile=true (repeatable)")
+    ap.add_argument("--predict-precision", default="bf16" if torch.cuda.is_available() else "fp32",
+                    choices=["fp32", "bf16", "fp16"], help="loraclf's prediction precision (the peer uses fp16 on GPU)")
+    args = ap.parse_args(argv)
 
-    data = load_data(DataConfig(path=args.data, max_train_samples=args.train_samples or None), args.seed)
+    data = load_data(DataConfig(path=args.data, max_train_samples=args.train_samples or None,
+                                max_length=args.max_length), args.seed)
     labels = data.labels.names
-    model_path = resolve(args.model).path
-    res: dict = {"date": str(date.today()), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-                 else f"CPU ({os.cpu_count()} cores, torch {torch.__version__}, {platform.machine()})",
-                 "model": args.model, "data": args.data, "train_rows": len(data.splits["train"]),
-                 "epochs": args.epochs, "batch": args.batch, "command": " ".join(sys.argv)}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = loraclf_train(args.model, args.data, args.train_samples, args.epochs, args.batch, args.lr,
-                             args.max_length, args.seed, tmp)
+        if args.shape:
+            model_path = str(build_shape(args.shape, args.tokenizer, Path(tmp) / "shape", args.seed))
+            model_name = model_path
+        else:
+            model_path, model_name = resolve(args.model).path, args.model
+        from transformers import AutoConfig
+
+        targets = default_targets(AutoConfig.from_pretrained(model_path).model_type)
+        res: dict = {"date": str(date.today()), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                     else f"CPU ({os.cpu_count()} cores, torch {torch.__version__}, {platform.machine()})",
+                     "model": args.shape or args.model, "data": args.data, "train_rows": len(data.splits["train"]),
+                     "epochs": args.epochs, "batch": args.batch, "max_length": args.max_length,
+                     "loraclf_overrides": args.set, "command": " ".join(sys.argv if argv is None else argv)}
+        ours = loraclf_train(model_name, args.data, args.train_samples, args.epochs, args.batch, args.lr,
+                             args.max_length, args.seed, tmp, targets, args.set)
         res["loraclf"] = {k: v for k, v in ours.items() if k != "run"}
         if not args.skip_peer:
             peer = peer_train(model_path, data.splits["train"], data.splits["test"], labels, args.epochs, args.batch,
-                              args.lr, args.max_length, args.seed, tmp + "/peer")
+                              args.lr, args.max_length, args.seed, tmp + "/peer", targets)
             res["peer"] = {k: v for k, v in peer.items() if k != "model"}
             res["train_speedup"] = ours["samples_per_s"] / peer["samples_per_s"]
         if args.predict_rows:
             pool = [t for s in data.splits.values() for t in s.texts]
             texts = (pool * (args.predict_rows // len(pool) + 1))[:args.predict_rows]
             res["predict_rows"] = len(texts)
-            res["loraclf"]["predict_per_s"] = loraclf_predict(ours["run"], texts)
+            res["loraclf"]["predict_per_s"] = loraclf_predict(ours["run"], texts, args.predict_precision)
+            res["loraclf"]["predict_cli_per_s"] = loraclf_predict_cli(ours["run"], texts, args.predict_precision, tmp)
             if not args.skip_peer:
                 res["peer"]["predict_per_s"] = peer_predict(peer["model"], model_path, texts, args.batch,
                                                             args.max_length)
                 res["predict_speedup"] = res["loraclf"]["predict_per_s"] / res["peer"]["predict_per_s"]
+                res["predict_cli_speedup"] = res["loraclf"]["predict_cli_per_s"] / res["peer"]["predict_per_s"]
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
@@ -183,6 +263,10 @@ def main() -> None:
         print(f"| loraclf | {o['samples_per_s']:.1f} | {o['peak_mb']:.0f} | {o['accuracy']:.4f} | "
               f"{o.get('predict_per_s', float('nan')):.1f} |")
         print(f"| ratio | {res['train_speedup']:.2f}x | | | {res.get('predict_speedup', float('nan')):.2f}x |")
+        if "predict_cli_per_s" in o:
+            print(f"\n`loraclf predict` command over {res['predict_rows']:,} texts (start-up and loading included): "
+                  f"{o['predict_cli_per_s']:.1f} texts/s, {res['predict_cli_speedup']:.2f}x the peer's in-process loop")
+    return res
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def test_yaml_then_overrides(tmp_path):
     ("train.metric=speed", "train.metric must be one of"),
     ("train.class_weights=sometimes", "class_weights"),
     ("nonsense", "section.field=value"),
+    ("train.compile=fast", "'train.compile' must be one of false, true, reduce-overhead, max-autotune"),
 ])
 def test_bad_fields_are_named(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -45,6 +46,12 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("value,expect", [("off", False), ("false", False), ("true", True), ("on", True),
+                                          ("reduce-overhead", "reduce-overhead")])
+def test_compile_switch_reads_yaml_spellings(value, expect):
+    assert load_config(None, [f"train.compile={value}"]).train.compile == expect
 
 
 def test_parse_override_values():

@@ -184,6 +184,14 @@ def test_collator_pads_on_the_right_side(left):
     assert out["labels"].tolist() == [0, 1] and out["idx"].tolist() == [0, 1]
 
 
+def test_collator_rounds_length_up_but_never_past_the_cap():
+    enc = Encoded([[1] * 5, [1] * 18, [1] * 25], np.array([0, 1, 0]))
+    widths = [Collator(enc, 0, pad_to_multiple_of=16, max_width=20)([i])["input_ids"].shape[1] for i in range(3)]
+    assert widths == [16, 20, 25]  # rounded; capped at max_width; a longer row is never cut
+    assert Collator(enc, 0, pad_to_multiple_of=8)([0])["input_ids"].shape[1] == 8
+    assert Collator(enc, 0, pad_to_multiple_of=1)([0])["input_ids"].shape[1] == 5
+
+
 def test_carve_too_small():
     from loraclf.data import Split
 

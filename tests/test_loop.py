@@ -106,3 +106,19 @@ def test_resume_after_early_stop_trains_no_more(tiny_models, synth_dir, tmp_path
     resumed = loraclf.train(None, resume=str(tmp_path / "cut"), quiet=True)
     assert resumed.metrics["best"]["steps"] == full.metrics["best"]["steps"] == 6
     assert resumed.metrics["best"]["stopped_early"] is True
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_models, synth_dir, tmp_path):
+    """train.compile=true trains the same model: same test predictions, near-identical loss (CPU Inductor)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    runs = {}
+    for c in (False, True):
+        runs[c] = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name=f"compile-{c}", **{
+            "train.compile": c, "train.pad_to_multiple_of": 16, "train.epochs": 1}), quiet=True)
+    a, b = runs[False].metrics["test"], runs[True].metrics["test"]
+    assert b["loss"] == pytest.approx(a["loss"], abs=2e-3)
+    assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.02)
+    assert counters["stats"]["unique_graphs"] > 0  # it did compile

@@ -67,7 +67,7 @@ def _read_inputs(args: argparse.Namespace, text_columns: list[str]) -> tuple[lis
 def _predict(args: argparse.Namespace) -> int:
     from .artifact import load
 
-    clf = load(args.artifact, base_model=args.base_model)
+    clf = load(args.artifact, base_model=args.base_model, precision=args.precision)
     trained = clf.meta.get("text_column", "text")
     if args.text_column:
         cols = [c.strip() for c in args.text_column.split(",")]
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="auto", help="input format if the extension does not tell")
     pr.add_argument("--batch-size", type=int, default=128)
     pr.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    pr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="autocast on a GPU (fp32 matches the run's metrics exactly; bf16 is faster); CPU uses fp32")
     pr.add_argument("--quiet", "-q", action="store_true")
     pr.set_defaults(func=_predict)
 

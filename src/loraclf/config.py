@@ -158,6 +158,12 @@ class TrainConfig:
         None, "Stop after this many evaluations without improvement; the best weights are kept either way."
     )
     group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
+    compile: Union[bool, str] = _f(
+        False, "torch.compile the model for training: false; true (Inductor); reduce-overhead (Inductor plus CUDA "
+        "graphs, GPU only); max-autotune (slow to compile).", (False, True, "reduce-overhead", "max-autotune"))
+    pad_to_multiple_of: Optional[int] = _f(
+        None, "Round each batch's padded length up to a multiple of this, never past data.max_length (few distinct "
+        "shapes for compile, tensor-core sizes on GPU); null: 16 when compiling, 8 on GPU, else 1 (no rounding).")
     max_trainable_params: Optional[int] = _f(
         None, "Fail before training if the config trains more parameters than this (with lora.r: auto, the budget "
         "the rank and targets are chosen to fit).")
@@ -301,6 +307,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _show(choice: Any) -> str:
+    """A choice as YAML spells it."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
 def _build(cls: type, values: dict, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
@@ -320,7 +331,7 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         v = _coerce(value, tp, where)
         choices = fields[key].metadata.get("choices")
         if choices and v is not None and v not in choices:
-            raise ConfigError(f"config field '{where}' must be one of {', '.join(choices)}; got {v!r}")
+            raise ConfigError(f"config field '{where}' must be one of {', '.join(map(_show, choices))}; got {v!r}")
         kwargs[key] = v
     return cls(**kwargs)
 
@@ -466,7 +477,7 @@ def reference() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             help_ = f.metadata.get("help", "")
             if f.metadata.get("choices"):
-                help_ += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+                help_ += " One of: " + ", ".join(f"`{_show(c)}`" for c in f.metadata["choices"]) + "."
             lines.append(f"| `{prefix}{f.name}` | `{yaml.safe_dump(default).strip().removesuffix('...').strip()}` | {help_} |")
 
     rows(Config, "")

@@ -466,8 +466,10 @@ def token_lengths(tokenizer, texts: Sequence[str], batch: int = 4096) -> np.ndar
 class Collator:
     """Pads a list of example indices to the longest member, on the tokenizer's padding side."""
 
-    def __init__(self, enc: Encoded, pad_id: int, left: bool = False, pad_to_multiple_of: Optional[int] = None):
+    def __init__(self, enc: Encoded, pad_id: int, left: bool = False, pad_to_multiple_of: Optional[int] = None,
+                 max_width: Optional[int] = None):
         self.enc, self.pad_id, self.left, self.multiple = enc, pad_id, left, pad_to_multiple_of
+        self.max_width = max_width  # rounding up never pads past this (the tokenizer's max_length)
 
     def __call__(self, batch_idx: list[int]) -> dict:
         import torch
@@ -476,8 +478,9 @@ class Collator:
             batch_idx = list(batch_idx[0])
         seqs = [self.enc.input_ids[i] for i in batch_idx]
         width = max(len(s) for s in seqs)
-        if self.multiple:
-            width = -(-width // self.multiple) * self.multiple
+        if self.multiple and self.multiple > 1:
+            rounded = -(-width // self.multiple) * self.multiple
+            width = max(width, min(rounded, self.max_width)) if self.max_width else rounded
         ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
         types = np.zeros((len(seqs), width), dtype=np.int64) if self.enc.token_type_ids is not None else None

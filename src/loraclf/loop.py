@@ -45,11 +45,40 @@ def choose_precision(requested: str) -> str:
 
 def make_accelerator(tcfg: TrainConfig, project_dir: Optional[str] = None):
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
+    cuda = torch.cuda.is_available()
     # cpu=True on machines without CUDA: it is what makes `torchrun --nproc_per_node N` a gloo DDP run
-    # (Accelerate's MULTI_CPU) instead of N independent single-process runs.
-    return Accelerator(mixed_precision=choose_precision(tcfg.precision), project_dir=project_dir,
-                       cpu=not torch.cuda.is_available())
+    # (Accelerate's MULTI_CPU) instead of N independent single-process runs. On a GPU, batches come
+    # from pinned memory and are copied without blocking the host.
+    return Accelerator(mixed_precision=choose_precision(tcfg.precision), project_dir=project_dir, cpu=not cuda,
+                       dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
+
+
+def pad_multiple(tcfg: TrainConfig, device_type: str) -> int:
+    """The batch-length rounding in use: the config's, else 16 when compiling, 8 on GPU, 1 on CPU."""
+    if tcfg.pad_to_multiple_of:
+        return int(tcfg.pad_to_multiple_of)
+    if tcfg.compile:
+        return 16
+    return 8 if device_type == "cuda" else 1
+
+
+def compile_model(model, mode: bool | str):
+    """torch.compile for the training step (train.compile: true or a mode); shapes are bucketed
+    (:func:`pad_multiple`), so it recompiles rarely."""
+    import torch._dynamo
+
+    mode = "default" if mode is True else mode
+
+    dyn = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(dyn, name):
+            setattr(dyn, name, max(getattr(dyn, name), 64))
+    if mode == "reduce-overhead" and not torch.cuda.is_available():
+        log.warning("train.compile=reduce-overhead: CUDA graphs need a GPU; compiling without them")
+        mode = "default"
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def pad_side_left(tokenizer) -> bool:
@@ -71,14 +100,14 @@ def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=
     was_training = model.training
     model.eval()
     batches = eval_batches(enc.lengths, batch_size)
-    dl = DataLoader(range(len(enc)), batch_sampler=batches,
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    dl = DataLoader(range(len(enc)), batch_sampler=batches, pin_memory=device.type == "cuda",
                     collate_fn=Collator(enc, tokenizer.pad_token_id, pad_side_left(tokenizer)))
     if accelerator is not None:
         dl = accelerator.prepare_data_loader(dl)
-        device = accelerator.device
-    else:
-        device = next(model.parameters()).device
-    out: Optional[np.ndarray] = None
+    # Logits stay on the device until the end: no host synchronisation per batch, so the host
+    # prepares the next batch while the device computes this one.
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     bar = tqdm(total=len(dl), desc=desc, disable=not progress, leave=False, unit="batch")
     for batch in dl:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -97,14 +126,15 @@ def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=
                 logits, idx = logits[keep], idx[keep]
         else:
             logits, idx = _forward(model, batch).float(), batch["idx"]
-        if out is None:
-            out = np.zeros((len(enc), logits.shape[-1]), dtype=np.float32)
-        out[idx.cpu().numpy()] = logits.cpu().numpy()
+        parts.append((idx, logits))
         bar.update(1)
     bar.close()
+    idx = torch.cat([p[0] for p in parts]).cpu().numpy()
+    logits = torch.cat([p[1] for p in parts]).cpu().numpy()
+    out = np.zeros((len(enc), logits.shape[-1]), dtype=np.float32)
+    out[idx] = logits
     if was_training:
         model.train()
-    assert out is not None
     return out
 
 
@@ -181,7 +211,7 @@ class FitResult:
 
 def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg: TrainConfig, seed: int,
         accelerator, ckpt_dir: Optional[Path] = None, resume: bool = False, quiet: bool = False,
-        on_log: Optional[Callable[[dict], None]] = None) -> FitResult:
+        on_log: Optional[Callable[[dict], None]] = None, max_length: Optional[int] = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights seen on validation."""
     from accelerate.utils import set_seed
     from safetensors.torch import load_file, save_file
@@ -208,7 +238,11 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
                 del w[key]
 
     slim_hook = accelerator.register_save_state_pre_hook(keep_trainable)
-    collate = Collator(train, tokenizer.pad_token_id, pad_side_left(tokenizer))
+    # The compiled module shares its parameters with `model`, which stays what is checkpointed and
+    # evaluated (eager), so state-dict names do not depend on the compile switch.
+    step_model = compile_model(model, tcfg.compile) if tcfg.compile else model
+    collate = Collator(train, tokenizer.pad_token_id, pad_side_left(tokenizer),
+                       pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type), max_width=max_length)
     lengths = train.lengths
 
     def loader(epoch: int, skip: int = 0, limit: Optional[int] = None):
@@ -321,9 +355,9 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
             with ctx:
                 with accelerator.autocast():
                     if own_loss:
-                        loss = model(**{k: v for k, v in batch.items() if k != "idx"}).loss
+                        loss = step_model(**{k: v for k, v in batch.items() if k != "idx"}).loss
                     else:
-                        loss = loss_fn(_forward(model, batch).float(), labels_t)
+                        loss = loss_fn(_forward(step_model, batch).float(), labels_t)
                 accelerator.backward(loss / tcfg.grad_accum_steps)
             running += loss.detach()
             tokens_t += batch["attention_mask"].sum()  # stays on the device: no sync per step

@@ -245,7 +245,8 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
         built.model.to(accelerator.device)
     else:
         res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
-                  ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log)
+                  ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log,
+                  max_length=cfg.data.max_length)
     model = accelerator.unwrap_model(built.model)
 
     results: dict[str, dict] = {}

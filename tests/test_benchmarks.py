@@ -1,0 +1,50 @@
+"""The speed harness runs both sides end to end on random-weight shapes (the GPU rows' path), on CPU."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "benchmarks" / "speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("shape,tok", [("tiny-roberta", "bert"), ("tiny-llama", "llama")])
+def test_speed_harness_on_a_random_shape(shape, tok, tiny_models, synth_dir, tmp_path, capsys):
+    speed = _speed()
+    out = tmp_path / "res.json"
+    res = speed.main(["--shape", shape, "--tokenizer", str(tiny_models[tok]), "--data", str(synth_dir),
+                      "--train-samples", "0", "--epochs", "1", "--batch", "16", "--max-length", "32",
+                      "--predict-rows", "150", "--json", str(out), "--set", "train.eval_batch_size=64"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    for side in ("peer", "loraclf"):
+        r = res[side]
+        assert r["samples_per_s"] > 0 and r["predict_per_s"] > 0 and 0 <= r["accuracy"] <= 1
+    assert res["loraclf"]["predict_cli_per_s"] > 0
+    assert res["train_speedup"] == pytest.approx(res["loraclf"]["samples_per_s"] / res["peer"]["samples_per_s"])
+    assert res["train_rows"] == 240 and res["predict_rows"] == 150
+    assert "| ratio |" in capsys.readouterr().out
+
+
+def test_shapes_have_the_real_sizes(tmp_path, tiny_models):
+    """The GPU rows' shapes match the published parameter counts of the architectures they stand for."""
+    from transformers import AutoConfig, AutoModel
+
+    speed = _speed()
+    expect = {"roberta-base": 124.6e6, "distilbert-base": 66.4e6, "smollm2-360m": 361.8e6}
+    vocab = {"roberta-base": 50265, "distilbert-base": 30522, "smollm2-360m": 49152}
+    for shape, params in expect.items():
+        model_type, dims = speed.SHAPES[shape]
+        cfg = AutoConfig.for_model(model_type, vocab_size=vocab[shape], **dims)
+        import torch
+
+        with torch.device("meta"):
+            n = sum(p.numel() for p in AutoModel.from_config(cfg).parameters())
+        assert abs(n - params) / params < 0.01, (shape, n)
