@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/loraclf train --config examples/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

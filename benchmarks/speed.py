@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import os
 import platform
@@ -46,7 +47,9 @@ from loraclf.memory import _max_rss_mb  # noqa: E402
 from loraclf.models import resolve  # noqa: E402
 from loraclf.models.targets import default_targets  # noqa: E402
 
-# Real architectures' sizes, for speed rows from random weights (vocabulary from --tokenizer).
+# Real architectures' sizes, for speed rows from random weights (vocabulary from --tokenizer; by
+# default the bundled model of the same family: MiniLM's BERT vocabulary for encoders, SmolLM2's own).
+SHAPE_TOKENIZER = {"llama": "smollm2-135m"}
 SHAPES: dict[str, tuple[str, dict]] = {
     "roberta-base": ("roberta", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                      intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1)),
@@ -63,14 +66,15 @@ SHAPES: dict[str, tuple[str, dict]] = {
 }
 
 
-def build_shape(shape: str, tokenizer: str, out: Path, seed: int = 0) -> Path:
+def build_shape(shape: str, tokenizer: str | None, out: Path, seed: int = 0) -> Path:
     """A randomly initialised base model of `shape`, saved with `tokenizer`'s files under `out`."""
     from transformers import AutoConfig, AutoModel
 
     from loraclf.models.build import load_tokenizer, quiet_hf
 
     model_type, dims = SHAPES[shape]
-    tok = load_tokenizer(resolve(tokenizer).path)
+    tokenizer = tokenizer or SHAPE_TOKENIZER.get(model_type, "minilm")
+    tok = load_tokenizer(tokenizer if Path(tokenizer).is_dir() else resolve(tokenizer).path)  # folder or alias
     cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), pad_token_id=tok.pad_token_id, **dims)
     torch.manual_seed(seed)
     with quiet_hf():
@@ -96,22 +100,37 @@ def _reset_peak() -> None:
             pass
 
 
+# loraclf settings that change speed only; --set refuses anything else, which would make the two
+# sides train different things.
+SPEED_SWITCHES = ("train.compile", "train.pad_to_multiple_of", "train.precision", "train.group_by_length",
+                  "train.eval_batch_size", "train.num_threads", "model.attn_implementation")
+
+
+def _release() -> None:
+    """Drop what the first side left behind (compiled graphs, cached blocks) before the second runs."""
+    gc.collect()
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, lr: float, max_length: int,
-               seed: int, out: str, targets: list[str]) -> dict:
-    """The notebook recipe: Trainer + PEFT, padding='max_length'."""
+               seed: int, out: str, targets: list[str], extra_modules: list[str]) -> dict:
+    """The notebook recipe: Trainer + PEFT, padding='max_length'. `extra_modules` are trained fully
+    besides PEFT's default head (loraclf's weights missing from the checkpoint, e.g. an untrained
+    pooler), so both sides train the same parameters."""
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments,
-                              set_seed)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
     set_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        pad_token_id=tok.pad_token_id)
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)}, pad_token_id=tok.pad_token_id)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
-                                             target_modules=targets))
+                                             target_modules=targets, modules_to_save=extra_modules or None))
 
     def ds(split):  # a list of feature dicts, every one padded to max_length, as the notebooks do
         enc = tok(list(split.texts), padding="max_length", truncation=True, max_length=max_length)
@@ -134,7 +153,8 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
     pred = trainer.predict(te).predictions.argmax(-1)
     acc = float((pred == np.asarray(test.labels)).mean())
     return {"train_seconds": seconds, "samples_per_s": len(train) * epochs / seconds, "peak_mb": peak,
-            "accuracy": acc, "model": model}
+            "accuracy": acc, "model": model, "precision": "fp16" if torch.cuda.is_available() else "fp32",
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def loraclf_train(model_name: str, data_path: str, n_train, epochs: float, batch: int, lr: float, max_length: int,
@@ -149,7 +169,10 @@ def loraclf_train(model_name: str, data_path: str, n_train, epochs: float, batch
     run = loraclf.train(None, sets, quiet=True)
     m = run.metrics
     return {"train_seconds": m["timing"]["train_seconds"], "samples_per_s": m["timing"]["train_samples_per_s"],
-            "peak_mb": _peak_mb(), "accuracy": m["test"]["accuracy"], "run": str(run.path)}
+            "peak_mb": _peak_mb(), "accuracy": m["test"]["accuracy"], "run": str(run.path),
+            "precision": {"no": "fp32"}.get(m["environment"]["precision"], m["environment"]["precision"]),
+            "trainable_params": m["params"]["trainable"], "total_params": m["params"]["total"],
+            "modules_to_save": m["model"]["modules_to_save"]}
 
 
 def peer_predict(model, tok_path: str, texts, batch: int, max_length: int) -> float:
@@ -170,14 +193,14 @@ def peer_predict(model, tok_path: str, texts, batch: int, max_length: int) -> fl
     return len(texts) / (time.perf_counter() - t0)
 
 
-def loraclf_predict(run_dir: str, texts, precision: str) -> float:
+def loraclf_predict(run_dir: str, texts, precision: str, batch: int) -> float:
     clf = loraclf.load(run_dir, precision=precision)
     t0 = time.perf_counter()
-    clf.predict_proba(texts)
+    clf.predict_proba(texts, batch_size=batch)
     return len(texts) / (time.perf_counter() - t0)
 
 
-def loraclf_predict_cli(run_dir: str, texts, precision: str, tmp: str) -> float:
+def loraclf_predict_cli(run_dir: str, texts, precision: str, batch: int, tmp: str) -> float:
     """Texts/s of the whole `loraclf predict` command over a CSV file: start-up and model loading included."""
     src, dst = Path(tmp) / "predict_in.csv", Path(tmp) / "predict_out.csv"
     with open(src, "w", newline="", encoding="utf-8") as f:
@@ -185,11 +208,14 @@ def loraclf_predict_cli(run_dir: str, texts, precision: str, tmp: str) -> float:
         w.writerow(["text"])
         w.writerows([t] for t in texts)
     t0 = time.perf_counter()
+    src_dir = str(Path(loraclf.__file__).parents[1])
+    path = os.pathsep.join(p for p in (src_dir, os.environ.get("PYTHONPATH")) if p)
     subprocess.run([sys.executable, "-m", "loraclf", "predict", run_dir, "-i", str(src), "-o", str(dst), "-q",
-                    "--precision", precision], check=True, env={**os.environ, "PYTHONPATH": str(Path(loraclf.__file__).parents[1])})
+                    "--precision", precision, "--batch-size", str(batch)], check=True,
+                   env={**os.environ, "PYTHONPATH": path})
     seconds = time.perf_counter() - t0
     with open(dst, newline="", encoding="utf-8") as f:
-        n = sum(1 for _ in f) - 1
+        n = sum(1 for _ in csv.reader(f)) - 1  # rows, not lines: texts may hold newlines
     if n != len(texts):
         raise RuntimeError(f"loraclf predict wrote {n} rows for {len(texts)} texts")
     return len(texts) / seconds
@@ -199,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm", help="alias, path or hub id of the model to train")
     ap.add_argument("--shape", choices=sorted(SHAPES), help="instead of --model: random weights of this size")
-    ap.add_argument("--tokenizer", default="minilm", help="with --shape: whose vocabulary to use (alias or path)")
+    ap.add_argument("--tokenizer", help="with --shape: whose vocabulary to use (alias or folder); default: MiniLM's "
+                    "for encoder shapes, SmolLM2's for the llama shapes")
     ap.add_argument("--data", default="sst2")
     ap.add_argument("--train-samples", type=int, default=2000, help="0: the full train split")
     ap.add_argument("--epochs", type=float, default=1)
@@ -208,13 +235,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--predict-rows", type=int, default=0, help="also time prediction over this many texts")
+    ap.add_argument("--predict-batch", type=int, default=128, help="prediction batch size, the same for both sides")
+    ap.add_argument("--peer-head", choices=["same", "default"], default="same",
+                    help="same: the peer also trains the weights loraclf adds (e.g. an untrained pooler); "
+                    "default: only PEFT's default head, as the notebooks do")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra loraclf config override, e.g. train.compile=true (repeatable)")
+                    help="a loraclf speed switch, e.g. train.compile=true (repeatable): "
+                    + ", ".join(SPEED_SWITCHES))
     ap.add_argument("--predict-precision", default="bf16" if torch.cuda.is_available() else "fp32",
                     choices=["fp32", "bf16", "fp16"], help="loraclf's prediction precision (the peer uses fp16 on GPU)")
     args = ap.parse_args(argv)
+    for item in args.set:
+        if item.split("=", 1)[0].strip() not in SPEED_SWITCHES:
+            ap.error(f"--set {item}: only speed switches keep the comparison fair ({', '.join(SPEED_SWITCHES)})")
 
     data = load_data(DataConfig(path=args.data, max_train_samples=args.train_samples or None,
                                 max_length=args.max_length), args.seed)
@@ -236,19 +271,25 @@ def main(argv: list[str] | None = None) -> dict:
         ours = loraclf_train(model_name, args.data, args.train_samples, args.epochs, args.batch, args.lr,
                              args.max_length, args.seed, tmp, targets, args.set)
         res["loraclf"] = {k: v for k, v in ours.items() if k != "run"}
+        _release()
         if not args.skip_peer:
+            extra = [m for m in ours["modules_to_save"] if m not in ("classifier", "score")]
             peer = peer_train(model_path, data.splits["train"], data.splits["test"], labels, args.epochs, args.batch,
-                              args.lr, args.max_length, args.seed, tmp + "/peer", targets)
+                              args.lr, args.max_length, args.seed, tmp + "/peer", targets,
+                              extra if args.peer_head == "same" else [])
             res["peer"] = {k: v for k, v in peer.items() if k != "model"}
             res["train_speedup"] = ours["samples_per_s"] / peer["samples_per_s"]
         if args.predict_rows:
             pool = [t for s in data.splits.values() for t in s.texts]
             texts = (pool * (args.predict_rows // len(pool) + 1))[:args.predict_rows]
             res["predict_rows"] = len(texts)
-            res["loraclf"]["predict_per_s"] = loraclf_predict(ours["run"], texts, args.predict_precision)
-            res["loraclf"]["predict_cli_per_s"] = loraclf_predict_cli(ours["run"], texts, args.predict_precision, tmp)
+            res["predict_batch"] = args.predict_batch
+            res["loraclf"]["predict_per_s"] = loraclf_predict(ours["run"], texts, args.predict_precision,
+                                                              args.predict_batch)
+            res["loraclf"]["predict_cli_per_s"] = loraclf_predict_cli(ours["run"], texts, args.predict_precision,
+                                                                      args.predict_batch, tmp)
             if not args.skip_peer:
-                res["peer"]["predict_per_s"] = peer_predict(peer["model"], model_path, texts, args.batch,
+                res["peer"]["predict_per_s"] = peer_predict(peer["model"], model_path, texts, args.predict_batch,
                                                             args.max_length)
                 res["predict_speedup"] = res["loraclf"]["predict_per_s"] / res["peer"]["predict_per_s"]
                 res["predict_cli_speedup"] = res["loraclf"]["predict_cli_per_s"] / res["peer"]["predict_per_s"]
@@ -257,12 +298,16 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.json).write_text(json.dumps(res, indent=2))
     if "peer" in res:
         p, o = res["peer"], res["loraclf"]
+        def cell(x: float | None, fmt: str = "{:.1f}") -> str:
+            return "-" if x is None else fmt.format(x)
+
         print("\n| | samples/s | peak MB | test accuracy | predict texts/s |\n|---|---|---|---|---|")
         print(f"| peer (Trainer+PEFT, pad {args.max_length}) | {p['samples_per_s']:.1f} | {p['peak_mb']:.0f} | "
-              f"{p['accuracy']:.4f} | {p.get('predict_per_s', float('nan')):.1f} |")
+              f"{p['accuracy']:.4f} | {cell(p.get('predict_per_s'))} |")
         print(f"| loraclf | {o['samples_per_s']:.1f} | {o['peak_mb']:.0f} | {o['accuracy']:.4f} | "
-              f"{o.get('predict_per_s', float('nan')):.1f} |")
-        print(f"| ratio | {res['train_speedup']:.2f}x | | | {res.get('predict_speedup', float('nan')):.2f}x |")
+              f"{cell(o.get('predict_per_s'))} |")
+        print(f"| ratio | {res['train_speedup']:.2f}x | {o['peak_mb'] / p['peak_mb']:.2f}x | "
+              f"{o['accuracy'] - p['accuracy']:+.4f} | {cell(res.get('predict_speedup'), '{:.2f}x')} |")
         if "predict_cli_per_s" in o:
             print(f"\n`loraclf predict` command over {res['predict_rows']:,} texts (start-up and loading included): "
                   f"{o['predict_cli_per_s']:.1f} texts/s, {res['predict_cli_speedup']:.2f}x the peer's in-process loop")

@@ -16,11 +16,14 @@ def _speed():
     return mod
 
 
-@pytest.mark.parametrize("shape,tok", [("tiny-roberta", "bert"), ("tiny-llama", "llama")])
+@pytest.mark.parametrize("shape,tok", [("tiny-roberta", "bert"), ("tiny-llama", "llama"), (None, "bert-nopooler")])
 def test_speed_harness_on_a_random_shape(shape, tok, tiny_models, synth_dir, tmp_path, capsys):
+    """Random-weight shapes (the GPU rows' path), and a checkpoint without pooler: loraclf trains the
+    new pooler, and the peer is given the same modules, so both sides train the same weights."""
     speed = _speed()
     out = tmp_path / "res.json"
-    res = speed.main(["--shape", shape, "--tokenizer", str(tiny_models[tok]), "--data", str(synth_dir),
+    model = ["--shape", shape, "--tokenizer", str(tiny_models[tok])] if shape else ["--model", str(tiny_models[tok])]
+    res = speed.main([*model, "--data", str(synth_dir),
                       "--train-samples", "0", "--epochs", "1", "--batch", "16", "--max-length", "32",
                       "--predict-rows", "150", "--json", str(out), "--set", "train.eval_batch_size=64"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
@@ -28,9 +31,15 @@ def test_speed_harness_on_a_random_shape(shape, tok, tiny_models, synth_dir, tmp
         r = res[side]
         assert r["samples_per_s"] > 0 and r["predict_per_s"] > 0 and 0 <= r["accuracy"] <= 1
     assert res["loraclf"]["predict_cli_per_s"] > 0
+    assert res["peer"]["trainable_params"] == res["loraclf"]["trainable_params"]  # both train the same weights
     assert res["train_speedup"] == pytest.approx(res["loraclf"]["samples_per_s"] / res["peer"]["samples_per_s"])
     assert res["train_rows"] == 240 and res["predict_rows"] == 150
     assert "| ratio |" in capsys.readouterr().out
+
+
+def test_speed_harness_refuses_overrides_that_change_the_task():
+    with pytest.raises(SystemExit):
+        _speed().main(["--set", "train.epochs=5"])
 
 
 def test_shapes_have_the_real_sizes(tmp_path, tiny_models):

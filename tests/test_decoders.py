@@ -137,4 +137,5 @@ def test_prompt_that_leaves_no_room_for_the_text_is_an_error(tiny_models):
         built.model.formatter.encode(TEXTS, None, 128)
     with pytest.raises(loraclf.LoraclfError, match="exactly once"):
         build_prompt_model(ModelConfig(name=str(tiny_models["llama"]), method="zero-shot", head="verbalizer",
-                                       prompt="{text} and {text}"), LoraSection(), ["a", "b"], TEXTS, np.array([0, 1, 0, 1]), 0)
+                                       prompt="{text} and {text}"),
+                           LoraSection(), ["a", "b"], TEXTS, np.array([0, 1, 0, 1]), 0)

@@ -13,7 +13,8 @@ from conftest import tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+@pytest.mark.skipif(shutil.which("torchrun") is None
+                    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
                     reason="torchrun not found")
 def test_torchrun_two_processes(tiny_models, synth_dir, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")

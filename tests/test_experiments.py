@@ -47,7 +47,8 @@ def test_grid_is_a_product_and_points_cross_it():
                          "grid": {"train.lr": [1e-3, 3e-4]}}, "x")
     assert [n for n, _ in pts] == ["frozen-lr0.001", "frozen-lr0.0003", "lora-lr0.001", "lora-lr0.0003"]
     assert pts[0][1] == {"model.method": "head", "train.lr": 1e-3}
-    pts = expand_points({"points": [{"lora.target_modules": ["query", "value"]}, {"lora.target_modules": ["query"]}]}, "x")
+    pts = expand_points({"points": [{"lora.target_modules": ["query", "value"]},
+                                    {"lora.target_modules": ["query"]}]}, "x")
     assert [n for n, _ in pts] == ["target_modules-query+value", "target_modules-query"]
     assert [n for n, _ in expand_points({"points": [{"seed": 1}, {"seed": 1}]}, "x")] == ["seed1", "seed1-2"]
 

@@ -124,7 +124,8 @@ def test_class_weights_smoothing_cosine_accumulation(tiny_models, synth_dir, tmp
     m = run.metrics
     n = m["data"]["sizes"]["train"]
     assert 0 < n < 240  # some rows fall outside the 4..12 token filter
-    assert m["best"]["steps"] == 2 * -(-(-(-n // 16)) // 2)  # ceil(ceil(n / 16) / 2) steps per epoch, 2 epochs
+    batches = -(-n // 16)  # ceil(n / 16)
+    assert m["best"]["steps"] == 2 * -(-batches // 2)  # ceil(ceil(n / 16) / 2) steps per epoch, 2 epochs
     assert m["data"]["token_lengths"]["train"]["max"] <= 12 and m["data"]["token_lengths"]["train"]["min"] >= 4
     evals = [h for h in run.history if h["type"] == "eval"]
     total = m["best"]["steps"]

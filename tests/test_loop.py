@@ -46,6 +46,42 @@ def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_
     assert b["test"]["accuracy"] == a["test"]["accuracy"]
 
 
+def _interrupt_after_first_eval(monkeypatch, overrides) -> None:
+    real = loraclf.loop.evaluate_encoded
+    calls = {"n": 0}
+
+    def crash_on_second_eval(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", crash_on_second_eval)
+    with pytest.raises(KeyboardInterrupt):
+        loraclf.train(None, overrides, quiet=True)
+    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", real)
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_fit(tiny_models, synth_dir, tmp_path, monkeypatch):
+    """Other LoRA targets with the same parameter count, or another process count, would load nothing
+    of the checkpoint and train on from fresh weights: refused with the reason instead."""
+    import json
+
+    _interrupt_after_first_eval(monkeypatch, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="cut",
+                                                            **{"train.epochs": 3}))
+    cut = tmp_path / "cut"
+    with pytest.raises(loraclf.LoraclfError, match="does not match this model"):
+        loraclf.train(None, ["lora.target_modules=[query, key]"], resume=str(cut), quiet=True)
+    state_file = cut / "checkpoints" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))
+    with pytest.raises(loraclf.LoraclfError, match="written by 2 process"):
+        loraclf.train(None, resume=str(cut), quiet=True)
+    state_file.write_text(json.dumps(state))
+    assert loraclf.train(None, resume=str(cut), quiet=True).metrics["best"]["steps"] == 3 * 15
+
+
 def test_resume_refuses_finished_or_unknown_runs(tiny_models, synth_dir, tmp_path):
     run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"train.epochs": 0.5}),
                         quiet=True)

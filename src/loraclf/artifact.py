@@ -105,7 +105,8 @@ class Classifier:
         self.formatter = getattr(model, "formatter", None)  # decoder prompt heads build their own inputs
 
     def __repr__(self) -> str:
-        return f"Classifier(base={self.meta.get('base_model')!r}, method={self.meta.get('method')!r}, labels={self.labels})"
+        return (f"Classifier(base={self.meta.get('base_model')!r}, method={self.meta.get('method')!r}, "
+                f"labels={self.labels})")
 
     def _encode(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None):
         from .data import encode
@@ -187,7 +188,8 @@ def _load(path: str | Path, base_model: Optional[str], device: Optional[str], me
     return Classifier(model, tok, meta, dev)
 
 
-def _load_prompt_model(art: Path, meta: dict, tok, dev: torch.device, base_model: Optional[str], merge: bool) -> Classifier:
+def _load_prompt_model(art: Path, meta: dict, tok, dev: torch.device, base_model: Optional[str],
+                       merge: bool) -> Classifier:
     from transformers import AutoModelForCausalLM
 
     from .models import resolve

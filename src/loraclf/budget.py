@@ -132,7 +132,9 @@ def meta_model(arch_config, num_labels: int, head: str = "classifier", trust_rem
             try:
                 return cls.from_config(cfg, trust_remote_code=trust_remote_code)
             except ValueError as e:
-                raise ModelError(f"{cfg.model_type} has no {cls.__name__[12:]} class: {str(e).splitlines()[0][:160]}") from None
+                raise ModelError(
+                    f"{cfg.model_type} has no {cls.__name__[12:]} class: {str(e).splitlines()[0][:160]}"
+                ) from None
 
 
 def count_config(arch_config, method: str, lora: LoraSection, num_labels: int, missing: Sequence[str] = (),
@@ -147,7 +149,8 @@ def count_config(arch_config, method: str, lora: LoraSection, num_labels: int, m
         if method == "lora":
             from peft import LoraConfig, TaskType, get_peft_model
 
-            targets = lora.target_modules if lora.target_modules is not None else default_targets(model.config.model_type)
+            targets = (lora.target_modules if lora.target_modules is not None
+                       else default_targets(model.config.model_type))
             model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
                                                      target_modules=targets, bias=lora.bias))
         else:

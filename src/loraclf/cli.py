@@ -29,7 +29,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(args: argparse.Namespace, text_columns: list[str]) -> tuple[list[str], Optional[list[str]], Optional[list]]:
+def _read_inputs(args: argparse.Namespace,
+                 text_columns: list[str]) -> tuple[list[str], Optional[list[str]], Optional[list]]:
     """Texts, second texts of pairs, and ids from --input; or one text per line from stdin."""
     from .data import read_table
 
@@ -162,8 +163,8 @@ def _sweep(args: argparse.Namespace) -> int:
         print("\n" + markdown_table(res.rows))
         print(f"\ntable: {res.out_dir / 'results.md'} and results.csv; plot: {res.out_dir / 'accuracy_vs_params.png'}")
     if res.failed:
-        print(f"{len(res.failed)} point(s) failed: {', '.join(res.failed)}; fix and rerun (finished points are skipped)",
-              file=sys.stderr)
+        print(f"{len(res.failed)} point(s) failed: {', '.join(res.failed)}; "
+              "fix and rerun (finished points are skipped)", file=sys.stderr)
         return 1
     return 0
 
@@ -253,13 +254,15 @@ def _compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="loraclf", description="LoRA fine-tuning for text classification, honestly reported.")
+    p = argparse.ArgumentParser(prog="loraclf",
+                                description="LoRA fine-tuning for text classification, honestly reported.")
     p.add_argument("--version", action="version", version=f"loraclf {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and evaluate one config; writes a run directory")
     t.add_argument("--config", "-c", help="YAML config (see `loraclf config --reference`)")
-    t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lr=3e-4 (repeatable)")
+    t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. train.lr=3e-4 (repeatable)")
     t.add_argument("--data", help="shortcut for --set data.path=...")
     t.add_argument("--model", help="shortcut for --set model.name=...")
     t.add_argument("--method", choices=["lora", "head", "full"], help="shortcut for --set model.method=...")
@@ -289,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("artifact")
     e.add_argument("--data", required=True, help="dataset folder, file or name (as data.path)")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    e.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="data options, e.g. data.text_column=sentence")
+    e.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="data options, e.g. data.text_column=sentence")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--output", "-o", help="write the metrics as JSON here")
     e.add_argument("--quiet", "-q", action="store_true")
@@ -322,14 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", "-q", action="store_true")
     se.set_defaults(func=_search)
 
-    pa = sub.add_parser("params", help="trainable-parameter breakdown of a config (or every point of a sweep), no training")
+    pa = sub.add_parser("params",
+                        help="trainable-parameter breakdown of a config (or every point of a sweep), no training")
     pa.add_argument("--config", "-c", help="config or sweep YAML")
     pa.add_argument("--model", help="shortcut for --set model.name=...")
-    pa.add_argument("--method", choices=["lora", "head", "full", "zero-shot"], help="shortcut for --set model.method=...")
+    pa.add_argument("--method", choices=["lora", "head", "full", "zero-shot"],
+                    help="shortcut for --set model.method=...")
     pa.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
-    pa.add_argument("--num-labels", type=int, help="labels of the head (default: data.label_names, else the data's labels)")
+    pa.add_argument("--num-labels", type=int,
+                    help="labels of the head (default: data.label_names, else the data's labels)")
     pa.add_argument("--config-only", action="store_true",
-                    help="build the model from its architecture config on the meta device: no weights loaded or downloaded")
+                    help="build the model from its architecture config on the meta device: "
+                         "no weights loaded or downloaded")
     pa.add_argument("--json", action="store_true", help="print JSON")
     pa.set_defaults(func=_params)
 
@@ -344,10 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--plot", help="also write accuracy against trainable parameters (PNG) here")
     co.set_defaults(func=_compare)
 
-    rp = sub.add_parser("report", help="regenerate a run's plots, report.html and model card; or compare runs in one HTML page")
-    rp.add_argument("runs", nargs="+", help="one run directory (regenerated in place), or several / a folder of runs (compared)")
-    rp.add_argument("--output", "-o", help="HTML file to write (one run: default <run>/report.html; several: comparison.html)")
-    rp.add_argument("--split", choices=["validation", "test"], help="comparison split; default: test when every run has it")
+    rp = sub.add_parser("report",
+                        help="regenerate a run's plots, report.html and model card; or compare runs in one HTML page")
+    rp.add_argument("runs", nargs="+",
+                    help="one run directory (regenerated in place), or several / a folder of runs (compared)")
+    rp.add_argument("--output", "-o",
+                    help="HTML file to write (one run: default <run>/report.html; several: comparison.html)")
+    rp.add_argument("--split", choices=["validation", "test"],
+                    help="comparison split; default: test when every run has it")
     rp.add_argument("--quiet", "-q", action="store_true")
     rp.set_defaults(func=_report)
 

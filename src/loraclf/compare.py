@@ -42,7 +42,9 @@ def expand_run_paths(paths: Sequence[str | Path]) -> list[Path]:
         elif p.is_dir() and any(is_run(c) for c in p.iterdir() if c.is_dir()):
             out += sorted(c for c in p.iterdir() if c.is_dir() and is_run(c))
         elif p.is_dir() and (p / "config.yaml").exists():
-            raise LoraclfError(f"{p}: the run has not finished (no metrics.json); resume it with loraclf train --resume {p}")
+            raise LoraclfError(
+                f"{p}: the run has not finished (no metrics.json); resume it with loraclf train --resume {p}"
+            )
         else:
             raise LoraclfError(f"{p}: not a run directory (no metrics.json) or a folder of runs")
     if not out:

@@ -160,7 +160,8 @@ class TrainConfig:
     group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
     compile: Union[bool, str] = _f(
         False, "torch.compile the model for training: false; true (Inductor); reduce-overhead (Inductor plus CUDA "
-        "graphs, GPU only); max-autotune (slow to compile).", (False, True, "reduce-overhead", "max-autotune"))
+        "graphs, GPU only); max-autotune (slow to compile; also CUDA graphs on GPU).",
+        (False, True, "reduce-overhead", "max-autotune"))
     pad_to_multiple_of: Optional[int] = _f(
         None, "Round each batch's padded length up to a multiple of this, never past data.max_length (few distinct "
         "shapes for compile, tensor-core sizes on GPU); null: 16 when compiling, 8 on GPU, else 1 (no rounding).")
@@ -415,7 +416,9 @@ def _validate_auto_rank(cfg: Config) -> None:
         for t in lo.auto_targets:
             ok = t == "all-linear" or (isinstance(t, list) and t and all(isinstance(x, str) for x in t))
             if not ok:
-                raise ConfigError(f"lora.auto_targets: each entry must be a list of module names or 'all-linear', got {t!r}")
+                raise ConfigError(
+                    f"lora.auto_targets: each entry must be a list of module names or 'all-linear', got {t!r}"
+                )
     if lo.r == "auto" and cfg.model.method == "lora" and cfg.train.max_trainable_params is None:
         raise ConfigError("lora.r: auto needs train.max_trainable_params (the budget it chooses the rank to fit)")
 
@@ -426,15 +429,18 @@ def validate(cfg: Config) -> None:
     checks = [
         (t.epochs > 0, "train.epochs must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1, "train.pad_to_multiple_of must be >= 1 or null"),
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
         (t.lr > 0, "train.lr must be > 0"),
         (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
         (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
         (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps must be >= 1 or null"),
-        (t.early_stopping_patience is None or t.early_stopping_patience >= 1, "train.early_stopping_patience must be >= 1"),
+        (t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+         "train.early_stopping_patience must be >= 1"),
         (t.log_every >= 1, "train.log_every must be >= 1"),
-        (lo.r == "auto" or (isinstance(lo.r, int) and lo.r >= 1), f"lora.r must be an integer >= 1 or 'auto', got {lo.r!r}"),
+        (lo.r == "auto" or (isinstance(lo.r, int) and lo.r >= 1),
+         f"lora.r must be an integer >= 1 or 'auto', got {lo.r!r}"),
         (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
         (0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)"),
         (d.max_length >= 2, "data.max_length must be >= 2"),
@@ -448,9 +454,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{k} must be >= 1 or null")
     m = cfg.model
     if m.method == "zero-shot" and m.head == "classifier":
-        raise ConfigError("model.method=zero-shot needs model.head verbalizer or generate (a classifier head is untrained)")
+        raise ConfigError(
+            "model.method=zero-shot needs model.head verbalizer or generate (a classifier head is untrained)"
+        )
     if m.method == "head" and m.head != "classifier":
-        raise ConfigError(f"model.method=head trains a classification head; with model.head={m.head} use lora, full or zero-shot")
+        raise ConfigError(
+            f"model.method=head trains a classification head; with model.head={m.head} use lora, full or zero-shot"
+        )
     if m.few_shot < 0 or m.max_new_tokens < 1:
         raise ConfigError("model.few_shot must be >= 0 and model.max_new_tokens >= 1")
     _validate_auto_rank(cfg)
@@ -478,7 +488,8 @@ def reference() -> str:
             help_ = f.metadata.get("help", "")
             if f.metadata.get("choices"):
                 help_ += " One of: " + ", ".join(f"`{_show(c)}`" for c in f.metadata["choices"]) + "."
-            lines.append(f"| `{prefix}{f.name}` | `{yaml.safe_dump(default).strip().removesuffix('...').strip()}` | {help_} |")
+            shown = yaml.safe_dump(default).strip().removesuffix('...').strip()
+            lines.append(f"| `{prefix}{f.name}` | `{shown}` | {help_} |")
 
     rows(Config, "")
     for name, cls in SECTIONS.items():

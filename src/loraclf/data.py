@@ -102,7 +102,9 @@ def _format_of(path: Path, fmt: str) -> str:
         suffixes = suffixes[:-1]
     if suffixes and suffixes[-1] in EXTENSIONS:
         return EXTENSIONS[suffixes[-1]]
-    raise DataError(f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)")
+    raise DataError(
+        f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)"
+    )
 
 
 def _find_split_file(folder: Path, split: str) -> Optional[Path]:
@@ -124,7 +126,9 @@ def resolve_path(path: str) -> Path:
     alt = datasets_root() / path
     if alt.exists():
         return alt
-    raise DataError(f"data path not found: {path} (also looked in {datasets_root()}; set ${DATASETS_ENV} to change that)")
+    raise DataError(
+        f"data path not found: {path} (also looked in {datasets_root()}; set ${DATASETS_ENV} to change that)"
+    )
 
 
 def find_files(cfg: DataConfig) -> dict[str, Path]:
@@ -210,7 +214,9 @@ def _hf_load(ident: str):
     try:
         dd = datasets.load_dataset(ident)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
-        raise DataError(f"hf:{ident}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"hf:{ident}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     out = {}
     for split in SPLITS:
         for name in SPLIT_ALIASES[split]:
@@ -233,7 +239,9 @@ def _texts(df, cols: list[str], where: str) -> list[list[str]]:
     out = []
     for col in cols:
         if col not in df.columns:
-            raise DataError(f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.text_column")
+            raise DataError(
+                f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.text_column"
+            )
         values = df[col].tolist()
         for i, v in enumerate(values):
             if v is None or (isinstance(v, float) and np.isnan(v)) or (v is pd.NA):
@@ -249,7 +257,9 @@ def _texts(df, cols: list[str], where: str) -> list[list[str]]:
 
 def _raw_labels(df, col: str, where: str) -> list:
     if col not in df.columns:
-        raise DataError(f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.label_column")
+        raise DataError(
+            f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.label_column"
+        )
     values = df[col].tolist()
     for i, v in enumerate(values):
         if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
@@ -345,7 +355,9 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
     else:
         names = present
     if len(present) < 2:
-        raise DataError(f"{raw['train'][2]}: train has a single class ({present[0]!r}); classification needs at least two")
+        raise DataError(
+            f"{raw['train'][2]}: train has a single class ({present[0]!r}); classification needs at least two"
+        )
     labels = LabelSet(names)
 
     splits: dict[str, Split] = {}
@@ -443,7 +455,9 @@ def encode(tokenizer, texts: Sequence[str], labels, max_length: int, pairs: Opti
         if want_types:
             types.extend(enc["token_type_ids"])
     # A text made only of characters the tokenizer drops would give an empty row: keep one token.
-    filler = next((t for t in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None), 0)
+    filler = next(
+        (t for t in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None), 0
+    )
     for i, row in enumerate(ids):
         if not row:
             ids[i] = [filler]

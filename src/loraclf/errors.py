@@ -23,3 +23,7 @@ class BudgetError(LoraclfError):
 
 class EnvironmentError_(LoraclfError):
     """The machine lacks something the config needs (for example a GPU for bf16)."""
+
+
+class CheckpointError(LoraclfError):
+    """A checkpoint that cannot be resumed with this model or this number of processes."""

@@ -279,7 +279,8 @@ def _row_for(point: SweepPoint, out_dir: Path, split: Optional[str], varied: lis
     c = point.config
     lora = c.model.method == "lora"
     return {"run": point.name, "status": status, "method": c.model.method, "model": c.model.name,
-            "targets": _value_slug(c.lora.target_modules) if lora and c.lora.target_modules else ("default" if lora else None),
+            "targets": (_value_slug(c.lora.target_modules) if lora and c.lora.target_modules
+                        else ("default" if lora else None)),
             "r": c.lora.r if lora else None, "alpha": c.lora.alpha if lora else None,
             "extra": {k: _get(c.to_dict(), k) for k in varied}, "split": split, "path": str(d)}
 
@@ -456,7 +457,9 @@ def suggest(trial, key: str, spec: Any) -> Any:
         picked = trial.suggest_categorical(key, labels)
         return choices[labels.index(picked)]
     lo, hi = spec["low"], spec["high"]
-    kind = spec.get("type") or ("int" if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log_float") else "float")
+    kind = spec.get("type") or (
+        "int" if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log_float") else "float"
+    )
     if kind == "int":
         return trial.suggest_int(key, int(lo), int(hi), step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
     return trial.suggest_float(key, float(lo), float(hi), step=spec.get("step"), log=bool(spec.get("log", False)))

@@ -21,8 +21,8 @@ import torch
 
 from .config import TrainConfig
 from .data import Collator, Encoded, eval_batches, train_batches
-from .errors import EnvironmentError_
-from .metrics import METRIC_DIRECTIONS, compute_metrics, is_better
+from .errors import CheckpointError, EnvironmentError_
+from .metrics import compute_metrics, is_better
 
 log = logging.getLogger("loraclf")
 
@@ -78,6 +78,9 @@ def compile_model(model, mode: bool | str):
     if mode == "reduce-overhead" and not torch.cuda.is_available():
         log.warning("train.compile=reduce-overhead: CUDA graphs need a GPU; compiling without them")
         mode = "default"
+    if mode in ("reduce-overhead", "max-autotune") and torch.distributed.is_initialized():
+        log.warning("train.compile=%s records CUDA graphs, which are untested with several processes here; "
+                    "use train.compile=true if the run misbehaves", mode)
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
@@ -190,6 +193,38 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
+def _check_checkpoint(state_dir: Path, expected: set[str], known: set[str], saved_processes: int,
+                      processes: int) -> None:
+    """Refuse a checkpoint that would load only part of the trainable weights, instead of training
+    on silently from fresh ones (a resume with other LoRA targets, or another number of processes)."""
+    if saved_processes != processes:
+        raise CheckpointError(f"{state_dir.parent} was written by {saved_processes} process(es); resume it with "
+                              f"the same number, not {processes} (the batch order depends on it too)")
+    weights = state_dir / "model.safetensors"
+    if not weights.exists():  # FSDP / DeepSpeed write their own formats, full-size
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        saved = set(f.keys())
+    missing, unexpected = sorted(expected - saved), sorted(saved - known)  # frozen weights may be present too
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{state_dir.parent} does not match this model: {len(missing)} trainable weight(s) missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Resume with the "
+            "config the run started with (LoRA targets, modules_to_save, method).")
+
+
+def _partial_load_kwargs(accelerator) -> dict:
+    """strict=False lets a checkpoint of trainable weights load into the full model; DeepSpeed and
+    Megatron load through their own engines, which take no such argument."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        return {}
+    return {"strict": False}
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
@@ -211,7 +246,8 @@ class FitResult:
 
 def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg: TrainConfig, seed: int,
         accelerator, ckpt_dir: Optional[Path] = None, resume: bool = False, quiet: bool = False,
-        on_log: Optional[Callable[[dict], None]] = None, max_length: Optional[int] = None) -> FitResult:
+        on_log: Optional[Callable[[dict], None]] = None, max_length: Optional[int] = None,
+        on_resumed: Optional[Callable[[], None]] = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights seen on validation."""
     from accelerate.utils import set_seed
     from safetensors.torch import load_file, save_file
@@ -237,7 +273,6 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
             for key in [k for k in w if k not in trainable_names]:
                 del w[key]
 
-    slim_hook = accelerator.register_save_state_pre_hook(keep_trainable)
     # The compiled module shares its parameters with `model`, which stays what is checkpointed and
     # evaluated (eager), so state-dict names do not depend on the compile switch.
     step_model = compile_model(model, tcfg.compile) if tcfg.compile else model
@@ -273,17 +308,20 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     state = {"step": 0, "micro": 0, "epoch": 0, "batch": 0, "best_metric": None, "best_step": None,
              "bad_evals": 0, "train_seconds": 0.0, "train_samples": 0, "train_tokens": 0, "padded_tokens": 0}
     best_weights: Optional[dict] = None
-    direction = METRIC_DIRECTIONS[tcfg.metric]
     state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
     if resume and state_file is not None and state_file.exists() and (ckpt_dir / "state").exists():
         state.update(json.loads(state_file.read_text()))
-        accelerator.load_state(str(ckpt_dir / "state"), strict=False)  # trainable weights only
+        _check_checkpoint(ckpt_dir / "state", trainable_names, set(model.state_dict()),
+                          state.get("num_processes", 1), accelerator.num_processes)
+        accelerator.load_state(str(ckpt_dir / "state"), **_partial_load_kwargs(accelerator))
         if (ckpt_dir / "best_trainable.safetensors").exists():
             best_weights = load_file(str(ckpt_dir / "best_trainable.safetensors"))
         hist = ckpt_dir / "history.jsonl"
         if hist.exists():
             res.history = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
         log.info("resuming at step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
+    if resume and on_resumed is not None:  # loaded, or nothing to load: training starts from here
+        on_resumed()
 
     def write_state() -> None:
         tmp = state_file.with_suffix(".tmp")
@@ -297,7 +335,12 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
         state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
         # Write the new state beside the old one and swap: an interrupt never leaves a mix of both.
         tmp_dir, final = ckpt_dir / "state.tmp", ckpt_dir / "state"
-        accelerator.save_state(str(tmp_dir), safe_serialization=True)
+        state["num_processes"] = accelerator.num_processes  # the weights' names depend on it (DDP's module.)
+        hook = accelerator.register_save_state_pre_hook(keep_trainable)
+        try:
+            accelerator.save_state(str(tmp_dir), safe_serialization=True)
+        finally:
+            hook.remove()
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             import shutil
@@ -409,7 +452,6 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
                 res.stopped_early = True
                 break
     bar.close()
-    slim_hook.remove()
     state["done"], state["stopped_early"] = True, res.stopped_early or state.get("stopped_early", False)
     state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
     if state_file is not None and accelerator.is_main_process:  # a resume after this trains no more

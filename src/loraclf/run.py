@@ -63,8 +63,8 @@ def default_name(cfg: Config) -> str:
 def _length_stats(lengths: np.ndarray) -> dict:
     if len(lengths) == 0:
         return {}
-    return {"mean": float(lengths.mean()), "median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
-            "max": int(lengths.max()), "min": int(lengths.min())}
+    return {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max()), "min": int(lengths.min())}
 
 
 def _filter_train(data: Data, tok, cfg: Config) -> dict:
@@ -123,7 +123,8 @@ def results_table(metrics: dict) -> str:
     t = metrics["timing"]
     lines.append(f"trainable params: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.2f}%): "
                  f"lora {p['lora']:,}, head {p['head']:,}, other {p['other']:,}")
-    lines.append(f"train: {t['train_seconds']:.1f} s, {t['train_samples_per_s']:.1f} samples/s; total {t['total_seconds']:.1f} s")
+    lines.append(f"train: {t['train_seconds']:.1f} s, {t['train_samples_per_s']:.1f} samples/s; "
+                 f"total {t['total_seconds']:.1f} s")
     return "\n".join(lines)
 
 
@@ -137,7 +138,9 @@ def _check_max_length(cfg: Config, built) -> None:
     if tok_limit and tok_limit < 1_000_000:
         limit = min(limit, tok_limit) if limit else tok_limit
     if limit and cfg.data.max_length > limit:
-        raise ConfigError(f"data.max_length={cfg.data.max_length} exceeds what {cfg.model.name} supports ({limit} tokens)")
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} exceeds what {cfg.model.name} supports ({limit} tokens)"
+        )
 
 
 def _make_on_log(cfg: Config, accelerator, run_dir: Path):
@@ -230,7 +233,8 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     ckpt = run_dir / "checkpoints"
     if main:
         ckpt.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
+        if resume is None:  # a resumed run's config is rewritten once its checkpoint has loaded
+            cfg.save(run_dir / "config.yaml")
     accelerator.wait_for_everyone()
     if not quiet and main:
         sizes = ", ".join(f"{k} {v:,}" for k, v in data.sizes().items())
@@ -246,6 +250,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     else:
         res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
                   ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log,
+                  on_resumed=(lambda: cfg.save(run_dir / "config.yaml")) if main else None,
                   max_length=cfg.data.max_length)
     model = accelerator.unwrap_model(built.model)
 
@@ -343,7 +348,9 @@ def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None,
     gold = []
     for i, name in enumerate(gold_names):
         if name not in clf.labels:
-            raise DataError(f"{source}: row {i + 1} has label {name!r}, unknown to the model (labels: {', '.join(clf.labels)})")
+            raise DataError(
+                f"{source}: row {i + 1} has label {name!r}, unknown to the model (labels: {', '.join(clf.labels)})"
+            )
         gold.append(clf.labels.index(name))
     probs = clf.predict_proba(texts, batch_size, pairs, progress=not quiet)
     return compute_metrics(np.array(gold), probs, clf.labels)

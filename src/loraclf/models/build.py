@@ -283,5 +283,6 @@ def check_budget(counts: dict[str, int], budget: Optional[int]) -> None:
     if budget is not None and counts["trainable"] > budget:
         raise BudgetError(
             f"config trains {counts['trainable']:,} parameters (lora {counts['lora']:,}, head {counts['head']:,}, "
-            f"other {counts['other']:,}), over train.max_trainable_params={budget:,}; lower lora.r or target fewer modules"
+            f"other {counts['other']:,}), over train.max_trainable_params={budget:,}; "
+            "lower lora.r or target fewer modules"
         )

@@ -58,7 +58,8 @@ def label_words_from(spec, labels: Sequence[str]) -> dict[str, list[str]]:
     raise ConfigError("model.label_words must be null, a list, or a mapping of label -> word(s)")
 
 
-def pick_examples(texts: Sequence[str], labels: np.ndarray, names: Sequence[str], k: int, seed: int) -> list[tuple[str, str]]:
+def pick_examples(texts: Sequence[str], labels: np.ndarray, names: Sequence[str], k: int,
+                  seed: int) -> list[tuple[str, str]]:
     """k few-shot examples from train, round-robin over classes, seeded."""
     if k <= 0:
         return []
