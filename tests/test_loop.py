@@ -7,12 +7,7 @@ import loraclf.loop
 from conftest import tiny_overrides
 
 
-@pytest.mark.parametrize("accum", [1, 4])  # 15 batches per epoch: 4 does not divide them
-def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_path, monkeypatch):
-    extra = {"train.epochs": 3, "train.grad_accum_steps": accum}
-    full = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="full", **extra),
-                         quiet=True)
-
+def _interrupt_after_first_eval(monkeypatch, overrides) -> None:
     real = loraclf.loop.evaluate_encoded
     calls = {"n": 0}
 
@@ -24,8 +19,18 @@ def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_
 
     monkeypatch.setattr(loraclf.loop, "evaluate_encoded", crash_on_second_eval)
     with pytest.raises(KeyboardInterrupt):
-        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="cut", **extra), quiet=True)
+        loraclf.train(None, overrides, quiet=True)
     monkeypatch.setattr(loraclf.loop, "evaluate_encoded", real)
+
+
+@pytest.mark.parametrize("accum", [1, 4])  # 15 batches per epoch: 4 does not divide them
+def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_path, monkeypatch):
+    extra = {"train.epochs": 3, "train.grad_accum_steps": accum}
+    full = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="full", **extra),
+                         quiet=True)
+
+    _interrupt_after_first_eval(monkeypatch, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="cut",
+                                                            **extra))
     cut = tmp_path / "cut"
     assert (cut / "checkpoints" / "trainer_state.json").exists()
     assert not (cut / "metrics.json").exists() and not (cut / "artifact").exists()
@@ -44,22 +49,6 @@ def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_
         h["step"] for h in full.history if h["type"] == "eval"]
     assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], abs=1e-5)
     assert b["test"]["accuracy"] == a["test"]["accuracy"]
-
-
-def _interrupt_after_first_eval(monkeypatch, overrides) -> None:
-    real = loraclf.loop.evaluate_encoded
-    calls = {"n": 0}
-
-    def crash_on_second_eval(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", crash_on_second_eval)
-    with pytest.raises(KeyboardInterrupt):
-        loraclf.train(None, overrides, quiet=True)
-    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", real)
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit(tiny_models, synth_dir, tmp_path, monkeypatch):
