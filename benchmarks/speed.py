@@ -103,6 +103,7 @@ def _reset_peak() -> None:
 # loraclf settings that change speed only; --set refuses anything else, which would make the two
 # sides train different things.
 SPEED_SWITCHES = ("train.compile", "train.pad_to_multiple_of", "train.precision", "train.group_by_length",
+                  "train.length_group_batches",
                   "train.eval_batch_size", "train.num_threads", "model.attn_implementation")
 
 

@@ -18,6 +18,8 @@ import yaml
 
 from .errors import ConfigError
 
+LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (train.length_group_batches)
+
 
 def _f(default: Any, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
     meta = {"help": help}
@@ -158,6 +160,10 @@ class TrainConfig:
         None, "Stop after this many evaluations without improvement; the best weights are kept either way."
     )
     group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
+    length_group_batches: int = _f(
+        LENGTH_GROUP_BATCHES,
+        "With group_by_length: how many batches' worth of shuffled texts are sorted by length together. "
+        "More pads less (faster); fewer keeps batches closer to random (see docs/benchmarks.md).")
     compile: Union[bool, str] = _f(
         False, "torch.compile the model for training: false; true (Inductor); reduce-overhead (Inductor plus CUDA "
         "graphs, GPU only); max-autotune (slow to compile; also CUDA graphs on GPU).",
@@ -430,6 +436,7 @@ def validate(cfg: Config) -> None:
         (t.epochs > 0, "train.epochs must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1, "train.pad_to_multiple_of must be >= 1 or null"),
+        (t.length_group_batches >= 1, "train.length_group_batches must be >= 1"),
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
         (t.lr > 0, "train.lr must be > 0"),
         (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),

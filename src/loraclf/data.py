@@ -16,7 +16,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .config import DataConfig
+from .config import LENGTH_GROUP_BATCHES, DataConfig
 from .errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -516,7 +516,7 @@ class Collator:
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                  mega: int = 50) -> list[list[int]]:
+                  mega: int = LENGTH_GROUP_BATCHES) -> list[list[int]]:
     """The batch order for one epoch: deterministic in (seed, epoch).
 
     With grouping, a seeded permutation is cut into mega-batches of `mega` batches, each sorted by

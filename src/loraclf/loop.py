@@ -281,7 +281,8 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     lengths = train.lengths
 
     def loader(epoch: int, skip: int = 0, limit: Optional[int] = None):
-        batches = train_batches(lengths, tcfg.batch_size, seed, epoch, tcfg.group_by_length)
+        batches = train_batches(lengths, tcfg.batch_size, seed, epoch, tcfg.group_by_length,
+                                mega=tcfg.length_group_batches)
         if limit is not None:
             batches = batches[:limit]
         dl = DataLoader(range(len(train)), batch_sampler=batches[skip:], collate_fn=collate,
