@@ -53,10 +53,13 @@ def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit(tiny_models, synth_dir, tmp_path, monkeypatch):
     """Other LoRA targets with the same parameter count, or another process count, would load nothing
-    of the checkpoint and train on from fresh weights: refused with the reason instead."""
+    of the checkpoint and train on from fresh weights; another base model would pair the trained weights
+    with other frozen ones. Each is refused with the reason instead."""
     import json
+    import shutil
 
-    _interrupt_after_first_eval(monkeypatch, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="cut",
+    base = shutil.copytree(tiny_models["bert"], tmp_path / "base")
+    _interrupt_after_first_eval(monkeypatch, tiny_overrides(base, synth_dir, tmp_path, name="cut",
                                                             **{"train.epochs": 3}))
     cut = tmp_path / "cut"
     with pytest.raises(loraclf.LoraclfError, match="does not match this model"):
@@ -68,6 +71,11 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tiny_models, synth_dir, t
     with pytest.raises(loraclf.LoraclfError, match="written by 2 process"):
         loraclf.train(None, resume=str(cut), quiet=True)
     state_file.write_text(json.dumps(state))
+    config = (base / "config.json").read_text()
+    (base / "config.json").write_text(config.replace("{", '{"edited": true,', 1))  # the base changed
+    with pytest.raises(loraclf.LoraclfError, match="base model changed"):
+        loraclf.train(None, resume=str(cut), quiet=True)
+    (base / "config.json").write_text(config)
     assert loraclf.train(None, resume=str(cut), quiet=True).metrics["best"]["steps"] == 3 * 15
 
 

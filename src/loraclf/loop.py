@@ -247,7 +247,7 @@ class FitResult:
 def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg: TrainConfig, seed: int,
         accelerator, ckpt_dir: Optional[Path] = None, resume: bool = False, quiet: bool = False,
         on_log: Optional[Callable[[dict], None]] = None, max_length: Optional[int] = None,
-        on_resumed: Optional[Callable[[], None]] = None) -> FitResult:
+        on_resumed: Optional[Callable[[], None]] = None, base_id: Optional[str] = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights seen on validation."""
     from accelerate.utils import set_seed
     from safetensors.torch import load_file, save_file
@@ -307,11 +307,17 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
 
     res = FitResult()
     state = {"step": 0, "micro": 0, "epoch": 0, "batch": 0, "best_metric": None, "best_step": None,
-             "bad_evals": 0, "train_seconds": 0.0, "train_samples": 0, "train_tokens": 0, "padded_tokens": 0}
+             "bad_evals": 0, "train_seconds": 0.0, "train_samples": 0, "train_tokens": 0, "padded_tokens": 0,
+             "base": base_id}
     best_weights: Optional[dict] = None
     state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
     if resume and state_file is not None and state_file.exists() and (ckpt_dir / "state").exists():
-        state.update(json.loads(state_file.read_text()))
+        saved_state = json.loads(state_file.read_text())
+        if base_id and saved_state.get("base") not in (None, base_id):
+            raise CheckpointError(f"{ckpt_dir}: the base model changed since this checkpoint was written (its "
+                                  "config.json or weight files differ); the checkpoint holds only the trained "
+                                  "weights, so resume on the same base model")
+        state.update(saved_state, base=base_id or saved_state.get("base"))
         _check_checkpoint(ckpt_dir / "state", trainable_names, set(model.state_dict()),
                           state.get("num_processes", 1), accelerator.num_processes)
         accelerator.load_state(str(ckpt_dir / "state"), **_partial_load_kwargs(accelerator))

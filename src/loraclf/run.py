@@ -170,6 +170,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     from .artifact import save_artifact
     from .loop import FitResult, evaluate_encoded, fit, make_accelerator
     from .models import build_model, build_prompt_model, check_budget, count_parameters
+    from .models.registry import fingerprint
 
     t_start = time.perf_counter()
     from .memory import PeakMemory
@@ -251,6 +252,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
         res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
                   ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log,
                   on_resumed=(lambda: cfg.save(run_dir / "config.yaml")) if main else None,
+                  base_id=fingerprint(built.resolved, cfg.model.revision) if built.resolved else None,
                   max_length=cfg.data.max_length)
     model = accelerator.unwrap_model(built.model)
 

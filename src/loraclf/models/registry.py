@@ -130,6 +130,23 @@ def resolve(name: str, quiet: bool = False) -> Resolved:
     raise ModelError(f"unknown model '{name}': not an alias ({known}), an existing folder, or a hub id like org/name")
 
 
+def fingerprint(resolved: Resolved, revision: Optional[str] = None) -> str:
+    """A short id of the base weights a run trains on. Checkpoints leave the frozen base out, so a
+    resume checks that it rebuilds the same base. A local folder is identified by its config.json
+    and the names and sizes of its weight files (cheap for any model size); a hub id by the id and
+    revision asked for."""
+    import hashlib
+
+    folder = Path(resolved.path)
+    if not folder.is_dir():
+        return f"{resolved.path}@{revision or 'main'}"
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".gguf", ".pt"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def list_models() -> list[dict]:
     rows = []
     for a in ALIASES.values():
