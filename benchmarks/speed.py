@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import loraclf  # noqa: E402
 from loraclf.config import DataConfig  # noqa: E402
 from loraclf.data import load_data  # noqa: E402
-from loraclf.memory import _max_rss_mb  # noqa: E402
+from loraclf.memory import PeakMemory  # noqa: E402
 from loraclf.models import resolve  # noqa: E402
 from loraclf.models.targets import default_targets  # noqa: E402
 
@@ -82,22 +82,6 @@ def build_shape(shape: str, tokenizer: str | None, out: Path, seed: int = 0) -> 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def _peak_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 1e6
-    return _max_rss_mb() or float("nan")
-
-
-def _reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
 
 
 # loraclf settings that change speed only; --set refuses anything else, which would make the two
@@ -144,17 +128,18 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
                              logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
                              disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=tr)
-    _reset_peak()
+    mem = PeakMemory.start()
     t0 = time.perf_counter()
     trainer.train()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak = _peak_mb()
+    peak = mem.read()["peak_memory_mb"]
     pred = trainer.predict(te).predictions.argmax(-1)
     acc = float((pred == np.asarray(test.labels)).mean())
     return {"train_seconds": seconds, "samples_per_s": len(train) * epochs / seconds, "peak_mb": peak,
-            "accuracy": acc, "model": model, "precision": "fp16" if torch.cuda.is_available() else "fp32",
+            "accuracy": acc, "model": model, "tokenizer": tok,
+            "precision": "fp16" if torch.cuda.is_available() else "fp32",
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
@@ -166,23 +151,17 @@ def loraclf_train(model_name: str, data_path: str, n_train, epochs: float, batch
             f"lora.target_modules=[{', '.join(targets)}]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.1", *extra]
     if n_train:
         sets.append(f"data.max_train_samples={n_train}")
-    _reset_peak()
-    run = loraclf.train(None, sets, quiet=True)
+    run = loraclf.train(None, sets, quiet=True)  # measures its own peak memory
     m = run.metrics
     return {"train_seconds": m["timing"]["train_seconds"], "samples_per_s": m["timing"]["train_samples_per_s"],
-            "peak_mb": _peak_mb(), "accuracy": m["test"]["accuracy"], "run": str(run.path),
+            "peak_mb": m["timing"]["peak_memory_mb"], "accuracy": m["test"]["accuracy"], "run": str(run.path),
             "precision": {"no": "fp32"}.get(m["environment"]["precision"], m["environment"]["precision"]),
             "trainable_params": m["params"]["trainable"], "total_params": m["params"]["total"],
             "modules_to_save": m["model"]["modules_to_save"]}
 
 
-def peer_predict(model, tok_path: str, texts, batch: int, max_length: int) -> float:
+def peer_predict(model, tok, texts, batch: int, max_length: int) -> float:
     """Notebook-style inference: unmerged adapter, batches in file order, padded to max_length."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(dev).eval()
     t0 = time.perf_counter()
@@ -278,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
             peer = peer_train(model_path, data.splits["train"], data.splits["test"], labels, args.epochs, args.batch,
                               args.lr, args.max_length, args.seed, tmp + "/peer", targets,
                               extra if args.peer_head == "same" else [])
-            res["peer"] = {k: v for k, v in peer.items() if k != "model"}
+            res["peer"] = {k: v for k, v in peer.items() if k not in ("model", "tokenizer")}
             res["train_speedup"] = ours["samples_per_s"] / peer["samples_per_s"]
         if args.predict_rows:
             pool = [t for s in data.splits.values() for t in s.texts]
@@ -290,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
             res["loraclf"]["predict_cli_per_s"] = loraclf_predict_cli(ours["run"], texts, args.predict_precision,
                                                                       args.predict_batch, tmp)
             if not args.skip_peer:
-                res["peer"]["predict_per_s"] = peer_predict(peer["model"], model_path, texts, args.predict_batch,
+                res["peer"]["predict_per_s"] = peer_predict(peer["model"], peer["tokenizer"], texts, args.predict_batch,
                                                             args.max_length)
                 res["predict_speedup"] = res["loraclf"]["predict_per_s"] / res["peer"]["predict_per_s"]
                 res["predict_cli_speedup"] = res["loraclf"]["predict_cli_per_s"] / res["peer"]["predict_per_s"]
