@@ -193,21 +193,26 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
-def _check_checkpoint(state_dir: Path, expected: set[str], known: set[str], saved_processes: int,
-                      processes: int) -> None:
-    """Refuse a checkpoint that would load only part of the trainable weights, instead of training
-    on silently from fresh ones (a resume with other LoRA targets, or another number of processes)."""
-    if saved_processes != processes:
-        raise CheckpointError(f"{state_dir.parent} was written by {saved_processes} process(es); resume it with "
-                              f"the same number, not {processes} (the batch order depends on it too)")
+def _check_checkpoint(state_dir: Path, saved: dict, current: dict, expected: set[str], known: set[str]) -> None:
+    """Refuse a checkpoint that would load only part of the trainable weights, or pair them with
+    another base, instead of training on silently (a resume with other LoRA targets, another number
+    of processes, or a changed base model). `saved` and `current` are trainer states."""
+    processes = current["num_processes"]
+    if saved.get("num_processes", 1) != processes:
+        raise CheckpointError(f"{state_dir.parent} was written by {saved.get('num_processes', 1)} process(es); "
+                              f"resume it with the same number, not {processes} (the batch order depends on it too)")
+    if current["base"] and saved.get("base") not in (None, current["base"]):
+        raise CheckpointError(f"{state_dir.parent}: the base model changed since this checkpoint was written (its "
+                              "config.json or weight files differ); the checkpoint holds only the trained "
+                              "weights, so resume on the same base model")
     weights = state_dir / "model.safetensors"
     if not weights.exists():  # FSDP / DeepSpeed write their own formats, full-size
         return
     from safetensors import safe_open
 
     with safe_open(str(weights), "pt") as f:
-        saved = set(f.keys())
-    missing, unexpected = sorted(expected - saved), sorted(saved - known)  # frozen weights may be present too
+        keys = set(f.keys())
+    missing, unexpected = sorted(expected - keys), sorted(keys - known)  # frozen weights may be present too
     if missing or unexpected:
         raise CheckpointError(
             f"{state_dir.parent} does not match this model: {len(missing)} trainable weight(s) missing "
@@ -308,18 +313,14 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
     res = FitResult()
     state = {"step": 0, "micro": 0, "epoch": 0, "batch": 0, "best_metric": None, "best_step": None,
              "bad_evals": 0, "train_seconds": 0.0, "train_samples": 0, "train_tokens": 0, "padded_tokens": 0,
-             "base": base_id}
+             # what a checkpoint's weights depend on: DDP's `module.` names and batch order; the frozen base
+             "num_processes": accelerator.num_processes, "base": base_id}
     best_weights: Optional[dict] = None
     state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
     if resume and state_file is not None and state_file.exists() and (ckpt_dir / "state").exists():
         saved_state = json.loads(state_file.read_text())
-        if base_id and saved_state.get("base") not in (None, base_id):
-            raise CheckpointError(f"{ckpt_dir}: the base model changed since this checkpoint was written (its "
-                                  "config.json or weight files differ); the checkpoint holds only the trained "
-                                  "weights, so resume on the same base model")
-        state.update(saved_state, base=base_id or saved_state.get("base"))
-        _check_checkpoint(ckpt_dir / "state", trainable_names, set(model.state_dict()),
-                          state.get("num_processes", 1), accelerator.num_processes)
+        _check_checkpoint(ckpt_dir / "state", saved_state, state, trainable_names, set(model.state_dict()))
+        state.update(saved_state, num_processes=state["num_processes"], base=state["base"] or saved_state.get("base"))
         accelerator.load_state(str(ckpt_dir / "state"), **_partial_load_kwargs(accelerator))
         if (ckpt_dir / "best_trainable.safetensors").exists():
             best_weights = load_file(str(ckpt_dir / "best_trainable.safetensors"))
@@ -342,7 +343,6 @@ def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg:
         state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
         # Write the new state beside the old one and swap: an interrupt never leaves a mix of both.
         tmp_dir, final = ckpt_dir / "state.tmp", ckpt_dir / "state"
-        state["num_processes"] = accelerator.num_processes  # the weights' names depend on it (DDP's module.)
         hook = accelerator.register_save_state_pre_hook(keep_trainable)
         try:
             accelerator.save_state(str(tmp_dir), safe_serialization=True)
