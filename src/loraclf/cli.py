@@ -218,9 +218,9 @@ def _params(args: argparse.Namespace) -> int:
                          "-" if tg is None else (tg if isinstance(tg, str) else "+".join(tg)), f"{r['trainable']:,}",
                          f"{r['trainable_pct']:.2f}%", f"{r['lora']:,}", f"{r['head']:,}",
                          "-" if r["artifact_bytes"] is None else f"{r['artifact_bytes'] / 1e6:.2f} MB"))
-        widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
-        for x in rows:
-            print("  ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip())
+        from .compare import _grid
+
+        print("\n".join(_grid(rows, right_from=4)))
         return 0
     if isinstance(spec, dict) and "space" in spec:  # a search file: its base config
         from .config import config_from_dict

@@ -348,7 +348,8 @@ def sample_examples(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))
     disagree = [i for i in order if len({p[i] for p in preds}) > 1]
-    wrong = [i for i in order if i not in set(disagree) and preds[0][i] != golds[i]]
+    disagreeing = set(disagree)
+    wrong = [i for i in order if i not in disagreeing and preds[0][i] != golds[i]]
     chosen = list(dict.fromkeys(disagree + wrong + list(order)))[:n]
     return [{"text": texts[i], "gold": golds[i], "predictions": [p[i] for p in preds]} for i in chosen]
 

@@ -651,12 +651,13 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
 
     from . import __version__
     from . import plots as pl
+    from .compare import pick_split
 
     t0 = time.perf_counter()
     if len(run_dirs) < 2:
         raise LoraclfError("a comparison needs at least two run directories")
     runs = [read_run(d, predictions=False) for d in run_dirs]
-    split = split or ("test" if all(r.metrics.get("test") for r in runs) else "validation")
+    split = pick_split([r.metrics for r in runs], split)
     missing = [r.name for r in runs if not r.metrics.get(split)]
     if missing:
         raise LoraclfError(f"no {split} metrics in run(s) {', '.join(missing)}; use --split validation")
