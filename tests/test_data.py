@@ -7,7 +7,15 @@ import pytest
 
 from conftest import synthetic_rows, write_csv
 from loraclf.config import DataConfig
-from loraclf.data import Collator, Encoded, carve_validation, eval_batches, load_data, train_batches
+from loraclf.data import (
+    Collator,
+    Encoded,
+    carve_validation,
+    eval_batches,
+    load_data,
+    load_labelled_split,
+    train_batches,
+)
 from loraclf.errors import DataError
 
 
@@ -229,3 +237,18 @@ def test_hub_datasets_go_through_datasets_load_dataset(monkeypatch):
     assert calls == ["org/sentiment"]
     assert d.labels.names == ["negative", "positive"]
     assert len(d.splits["test"]) == 10 and "validation" in d.splits
+    # `loraclf evaluate --data hf:<id>` reads one labelled split the same way, names included
+    texts, pairs, labels, source = load_labelled_split(_cfg(path="hf:org/sentiment"), "test")
+    assert len(texts) == 10 and pairs is None and source == "hf:org/sentiment[test]"
+    assert labels == [lab for _, lab in rows[:10]]
+    with pytest.raises(DataError, match="no validation split"):
+        load_labelled_split(_cfg(path="hf:org/sentiment"), "validation")
+
+
+def test_split_files_are_also_looked_up_under_the_datasets_root(tmp_path, monkeypatch):
+    write_csv(tmp_path / "mine" / "eval.csv", synthetic_rows(12, 4))
+    monkeypatch.setenv("LORACLF_DATASETS", str(tmp_path))
+    texts, _, _, source = load_labelled_split(_cfg(test="mine/eval.csv"), "test")
+    assert len(texts) == 12 and source == str(tmp_path / "mine" / "eval.csv")
+    with pytest.raises(DataError, match="data.test: file not found"):
+        load_labelled_split(_cfg(test="mine/none.csv"), "test")

@@ -131,6 +131,15 @@ def resolve_path(path: str) -> Path:
     )
 
 
+def _explicit_file(explicit: str, split: str) -> Path:
+    """A per-split option (data.train, data.test, ...): looked up like data.path, as given or under
+    the datasets root."""
+    try:
+        return resolve_path(explicit)
+    except DataError:
+        raise DataError(f"data.{split}: file not found: {Path(explicit).expanduser()}") from None
+
+
 def find_files(cfg: DataConfig) -> dict[str, Path]:
     """Map split name to file from data.path and/or the explicit per-split options."""
     files: dict[str, Path] = {}
@@ -148,12 +157,7 @@ def find_files(cfg: DataConfig) -> dict[str, Path]:
     for split in SPLITS:
         explicit = getattr(cfg, split)
         if explicit:
-            p = Path(explicit).expanduser()
-            if not p.exists() and (datasets_root() / explicit).exists():
-                p = datasets_root() / explicit  # like data.path: also looked up under the datasets root
-            if not p.exists():
-                raise DataError(f"data.{split}: file not found: {p}")
-            files[split] = p
+            files[split] = _explicit_file(explicit, split)
     if "train" not in files and not (cfg.path or "").startswith("hf:"):
         raise DataError("no training data: set data.path (folder, file or hf:<id>) or data.train")
     return files
@@ -393,8 +397,15 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
     """
     cols = _text_columns(cfg)
     explicit = getattr(cfg, split, None)
+    names = list(cfg.label_names) if cfg.label_names else None
     if explicit:
-        path = Path(explicit).expanduser()
+        path: Optional[Path] = _explicit_file(explicit, split)
+    elif cfg.path and cfg.path.startswith("hf:"):
+        hub = _hf_load(cfg.path[3:])
+        if split not in hub:
+            raise DataError(f"{cfg.path}: the dataset has no {split} split (splits: {', '.join(hub)})")
+        path, df, where = None, hub[split], f"{cfg.path}[{split}]"
+        names = names or df.attrs.get("label_names")
     elif cfg.path:
         root = resolve_path(cfg.path)
         path = root if root.is_file() else _find_split_file(root, split)
@@ -402,14 +413,13 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
             raise DataError(f"{root}: no {split} file found (expected {split}.csv, {split}.jsonl, ...)")
     else:
         raise DataError("no data: give a dataset folder or file")
-    if not path.exists():
-        raise DataError(f"file not found: {path}")
-    df = read_table(path, cfg.format)
+    if path is not None:
+        df, where = read_table(path, cfg.format), str(path)
     if len(df) == 0:
-        raise DataError(f"{path}: the file has no rows")
-    texts = _texts(df, cols, str(path))
-    labels = _label_names(df, cfg.label_column, list(cfg.label_names) if cfg.label_names else None, str(path))
-    return texts[0], texts[1] if len(texts) > 1 else None, labels, str(path)
+        raise DataError(f"{where}: the file has no rows")
+    texts = _texts(df, cols, where)
+    labels = _label_names(df, cfg.label_column, names, where)
+    return texts[0], texts[1] if len(texts) > 1 else None, labels, where
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
