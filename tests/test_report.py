@@ -311,8 +311,10 @@ def test_unknown_tracker_is_a_config_error():
 @pytest.fixture(scope="module")
 def trained(tiny_models, synth_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report_runs")
-    run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, out, **{
-        "train.epochs": 2, "train.log_every": 2, "report.enabled": True, "report.trackers": "auto"}), quiet=True)
+    with pytest.MonkeyPatch.context() as mp:  # right after training, the report gets the texts in hand
+        mp.setattr(R, "train_texts", lambda config: pytest.fail("train data read a second time"))
+        run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, out, **{
+            "train.epochs": 2, "train.log_every": 2, "report.enabled": True, "report.trackers": "auto"}), quiet=True)
     return run.path
 
 
@@ -320,7 +322,8 @@ def test_training_writes_report_card_and_analysis(trained):
     d = trained
     m = json.loads((d / "metrics.json").read_text())
     assert {"test", "validation", "error_analysis", "params", "timing"} <= set(m)
-    assert "train" in m["error_analysis"]["text_lengths"]["counts"]  # train reloaded for the length plot
+    assert "train" in m["error_analysis"]["text_lengths"]["counts"]  # train texts for the length plot
+    assert sum(m["error_analysis"]["text_lengths"]["counts"]["train"]) == 240
     assert len(list((d / "plots").glob("*.png"))) == 12
     assert (d / "report.html").exists() and (d / "artifact" / "README.md").exists()
     clf = loraclf.load(d)  # the card does not disturb loading

@@ -557,18 +557,22 @@ def write_model_card(run: RunData, findings: Optional[list[str]] = None) -> Opti
 
 
 def make_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] = None,
-                reload_train: bool = True, quiet: bool = True) -> Path:
+                reload_train: bool = True, quiet: bool = True, train: Optional[list[str]] = None) -> Path:
     """Error analysis (into metrics.json), plots/, report.html and the model card of one finished run.
 
     `output` writes the HTML elsewhere (plots still go to the run's plots/). `reload_train`
     re-reads the train split from the run's data config for the length plot when metrics.json
-    does not have it yet (never needed again after the first report).
+    does not have it yet (never needed again after the first report); `train` gives those texts
+    when the caller holds them already (right after training), so nothing is re-read.
     """
     t0 = time.perf_counter()
     run = read_run(run_dir)
     opts = report_options(run.config)
     have_train = "train" in (((run.metrics.get("error_analysis") or {}).get("text_lengths") or {}).get("counts") or {})
-    train = train_texts(run.config) if reload_train and not have_train else None
+    if have_train or not reload_train:
+        train = None
+    elif train is None:
+        train = train_texts(run.config)
     ea = error_analysis(run, opts, train)
     run.metrics = update_metrics(run.path, "error_analysis", ea)
     stage = run.path / f".plots.tmp-{os.getpid()}"
@@ -587,14 +591,15 @@ def make_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] 
     return out
 
 
-def after_run(run_dir: Path, cfg, quiet: bool = False) -> None:
-    """The post-training hook: the report (unless report.enabled is false), then close the trackers."""
+def after_run(run_dir: Path, cfg, quiet: bool = False, train: Optional[list[str]] = None) -> None:
+    """The post-training hook: the report (unless report.enabled is false), then close the trackers.
+    `train` is the run's train texts, as loaded before any token-length filter."""
     from . import tracking
 
     files: list[Path] = []
     if cfg.report.enabled:
         try:
-            files.append(make_report(run_dir, quiet=quiet))
+            files.append(make_report(run_dir, quiet=quiet, train=train))
             files.append(Path(run_dir) / "plots")
         except Exception as ex:  # the run itself is complete and valid; never lose it to a plotting error
             log.warning("the report could not be made (%s: %s); the run is complete. Retry with: loraclf report %s",

@@ -150,11 +150,11 @@ def _make_on_log(cfg: Config, accelerator, run_dir: Path):
     return start(cfg, accelerator, run_dir)
 
 
-def _after_run(run_dir: Path, cfg: Config, quiet: bool) -> None:
+def _after_run(run_dir: Path, cfg: Config, quiet: bool, train_texts: Optional[list[str]] = None) -> None:
     """Hook: work done once a run directory is complete (plots, report.html, model card)."""
     from .report import after_run
 
-    after_run(run_dir, cfg, quiet)
+    after_run(run_dir, cfg, quiet, train_texts)
 
 
 def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
@@ -211,6 +211,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(labels):
         raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values but there are "
                           f"{len(labels)} labels ({', '.join(labels)})")
+    train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
     length_stats = _filter_train(data, tok, cfg)
     if prompt_head:
         enc: dict[str, Encoded] = {split: built.model.formatter.encode(s.texts, s.labels, cfg.data.max_length)
@@ -328,7 +329,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its resume state is no longer needed
-    _after_run(run_dir, cfg, quiet)
+    _after_run(run_dir, cfg, quiet, train_texts)
     if not quiet:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
