@@ -141,21 +141,11 @@ def count_config(arch_config, method: str, lora: LoraSection, num_labels: int, m
                  head: str = "classifier") -> dict:
     """Trainable-parameter breakdown (as :func:`count_parameters`) plus the targets and saved modules."""
     from .models import apply_method, count_parameters
-    from .models.targets import default_targets
+    from .models.build import apply_prompt_method
 
     model = meta_model(arch_config, num_labels, head)
     if head != "classifier":  # prompt heads (verbalizer / generate): LoRA on a causal LM, no classifier
-        targets = None
-        if method == "lora":
-            from peft import LoraConfig, TaskType, get_peft_model
-
-            targets = (lora.target_modules if lora.target_modules is not None
-                       else default_targets(model.config.model_type))
-            model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
-                                                     target_modules=targets, bias=lora.bias))
-        else:
-            for p in model.parameters():
-                p.requires_grad = method == "full"
+        model, targets = apply_prompt_method(model, method, lora)
         counts = count_parameters(model, [])
         return {**counts, "target_modules": targets, "modules_to_save": []}
     built = apply_method(model, None, None, method, lora, missing)

@@ -153,7 +153,6 @@ def build_model(cfg: ModelConfig, lora: LoraSection, num_labels: int, id2label: 
 def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], train_texts: Sequence[str],
                        train_labels, seed: int, quiet: bool = False) -> Built:
     """A causal LM wrapped as a verbalizer or generate classifier (see decoder_heads)."""
-    from peft import TaskType
     from transformers import AutoModelForCausalLM
 
     from .decoder_heads import PromptClassifier, greedy_generation
@@ -179,13 +178,7 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
     spec = PromptSpec(cfg.prompt or DEFAULT_PROMPT, label_words_from(cfg.label_words, labels), cfg.chat_template,
                       cfg.system_prompt, pick_examples(train_texts, train_labels, labels, cfg.few_shot, seed))
     formatter = PromptFormatter(tok, spec, labels)
-    targets: Optional[list[str] | str] = None
-    if cfg.method == "lora":
-        targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
-        lm = _add_lora(lm, TaskType.CAUSAL_LM, lora, targets, model_type)
-    else:
-        for p in lm.parameters():
-            p.requires_grad = cfg.method == "full"
+    lm, targets = apply_prompt_method(lm, cfg.method, lora)
     fallback = cfg.fallback_label
     if fallback is None:
         import numpy as np
@@ -195,6 +188,20 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
         raise ModelError(f"model.fallback_label {fallback!r} is not a label ({', '.join(labels)})")
     model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback)
     return Built(model, tok, resolved, cfg.method, model_type, True, targets, [], [])
+
+
+def apply_prompt_method(lm, method: str, lora: LoraSection) -> tuple[Any, Optional[list[str] | str]]:
+    """A causal LM for a prompt head: LoRA adapters (`lora`), everything trained (`full`) or nothing
+    (`zero-shot`). Returns the model and the LoRA targets (None without LoRA)."""
+    if method == "lora":
+        from peft import TaskType
+
+        model_type = lm.config.model_type
+        targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
+        return _add_lora(lm, TaskType.CAUSAL_LM, lora, targets, model_type), targets
+    for p in lm.parameters():
+        p.requires_grad = method == "full"
+    return lm, None
 
 
 def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lora: LoraSection,
