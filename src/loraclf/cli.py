@@ -239,15 +239,14 @@ def _params(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare_rows, compare_text, markdown_table, plot_accuracy_vs_params, write_csv
 
-    print(compare_text(args.runs, split=args.split, examples=args.examples, seed=args.seed))
-    if args.output or args.csv or args.plot:
-        rows = compare_rows(args.runs, args.split)
-        if args.output:
-            Path(args.output).write_text(markdown_table(rows) + "\n")
-        if args.csv:
-            write_csv(rows, args.csv)
-        if args.plot:
-            plot_accuracy_vs_params(rows, args.plot)
+    rows = compare_rows(args.runs, args.split)
+    print(compare_text(rows, examples=args.examples, seed=args.seed))
+    if args.output:
+        Path(args.output).write_text(markdown_table(rows) + "\n")
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.plot:
+        plot_accuracy_vs_params(rows, args.plot)
     return 0
 
 

@@ -67,12 +67,13 @@ def pick_split(metrics_list: Sequence[dict], split: Optional[str] = None) -> str
 
 
 def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[str] = None,
-                  extra_keys: Sequence[str] = ()) -> dict:
-    """One comparison row from a finished run directory (see :data:`CSV_FIELDS` for the keys)."""
+                  extra_keys: Sequence[str] = (), metrics: Optional[dict] = None) -> dict:
+    """One comparison row from a finished run directory (see :data:`CSV_FIELDS` for the keys);
+    `metrics` is its metrics.json when the caller has read it already."""
     path = Path(path)
     if not is_run(path):
         raise LoraclfError(f"{path}: not a finished run (no metrics.json)")
-    m = json.loads((path / "metrics.json").read_text())
+    m = metrics if metrics is not None else json.loads((path / "metrics.json").read_text())
     cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
     split = pick_split([m], split)
     sm = m.get(split) or {}
@@ -122,7 +123,7 @@ def compare_rows(paths: Sequence[str | Path], split: Optional[str] = None) -> li
     names = [p.name for p in runs]
     if len(set(names)) < len(names):  # same folder names from different sweeps: use more of the path
         names = [str(Path(*p.parts[-2:])) for p in runs]
-    return [summarize_run(p, split, n) for p, n in zip(runs, names)]
+    return [summarize_run(p, split, n, metrics=m) for p, n, m in zip(runs, names, metrics)]
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -368,9 +369,9 @@ def format_examples(rows: Sequence[dict], examples: list[dict], width: int = 110
     return "\n".join(out)
 
 
-def compare_text(paths: Sequence[str | Path], split: Optional[str] = None, examples: int = 0, seed: int = 0) -> str:
-    """What `loraclf compare` prints: the side-by-side table, confusion matrices, and sample predictions."""
-    rows = compare_rows(paths, split)
+def compare_text(rows: Sequence[dict], examples: int = 0, seed: int = 0) -> str:
+    """What `loraclf compare` prints for :func:`compare_rows`: the side-by-side table, confusion
+    matrices, and sample predictions."""
     parts = [side_by_side_table(rows), "", f"confusion matrices ({rows[0]['split']}; rows: gold, columns: predicted)",
              "", side_by_side_confusion(rows)]
     if examples > 0:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from .compare import _dotted, markdown_table, plot_accuracy_vs_params, summarize_run, write_csv
+from .compare import _dotted, markdown_table, pick_split, plot_accuracy_vs_params, summarize_run, write_csv
 from .config import Config, _set_dotted, config_from_dict, parse_override, read_yaml_mapping
 from .errors import ConfigError, LoraclfError
 
@@ -272,10 +272,11 @@ def point_status(point: SweepPoint, out_dir: Path, state: Optional[dict] = None)
     return "partial"
 
 
-def _row_for(point: SweepPoint, out_dir: Path, split: Optional[str], varied: list[str], status: str) -> dict:
+def _row_for(point: SweepPoint, out_dir: Path, split: Optional[str], varied: list[str], status: str,
+             metrics: Optional[dict] = None) -> dict:
     d = out_dir / point.name
     if status == "done":
-        return summarize_run(d, split, point.name, varied)
+        return summarize_run(d, split, point.name, varied, metrics=metrics)
     c = point.config
     lora = c.model.method == "lora"
     return {"run": point.name, "status": status, "method": c.model.method, "model": c.model.name,
@@ -287,12 +288,11 @@ def _row_for(point: SweepPoint, out_dir: Path, split: Optional[str], varied: lis
 
 def write_results(sweep: Sweep, statuses: dict[str, str], title: Optional[str] = None) -> list[dict]:
     """Rewrite results.md / results.csv / accuracy_vs_params.png from the point folders."""
-    split = sweep.split
-    if split is None:
-        done = [p for p in sweep.points if statuses.get(p.name) == "done"]
-        has_test = all((json.loads((sweep.out_dir / p.name / "metrics.json").read_text()).get("test")) for p in done)
-        split = "test" if has_test else "validation"
-    rows = [_row_for(p, sweep.out_dir, split, sweep.varied, statuses.get(p.name, "pending")) for p in sweep.points]
+    done = {p.name: json.loads((sweep.out_dir / p.name / "metrics.json").read_text())
+            for p in sweep.points if statuses.get(p.name) == "done"}
+    split = pick_split(list(done.values()), sweep.split)
+    rows = [_row_for(p, sweep.out_dir, split, sweep.varied, statuses.get(p.name, "pending"), done.get(p.name))
+            for p in sweep.points]
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, sweep.out_dir / "results.csv")
     title = title or f"{sweep.path.stem}: {split} accuracy against trainable parameters"
