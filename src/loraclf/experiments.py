@@ -424,7 +424,8 @@ def run_sweep(sweep: Sweep | str | Path, sets: Sequence[str] = (), output_dir: O
                 echo(f"point {p.name} failed: {error}")
                 if fail_fast:
                     break
-            write_results(sweep, statuses)
+            if i < len(todo):  # after the last point, `finally` writes them
+                write_results(sweep, statuses)
     finally:
         rows = write_results(sweep, statuses)
     return SweepResult(out, rows, statuses, failed, ran)
@@ -685,8 +686,7 @@ def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir
         except KeyboardInterrupt:  # keep what finished: rerunning the command continues the study
             write_search_results(search, study)
             raise
-    best_path = write_search_results(search, study)
-    rows = _search_rows(search, study)
+    best_path, rows = write_search_results(search, study)
     return SearchResult(study, out, best_path, rows)
 
 
@@ -709,8 +709,9 @@ def _search_rows(search: Search, study) -> list[dict]:
     return rows
 
 
-def write_search_results(search: Search, study) -> Optional[Path]:
-    """best.yaml (rerun with `loraclf train -c`), results.md / results.csv / accuracy_vs_params.png."""
+def write_search_results(search: Search, study) -> tuple[Optional[Path], list[dict]]:
+    """best.yaml (rerun with `loraclf train -c`), results.md / results.csv / accuracy_vs_params.png.
+    Returns best.yaml's path (None before a trial completes) and the result rows."""
     from optuna.trial import TrialState
 
     out = search.out_dir
@@ -745,7 +746,7 @@ def write_search_results(search: Search, study) -> Optional[Path]:
     if rows:
         lines += [markdown_table(rows), ""]
     (out / "results.md").write_text("\n".join(lines))
-    return best_path
+    return best_path, rows
 
 
 # ----------------------------------------------------------------------------- child process entry
