@@ -274,6 +274,11 @@ def test_auto_rank_picks_the_largest_candidate_within_the_budget(tiny_models, sy
     assert m["budget"]["chosen"]["trainable"] == max(n for n in by.values() if n <= budget)
     saved = run.config.lora
     assert (saved.r, saved.target_modules) == (m["budget"]["chosen"]["r"], m["budget"]["chosen"]["target_modules"])
+    # choosing the rank leaves the seeded run as it was: the same as asking for that rank directly
+    explicit = loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
+        "name": "explicit", "train.epochs": 1, "lora.r": saved.r,
+        "lora.target_modules": f"[{', '.join(saved.target_modules)}]"}), quiet=True).metrics
+    assert explicit["test"]["loss"] == pytest.approx(m["test"]["loss"], abs=1e-6)
     with pytest.raises(BudgetError, match="no candidate fits"):
         loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
             "name": "none-fits", "lora.r": "auto", "train.max_trainable_params": 50}), quiet=True)

@@ -224,19 +224,21 @@ def _fmt_targets(t) -> str:
     return t if isinstance(t, str) else "+".join(t or ["default"])
 
 
-def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False) -> Optional[dict]:
+def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False,
+                      base: Optional[tuple[Any, Sequence[str]]] = None) -> Optional[dict]:
     """Hook for :func:`loraclf.run.train`: replace ``lora.r: auto`` by the chosen rank and targets.
 
     Counts use the checkpoint's own config and the weights it lacks (they are trained too), so the
     choice is exact. Mutates ``cfg.lora``; the saved config.yaml therefore reruns the same choice.
-    Returns the choice for metrics.json, or None when there is nothing to choose.
+    Returns the choice for metrics.json, or None when there is nothing to choose. `base` is
+    (model config, missing weights) of a checkpoint the caller has loaded already.
     """
     if cfg.lora.r != "auto" or cfg.model.method != "lora":
         return None
     head = getattr(cfg.model, "head", "classifier")
     missing: list[str] = []
     if head == "classifier":
-        arch, missing = _load_base_quietly(cfg.model, len(id2label), id2label)
+        arch, missing = base if base is not None else _load_base_quietly(cfg.model, len(id2label), id2label)
     else:
         arch, _ = architecture_config(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     choice = rank_candidates(arch, cfg.lora, len(id2label), cfg.train.max_trainable_params, missing, head)

@@ -169,7 +169,8 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
 
     from .artifact import save_artifact
     from .loop import FitResult, evaluate_encoded, fit, make_accelerator
-    from .models import build_model, build_prompt_model, check_budget, count_parameters
+    from .models import apply_method, build_prompt_model, check_budget, count_parameters
+    from .models.build import load_base
     from .models.registry import fingerprint
 
     t_start = time.perf_counter()
@@ -194,16 +195,20 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     labels = data.labels.names
     from .budget import resolve_auto_lora
 
-    auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
-    set_seed(cfg.seed)
     prompt_head = cfg.model.head != "classifier"
     if prompt_head:
+        auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
+        set_seed(cfg.seed)
         if data.splits["train"].pairs is not None:
             raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
         tr = data.splits["train"]
         built = build_prompt_model(cfg.model, cfg.lora, labels, tr.texts, tr.labels, cfg.seed, quiet=quiet)
     else:
-        built = build_model(cfg.model, cfg.lora, len(labels), data.labels.id2label, quiet=quiet)
+        set_seed(cfg.seed)
+        model, tok, resolved, missing = load_base(cfg.model, len(labels), data.labels.id2label, quiet=quiet)
+        with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
+            auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
+        built = apply_method(model, tok, resolved, cfg.model.method, cfg.lora, missing)
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
     tok = built.tokenizer
