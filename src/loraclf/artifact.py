@@ -11,6 +11,7 @@ Layout of ``artifact/``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -159,16 +160,15 @@ def _load(path: str | Path, base_model: Optional[str], device: Optional[str], me
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .models import load_tokenizer, resolve
-    from .models.build import quiet_hf
 
     art = artifact_dir(path)
     meta = read_meta(art)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(str(art))
     if meta.get("head", "classifier") != "classifier":
-        return _load_prompt_model(art, meta, tok, dev, base_model, merge)
-    try:
-        with quiet_hf():
+        model = _load_prompt_model(art, meta, tok, base_model, merge)
+    else:
+        with _loading(art):
             if meta["method"] == "lora":
                 from peft import PeftModel
 
@@ -180,43 +180,45 @@ def _load(path: str | Path, base_model: Optional[str], device: Optional[str], me
                     model = model.merge_and_unload()
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(str(art))
-    except LoraclfError:
-        raise
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
     model.to(dev).eval()
     return Classifier(model, tok, meta, dev)
 
 
-def _load_prompt_model(art: Path, meta: dict, tok, dev: torch.device, base_model: Optional[str],
-                       merge: bool) -> Classifier:
+@contextlib.contextmanager
+def _loading(art: Path):
+    """transformers kept quiet, and a failed load as a one-line ModelError naming the artifact."""
+    from .models.build import quiet_hf
+
+    try:
+        with quiet_hf():
+            yield
+    except LoraclfError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
+
+
+def _load_prompt_model(art: Path, meta: dict, tok, base_model: Optional[str], merge: bool):
+    """The PromptClassifier (verbalizer or generate head) an artifact describes."""
     from transformers import AutoModelForCausalLM
 
     from .models import resolve
-    from .models.build import quiet_hf
     from .models.decoder_heads import PromptClassifier, greedy_generation
     from .models.prompting import PromptFormatter, PromptSpec
 
     tok.padding_side = "left"
-    try:
-        with quiet_hf():
-            if meta["method"] == "full":
-                lm = AutoModelForCausalLM.from_pretrained(str(art))
-            else:
-                lm = AutoModelForCausalLM.from_pretrained(resolve(base_model or meta["base_model"]).path)
-                if meta["method"] == "lora":
-                    from peft import PeftModel
+    with _loading(art):
+        if meta["method"] == "full":
+            lm = AutoModelForCausalLM.from_pretrained(str(art))
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(resolve(base_model or meta["base_model"]).path)
+            if meta["method"] == "lora":
+                from peft import PeftModel
 
-                    lm = PeftModel.from_pretrained(lm, str(art))
-                    if merge:
-                        lm = lm.merge_and_unload()
-    except LoraclfError:
-        raise
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
+                lm = PeftModel.from_pretrained(lm, str(art))
+                if merge:
+                    lm = lm.merge_and_unload()
     greedy_generation(lm)
     formatter = PromptFormatter(tok, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
-    model = PromptClassifier(lm, formatter, meta["labels"], meta["head"], meta.get("max_new_tokens", 8),
-                             meta.get("fallback_label"))
-    model.to(dev).eval()
-    return Classifier(model, tok, meta, dev)
+    return PromptClassifier(lm, formatter, meta["labels"], meta["head"], meta.get("max_new_tokens", 8),
+                            meta.get("fallback_label"))
