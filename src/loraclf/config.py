@@ -252,6 +252,13 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "lora": LoraSection, "trai
             "report": ReportConfig}
 
 
+def default(dotted: str) -> Any:
+    """The default of one field, e.g. default("train.eval_batch_size"): other modules (CLI flags,
+    library keyword arguments) take their defaults from here, so each lives in one place."""
+    section, name = dotted.split(".")
+    return getattr(SECTIONS[section](), name)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Coerce a YAML value to the declared field type, or raise ConfigError naming the field."""
     origin = typing.get_origin(tp)

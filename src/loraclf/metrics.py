@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class Metric:
+    """One headline metric: its metrics.json key, how people write it, which way is better, and how
+    many decimals it is shown with. Every table, plot, card and report reads this one list."""
+
+    key: str
+    name: str
+    direction: str  # "max": larger is better; "min": smaller is better
+    digits: int = 4
+
+    def format(self, value) -> str:
+        return "-" if value is None else f"{value:.{self.digits}f}"
+
+
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    Metric("accuracy", "accuracy", "max"),
+    Metric("macro_f1", "macro-F1", "max"),
+    Metric("weighted_f1", "weighted-F1", "max"),
+    Metric("macro_recall", "macro recall", "max"),
+    Metric("roc_auc", "ROC-AUC", "max"),
+    Metric("ece", "ECE", "min"),
+    Metric("loss", "loss", "min"),
+)}
+# The metrics a split is summarised by, in display order (loss is logged, not headlined).
+HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "macro_recall", "roc_auc", "ece")
 # Metrics usable for model selection, and whether larger is better.
-METRIC_DIRECTIONS = {
-    "accuracy": "max",
-    "macro_f1": "max",
-    "weighted_f1": "max",
-    "macro_recall": "max",
-    "roc_auc": "max",
-    "loss": "min",
-    "ece": "min",
-}
+METRIC_DIRECTIONS = {k: m.direction for k, m in METRICS.items()}
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
