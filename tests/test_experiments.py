@@ -4,16 +4,15 @@ all on tiny random models in seconds."""
 
 import csv
 import json
-import re
 
 import pytest
 import yaml
 
 import loraclf
-from conftest import REPO, tiny_overrides
+from conftest import tiny_overrides
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.errors import BudgetError, ConfigError, LoraclfError
+from loraclf.errors import ConfigError, LoraclfError
 from loraclf.experiments import expand_points, load_sweep, point_status, run_search, run_sweep
 
 
@@ -253,78 +252,7 @@ def test_bad_search_spaces(tmp_path, space, needle):
         run_search(_write(tmp_path / "s.yaml", {"space": space, "output_dir": str(tmp_path)}), quiet=True)
 
 
-# ----------------------------------------------------------------------------- lora.r: auto and params
-
-
-def test_auto_rank_picks_the_largest_candidate_within_the_budget(tiny_models, synth_dir, tmp_path):
-    from loraclf.budget import architecture_config, rank_candidates
-
-    model = tiny_models["bert-nopooler"]  # its pooler is missing from the checkpoint: trained, and counted
-    arch, _ = architecture_config(str(model))
-    lo = load_config(None, ["lora.auto_targets=[[query], [query, key, value]]"]).lora
-    cands = rank_candidates(arch, lo, 2, 10**9, missing=["bert.pooler.dense.weight"])["candidates"]
-    by = {(c["r"], tuple(c["target_modules"])): c["trainable"] for c in cands}
-    budget = by[(4, ("query", "key", "value"))] + 1
-    over = sorted(n for n in by.values() if n > budget)[0]
-    run = loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-        "train.epochs": 1, "lora.r": "auto", "train.max_trainable_params": budget,
-        "lora.auto_targets": "[[query], [query, key, value]]"}), quiet=True)
-    m = run.metrics
-    assert m["params"]["trainable"] == m["budget"]["chosen"]["trainable"] <= budget < over
-    assert m["budget"]["chosen"]["trainable"] == max(n for n in by.values() if n <= budget)
-    saved = run.config.lora
-    assert (saved.r, saved.target_modules) == (m["budget"]["chosen"]["r"], m["budget"]["chosen"]["target_modules"])
-    # choosing the rank leaves the seeded run as it was: the same as asking for that rank directly
-    explicit = loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-        "name": "explicit", "train.epochs": 1, "lora.r": saved.r,
-        "lora.target_modules": f"[{', '.join(saved.target_modules)}]"}), quiet=True).metrics
-    assert explicit["test"]["loss"] == pytest.approx(m["test"]["loss"], abs=1e-6)
-    with pytest.raises(BudgetError, match="no candidate fits"):
-        loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-            "name": "none-fits", "lora.r": "auto", "train.max_trainable_params": 50}), quiet=True)
-
-
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2", "electra", "modernbert", "llama"])
-def test_meta_device_counts_equal_random_init_counts(arch, tiny_models):
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from loraclf.budget import count_config
-    from loraclf.config import LoraSection
-    from loraclf.models import apply_method, count_parameters
-
-    cfg = AutoConfig.from_pretrained(tiny_models[arch])
-    cfg.num_labels = 3
-    if cfg.pad_token_id is None:
-        cfg.pad_token_id = 0
-    for method in ("lora", "head", "full"):
-        torch.manual_seed(0)
-        built = apply_method(AutoModelForSequenceClassification.from_config(cfg), None, None, method, LoraSection(r=4))
-        real = count_parameters(built.model, built.modules_to_save)
-        meta = count_config(cfg, method, LoraSection(r=4), 3)
-        assert {k: meta[k] for k in real} == real
-
-
-def test_params_cli(tiny_models, capsys):
-    assert main(["params", "--model", "distilbert-base-uncased", "--config-only", "--num-labels", "2"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"^trainable +739,586 ", out, re.M) and re.search(r"^  lora +147,456$", out, re.M)
-    assert "built-in shape table" in out
-    assert main(["params", "--model", str(tiny_models["bert-nopooler"]), "--num-labels", "2", "--json"]) == 0
-    rep = json.loads(capsys.readouterr().out)
-    assert "bert.pooler.dense" in rep["newly_initialised"] and rep["trainable"] == rep["lora"] + rep["head"]
-    assert main(["params", "--model", "roberta-base", "--config-only", "--num-labels", "4", "--set", "lora.r=auto",
-                 "--set", "train.max_trainable_params=999999",
-                 "--set", "lora.auto_targets=[[query,value],[query,key,value]]"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"^trainable +888,580 ", out, re.M) and re.search(r"r=4 +query\+key\+value +814,852  fits", out)
-    assert re.search(r"r=8 +query\+value +888,580  fits <- chosen", out)
-    assert main(["params", "--model", "no-such-model-anywhere", "--config-only"]) == 2
-    # a sweep file: one line per point
-    assert main(["params", "-c", str(REPO / "recipes" / "sst2-distilbert-baselines.yaml"), "--config-only"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:2] == ["point", "method"]
-    assert [ln.split()[0] for ln in lines[1:]] == ["head", "lora-r8", "lora-r16"] and "887,042" in lines[3]
+# ----------------------------------------------------------------------------- peak memory (the tables' column)
 
 
 def test_peak_memory_is_measured():
