@@ -55,7 +55,7 @@ def test_meta_device_counts_equal_random_init_counts(arch, tiny_models):
 
 def test_roberta_r16_is_not_the_r8_figure():
     rep = param_report(load_config(None, ["model.name=roberta-base", "lora.r=16"]), 4)
-    assert rep["trainable"] == 1_183_492 != 888_580
+    assert rep["trainable"] == 1_183_492  # the reference quoted 888,580, the r=8 figure
     assert rep["lora"] == 2 * 294_912 and rep["head"] == 593_668
 
 

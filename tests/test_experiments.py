@@ -4,6 +4,7 @@ all on tiny random models in seconds."""
 
 import csv
 import json
+import re
 
 import pytest
 import yaml
@@ -68,6 +69,65 @@ def test_sweep_validates_every_point_before_running(tmp_path):
         load_sweep(f)
     with pytest.raises(ConfigError, match="unknown sweep key 'gird'.*did you mean 'grid'"):
         load_sweep(_write(tmp_path / "t.yaml", {"gird": {"lora.r": [4]}}))
+
+
+@pytest.mark.parametrize("kind,spec,needle", [
+    ("sweep", {"grid": {"lora.rr": [4, 8]}}, r"point 'rr4': unknown config field 'lora.rr' \(did you mean 'lora.r'"),
+    ("sweep", {"grid": {"train.epochs": [1, "many"]}}, "config field 'train.epochs' must be a number, got 'many'"),
+    ("sweep", {"grid": {"model.method": ["qlora"]}}, "'model.method' must be one of"),
+    ("sweep", {"points": [{"seed": 1}], "split": "dev"}, "sweep key 'split' must be one of validation, test"),
+    ("sweep", {"points": [{"seed": 1}], "config": [1]}, "sweep key 'config' must be a mapping"),
+    ("sweep", {"points": [{"seed": 1}], "base": "nope.yaml"}, "base config not found: nope.yaml"),
+    ("search", {"space": {"train.lr": [0.1]}, "trails": 3}, "unknown search key 'trails' \\(did you mean 'trials'"),
+    ("search", {"space": {"train.lr": [0.1]}, "trials": "some"}, "search key 'trials' must be an integer"),
+    ("search", {"space": {"train.lr": [0.1]}, "trials": 0}, "trials must be >= 1"),
+    ("search", {"space": {"train.epochs": [1, "x"]}}, "config field 'train.epochs' must be a number, got 'x'"),
+    ("search", {"space": {"lora.bias": {"choices": ["none", "some"]}}}, "'lora.bias' must be one of"),
+    ("search", {"space": {"model.method": {"choices": ["lora", "qlora"]}}}, "'model.method' must be one of"),
+    ("search", {"space": {"lora.r": {"low": "a", "high": 4}}}, "space 'lora.r': low and high must be numbers"),
+    ("search", {"space": {"train.epochs": {"low": 0, "high": 4}}}, "train.epochs must be > 0"),
+    ("search", {"space": {"train.lr": {"low": 1, "high": 2, "type": "complex"}}}, "type must be int or float"),
+    ("search", {"space": {"train.lr": [0.1]}, "metric": "speed"}, "metric must be one of"),
+])
+def test_spec_files_are_validated_like_configs(tmp_path, kind, spec, needle):
+    from loraclf.experiments import load_search
+
+    f = _write(tmp_path / f"{kind}.yaml", spec)
+    with pytest.raises(ConfigError) as e:
+        (load_sweep if kind == "sweep" else load_search)(f)
+    assert re.search(needle, str(e.value)) and "\n" not in str(e.value)
+    assert str(e.value).startswith(str(tmp_path))  # names the file
+
+
+def test_base_file_is_read_like_a_config(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: [1, 2\n")
+    f = _write(tmp_path / "s.yaml", {"base": "base.yaml", "grid": {"lora.r": [2]}})
+    with pytest.raises(ConfigError, match="base.yaml: invalid YAML"):
+        load_sweep(f)
+    (tmp_path / "base.yaml").write_text("model:\n  method: head\n")
+    assert load_sweep(f).points[0].config.model.method == "head"
+
+
+def test_file_kind(tmp_path):
+    from loraclf.experiments import file_kind
+
+    assert file_kind(_write(tmp_path / "a.yaml", {"grid": {"lora.r": [2]}})) == "sweep"
+    assert file_kind(_write(tmp_path / "b.yaml", {"points": []})) == "sweep"
+    assert file_kind(_write(tmp_path / "c.yaml", {"space": {}})) == "search"
+    assert file_kind(_write(tmp_path / "d.yaml", {"train": {"lr": 1}})) == "config"
+    with pytest.raises(ConfigError, match="not found"):
+        file_kind(tmp_path / "e.yaml")
+
+
+def test_search_without_optuna_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from loraclf.errors import EnvironmentError_
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if it were not installed
+    f = _write(tmp_path / "s.yaml", {"space": {"train.lr": [0.1, 0.2]}, "output_dir": str(tmp_path / "o")})
+    with pytest.raises(EnvironmentError_, match=r"^optuna is not installed: pip install 'loraclf\[search\]'$"):
+        run_search(f, quiet=True)
 
 
 # ----------------------------------------------------------------------------- sweeps

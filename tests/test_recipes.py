@@ -57,9 +57,7 @@ def _counts(path, sets=(), config_only=None) -> dict:
 def test_every_shipped_yaml_file_is_a_valid_config_sweep_or_search():
     assert {"quickstart.yaml", "tweeteval-base.yaml"} <= {p.name for p in SHIPPED}  # examples/decoders/ included
     for path in SHIPPED:
-        configs = _configs(path)
-        assert configs, path
-        for cfg in configs.values():
+        for cfg in _configs(path).values():
             assert cfg.data.path or cfg.data.train, f"{path}: no data"
 
 

@@ -263,6 +263,10 @@ def choices(dotted: str) -> tuple:
     return tuple(_declared(dotted).metadata.get("choices", ()))
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
 def _coerce(value: Any, tp: Any, what: str) -> Any:
     """Coerce a YAML value to the declared field type, or raise ConfigError naming the field
     (`what`, e.g. "config field 'train.lr'")."""
@@ -278,7 +282,7 @@ def _coerce(value: Any, tp: Any, what: str) -> Any:
                 return _coerce(value, a, what)
             except ConfigError:
                 pass
-        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        names = " or ".join(_TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
         raise ConfigError(f"{what} must be {names}, got {value!r}")
     if value is None:
         raise ConfigError(f"{what} must not be null")

@@ -522,6 +522,8 @@ def _check_space(space: Any, where: str) -> None:
             raise ConfigError(f"{where}: space '{k}': unknown key {sorted(bad)[0]!r} (low, high, log, step, type)")
         if s.get("type") not in (None, "int", "float"):
             raise ConfigError(f"{where}: space '{k}': type must be int or float, got {s['type']!r}")
+        if not all(isinstance(s[b], (int, float)) and not isinstance(s[b], bool) for b in ("low", "high")):
+            raise ConfigError(f"{where}: space '{k}': low and high must be numbers, got {s['low']!r}, {s['high']!r}")
         _check_fields({k: s["low"]}, f"{where}: space")
         _check_fields({k: s["high"]}, f"{where}: space")
         if not s["low"] < s["high"]:
