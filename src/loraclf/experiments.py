@@ -103,7 +103,8 @@ def read_spec(path: str | Path, cls: type, kind: str) -> Any:
     try:
         return build_typed(cls, tree, f"{kind} key")
     except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
+        listing = f"; {kind} keys: {keys}" if str(e).startswith(f"unknown {kind} key") else ""
+        raise ConfigError(f"{p}: {e}{listing}") from None
 
 
 def file_kind(path: str | Path) -> str:
