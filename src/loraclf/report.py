@@ -591,25 +591,17 @@ def make_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] 
     return out
 
 
-def after_run(run_dir: Path, cfg, quiet: bool = False, train: Optional[list[str]] = None) -> None:
-    """The post-training hook: the report (unless report.enabled is false), then close the trackers.
-    `train` is the run's train texts, as loaded before any token-length filter."""
-    from . import tracking
-
-    files: list[Path] = []
-    if cfg.report.enabled:
-        try:
-            files.append(make_report(run_dir, quiet=quiet, train=train))
-            files.append(Path(run_dir) / "plots")
-        except Exception as ex:  # the run itself is complete and valid; never lose it to a plotting error
-            log.warning("the report could not be made (%s: %s); the run is complete. Retry with: loraclf report %s",
-                        type(ex).__name__, ex, run_dir)
-    metrics = None
+def after_run(run_dir: Path, cfg, quiet: bool = False, train: Optional[list[str]] = None) -> list[Path]:
+    """The post-training report (unless report.enabled is false); returns the files a tracker should
+    keep. `train` is the run's train texts, as loaded before any token-length filter."""
+    if not cfg.report.enabled:
+        return []
     try:
-        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        pass
-    tracking.finish(Path(run_dir), metrics, files)
+        return [make_report(run_dir, quiet=quiet, train=train), Path(run_dir) / "plots"]
+    except Exception as ex:  # the run itself is complete and valid; never lose it to a plotting error
+        log.warning("the report could not be made (%s: %s); the run is complete. Retry with: loraclf report %s",
+                    type(ex).__name__, ex, run_dir)
+        return []
 
 
 # ---------------------------------------------------------------- comparison
