@@ -29,10 +29,9 @@ def test_speed_harness_on_a_random_shape(shape, tok, tiny_models, synth_dir, tmp
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     for side in ("peer", "loraclf"):
         r = res[side]
-        assert r["samples_per_s"] > 0 and r["predict_per_s"] > 0 and 0 <= r["accuracy"] <= 1
+        assert r["samples_per_s"] > 0 and r["predict_per_s"] > 0
     assert res["loraclf"]["predict_cli_per_s"] > 0
     assert res["peer"]["trainable_params"] == res["loraclf"]["trainable_params"]  # both train the same weights
-    assert res["train_speedup"] == pytest.approx(res["loraclf"]["samples_per_s"] / res["peer"]["samples_per_s"])
     assert res["train_rows"] == 240 and res["predict_rows"] == 150
     assert "| ratio |" in capsys.readouterr().out
 

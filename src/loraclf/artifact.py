@@ -146,6 +146,8 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
 @contextlib.contextmanager
 def _loading(art: Path):
     """transformers kept quiet, and a failed load as a one-line ModelError naming the artifact."""
+    from safetensors import SafetensorError
+
     from .models.build import quiet_hf
 
     try:
@@ -153,5 +155,5 @@ def _loading(art: Path):
             yield
     except LoraclfError:
         raise
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated weight file is the last
         raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None

@@ -30,13 +30,16 @@ def test_lora_flow(arch, tiny_models, synth_dir, tmp_path):
     assert not (d / "checkpoints").exists() and not list(d.glob(".partial*"))
     m = run.metrics
     assert m["params"]["lora"] > 0 and m["params"]["head"] > 0
-    assert m["test"]["n"] == 60 and 0 <= m["test"]["accuracy"] <= 1
+    assert m["test"]["n"] == 60
     assert {"accuracy", "macro_f1", "weighted_f1", "macro_recall", "roc_auc", "ece", "per_class", "confusion_matrix",
             "confidence"} <= set(m["test"])
     assert any(h["type"] == "eval" for h in run.history)
 
     labels = m["labels"]
     texts, saved = _pred_csv_probs(d, "test", labels)
+    with open(d / "predictions" / "test.csv", newline="") as fh:
+        gold = [labels.index(r["gold"]) for r in csv.DictReader(fh)]
+    assert m["test"]["accuracy"] == pytest.approx(float(np.mean(saved.argmax(1) == np.array(gold))))
     clf = loraclf.load(d)
     assert clf.labels == labels
     reloaded = clf.predict_proba(texts)

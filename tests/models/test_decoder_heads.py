@@ -10,7 +10,6 @@ from loraclf.config import LoraSection, ModelConfig
 from loraclf.data import Collator, encode
 from loraclf.models import apply_method, build_prompt_model
 from loraclf.models.build import load_base
-from loraclf.models.prompting import PromptSpec, pick_examples
 
 TEXTS = ["good film", "the plot was very dull and the ending was boring", "a", "lovely music and a great cast"]
 
@@ -85,21 +84,12 @@ def test_generate_parsing_and_fallback(tiny_models):
     assert clf.labels[clf.fallback] == "positive"
 
 
-def test_few_shot_examples_are_seeded_and_in_the_prompt(tiny_models):
-    texts = [f"text number {i:02d} ends" for i in range(20)]
-    labels = np.array([i % 2 for i in range(20)])
-    a = pick_examples(texts, labels, ["negative", "positive"], 4, seed=1)
-    assert a == pick_examples(texts, labels, ["negative", "positive"], 4, seed=1)
-    assert sorted(lab for _, lab in a) == ["negative", "negative", "positive", "positive"]
-    cfg = ModelConfig(name=str(tiny_models["qwen2"]), method="zero-shot", head="verbalizer", few_shot=2)
-    built = build_prompt_model(cfg, LoraSection(), ["negative", "positive"], texts, labels, 1)
-    prompt = built.tokenizer.decode(built.model.formatter.prefix_ids)
-    assert sum(t in prompt for t in texts) == 2
-
-
-def test_prompt_spec_round_trip():
-    spec = PromptSpec("Review: {text}", {"a": ["x", "y"]}, False, "sys", [("t", "a")])
-    assert PromptSpec.from_dict(spec.to_dict()) == spec
+def test_prompt_heads_need_a_decoder_and_zero_shot_needs_a_prompt_head(tiny_models, synth_dir, tmp_path):
+    with pytest.raises(loraclf.LoraclfError, match="zero-shot needs model.head"):
+        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"model.method": "zero-shot"}))
+    with pytest.raises(loraclf.LoraclfError, match="needs a decoder"):
+        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{
+            "model.method": "zero-shot", "model.head": "verbalizer"}), quiet=True)
 
 
 @pytest.mark.parametrize("head,method", [("verbalizer", "zero-shot"), ("verbalizer", "lora"), ("generate", "lora")])
@@ -114,30 +104,11 @@ def test_prompt_head_runs_write_the_same_run_directory(head, method, tiny_models
     assert (m["params"]["trainable"] == 0) == (method == "zero-shot")
     if head == "generate":
         g = m["test"]["generation"]
-        assert g["outputs"] == 20 and 0 <= g["unparsed"] <= 20 and len(g["samples"]) == 20
+        assert g["outputs"] == 20 and len(g["samples"]) == 20
+        assert g["unparsed"] == sum(not s["parsed"] for s in g["samples"])
     import csv
 
     rows = list(csv.DictReader(open(run.path / "predictions" / "test.csv")))
     saved = np.array([[float(r["p_negative"]), float(r["p_positive"])] for r in rows])
     clf = loraclf.load(run.path)
     np.testing.assert_allclose(clf.predict_proba([r["text"] for r in rows]), saved, atol=1e-4)
-
-
-def test_prompt_heads_need_a_decoder_and_zero_shot_needs_a_prompt_head(tiny_models, synth_dir, tmp_path):
-    with pytest.raises(loraclf.LoraclfError, match="zero-shot needs model.head"):
-        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"model.method": "zero-shot"}))
-    with pytest.raises(loraclf.LoraclfError, match="needs a decoder"):
-        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{
-            "model.method": "zero-shot", "model.head": "verbalizer"}), quiet=True)
-
-
-def test_prompt_that_leaves_no_room_for_the_text_is_an_error(tiny_models):
-    cfg = ModelConfig(name=str(tiny_models["llama"]), method="zero-shot", head="verbalizer", few_shot=4)
-    texts = [f"a rather long example text number {i} " * 5 for i in range(8)]
-    built = build_prompt_model(cfg, LoraSection(), ["negative", "positive"], texts, np.array([0, 1] * 4), 0)
-    with pytest.raises(loraclf.LoraclfError, match="leaving"):
-        built.model.formatter.encode(TEXTS, None, 128)
-    with pytest.raises(loraclf.LoraclfError, match="exactly once"):
-        build_prompt_model(ModelConfig(name=str(tiny_models["llama"]), method="zero-shot", head="verbalizer",
-                                       prompt="{text} and {text}"),
-                           LoraSection(), ["a", "b"], TEXTS, np.array([0, 1, 0, 1]), 0)
