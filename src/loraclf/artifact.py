@@ -155,5 +155,5 @@ def _loading(art: Path):
             yield
     except LoraclfError:
         raise
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated weight file is the last
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # SafetensorError: a truncated weight file
         raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None

@@ -293,6 +293,14 @@ def _label_names(df, col: str, names: Optional[list[str]], where: str) -> list[s
     return out
 
 
+def _labelled_rows(df, cols: list[str], label_column: str, names: Optional[list[str]], where: str,
+                   what: str) -> tuple[list[list[str]], list[str]]:
+    """Text columns and label names of a labelled table that must not be empty (`what` names it)."""
+    if len(df) == 0:
+        raise DataError(f"{where}: {what} has no rows")
+    return read_texts(df, cols, where), _label_names(df, label_column, names, where)
+
+
 def _text_columns(cfg: DataConfig) -> list[str]:
     cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
     if not 1 <= len(cols) <= 2:
@@ -331,10 +339,7 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
     keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
     raw: dict[str, tuple[list[list[str]], list[str], str]] = {}
     for split, (df, where) in frames.items():
-        if len(df) == 0:
-            raise DataError(f"{where}: the {split} split has no rows")
-        texts = read_texts(df, cols, where)
-        labels = _label_names(df, cfg.label_column, names_cfg, where)
+        texts, labels = _labelled_rows(df, cols, cfg.label_column, names_cfg, where, f"the {split} split")
         if keep is not None:
             rows = [i for i, lab in enumerate(labels) if lab in keep]
             if not rows:
@@ -411,10 +416,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
         raise DataError("no data: give a dataset folder or file")
     if path is not None:
         df, where = read_table(path, cfg.format), str(path)
-    if len(df) == 0:
-        raise DataError(f"{where}: the file has no rows")
-    texts = read_texts(df, cols, where)
-    labels = _label_names(df, cfg.label_column, names, where)
+    texts, labels = _labelled_rows(df, cols, cfg.label_column, names, where, "the file")
     return texts[0], texts[1] if len(texts) > 1 else None, labels, where
 
 
