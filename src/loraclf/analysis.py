@@ -99,21 +99,23 @@ def confusion_pairs(texts: Sequence[str], y: np.ndarray, probs: np.ndarray, labe
 
 
 def roc_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """False and true positive rates of a one-vs-rest ROC curve and the area under it (scikit-learn's
-    ``roc_curve`` and ``auc``: equal to ``roc_auc_score``). `pos` needs both classes."""
+    """False and true positive rates at every distinct threshold (scikit-learn's ``roc_curve``) and
+    the area under them (``auc``; equals ``roc_auc_score``). `pos` needs both classes."""
     from sklearn.metrics import auc, roc_curve
 
-    fpr, tpr, _ = roc_curve(pos, score)
+    fpr, tpr, _ = roc_curve(pos, score, drop_intermediate=False)
     return fpr, tpr, float(auc(fpr, tpr))
 
 
 def pr_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Precision, recall and average precision of a one-vs-rest precision-recall curve
-    (scikit-learn's ``precision_recall_curve`` and ``average_precision_score``)."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    """Precision and recall at every distinct threshold (scikit-learn's ``precision_recall_curve``),
+    and the average precision of that curve: the step-wise sum of precision over the recall gained,
+    ``average_precision_score``'s definition, summed from recall 0 up."""
+    from sklearn.metrics import precision_recall_curve
 
     precision, recall, _ = precision_recall_curve(pos, score)
-    return precision, recall, float(average_precision_score(pos, score))
+    p, r = precision[::-1], recall[::-1]  # increasing recall, from (recall 0, precision 1)
+    return p, r, float(np.sum(np.diff(r) * p[1:]))
 
 
 def ranking(y: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict:
