@@ -170,7 +170,7 @@ def card_body(metrics: dict, config: dict, meta: dict, findings: Optional[list[s
     if split:
         m = metrics[split]
         headline = {"n": f"{m['n']:,}", "text": " and ".join(
-            f"{METRICS[k].name} **{METRICS[k].format(m[k])}**" for k in ("accuracy", "macro_f1"))}
+            f"{METRICS[k].name} **{METRICS[k].format(m[k])}**" for k in HEADLINE[:2])}
     eval_table, per_label_table = _eval_tables(metrics, split)
     return _environment().get_template("model_card.md.j2").render(
         run=metrics.get("run") or "model", method=model.get("method") or meta.get("method"), base=base,

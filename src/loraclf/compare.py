@@ -17,8 +17,11 @@ import yaml
 
 from . import tables
 from .errors import LoraclfError
+from .metrics import METRICS
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+# The headline metrics a comparison row (and results.csv) carries, besides F1 per label.
+ROW_METRICS = ("accuracy", "macro_f1")
 
 
 def dotted(tree: dict, key: str) -> Any:
@@ -104,8 +107,7 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
         "trainable_pct": params.get("trainable_pct"),
         "split": split,
         "n": sm.get("n"),
-        "accuracy": sm.get("accuracy"),
-        "macro_f1": sm.get("macro_f1"),
+        **{k: sm.get(k) for k in ROW_METRICS},
         "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or {}).items()},
         "confusion_matrix": sm.get("confusion_matrix"),
         "labels": m.get("labels") or list((sm.get("per_class") or {}).keys()),
@@ -185,9 +187,11 @@ def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
     cols += [
         ("trainable params", lambda r: _num(r.get("trainable"))),
         ("% of total", lambda r: _num(r.get("trainable_pct"), "{:.2f}%")),
-        (f"accuracy ({split})", lambda r: _num(r.get("accuracy"), "{:.4f}")),
-        ("macro-F1", lambda r: _num(r.get("macro_f1"), "{:.4f}")),
     ]
+    for i, k in enumerate(ROW_METRICS):  # the first is named with the split the numbers are from
+        m = METRICS[k]
+        cols.append((f"{m.name} ({split})" if i == 0 else m.name,
+                     lambda r, m=m: _num(r.get(m.key), f"{{:.{m.digits}f}}")))
     for lab in _labels(rows):
         cols.append((f"F1 {lab}", lambda r, lab=lab: _num((r.get("per_class_f1") or {}).get(lab), "{:.4f}")))
     cols += [
@@ -209,7 +213,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 def csv_fields(rows: Sequence[dict]) -> list[str]:
     return (["run", "status", "model", "method", "targets", "r", "alpha"] + _extra_keys(rows)
-            + ["trainable_params", "total_params", "trainable_pct", "split", "n", "accuracy", "macro_f1"]
+            + ["trainable_params", "total_params", "trainable_pct", "split", "n", *ROW_METRICS]
             + [f"f1_{lab}" for lab in _labels(rows)]
             + ["validation_best", "train_seconds", "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path"])
 
@@ -222,7 +226,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
         w.writeheader()
         for r in rows:
             rec = {k: r.get(k) for k in ("run", "status", "model", "method", "targets", "r", "alpha", "split", "n",
-                                         "accuracy", "macro_f1", "trainable_pct", "validation_best", "train_seconds",
+                                         *ROW_METRICS, "trainable_pct", "validation_best", "train_seconds",
                                          "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path")}
             rec["trainable_params"], rec["total_params"] = r.get("trainable"), r.get("total")
             for k in _extra_keys(rows):
