@@ -2,12 +2,16 @@
 
 import csv
 import io
+import json
+import logging
+import os
 import sys
 
 import pytest
 
 from conftest import synthetic_rows, tiny_overrides, write_csv
-from loraclf.cli import main
+from loraclf.cli import build_parser, main, setup_process
+from loraclf.config import default
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +94,8 @@ def test_predict_errors(trained, tmp_path, capsys):
 
 def test_evaluate(trained, synth_dir, tmp_path, capsys):
     assert main(["evaluate", str(trained), "--data", str(synth_dir), "-q", "-o", str(tmp_path / "m.json")]) == 0
-    assert "test: n=60 accuracy=" in capsys.readouterr().out
-    assert (tmp_path / "m.json").exists()
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert f"test: n=60 accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f}" in capsys.readouterr().out
 
 
 def test_models_and_config(capsys):
@@ -152,3 +156,27 @@ def test_predict_pairs_reads_both_columns(tiny_models, tmp_path, capsys):
     only_a = write_csv(tmp_path / "a.csv", [(r[0],) for r in rows[:5]], header=("a",))
     assert main(["predict", str(tmp_path / "run"), "-i", str(only_a), "-q"]) == 2
     assert "no column 'b'" in _error_line(capsys)
+
+
+def test_flag_defaults_come_from_the_config():
+    parser = build_parser()
+    predict = parser.parse_args(["predict", "run"])
+    assert predict.batch_size == default("train.eval_batch_size") and predict.format == default("data.format")
+    assert parser.parse_args(["evaluate", "run", "--data", "d"]).batch_size == default("train.eval_batch_size")
+    assert parser.parse_args(["params", "--method", "zero-shot"]).method == "zero-shot"  # model.method's choices
+
+
+def test_process_set_up_quiet(monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(logging.getLogger("loraclf"), "level", logging.NOTSET)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    was = hf_logging.is_progress_bar_enabled()
+    try:
+        setup_process(quiet=True)
+        assert logging.getLogger("loraclf").level == logging.ERROR
+        assert not hf_logging.is_progress_bar_enabled()
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

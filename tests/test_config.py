@@ -1,13 +1,22 @@
 import pytest
 
-from loraclf.config import Config, load_config, parse_override, reference
+from loraclf.config import (
+    Config,
+    check_field,
+    choices,
+    default,
+    flatten,
+    load_config,
+    parse_override,
+    reference,
+    set_dotted,
+)
 from loraclf.errors import ConfigError
 
 
 def test_defaults_and_overrides_are_typed():
     cfg = load_config(None, ["train.lr=3e-4", "lora.r=16", "train.eval_steps=50", "data.text_column=[a, b]",
                              "model.trust_remote_code=false"])
-    assert isinstance(cfg, Config)
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.lora.r == 16 and isinstance(cfg.lora.r, int)
     assert cfg.train.eval_steps == 50
@@ -77,3 +86,46 @@ def test_reference_documents_every_field():
         for f in dataclasses.fields(cls):
             assert f"`{name}.{f.name}`" in ref
             assert f.metadata.get("help"), f"{name}.{f.name} has no help text"
+
+
+def test_default_and_choices_read_the_dataclasses():
+    assert default("train.eval_batch_size") == Config().train.eval_batch_size == 128
+    assert default("output_dir") == "runs" and default("lora.auto_ranks") == [1, 2, 4, 8, 16, 32, 64]
+    default("lora.auto_ranks").append(128)  # a fresh list each time: defaults cannot be changed by callers
+    assert default("lora.auto_ranks")[-1] == 64
+    assert choices("model.method") == ("lora", "head", "full", "zero-shot") and choices("train.lr") == ()
+    with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
+        default("train.lrr")
+
+
+def test_check_field_uses_the_config_types():
+    assert check_field("lora.r", "4") == 4 and check_field("train.lr", "1e-3") == pytest.approx(1e-3)
+    assert check_field("lora.target_modules", ["query"]) == ["query"]
+    for dotted, value, needle in [("train.lrr", 1, "unknown config field 'train.lrr' (did you mean 'train.lr'?)"),
+                                  ("train.epochs", "many", "config field 'train.epochs' must be a number"),
+                                  ("model.method", "qlora", "'model.method' must be one of")]:
+        with pytest.raises(ConfigError) as e:
+            check_field(dotted, value)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_set_dotted_and_flatten_are_inverse():
+    tree: dict = {"train": 3}
+    set_dotted(tree, "train.lr", 0.1)  # a non-mapping parent is replaced
+    set_dotted(tree, "lora.target_modules", ["q"])
+    set_dotted(tree, "seed", 1)
+    assert tree == {"train": {"lr": 0.1}, "lora": {"target_modules": ["q"]}, "seed": 1}
+    assert flatten(tree) == {"train.lr": 0.1, "lora.target_modules": ["q"], "seed": 1}
+
+
+def test_a_named_tracker_need_not_be_installed_to_load(monkeypatch, tmp_path):
+    """Reading a config never checks the machine: a W&B run's config.yaml loads without wandb
+    (tracking.check_installed does that when a run starts)."""
+    from loraclf import tracking
+
+    monkeypatch.setattr(tracking, "tracker_installed", lambda name: False)
+    cfg = load_config(None, ["report.trackers=[wandb, mlflow]"])
+    cfg.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").report.trackers == ["wandb", "mlflow"]
+    with pytest.raises(ConfigError, match="unknown tracker 'neptune'"):
+        load_config(None, ["report.trackers=[neptune]"])

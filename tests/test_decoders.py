@@ -8,7 +8,8 @@ import loraclf
 from conftest import DECODERS, tiny_overrides
 from loraclf.config import LoraSection, ModelConfig
 from loraclf.data import Collator, encode
-from loraclf.models import build_model, build_prompt_model
+from loraclf.models import apply_method, build_prompt_model
+from loraclf.models.build import load_base
 from loraclf.models.prompting import PromptSpec, pick_examples
 
 TEXTS = ["good film", "the plot was very dull and the ending was boring", "a", "lovely music and a great cast"]
@@ -27,8 +28,9 @@ def _batch_vs_single(model, enc, pad_id, left):
 
 @pytest.mark.parametrize("arch", DECODERS)
 def test_classifier_head_pools_the_last_real_token(arch, tiny_models):
-    built = build_model(ModelConfig(name=str(tiny_models[arch]), attn_implementation="eager"), LoraSection(), 2,
-                        {0: "neg", 1: "pos"})
+    model, tok, resolved, missing = load_base(ModelConfig(name=str(tiny_models[arch]), attn_implementation="eager"),
+                                              2, {0: "neg", 1: "pos"})
+    built = apply_method(model, tok, resolved, "lora", LoraSection(), missing)
     tok, model = built.tokenizer, built.model.eval()
     if arch == "llama":
         assert tok.pad_token_id == tok.eos_token_id  # the tokenizer has no pad token: pad == eos

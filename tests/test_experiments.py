@@ -1,6 +1,6 @@
-"""Sweeps (grid/list, skip finished, resume interrupted, failed points, tables, plot), Optuna
-search (pruning, shared storage, best.yaml), `lora.r: auto` and `loraclf params`, all on tiny
-random models in seconds. `loraclf compare` is in test_compare.py."""
+"""Sweeps (grid/list, skip finished, resume interrupted, failed points, tables, plot) and Optuna
+search (pruning, shared storage, best.yaml), all on tiny random models in seconds. `loraclf
+compare` is in test_compare.py; `lora.r: auto` and `loraclf params` in test_budget.py."""
 
 import csv
 import json
@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 import loraclf
-from conftest import REPO, tiny_overrides
+from conftest import tiny_overrides
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.errors import BudgetError, ConfigError, LoraclfError
+from loraclf.errors import ConfigError, LoraclfError
 from loraclf.experiments import expand_points, load_sweep, point_status, run_search, run_sweep
 
 
@@ -69,6 +69,65 @@ def test_sweep_validates_every_point_before_running(tmp_path):
         load_sweep(f)
     with pytest.raises(ConfigError, match="unknown sweep key 'gird'.*did you mean 'grid'"):
         load_sweep(_write(tmp_path / "t.yaml", {"gird": {"lora.r": [4]}}))
+
+
+@pytest.mark.parametrize("kind,spec,needle", [
+    ("sweep", {"grid": {"lora.rr": [4, 8]}}, r"point 'rr4': unknown config field 'lora.rr' \(did you mean 'lora.r'"),
+    ("sweep", {"grid": {"train.epochs": [1, "many"]}}, "config field 'train.epochs' must be a number, got 'many'"),
+    ("sweep", {"grid": {"model.method": ["qlora"]}}, "'model.method' must be one of"),
+    ("sweep", {"points": [{"seed": 1}], "split": "dev"}, "sweep key 'split' must be one of validation, test"),
+    ("sweep", {"points": [{"seed": 1}], "config": [1]}, "sweep key 'config' must be a mapping"),
+    ("sweep", {"points": [{"seed": 1}], "base": "nope.yaml"}, "base config not found: nope.yaml"),
+    ("search", {"space": {"train.lr": [0.1]}, "trails": 3}, "unknown search key 'trails' \\(did you mean 'trials'"),
+    ("search", {"space": {"train.lr": [0.1]}, "trials": "some"}, "search key 'trials' must be an integer"),
+    ("search", {"space": {"train.lr": [0.1]}, "trials": 0}, "trials must be >= 1"),
+    ("search", {"space": {"train.epochs": [1, "x"]}}, "config field 'train.epochs' must be a number, got 'x'"),
+    ("search", {"space": {"lora.bias": {"choices": ["none", "some"]}}}, "'lora.bias' must be one of"),
+    ("search", {"space": {"model.method": {"choices": ["lora", "qlora"]}}}, "'model.method' must be one of"),
+    ("search", {"space": {"lora.r": {"low": "a", "high": 4}}}, "space 'lora.r': low and high must be numbers"),
+    ("search", {"space": {"train.epochs": {"low": 0, "high": 4}}}, "train.epochs must be > 0"),
+    ("search", {"space": {"train.lr": {"low": 1, "high": 2, "type": "complex"}}}, "type must be int or float"),
+    ("search", {"space": {"train.lr": [0.1]}, "metric": "speed"}, "metric must be one of"),
+])
+def test_spec_files_are_validated_like_configs(tmp_path, kind, spec, needle):
+    from loraclf.experiments import load_search
+
+    f = _write(tmp_path / f"{kind}.yaml", spec)
+    with pytest.raises(ConfigError) as e:
+        (load_sweep if kind == "sweep" else load_search)(f)
+    assert re.search(needle, str(e.value)) and "\n" not in str(e.value)
+    assert str(e.value).startswith(str(tmp_path))  # names the file
+
+
+def test_base_file_is_read_like_a_config(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: [1, 2\n")
+    f = _write(tmp_path / "s.yaml", {"base": "base.yaml", "grid": {"lora.r": [2]}})
+    with pytest.raises(ConfigError, match="base.yaml: invalid YAML"):
+        load_sweep(f)
+    (tmp_path / "base.yaml").write_text("model:\n  method: head\n")
+    assert load_sweep(f).points[0].config.model.method == "head"
+
+
+def test_file_kind(tmp_path):
+    from loraclf.experiments import file_kind
+
+    assert file_kind(_write(tmp_path / "a.yaml", {"grid": {"lora.r": [2]}})) == "sweep"
+    assert file_kind(_write(tmp_path / "b.yaml", {"points": []})) == "sweep"
+    assert file_kind(_write(tmp_path / "c.yaml", {"space": {}})) == "search"
+    assert file_kind(_write(tmp_path / "d.yaml", {"train": {"lr": 1}})) == "config"
+    with pytest.raises(ConfigError, match="not found"):
+        file_kind(tmp_path / "e.yaml")
+
+
+def test_search_without_optuna_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from loraclf.errors import EnvironmentError_
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if it were not installed
+    f = _write(tmp_path / "s.yaml", {"space": {"train.lr": [0.1, 0.2]}, "output_dir": str(tmp_path / "o")})
+    with pytest.raises(EnvironmentError_, match=r"^optuna is not installed: pip install 'loraclf\[search\]'$"):
+        run_search(f, quiet=True)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -222,78 +281,7 @@ def test_bad_search_spaces(tmp_path, space, needle):
         run_search(_write(tmp_path / "s.yaml", {"space": space, "output_dir": str(tmp_path)}), quiet=True)
 
 
-# ----------------------------------------------------------------------------- lora.r: auto and params
-
-
-def test_auto_rank_picks_the_largest_candidate_within_the_budget(tiny_models, synth_dir, tmp_path):
-    from loraclf.budget import architecture_config, rank_candidates
-
-    model = tiny_models["bert-nopooler"]  # its pooler is missing from the checkpoint: trained, and counted
-    arch, _ = architecture_config(str(model))
-    lo = load_config(None, ["lora.auto_targets=[[query], [query, key, value]]"]).lora
-    cands = rank_candidates(arch, lo, 2, 10**9, missing=["bert.pooler.dense.weight"])["candidates"]
-    by = {(c["r"], tuple(c["target_modules"])): c["trainable"] for c in cands}
-    budget = by[(4, ("query", "key", "value"))] + 1
-    over = sorted(n for n in by.values() if n > budget)[0]
-    run = loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-        "train.epochs": 1, "lora.r": "auto", "train.max_trainable_params": budget,
-        "lora.auto_targets": "[[query], [query, key, value]]"}), quiet=True)
-    m = run.metrics
-    assert m["params"]["trainable"] == m["budget"]["chosen"]["trainable"] <= budget < over
-    assert m["budget"]["chosen"]["trainable"] == max(n for n in by.values() if n <= budget)
-    saved = run.config.lora
-    assert (saved.r, saved.target_modules) == (m["budget"]["chosen"]["r"], m["budget"]["chosen"]["target_modules"])
-    # choosing the rank leaves the seeded run as it was: the same as asking for that rank directly
-    explicit = loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-        "name": "explicit", "train.epochs": 1, "lora.r": saved.r,
-        "lora.target_modules": f"[{', '.join(saved.target_modules)}]"}), quiet=True).metrics
-    assert explicit["test"]["loss"] == pytest.approx(m["test"]["loss"], abs=1e-6)
-    with pytest.raises(BudgetError, match="no candidate fits"):
-        loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-            "name": "none-fits", "lora.r": "auto", "train.max_trainable_params": 50}), quiet=True)
-
-
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2", "electra", "modernbert", "llama"])
-def test_meta_device_counts_equal_random_init_counts(arch, tiny_models):
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from loraclf.budget import count_config
-    from loraclf.config import LoraSection
-    from loraclf.models import apply_method, count_parameters
-
-    cfg = AutoConfig.from_pretrained(tiny_models[arch])
-    cfg.num_labels = 3
-    if cfg.pad_token_id is None:
-        cfg.pad_token_id = 0
-    for method in ("lora", "head", "full"):
-        torch.manual_seed(0)
-        built = apply_method(AutoModelForSequenceClassification.from_config(cfg), None, None, method, LoraSection(r=4))
-        real = count_parameters(built.model, built.modules_to_save)
-        meta = count_config(cfg, method, LoraSection(r=4), 3)
-        assert {k: meta[k] for k in real} == real
-
-
-def test_params_cli(tiny_models, capsys):
-    assert main(["params", "--model", "distilbert-base-uncased", "--config-only", "--num-labels", "2"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"^trainable +739,586 ", out, re.M) and re.search(r"^  lora +147,456$", out, re.M)
-    assert "built-in shape table" in out
-    assert main(["params", "--model", str(tiny_models["bert-nopooler"]), "--num-labels", "2", "--json"]) == 0
-    rep = json.loads(capsys.readouterr().out)
-    assert "bert.pooler.dense" in rep["newly_initialised"] and rep["trainable"] == rep["lora"] + rep["head"]
-    assert main(["params", "--model", "roberta-base", "--config-only", "--num-labels", "4", "--set", "lora.r=auto",
-                 "--set", "train.max_trainable_params=999999",
-                 "--set", "lora.auto_targets=[[query,value],[query,key,value]]"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"^trainable +888,580 ", out, re.M) and re.search(r"r=4 +query\+key\+value +814,852  fits", out)
-    assert re.search(r"r=8 +query\+value +888,580  fits <- chosen", out)
-    assert main(["params", "--model", "no-such-model-anywhere", "--config-only"]) == 2
-    # a sweep file: one line per point
-    assert main(["params", "-c", str(REPO / "recipes" / "sst2-distilbert-baselines.yaml"), "--config-only"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:2] == ["point", "method"]
-    assert [ln.split()[0] for ln in lines[1:]] == ["head", "lora-r8", "lora-r16"] and "887,042" in lines[3]
+# ----------------------------------------------------------------------------- peak memory (the tables' column)
 
 
 def test_peak_memory_is_measured():

@@ -8,19 +8,19 @@ from conftest import tiny_overrides
 
 
 def _interrupt_after_first_eval(monkeypatch, overrides) -> None:
-    real = loraclf.loop.evaluate_encoded
+    real = loraclf.loop.Trainer.evaluate
     calls = {"n": 0}
 
-    def crash_on_second_eval(*a, **kw):
+    def crash_on_second_eval(self):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(*a, **kw)
+        return real(self)
 
-    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", crash_on_second_eval)
+    monkeypatch.setattr(loraclf.loop.Trainer, "evaluate", crash_on_second_eval)
     with pytest.raises(KeyboardInterrupt):
         loraclf.train(None, overrides, quiet=True)
-    monkeypatch.setattr(loraclf.loop, "evaluate_encoded", real)
+    monkeypatch.setattr(loraclf.loop.Trainer, "evaluate", real)
 
 
 @pytest.mark.parametrize("accum", [1, 4])  # 15 batches per epoch: 4 does not divide them
@@ -122,7 +122,7 @@ def test_auto_precision_on_gpu_is_mixed():
 
 
 def test_resume_after_early_stop_trains_no_more(tiny_models, synth_dir, tmp_path, monkeypatch):
-    import loraclf.run
+    import loraclf.tasks
 
     ov = tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{
         "train.lr": 1e-12, "train.epochs": 5, "train.eval_steps": 3, "train.early_stopping_patience": 1})
@@ -131,11 +131,11 @@ def test_resume_after_early_stop_trains_no_more(tiny_models, synth_dir, tmp_path
     def die(*a, **kw):  # the process dies after training, during the final evaluation
         raise KeyboardInterrupt
 
-    real = loraclf.run._write_predictions
-    monkeypatch.setattr(loraclf.run, "_write_predictions", die)
+    real = loraclf.tasks.SingleLabel.write_predictions
+    monkeypatch.setattr(loraclf.tasks.SingleLabel, "write_predictions", die)
     with pytest.raises(KeyboardInterrupt):
         loraclf.train(None, [*ov, "name=cut"], quiet=True)
-    monkeypatch.setattr(loraclf.run, "_write_predictions", real)
+    monkeypatch.setattr(loraclf.tasks.SingleLabel, "write_predictions", real)
     resumed = loraclf.train(None, resume=str(tmp_path / "cut"), quiet=True)
     assert resumed.metrics["best"]["steps"] == full.metrics["best"]["steps"] == 6
     assert resumed.metrics["best"]["stopped_early"] is True

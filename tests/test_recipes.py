@@ -2,18 +2,18 @@
 parameter counts of the reference studies on models of the real shapes (no download: the hub
 models are built from their architecture configs on the meta device)."""
 
-import json
 import re
 
 import pytest
-import yaml
 
 from conftest import REPO
-from loraclf.budget import num_labels_for, param_report, size_estimate
+from loraclf.budget import num_labels_for, param_report
 from loraclf.config import config_from_dict, load_config
-from loraclf.experiments import load_search, load_sweep
+from loraclf.experiments import file_kind, load_search, load_sweep
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+# Every YAML file the project ships, wherever it lies under recipes/ and examples/.
+SHIPPED = sorted(p for d in ("recipes", "examples") for p in (REPO / d).rglob("*.yaml"))
 HUB_IDS = {"distilbert-base-uncased", "roberta-base", "HuggingFaceTB/SmolLM2-360M-Instruct"}
 
 # Trainable parameters per recipe point (None: a single config or a search's base config). The
@@ -34,13 +34,9 @@ EXPECTED = {
 OFFLINE = {"tweeteval-smollm2.yaml": "smollm2-135m"}
 
 
-def _kind(path) -> str:
-    spec = yaml.safe_load(path.read_text())
-    return "sweep" if "grid" in spec or "points" in spec else "search" if "space" in spec else "config"
-
-
 def _configs(path, sets=()) -> dict:
-    kind = _kind(path)
+    """Every config a shipped file describes (each point of a sweep, a search's base), validated."""
+    kind = file_kind(path)
     if kind == "sweep":
         return {p.name: p.config for p in load_sweep(path, sets).points}
     if kind == "search":
@@ -58,6 +54,13 @@ def _counts(path, sets=(), config_only=None) -> dict:
     return out
 
 
+def test_every_shipped_yaml_file_is_a_valid_config_sweep_or_search():
+    assert {"quickstart.yaml", "tweeteval-base.yaml"} <= {p.name for p in SHIPPED}  # examples/decoders/ included
+    for path in SHIPPED:
+        for cfg in _configs(path).values():
+            assert cfg.data.path or cfg.data.train, f"{path}: no data"
+
+
 def test_there_is_a_recipe_for_every_reference_study():
     assert {p.name for p in RECIPES} == set(EXPECTED), "add the new recipe's figures to EXPECTED"
 
@@ -66,7 +69,6 @@ def test_there_is_a_recipe_for_every_reference_study():
 def test_recipe_parses_and_documents_how_to_run_it(path):
     text = path.read_text()
     configs = _configs(path)
-    assert configs
     sub = OFFLINE.get(path.name, "minilm")
     assert f"--set model.name={sub}" in text or all(c.model.name == sub for c in configs.values()), \
         "document the offline substitution"
@@ -74,7 +76,7 @@ def test_recipe_parses_and_documents_how_to_run_it(path):
     for cfg in configs.values():
         assert cfg.model.name in HUB_IDS | {"minilm"}
         assert cfg.data.label_names, "declare label_names so counts and label order need no data"
-    kind = _kind(path)
+    kind = file_kind(path)
     assert f"loraclf {'train -c' if kind == 'config' else kind} recipes/{path.name}" in text
 
 
@@ -94,40 +96,6 @@ def test_offline_substitution_builds(path):
         assert rep["model_type"] in ("bert", "llama")
         if rep["method"] == "lora":
             assert rep["lora"] > 0 and rep["target_modules"], name
-
-
-def test_roberta_r16_is_not_the_r8_figure():
-    rep = param_report(load_config(None, ["model.name=roberta-base", "lora.r=16"]), 4)
-    assert rep["trainable"] == 1_183_492 != 888_580
-    assert rep["lora"] == 2 * 294_912 and rep["head"] == 593_668
-
-
-@pytest.mark.parametrize("model,labels,r,expected", [
-    ("distilbert-base-uncased", 2, 8, 739_586),
-    ("roberta-base", 4, 8, 888_580),
-])
-def test_adapter_size_on_disk(tmp_path, model, labels, r, expected):
-    """A real PEFT save of a random-init model of the real shape: the file is the trainable fp32
-    weights plus a small header, and the estimate `loraclf params` prints agrees."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from loraclf.budget import architecture_config
-    from loraclf.config import LoraSection
-    from loraclf.models import apply_method, count_parameters
-
-    cfg, _ = architecture_config(model)
-    cfg.num_labels = labels
-    torch.manual_seed(0)
-    built = apply_method(AutoModelForSequenceClassification.from_config(cfg), None, None, "lora", LoraSection(r=r))
-    counts = count_parameters(built.model, built.modules_to_save)
-    assert counts["trainable"] == expected
-    built.model.save_pretrained(str(tmp_path), save_embedding_layers=False)
-    size = (tmp_path / "adapter_model.safetensors").stat().st_size
-    est = size_estimate(counts, "lora")["artifact_bytes"]
-    assert est == expected * 4 and 0 < size - est < 20_000
-    header = json.loads((tmp_path / "adapter_model.safetensors").read_bytes()[8:8 + 20_000].split(b"}}")[0] + b"}}")
-    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
 
 
 def test_documented_counts_in_docs_match_the_recipes():

@@ -21,10 +21,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .config import default
 from .errors import LoraclfError, ModelError
 
 FORMAT_VERSION = 1
 META_FILE = "loraclf.json"
+BATCH_SIZE = default("train.eval_batch_size")
 log = logging.getLogger("loraclf")
 
 
@@ -39,41 +41,13 @@ def versions() -> dict[str, str]:
             "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def save_artifact(model, tokenizer, dest: Path, meta: dict[str, Any]) -> None:
-    """Write the model (adapter or full), tokenizer, labelled config and loraclf.json into `dest`."""
-    from peft import PeftModel
-
+def save_artifact(head, dest: Path, meta: dict[str, Any]) -> None:
+    """Write the head's model (adapter or full), tokenizer, labelled config and loraclf.json into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "formatter"):  # a decoder prompt head: save the language model (adapter or full)
-        lm = model.lm
-        if isinstance(lm, PeftModel):
-            _save_adapter(lm, dest, meta)
-            config = lm.get_base_model().config
-        else:
-            if meta["method"] == "full":
-                lm.save_pretrained(str(dest))
-            config = lm.config
-        config.id2label = dict(enumerate(meta["labels"]))
-        config.label2id = {n: i for i, n in enumerate(meta["labels"])}
-        config.save_pretrained(str(dest))
-    elif isinstance(model, PeftModel):
-        _save_adapter(model, dest, meta)
-        model.get_base_model().config.save_pretrained(str(dest))
-    else:
-        model.save_pretrained(str(dest))
-    tokenizer.save_pretrained(str(dest))
+    head.save(dest, meta)
+    head.tokenizer.save_pretrained(str(dest))
     full = {"format_version": FORMAT_VERSION, **meta, "versions": versions()}
     (dest / META_FILE).write_text(json.dumps(full, indent=2))
-
-
-def _save_adapter(model, dest: Path, meta: dict) -> None:
-    # No embedding layers are trained, so PEFT need not look anything up (it would go online).
-    model.save_pretrained(str(dest), save_embedding_layers=False)
-    # Plain-PEFT users load the base from here: the hub id when the alias has one, not a local path.
-    acfg_path = dest / "adapter_config.json"
-    acfg = json.loads(acfg_path.read_text())
-    acfg["base_model_name_or_path"] = meta.get("base_model_hub_id") or meta["base_model"]
-    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
 
 
 def read_meta(path: Path) -> dict:
@@ -98,48 +72,49 @@ def artifact_dir(path: str | Path) -> Path:
 class Classifier:
     """A loaded classifier: ``predict`` returns label names, ``predict_proba`` probabilities."""
 
-    def __init__(self, model, tokenizer, meta: dict, device: torch.device):
-        self.model, self.tokenizer, self.meta, self.device = model, tokenizer, meta, device
+    def __init__(self, head, meta: dict, device: torch.device):
+        self.head, self.meta, self.device = head, meta, device
         self.labels: list[str] = list(meta["labels"])
         self.max_length: int = int(meta.get("max_length", 512))
         self.precision: str = "fp32"
-        self.formatter = getattr(model, "formatter", None)  # decoder prompt heads build their own inputs
+
+    @property
+    def model(self):
+        return self.head.model
+
+    @property
+    def tokenizer(self):
+        return self.head.tokenizer
+
+    @property
+    def task(self):
+        return self.head.task
 
     def __repr__(self) -> str:
         return (f"Classifier(base={self.meta.get('base_model')!r}, method={self.meta.get('method')!r}, "
                 f"labels={self.labels})")
 
-    def _encode(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None):
-        from .data import encode
-
-        if isinstance(texts, str):
-            raise TypeError("predict() takes a list of texts, not a single string")
-        if self.formatter is not None:
-            return self.formatter.encode(list(texts), None, self.max_length)
-        return encode(self.tokenizer, list(texts), None, self.max_length, pairs)
-
-    def logits(self, texts: Sequence[str], batch_size: int = 128, pairs: Optional[Sequence[str]] = None,
+    def logits(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, pairs: Optional[Sequence[str]] = None,
                progress: bool = False) -> np.ndarray:
         from .loop import predict_logits
 
+        if isinstance(texts, str):
+            raise TypeError("predict() takes a list of texts, not a single string")
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        enc = self._encode(texts, pairs)
+        enc = self.head.encode(list(texts), None, self.max_length, pairs)
         # fp32 by default so the numbers match the run's metrics; precision="bf16"/"fp16" trades that for speed
         low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, dtype=low or torch.float32, enabled=low is not None):
-            return predict_logits(self.model, enc, self.tokenizer, batch_size, progress=progress)
+            return predict_logits(self.head, enc, batch_size, progress=progress)
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 128, pairs: Optional[Sequence[str]] = None,
-                      progress: bool = False) -> np.ndarray:
-        from .loop import softmax
+    def predict_proba(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
+                      pairs: Optional[Sequence[str]] = None, progress: bool = False) -> np.ndarray:
+        return self.task.probabilities(self.logits(texts, batch_size, pairs, progress))
 
-        return softmax(self.logits(texts, batch_size, pairs, progress))
-
-    def predict(self, texts: Sequence[str], batch_size: int = 128, pairs: Optional[Sequence[str]] = None,
+    def predict(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, pairs: Optional[Sequence[str]] = None,
                 progress: bool = False) -> list[str]:
-        probs = self.predict_proba(texts, batch_size, pairs, progress)
-        return [self.labels[i] for i in probs.argmax(axis=1)]
+        return self.task.predicted(self.predict_proba(texts, batch_size, pairs, progress))
 
 
 def load(path: str | Path, base_model: Optional[str] = None, device: Optional[str] = None,
@@ -149,39 +124,23 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
     `base_model` overrides where the base weights come from; LoRA weights are merged into the base
     unless ``merge=False``; ``precision`` ("fp32", "bf16", "fp16") is the autocast used on GPU.
     """
+    from .models import load_tokenizer
+    from .models.heads import HEADS
+    from .tasks import make_task
+
     if precision not in ("fp32", "bf16", "fp16"):
         raise LoraclfError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
-    clf = _load(path, base_model, device, merge)
-    clf.precision = precision
-    return clf
-
-
-def _load(path: str | Path, base_model: Optional[str], device: Optional[str], merge: bool) -> Classifier:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from .models import load_tokenizer, resolve
-
     art = artifact_dir(path)
     meta = read_meta(art)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(str(art))
-    if meta.get("head", "classifier") != "classifier":
-        model = _load_prompt_model(art, meta, tok, base_model, merge)
-    else:
-        with _loading(art):
-            if meta["method"] == "lora":
-                from peft import PeftModel
-
-                resolved = resolve(base_model or meta["base_model"])
-                config = AutoConfig.from_pretrained(str(art))
-                base = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config)
-                model = PeftModel.from_pretrained(base, str(art))
-                if merge:
-                    model = model.merge_and_unload()
-            else:
-                model = AutoModelForSequenceClassification.from_pretrained(str(art))
-    model.to(dev).eval()
-    return Classifier(model, tok, meta, dev)
+    task = make_task(meta.get("task", "single-label"), meta["labels"])
+    with _loading(art):
+        head = HEADS[meta.get("head", "classifier")].load(art, meta, tok, task, base_model, merge)
+    head.model.to(dev).eval()
+    clf = Classifier(head, meta, dev)
+    clf.precision = precision
+    return clf
 
 
 @contextlib.contextmanager
@@ -196,29 +155,3 @@ def _loading(art: Path):
         raise
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
-
-
-def _load_prompt_model(art: Path, meta: dict, tok, base_model: Optional[str], merge: bool):
-    """The PromptClassifier (verbalizer or generate head) an artifact describes."""
-    from transformers import AutoModelForCausalLM
-
-    from .models import resolve
-    from .models.decoder_heads import PromptClassifier, greedy_generation
-    from .models.prompting import PromptFormatter, PromptSpec
-
-    tok.padding_side = "left"
-    with _loading(art):
-        if meta["method"] == "full":
-            lm = AutoModelForCausalLM.from_pretrained(str(art))
-        else:
-            lm = AutoModelForCausalLM.from_pretrained(resolve(base_model or meta["base_model"]).path)
-            if meta["method"] == "lora":
-                from peft import PeftModel
-
-                lm = PeftModel.from_pretrained(lm, str(art))
-                if merge:
-                    lm = lm.merge_and_unload()
-    greedy_generation(lm)
-    formatter = PromptFormatter(tok, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
-    return PromptClassifier(lm, formatter, meta["labels"], meta["head"], meta.get("max_new_tokens", 8),
-                            meta.get("fallback_label"))

@@ -6,9 +6,9 @@ with no memory and no download, and :func:`loraclf.models.apply_method` makes ex
 parameters trainable that a real run would. The counts equal those of a random-init model of the
 same shape (tested).
 
-Architecture configs come from, in order: a local folder or bundled alias, a small table of
-well-known hub models (so ``loraclf params --config-only`` works offline), then
-``AutoConfig.from_pretrained`` (needs the network or the Hugging Face cache).
+Architecture configs come from, in order: a bundled alias (found by :mod:`loraclf.models.registry`)
+or local folder, a small table of well-known hub models (so ``loraclf params --config-only`` works
+offline), then ``AutoConfig.from_pretrained`` (needs the network or the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
-
-import torch
 
 from .config import Config, LoraSection
 from .errors import BudgetError, ConfigError, ModelError
@@ -82,29 +80,36 @@ KNOWN_SHAPES: dict[str, Callable[[], Any]] = {
 }
 
 
+def _local_checkpoint(name: str) -> Optional[Path]:
+    """The folder holding `name`'s config.json when it is on disk without converting or downloading
+    anything: a bundled alias (resolved by the model registry) or a local folder."""
+    from .models.registry import ALIASES, cache_dir, resolve
+
+    alias = ALIASES.get(name.strip().lower())
+    if alias is not None:
+        if alias.gguf and not (cache_dir() / alias.name / "config.json").exists():
+            return None  # resolving would convert the GGUF weights; its shape comes from the table
+        try:
+            folder = Path(resolve(name, quiet=True).path)
+        except ModelError:  # the alias's package is not installed
+            return None
+        return folder if (folder / "config.json").exists() else None
+    p = Path(name).expanduser()
+    return p if p.is_dir() and (p / "config.json").exists() else None
+
+
 def architecture_config(name: str, revision: Optional[str] = None, trust_remote_code: bool = False):
     """(transformers config, where it came from) for an alias, local folder, known hub id or any hub id."""
     from transformers import AutoConfig
 
-    from .models.registry import ALIASES, cache_dir
+    from .models.registry import ALIASES
 
-    key = name.strip().lower()
-    if key in ALIASES:
-        alias = ALIASES[key]
-        import importlib.util
-
-        spec = importlib.util.find_spec(alias.package)
-        local = None
-        if alias.subdir and spec is not None and spec.submodule_search_locations:
-            local = Path(list(spec.submodule_search_locations)[0]) / alias.subdir
-        elif alias.gguf and (cache_dir() / alias.name / "config.json").exists():
-            local = cache_dir() / alias.name
-        if local is not None and (local / "config.json").exists():
-            return AutoConfig.from_pretrained(str(local)), f"the bundled {alias.name} config"
-        key = alias.hub_id.lower()  # not installed / not converted yet: its shape from the table
-    p = Path(name).expanduser()
-    if p.is_dir() and (p / "config.json").exists():
-        return AutoConfig.from_pretrained(str(p), trust_remote_code=trust_remote_code), f"{p}/config.json"
+    local = _local_checkpoint(name)
+    alias = ALIASES.get(name.strip().lower())
+    if local is not None:
+        where = f"the bundled {alias.name} config" if alias else f"{local}/config.json"
+        return AutoConfig.from_pretrained(str(local), trust_remote_code=trust_remote_code and not alias), where
+    key = (alias.hub_id if alias else name).strip().lower()  # an alias not installed: its hub model's shape
     if key in KNOWN_SHAPES and revision is None:
         return KNOWN_SHAPES[key](), "the built-in shape table"
     try:
@@ -118,6 +123,7 @@ def architecture_config(name: str, revision: Optional[str] = None, trust_remote_
 
 def meta_model(arch_config, num_labels: int, head: str = "classifier", trust_remote_code: bool = False):
     """The model a run would train, built on the meta device (shapes only, no weights, no memory)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cfg = copy.deepcopy(arch_config)
@@ -155,12 +161,17 @@ def count_config(arch_config, method: str, lora: LoraSection, num_labels: int, m
     return {**counts, "target_modules": built.target_modules, "modules_to_save": present}
 
 
+def full_model_bytes(counts: dict) -> int:
+    """Bytes of the base model's weights in fp32 (LoRA weights aside), from a parameter breakdown
+    such as metrics.json's "params"."""
+    return (counts["total"] - counts.get("lora", 0)) * BYTES_FP32
+
+
 def size_estimate(counts: dict, method: str) -> dict:
     """Bytes on disk (fp32 safetensors, headers aside): what the artifact stores, and the full model."""
-    base = counts["total"] - counts.get("lora", 0)
-    stored = counts["trainable"] if method == "lora" else base  # head/full runs save a whole checkpoint
-    return {"artifact_bytes": None if method == "zero-shot" else stored * BYTES_FP32,
-            "full_model_bytes": base * BYTES_FP32}
+    full = full_model_bytes(counts)
+    stored = counts["trainable"] * BYTES_FP32 if method == "lora" else full  # head/full save a whole checkpoint
+    return {"artifact_bytes": None if method == "zero-shot" else stored, "full_model_bytes": full}
 
 
 # ----------------------------------------------------------------------------- lora.r: auto

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .config import choices, default
 from .errors import LoraclfError
 
 EXIT_USER_ERROR = 2
@@ -188,19 +189,16 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    import yaml
-
     from .budget import format_param_report, num_labels_for, param_report
     from .config import load_config
+    from .experiments import file_kind
 
     sets = list(args.set or [])
     for flag, key in (("model", "model.name"), ("method", "model.method")):
         if getattr(args, flag) is not None:
             sets.append(f"{key}={getattr(args, flag)}")
-    spec = {}
-    if args.config and Path(args.config).is_file():
-        spec = yaml.safe_load(Path(args.config).read_text()) or {}
-    if isinstance(spec, dict) and ("grid" in spec or "points" in spec):  # a sweep file: every point
+    kind = file_kind(args.config) if args.config else "config"
+    if kind == "sweep":  # every point
         from .experiments import load_sweep
 
         sweep = load_sweep(args.config, sets)
@@ -222,7 +220,7 @@ def _params(args: argparse.Namespace) -> int:
 
         print("\n".join(text_table(rows, right_from=4)))
         return 0
-    if isinstance(spec, dict) and "space" in spec:  # a search file: its base config
+    if kind == "search":  # its base config
         from .config import config_from_dict
         from .experiments import load_search
 
@@ -250,28 +248,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _set_flag(parser: argparse.ArgumentParser, help: str = "override a field, e.g. train.lr=3e-4 (repeatable)"):
+    parser.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help=help)
 
-    p = argparse.ArgumentParser(prog="loraclf",
-                                description="LoRA fine-tuning for text classification, honestly reported.")
-    p.add_argument("--version", action="version", version=f"loraclf {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
 
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train and evaluate one config; writes a run directory")
     t.add_argument("--config", "-c", help="YAML config (see `loraclf config --reference`)")
-    t.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
-                   help="override a field, e.g. train.lr=3e-4 (repeatable)")
+    _set_flag(t)
     t.add_argument("--data", help="shortcut for --set data.path=...")
     t.add_argument("--model", help="shortcut for --set model.name=...")
     t.add_argument("--method", choices=["lora", "head", "full"], help="shortcut for --set model.method=...")
     t.add_argument("--name", help="run name (folder under output_dir)")
-    t.add_argument("--output-dir", help="parent folder of run directories (default runs)")
+    t.add_argument("--output-dir", help=f"parent folder of run directories (default {default('output_dir')})")
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
     t.set_defaults(func=_train)
 
+
+def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="label texts with a trained artifact")
     pr.add_argument("artifact", help="run directory or its artifact/ folder")
     pr.add_argument("--input", "-i", help="CSV/TSV/JSONL/Parquet file; default: one text per line on stdin")
@@ -279,32 +275,37 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text-column", help="input column(s), comma-separated for pairs; default: the columns "
                     "the model was trained on")
     pr.add_argument("--id-column", help="write a Kaggle-style <id>,label file using this column")
-    pr.add_argument("--format", default="auto", help="input format if the extension does not tell")
-    pr.add_argument("--batch-size", type=int, default=128)
+    pr.add_argument("--format", default=default("data.format"), help="input format if the extension does not tell")
+    pr.add_argument("--batch-size", type=int, default=default("train.eval_batch_size"))
     pr.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
     pr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                     help="autocast on a GPU (fp32 matches the run's metrics exactly; bf16 is faster); CPU uses fp32")
     pr.add_argument("--quiet", "-q", action="store_true")
     pr.set_defaults(func=_predict)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="metrics of a trained artifact on a labelled dataset")
     e.add_argument("artifact")
     e.add_argument("--data", required=True, help="dataset folder, file or name (as data.path)")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    e.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
-                   help="data options, e.g. data.text_column=sentence")
-    e.add_argument("--batch-size", type=int, default=128)
+    _set_flag(e, "data options, e.g. data.text_column=sentence")
+    e.add_argument("--batch-size", type=int, default=default("train.eval_batch_size"))
     e.add_argument("--output", "-o", help="write the metrics as JSON here")
     e.add_argument("--quiet", "-q", action="store_true")
     e.set_defaults(func=_evaluate)
 
+
+def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the bundled model aliases")
     m.add_argument("--targets", action="store_true", help="also list default LoRA targets per architecture")
     m.set_defaults(func=_models)
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="run a grid or list of configs; skips finished points; writes a comparison table")
     sw.add_argument("sweep", help="sweep YAML: base/config + grid and/or points (see docs/experiments.md)")
-    sw.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override the base config (repeatable)")
+    _set_flag(sw, "override the base config (repeatable)")
     sw.add_argument("--output-dir", help="folder of the point runs and the table (default: the file's output_dir)")
     sw.add_argument("--in-process", action="store_true",
                     help="train points in this process instead of one fresh process each (faster start, "
@@ -314,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", "-q", action="store_true")
     sw.set_defaults(func=_sweep)
 
+
+def _add_search(sub) -> None:
     se = sub.add_parser("search", help="Optuna hyper-parameter search with pruning; writes best.yaml")
     se.add_argument("search", help="search YAML: base/config + space, trials, storage (see docs/experiments.md)")
-    se.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override the base config (repeatable)")
+    _set_flag(se, "override the base config (repeatable)")
     se.add_argument("--trials", type=int, help="finished trials the study should hold (all workers together)")
     se.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     se.add_argument("--storage", help="Optuna storage URL shared by workers (default sqlite:///<output dir>/study.db)")
@@ -325,13 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", "-q", action="store_true")
     se.set_defaults(func=_search)
 
+
+def _add_params(sub) -> None:
     pa = sub.add_parser("params",
                         help="trainable-parameter breakdown of a config (or every point of a sweep), no training")
-    pa.add_argument("--config", "-c", help="config or sweep YAML")
+    pa.add_argument("--config", "-c", help="config, sweep or search YAML")
     pa.add_argument("--model", help="shortcut for --set model.name=...")
-    pa.add_argument("--method", choices=["lora", "head", "full", "zero-shot"],
-                    help="shortcut for --set model.method=...")
-    pa.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    pa.add_argument("--method", choices=choices("model.method"), help="shortcut for --set model.method=...")
+    _set_flag(pa, None)
     pa.add_argument("--num-labels", type=int,
                     help="labels of the head (default: data.label_names, else the data's labels)")
     pa.add_argument("--config-only", action="store_true",
@@ -340,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--json", action="store_true", help="print JSON")
     pa.set_defaults(func=_params)
 
+
+def _add_compare(sub) -> None:
     co = sub.add_parser("compare", help="side-by-side metrics, confusion matrices and sample predictions of runs")
     co.add_argument("runs", nargs="+", help="run directories (a folder of runs, e.g. a sweep's, expands)")
     co.add_argument("--split", choices=["validation", "test"], help="default: test when every run has it")
@@ -351,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--plot", help="also write accuracy against trainable parameters (PNG) here")
     co.set_defaults(func=_compare)
 
+
+def _add_report(sub) -> None:
     rp = sub.add_parser("report",
                         help="regenerate a run's plots, report.html and model card; or compare runs in one HTML page")
     rp.add_argument("runs", nargs="+",
@@ -362,26 +370,49 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", "-q", action="store_true")
     rp.set_defaults(func=_report)
 
+
+def _add_config(sub) -> None:
     c = sub.add_parser("config", help="print the resolved config, or the reference of every field")
     c.add_argument("--config", "-c")
-    c.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    _set_flag(c, None)
     c.add_argument("--reference", action="store_true", help="Markdown table of every field")
     c.set_defaults(func=_config)
+
+
+SUBCOMMANDS = (_add_train, _add_predict, _add_evaluate, _add_models, _add_sweep, _add_search, _add_params,
+               _add_compare, _add_report, _add_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="loraclf",
+                                description="LoRA fine-tuning for text classification, honestly reported.")
+    p.add_argument("--version", action="version", version=f"loraclf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def setup_process(quiet: bool = False) -> None:
+    """Logging, environment and warning filters for a loraclf process: the CLI and each sweep
+    point's child process (python -m loraclf.experiments) set themselves up the same way."""
     logging.basicConfig(level=logging.WARNING, format="loraclf: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
+    if quiet:
         logging.getLogger("loraclf").setLevel(logging.ERROR)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_process(getattr(args, "quiet", False))
     try:
         return args.func(args)
     except LoraclfError as e:

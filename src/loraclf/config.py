@@ -208,13 +208,6 @@ class ReportConfig:
     examples_per_confusion: int = _f(3, "Example texts kept per (gold, predicted) confusion pair.")
 
 
-def _tracker_installed(name: str) -> bool:
-    import importlib.util
-
-    mods = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}[name]
-    return any(importlib.util.find_spec(m) is not None for m in mods)
-
-
 def _validate_report(r: "ReportConfig") -> None:
     names = [r.trackers] if isinstance(r.trackers, str) else list(r.trackers)
     if names not in (["auto"], ["none"]):
@@ -222,9 +215,8 @@ def _validate_report(r: "ReportConfig") -> None:
             if n not in TRACKERS:
                 raise ConfigError(f"report.trackers: unknown tracker {n!r}; use auto, none, or a list of "
                                   f"{', '.join(TRACKERS)}")
-            if not _tracker_installed(n):  # fail before a run directory exists, not after
-                raise ConfigError(f"report.trackers: {n} is not installed (pip install {n}), or drop it from "
-                                  "report.trackers")
+    # Whether a named tracker is installed is checked when a run starts (tracking.check_installed),
+    # not here: a W&B run's config.yaml must load on a machine without wandb.
     if r.top_errors < 0 or r.length_buckets < 1 or r.examples_per_confusion < 0:
         raise ConfigError("report.top_errors and report.examples_per_confusion must be >= 0, "
                           "report.length_buckets >= 1")
@@ -252,41 +244,57 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "lora": LoraSection, "trai
             "report": ReportConfig}
 
 
+def _declared(dotted: str) -> dataclasses.Field:
+    """The dataclass field behind "section.field" or a top-level name such as "output_dir"."""
+    section, _, name = dotted.rpartition(".")
+    cls = SECTIONS[section] if section else Config
+    return _field(cls, name, f"{section}." if section else "", "config field")
+
+
 def default(dotted: str) -> Any:
     """The default of one field, e.g. default("train.eval_batch_size"): other modules (CLI flags,
     library keyword arguments) take their defaults from here, so each lives in one place."""
-    section, name = dotted.split(".")
-    return getattr(SECTIONS[section](), name)
+    f = _declared(dotted)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Coerce a YAML value to the declared field type, or raise ConfigError naming the field."""
+def choices(dotted: str) -> tuple:
+    """The allowed values of a field with a fixed set (e.g. "model.method"); () for free fields."""
+    return tuple(_declared(dotted).metadata.get("choices", ()))
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
+def _coerce(value: Any, tp: Any, what: str) -> Any:
+    """Coerce a YAML value to the declared field type, or raise ConfigError naming the field
+    (`what`, e.g. "config field 'train.lr'")."""
     origin = typing.get_origin(tp)
     if origin is Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             if len(args) < len(typing.get_args(tp)):
                 return None
-            raise ConfigError(f"config field '{where}' must not be null")
-        errors = []
+            raise ConfigError(f"{what} must not be null")
         for a in args:
             try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
-        raise ConfigError(f"config field '{where}' must be {names}, got {value!r}")
+                return _coerce(value, a, what)
+            except ConfigError:
+                pass
+        names = " or ".join(_TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
+        raise ConfigError(f"{what} must be {names}, got {value!r}")
     if value is None:
-        raise ConfigError(f"config field '{where}' must not be null")
+        raise ConfigError(f"{what} must not be null")
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"config field '{where}' must be true or false, got {value!r}")
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"config field '{where}' must be an integer, got {value!r}")
+            raise ConfigError(f"{what} must be an integer, got {value!r}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -298,26 +306,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                     return int(f)
             except ValueError:
                 pass
-        raise ConfigError(f"config field '{where}' must be an integer, got {value!r}")
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"config field '{where}' must be a number, got {value!r}")
+            raise ConfigError(f"{what} must be a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"config field '{where}' must be a number, got {value!r}") from None
+            raise ConfigError(f"{what} must be a number, got {value!r}") from None
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"config field '{where}' must be a string, got {value!r}")
+        raise ConfigError(f"{what} must be a string, got {value!r}")
     if tp is list:
         if isinstance(value, (list, tuple)):
             return list(value)
-        raise ConfigError(f"config field '{where}' must be a list, got {value!r}")
+        raise ConfigError(f"{what} must be a list, got {value!r}")
     if tp is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise ConfigError(f"config field '{where}' must be a mapping, got {value!r}")
+        raise ConfigError(f"{what} must be a mapping, got {value!r}")
     return value
 
 
@@ -326,31 +334,55 @@ def _show(choice: Any) -> str:
     return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
-def _build(cls: type, values: dict, prefix: str) -> Any:
+def _field(cls: type, key: Any, prefix: str, kind: str) -> dataclasses.Field:
+    """The dataclass field `key` of `cls`, or a ConfigError with the closest real name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown {kind} '{prefix}{key}'{hint}")
+    return fields[key]
+
+
+def _build(cls: type, values: dict, prefix: str, kind: str = "config field") -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        where = f"{prefix}{key}"
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config field '{where}'{hint}")
-        tp = hints[key]
-        if key in SECTIONS and prefix == "":
-            kwargs[key] = _build(SECTIONS[key], value or {}, f"{key}.")
+        f = _field(cls, key, prefix, kind)
+        if cls is Config and key in SECTIONS:
+            kwargs[key] = _build(SECTIONS[key], value or {}, f"{key}.", kind)
             continue
-        v = _coerce(value, tp, where)
-        choices = fields[key].metadata.get("choices")
+        what = f"{kind} '{prefix}{key}'"
+        v = _coerce(value, hints[key], what)
+        choices = f.metadata.get("choices")
         if choices and v is not None and v not in choices:
-            raise ConfigError(f"config field '{where}' must be one of {', '.join(map(_show, choices))}; got {v!r}")
+            raise ConfigError(f"{what} must be one of {', '.join(map(_show, choices))}; got {v!r}")
         kwargs[key] = v
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def build_typed(cls: type, values: dict, kind: str = "config field") -> Any:
+    """A dataclass declared with this module's field helper, from a YAML mapping: unknown keys (with
+    the closest real one), types and choices checked as for a config. `kind` names a key in the
+    messages, e.g. "sweep key" for the top level of a sweep file."""
+    return _build(cls, values, "", kind)
+
+
+def check_field(dotted: str, value: Any) -> Any:
+    """`value` coerced for the config field `dotted` (e.g. a sweep's grid value for "lora.r"):
+    an unknown field or a value of the wrong type or outside its choices is a ConfigError."""
+    tree: dict = {}
+    set_dotted(tree, dotted, value)
+    node: Any = _build(Config, tree, "")
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set tree["a"]["b"] = value for "a.b", making (or replacing non-mapping) parents as needed."""
     parts = dotted.split(".")
     node = tree
     for p in parts[:-1]:
@@ -358,6 +390,17 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as flat dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -406,7 +449,7 @@ def load_config(
     else:
         items = [parse_override(o) for o in (overrides or [])]
     for key, value in items:
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     cfg = _build(Config, tree, "")
     validate(cfg)
     return cfg
@@ -498,11 +541,11 @@ def reference() -> str:
         for f in dataclasses.fields(cls):
             if f.name in SECTIONS and prefix == "":
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            value = default(f"{prefix}{f.name}")
             help_ = f.metadata.get("help", "")
             if f.metadata.get("choices"):
                 help_ += " One of: " + ", ".join(f"`{_show(c)}`" for c in f.metadata["choices"]) + "."
-            shown = yaml.safe_dump(default).strip().removesuffix('...').strip()
+            shown = yaml.safe_dump(value).strip().removesuffix('...').strip()
             lines.append(f"| `{prefix}{f.name}` | `{shown}` | {help_} |")
 
     rows(Config, "")

@@ -12,7 +12,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -53,10 +53,6 @@ class LabelSet:
     @property
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return dict(self.to_id)
 
 
 @dataclass
@@ -552,7 +548,3 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
     order = np.argsort(-lengths, kind="stable")
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
-
-def iter_chunks(seq: Sequence, n: int) -> Iterator[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]

@@ -27,3 +27,16 @@ class EnvironmentError_(LoraclfError):
 
 class CheckpointError(LoraclfError):
     """A checkpoint that cannot be resumed with this model or this number of processes."""
+
+
+def import_extra(module: str, extra: str):
+    """Import an optional dependency, or raise one line naming the extra that installs it, e.g.
+    import_extra("optuna", "search") -> "optuna is not installed: pip install 'loraclf[search]'"."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module.split(".")[0]:  # the module is there but something it imports is not
+            raise
+        raise EnvironmentError_(f"{module} is not installed: pip install 'loraclf[{extra}]'") from None

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -42,34 +42,75 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from .compare import dotted, markdown_table, pick_split, plot_accuracy_vs_params, summarize_run, write_csv
-from .config import Config, _set_dotted, config_from_dict, parse_override, read_yaml_mapping
-from .errors import ConfigError, LoraclfError
+from .config import (
+    Config,
+    build_typed,
+    check_field,
+    config_from_dict,
+    flatten,
+    parse_override,
+    read_yaml_mapping,
+    set_dotted,
+)
+from .errors import ConfigError, LoraclfError, import_extra
 
 log = logging.getLogger("loraclf")
 
-SWEEP_KEYS = {"base", "config", "grid", "points", "output_dir", "split", "description"}
-SEARCH_KEYS = {"base", "config", "space", "trials", "timeout", "storage", "study_name", "metric", "pruner",
-               "sampler", "output_dir", "split", "description"}
 # Columns the comparison table always has; other varied fields get a column of their own.
 SHOWN_KEYS = {"model.method", "lora.r", "lora.alpha", "lora.target_modules", "name"}
 RESULT_FILES = ("results.md", "results.csv", "accuracy_vs_params.png")
+SPLITS = {"choices": ("validation", "test")}
 
 
 # ----------------------------------------------------------------------------- spec files
+# The top level of sweep and search files, checked by the config's own machinery
+# (config.build_typed): unknown keys with the closest real one, types, choices.
 
 
-def read_spec(path: str | Path, allowed: set[str], kind: str) -> dict:
+@dataclass
+class SweepFile:
+    base: Optional[str] = None  # a config file, relative to the sweep file
+    config: Optional[dict] = None  # config sections (or dotted keys) merged over base
+    grid: Optional[dict] = None  # config field -> list of values; every combination is a point
+    points: Optional[list] = None  # mappings of config field -> value (and an optional name)
+    output_dir: Optional[str] = None
+    split: Optional[str] = field(default=None, metadata=SPLITS)
+    description: Optional[str] = None
+
+
+@dataclass
+class SearchFile:
+    base: Optional[str] = None
+    config: Optional[dict] = None
+    space: Optional[dict] = None  # config field -> list of choices, {choices}, or {low, high, log, step, type}
+    trials: int = 20
+    timeout: Optional[float] = None
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    metric: Optional[str] = None
+    pruner: Optional[Any] = "median"
+    sampler: Optional[Any] = "tpe"
+    output_dir: Optional[str] = None
+    split: Optional[str] = field(default=None, metadata=SPLITS)
+    description: Optional[str] = None
+
+
+def read_spec(path: str | Path, cls: type, kind: str) -> Any:
+    """A sweep or search file as its typed spec (SweepFile / SearchFile); one-line ConfigErrors."""
     p = Path(path)
-    spec = read_yaml_mapping(p, kind, f"a {kind} file is a mapping ({', '.join(sorted(allowed))})")
-    unknown = set(spec) - allowed
-    if unknown:
-        import difflib
+    keys = ", ".join(f.name for f in dataclasses.fields(cls))
+    tree = read_yaml_mapping(p, kind, f"a {kind} file is a mapping ({keys})")
+    try:
+        return build_typed(cls, tree, f"{kind} key")
+    except ConfigError as e:
+        listing = f"; {kind} keys: {keys}" if str(e).startswith(f"unknown {kind} key") else ""
+        raise ConfigError(f"{p}: {e}{listing}") from None
 
-        key = sorted(unknown)[0]
-        close = difflib.get_close_matches(key, sorted(allowed), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{p}: unknown {kind} key '{key}'{hint}; {kind} keys: {', '.join(sorted(allowed))}")
-    return spec
+
+def file_kind(path: str | Path) -> str:
+    """'sweep', 'search' or 'config': what a YAML file holds, from its top-level keys."""
+    tree = read_yaml_mapping(path, "config", "top level must be a mapping")
+    return "sweep" if "grid" in tree or "points" in tree else "search" if "space" in tree else "config"
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -78,39 +119,44 @@ def _deep_merge(a: dict, b: dict) -> dict:
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
         elif "." in str(k):  # dotted keys are allowed in `config:` too
-            _set_dotted(out, str(k), copy.deepcopy(v))
+            set_dotted(out, str(k), copy.deepcopy(v))
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
-def base_tree(spec: dict, spec_path: str | Path, sets: Sequence[str] = ()) -> dict:
+def base_tree(spec: SweepFile | SearchFile, spec_path: str | Path, sets: Sequence[str] = ()) -> dict:
     """The base config as a plain tree: `base` file, then inline `config`, then CLI --set overrides."""
     tree: dict = {}
-    if spec.get("base"):
-        b = Path(spec["base"]).expanduser()
+    if spec.base:
+        b = Path(spec.base).expanduser()
         if not b.is_absolute() and not b.exists():
             b = Path(spec_path).parent / b
         if not b.is_file():
-            raise ConfigError(f"{spec_path}: base config not found: {spec['base']} (paths are relative to the file)")
-        tree = yaml.safe_load(b.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{b}: top level must be a mapping of config sections")
-    if spec.get("config") is not None:
-        if not isinstance(spec["config"], dict):
-            raise ConfigError(f"{spec_path}: 'config' must be a mapping of config sections")
-        tree = _deep_merge(tree, spec["config"])
+            raise ConfigError(f"{spec_path}: base config not found: {spec.base} (paths are relative to the file)")
+        tree = read_yaml_mapping(b, "base config", "top level must be a mapping of config sections")
+    if spec.config is not None:
+        tree = _deep_merge(tree, spec.config)
     for item in sets or ():
         k, v = parse_override(item)
-        _set_dotted(tree, k, v)
+        set_dotted(tree, k, v)
     return tree
 
 
 def with_overrides(tree: dict, overrides: dict) -> dict:
     out = copy.deepcopy(tree)
     for k, v in overrides.items():
-        _set_dotted(out, k, copy.deepcopy(v))
+        set_dotted(out, k, copy.deepcopy(v))
     return out
+
+
+def _check_fields(overrides: dict, where: str) -> None:
+    """Every key a real config field and its value of the field's type (config.check_field)."""
+    for k, v in overrides.items():
+        try:
+            check_field(str(k), v)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def config_hash(cfg: Config) -> str:
@@ -118,16 +164,6 @@ def config_hash(cfg: Config) -> str:
     d.pop("name", None)
     d.pop("output_dir", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -208,6 +244,7 @@ def expand_points(spec: dict, where: str) -> list[tuple[str, dict]]:
             while name in seen:
                 name, k = f"{base}-{k}", k + 1
             seen.add(name)
+            _check_fields(ov, f"{where}: point '{name}'")
             out.append((name, ov))
     return out
 
@@ -215,11 +252,11 @@ def expand_points(spec: dict, where: str) -> list[tuple[str, dict]]:
 def load_sweep(path: str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None) -> Sweep:
     """Parse and validate a sweep file; every point's config is checked before anything runs."""
     path = Path(path)
-    spec = read_spec(path, SWEEP_KEYS, "sweep")
+    spec = read_spec(path, SweepFile, "sweep")
     tree = base_tree(spec, path, sets)
-    out_dir = Path(output_dir or spec.get("output_dir") or Path("runs") / path.stem)
+    out_dir = Path(output_dir or spec.output_dir or Path("runs") / path.stem)
     points = []
-    for name, ov in expand_points(spec, str(path)):
+    for name, ov in expand_points(vars(spec), str(path)):
         t = with_overrides(tree, ov)
         t["name"], t["output_dir"] = name, str(out_dir)
         try:
@@ -230,7 +267,7 @@ def load_sweep(path: str | Path, sets: Sequence[str] = (), output_dir: Optional[
     varied = list(dict.fromkeys(k for p in points for k in p.overrides if k not in SHOWN_KEYS))
     varied = [k for k in varied if len({json.dumps(p.overrides.get(k), default=str) for p in points}) > 1
               or any(k not in p.overrides for p in points)]
-    return Sweep(path, out_dir, points, spec.get("split"), str(spec.get("description") or "").strip(), varied)
+    return Sweep(path, out_dir, points, spec.split, (spec.description or "").strip(), varied)
 
 
 def _state_file(out_dir: Path) -> Path:
@@ -260,7 +297,7 @@ def point_status(point: SweepPoint, out_dir: Path, state: Optional[dict] = None)
         return "pending"
     rec = (state if state is not None else _read_state(out_dir)).get(point.name)
     if rec and rec.get("hash") != point.hash:
-        old, new = _flat(rec.get("config", {})), _flat(point.config.to_dict())
+        old, new = flatten(rec.get("config", {})), flatten(point.config.to_dict())
         diff = [k for k in sorted(set(old) | set(new)) if k not in ("name", "output_dir") and old.get(k) != new.get(k)]
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3]) or "config changed"
         raise LoraclfError(f"sweep point '{point.name}' in {out_dir} was run with a different config ({shown}); "
@@ -367,6 +404,17 @@ def _run_point_inprocess(point: SweepPoint, out_dir: Path, resume: bool, quiet: 
     return None
 
 
+def _prepare_point(p: SweepPoint, out: Path, status: str, state: dict) -> None:
+    """Clear a point interrupted before its first checkpoint and record its config in points.json."""
+    if status == "partial":  # nothing to resume
+        d = out / p.name
+        if any(d.iterdir()) and not (d / "config.yaml").exists():
+            raise LoraclfError(f"{d} exists but is not a loraclf run; move it away")
+        shutil.rmtree(d)
+    state[p.name] = {"hash": p.hash, "overrides": p.overrides, "config": p.config.to_dict()}
+    _write_state(out, state)
+
+
 @dataclass
 class SweepResult:
     out_dir: Path
@@ -401,13 +449,7 @@ def run_sweep(sweep: Sweep | str | Path, sets: Sequence[str] = (), output_dir: O
     try:
         for i, p in enumerate(todo, 1):
             st = statuses[p.name]
-            if st == "partial":  # interrupted before its first checkpoint: nothing to resume
-                d = out / p.name
-                if any(d.iterdir()) and not (d / "config.yaml").exists():
-                    raise LoraclfError(f"{d} exists but is not a loraclf run; move it away")
-                shutil.rmtree(d)
-            state[p.name] = {"hash": p.hash, "overrides": p.overrides, "config": p.config.to_dict()}
-            _write_state(out, state)
+            _prepare_point(p, out, st, state)
             if not quiet:
                 what = "resuming" if st == "resume" else "running"
                 changes = ", ".join(f"{k}={_value_slug(v)}" for k, v in p.overrides.items()) or "base config"
@@ -451,33 +493,40 @@ def suggest(trial, key: str, spec: Any) -> Any:
         picked = trial.suggest_categorical(key, labels)
         return choices[labels.index(picked)]
     lo, hi = spec["low"], spec["high"]
-    kind = spec.get("type") or (
-        "int" if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log_float") else "float"
-    )
+    kind = spec.get("type") or ("int" if isinstance(lo, int) and isinstance(hi, int) else "float")
     if kind == "int":
         return trial.suggest_int(key, int(lo), int(hi), step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
     return trial.suggest_float(key, float(lo), float(hi), step=spec.get("step"), log=bool(spec.get("log", False)))
 
 
 def _check_space(space: Any, where: str) -> None:
+    """Each key a real config field; each choice, and each range's bounds, of the field's type."""
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{where}: 'space' must map config fields to ranges ({{low, high}}) or lists of choices")
     for k, s in space.items():
+        if isinstance(s, dict) and "choices" in s:
+            if set(s) != {"choices"} or not isinstance(s["choices"], list):
+                raise ConfigError(f"{where}: space '{k}': choices must be a non-empty list (and alone)")
+            s = s["choices"]
         if isinstance(s, list):
             if not s:
                 raise ConfigError(f"{where}: space '{k}' has no choices")
+            for choice in s:
+                _check_fields({k: choice}, f"{where}: space")
             continue
         if not isinstance(s, dict):
             raise ConfigError(f"{where}: space '{k}' must be a list of choices or {{low, high}}, got {s!r}")
-        if "choices" in s:
-            if not isinstance(s["choices"], list) or not s["choices"]:
-                raise ConfigError(f"{where}: space '{k}': choices must be a non-empty list")
-            continue
         if "low" not in s or "high" not in s:
             raise ConfigError(f"{where}: space '{k}' needs low and high (or choices)")
         bad = set(s) - {"low", "high", "log", "step", "type"}
         if bad:
             raise ConfigError(f"{where}: space '{k}': unknown key {sorted(bad)[0]!r} (low, high, log, step, type)")
+        if s.get("type") not in (None, "int", "float"):
+            raise ConfigError(f"{where}: space '{k}': type must be int or float, got {s['type']!r}")
+        if not all(isinstance(s[b], (int, float)) and not isinstance(s[b], bool) for b in ("low", "high")):
+            raise ConfigError(f"{where}: space '{k}': low and high must be numbers, got {s['low']!r}, {s['high']!r}")
+        _check_fields({k: s["low"]}, f"{where}: space")
+        _check_fields({k: s["high"]}, f"{where}: space")
         if not s["low"] < s["high"]:
             raise ConfigError(f"{where}: space '{k}': low must be < high")
 
@@ -504,35 +553,38 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
     from .metrics import METRIC_DIRECTIONS
 
     path = Path(path)
-    spec = read_spec(path, SEARCH_KEYS, "search")
+    spec = read_spec(path, SearchFile, "search")
     tree = base_tree(spec, path, sets)
-    space = spec.get("space")
-    _check_space(space, str(path))
-    metric = spec.get("metric") or dotted(tree, "train.metric") or "accuracy"
+    _check_space(spec.space, str(path))
+    metric = spec.metric or dotted(tree, "train.metric") or "accuracy"
     if metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"{path}: metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {metric!r}")
     tree = with_overrides(tree, {"train.metric": metric})
-    # Every field in the space must exist and accept its bounds / choices.
-    ends = {k: (s if isinstance(s, list) else s.get("choices") or [s["low"], s["high"]]) for k, s in space.items()}
+    # The whole config must hold at both ends of every range (cross-field checks such as lora.dropout < 1).
+    ends = {k: (s if isinstance(s, list) else s.get("choices") or [s["low"], s["high"]])
+            for k, s in spec.space.items()}
     for smp in ({k: v[0] for k, v in ends.items()}, {k: v[-1] for k, v in ends.items()}):
         try:
             config_from_dict(with_overrides(tree, smp))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-    out_dir = Path(output_dir or spec.get("output_dir") or Path("runs") / path.stem)
-    storage = spec.get("storage") or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    trials = int(spec.get("trials", 20))
-    if trials < 1:
+    out_dir = Path(output_dir or spec.output_dir or Path("runs") / path.stem)
+    storage = spec.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if spec.trials < 1:
         raise ConfigError(f"{path}: trials must be >= 1")
-    return Search(path, tree, space, out_dir, trials, spec.get("timeout"), storage,
-                  str(spec.get("study_name") or path.stem), metric,
+    return Search(path, tree, spec.space, out_dir, spec.trials, spec.timeout, storage,
+                  str(spec.study_name or path.stem), metric,
                   "maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
-                  spec.get("pruner", "median"), spec.get("sampler", "tpe"), spec.get("split"),
-                  str(spec.get("description") or "").strip())
+                  spec.pruner, spec.sampler, spec.split, (spec.description or "").strip())
+
+
+def _optuna():
+    """optuna, or a one-line error naming the extra that installs it."""
+    return import_extra("optuna", "search")
 
 
 def _make_pruner(spec: Any):
-    import optuna
+    optuna = _optuna()
 
     if spec in (None, "none", False):
         return optuna.pruners.NopPruner()
@@ -554,7 +606,7 @@ def _make_pruner(spec: Any):
 
 
 def _make_sampler(spec: Any):
-    import optuna
+    optuna = _optuna()
 
     kw = {}
     if isinstance(spec, dict):
@@ -570,7 +622,7 @@ def _make_sampler(spec: Any):
 
 
 def _make_storage(url: str):
-    import optuna
+    optuna = _optuna()
 
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -601,40 +653,24 @@ class SearchResult:
     rows: list[dict]
 
 
-def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None,
-               trials: Optional[int] = None, timeout: Optional[float] = None, storage: Optional[str] = None,
-               study_name: Optional[str] = None, quiet: bool = False,
-               echo: Callable[[str], None] = print) -> SearchResult:
-    """Run (or join) an Optuna study until it holds `trials` finished trials, then write best.yaml.
-
-    Trials optimise the best *validation* value of `metric`; test metrics are reported, never used
-    to choose. Validation metrics at each evaluation feed the pruner, so set train.eval_steps for
-    pruning finer than once per epoch.
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    if not isinstance(search, Search):
-        search = load_search(search, sets, output_dir)
-    if trials is not None:
-        search.trials = trials
-    if timeout is not None:
-        search.timeout = timeout
-    if storage:
-        search.storage = storage
-    if study_name:
-        search.study_name = study_name
-    out = search.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+def _open_study(search: Search, quiet: bool):
+    """Create the study in its storage, or load it when another worker (or an earlier run) made it."""
+    optuna = _optuna()
     if quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(study_name=search.study_name, storage=_make_storage(search.storage),
-                                    direction=search.direction, load_if_exists=True,
-                                    sampler=_make_sampler(search.sampler), pruner=_make_pruner(search.pruner))
+        return optuna.create_study(study_name=search.study_name, storage=_make_storage(search.storage),
+                                   direction=search.direction, load_if_exists=True,
+                                   sampler=_make_sampler(search.sampler), pruner=_make_pruner(search.pruner))
     except ValueError as e:  # e.g. an existing study with the other direction
         raise ConfigError(f"study {search.study_name!r} in {search.storage}: {e}") from None
-    states = tuple(getattr(TrialState, s) for s in FINISHED)
+
+
+def _objective(search: Search, quiet: bool, echo: Callable[[str], None]) -> Callable[[Any], float]:
+    """One trial: suggest the space's values, train them as a run under <out>/trials, return the
+    best validation value; validation metrics at each evaluation feed the pruner."""
+    optuna = _optuna()
+    out = search.out_dir
 
     def objective(trial) -> float:
         from .run import train
@@ -674,20 +710,43 @@ def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir
             raise LoraclfError("the run recorded no validation metric")
         return float(value)
 
+    return objective
+
+
+def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None,
+               trials: Optional[int] = None, timeout: Optional[float] = None, storage: Optional[str] = None,
+               study_name: Optional[str] = None, quiet: bool = False,
+               echo: Callable[[str], None] = print) -> SearchResult:
+    """Run (or join) an Optuna study until it holds `trials` finished trials, then write best.yaml.
+
+    Trials optimise the best *validation* value of `metric`; test metrics are reported, never used
+    to choose. Validation metrics at each evaluation feed the pruner, so set train.eval_steps for
+    pruning finer than once per epoch.
+    """
+    if not isinstance(search, Search):
+        search = load_search(search, sets, output_dir)
+    for key, value in (("trials", trials), ("timeout", timeout), ("storage", storage), ("study_name", study_name)):
+        if value is not None and value != "":
+            setattr(search, key, value)
+    search.out_dir.mkdir(parents=True, exist_ok=True)
+    study = _open_study(search, quiet)
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    states = tuple(getattr(TrialState, s) for s in FINISHED)
     done = len(study.get_trials(deepcopy=False, states=states))
     if done < search.trials:
         if not quiet:
             echo(f"search {search.study_name}: {done} of {search.trials} trials finished; storage {search.storage}")
-        from optuna.study import MaxTrialsCallback
-
         try:
-            study.optimize(objective, n_trials=search.trials - done, timeout=search.timeout, catch=(LoraclfError,),
-                           callbacks=[MaxTrialsCallback(search.trials, states=states)], gc_after_trial=True)
+            study.optimize(_objective(search, quiet, echo), n_trials=search.trials - done, timeout=search.timeout,
+                           catch=(LoraclfError,), callbacks=[MaxTrialsCallback(search.trials, states=states)],
+                           gc_after_trial=True)
         except KeyboardInterrupt:  # keep what finished: rerunning the command continues the study
             write_search_results(search, study)
             raise
     best_path, rows = write_search_results(search, study)
-    return SearchResult(study, out, best_path, rows)
+    return SearchResult(study, search.out_dir, best_path, rows)
 
 
 def _search_rows(search: Search, study) -> list[dict]:
@@ -760,16 +819,9 @@ def _child_main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--error-file")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="loraclf: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+    from .cli import setup_process
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    if args.quiet:
-        logging.getLogger("loraclf").setLevel(logging.ERROR)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    setup_process(args.quiet)
     from .run import train
 
     try:

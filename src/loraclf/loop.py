@@ -1,18 +1,19 @@
 """The training loop: Accelerate-native (DDP / FSDP via `accelerate launch` unchanged).
 
-One function, :func:`fit`, trains a model on encoded data with length-grouped dynamic padding,
-evaluates on validation at a fixed cadence, keeps the best weights, stops early if asked, and
-checkpoints so that ``--resume`` continues where it stopped.
+:class:`Trainer` trains a head's model on encoded data; its :class:`TrainerState` is both what a
+checkpoint saves and what training returns. :func:`evaluate` scores one split through the head.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +23,7 @@ import torch
 from .config import TrainConfig
 from .data import Collator, Encoded, eval_batches, train_batches
 from .errors import CheckpointError, EnvironmentError_
-from .metrics import compute_metrics, is_better
+from .metrics import is_better
 
 log = logging.getLogger("loraclf")
 
@@ -84,28 +85,20 @@ def compile_model(model, mode: bool | str):
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def pad_side_left(tokenizer) -> bool:
-    return getattr(tokenizer, "padding_side", "right") == "left"
-
-
-def _forward(model, batch: dict) -> torch.Tensor:
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "idx")}
-    return model(**inputs).logits
-
-
 @torch.no_grad()
-def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=None,
-                   progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Logits for every example, in input order; batches sorted by length to minimise padding."""
+def predict_logits(head, enc: Encoded, batch_size: int, accelerator=None, progress: bool = False,
+                   desc: str = "predict") -> np.ndarray:
+    """Logits of `head.model` for every example, in input order; batches sorted by length to minimise padding."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    model = head.model
     was_training = model.training
     model.eval()
     batches = eval_batches(enc.lengths, batch_size)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     dl = DataLoader(range(len(enc)), batch_sampler=batches, pin_memory=device.type == "cuda",
-                    collate_fn=Collator(enc, tokenizer.pad_token_id, pad_side_left(tokenizer)))
+                    collate_fn=Collator(enc, head.tokenizer.pad_token_id, head.pad_left))
     if accelerator is not None:
         dl = accelerator.prepare_data_loader(dl)
     # Logits stay on the device until the end: no host synchronisation per batch, so the host
@@ -116,7 +109,7 @@ def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if accelerator is not None:
             with accelerator.autocast():
-                logits = _forward(model, batch).float()
+                logits = head.logits(model, batch).float()
             idx = batch["idx"]
             if accelerator.num_processes > 1:
                 # Processes can hold batches of different sizes (length-sorted batches, a short last
@@ -128,7 +121,7 @@ def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=
                 keep = idx >= 0
                 logits, idx = logits[keep], idx[keep]
         else:
-            logits, idx = _forward(model, batch).float(), batch["idx"]
+            logits, idx = head.logits(model, batch).float(), batch["idx"]
         parts.append((idx, logits))
         bar.update(1)
     bar.close()
@@ -141,33 +134,14 @@ def predict_logits(model, enc: Encoded, tokenizer, batch_size: int, accelerator=
     return out
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def evaluate_encoded(model, enc: Encoded, tokenizer, labels: list[str], batch_size: int, accelerator=None,
-                     progress: bool = False, desc: str = "eval") -> tuple[dict, np.ndarray]:
-    logits = predict_logits(model, enc, tokenizer, batch_size, accelerator, progress, desc)
-    probs = softmax(logits)
-    y = enc.labels
-    loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return compute_metrics(y, probs, labels, loss=loss), probs
-
-
-def class_weights(spec, labels: np.ndarray, k: int) -> Optional[torch.Tensor]:
-    if spec is None:
-        return None
-    if spec == "balanced":
-        counts = np.bincount(labels, minlength=k).astype(np.float64)
-        w = len(labels) / (k * np.maximum(counts, 1))
-        return torch.tensor(w, dtype=torch.float32)
-    if len(spec) != k:
-        from .errors import ConfigError
-
-        raise ConfigError(f"train.class_weights has {len(spec)} values but there are {k} labels")
-    return torch.tensor([float(x) for x in spec], dtype=torch.float32)
+def evaluate(head, enc: Encoded, batch_size: int, accelerator=None, progress: bool = False,
+             desc: str = "eval") -> tuple[dict, np.ndarray]:
+    """(metrics, probabilities) of one labelled split, with the head's own statistics."""
+    head.start_evaluation()
+    logits = predict_logits(head, enc, batch_size, accelerator, progress, desc)
+    metrics, probs = head.task.evaluate(logits, enc.labels)
+    metrics.update(head.statistics())
+    return metrics, probs
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -230,256 +204,279 @@ def _partial_load_kwargs(accelerator) -> dict:
     return {"strict": False}
 
 
+
 @dataclass
-class FitResult:
-    history: list[dict] = field(default_factory=list)
+class TrainerState:
+    """Where training stands. Saved as checkpoints/trainer_state.json (history in history.jsonl
+    beside it) and returned by :meth:`Trainer.fit` as the result."""
+
+    step: int = 0  # optimizer steps
+    micro: int = 0  # micro-batches of this process
+    epoch: int = 0
+    batch: int = 0  # micro-batches into the current epoch
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
-    best_eval: Optional[dict] = None
-    steps: int = 0
-    epochs_run: float = 0.0
-    stopped_early: bool = False
+    bad_evals: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
     train_tokens: int = 0
     padded_tokens: int = 0
+    # what a checkpoint's weights depend on: DDP's `module.` names and the batch order; the frozen base
+    num_processes: int = 1
+    base: Optional[str] = None
+    done: bool = False
+    stopped_early: bool = False
+    epochs_run: float = 0.0
+    history: list[dict] = field(default_factory=list)
 
     @property
     def samples_per_s(self) -> float:
         return self.train_samples / self.train_seconds if self.train_seconds > 0 else 0.0
 
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "history"}
 
-def fit(model, tokenizer, train: Encoded, val: Encoded, labels: list[str], tcfg: TrainConfig, seed: int,
-        accelerator, ckpt_dir: Optional[Path] = None, resume: bool = False, quiet: bool = False,
-        on_log: Optional[Callable[[dict], None]] = None, max_length: Optional[int] = None,
-        on_resumed: Optional[Callable[[], None]] = None, base_id: Optional[str] = None) -> FitResult:
-    """Train `model` in place; on return it holds the best weights seen on validation."""
-    from accelerate.utils import set_seed
-    from safetensors.torch import load_file, save_file
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    @classmethod
+    def from_json(cls, saved: dict) -> "TrainerState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known and k != "history"})
 
-    set_seed(seed)
-    k = len(labels)
-    weights = class_weights(tcfg.class_weights, train.labels, k)
-    loss_fn = torch.nn.CrossEntropyLoss(
-        weight=weights.to(accelerator.device) if weights is not None else None, label_smoothing=tcfg.label_smoothing)
-    optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr,
-                                  fused=accelerator.device.type == "cuda")
-    own_loss = bool(getattr(model, "loraclf_own_loss", False))  # e.g. the generate head's SFT loss
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Checkpoints hold the trainable weights only (LoRA + head: megabytes, not the frozen base); the
-    # frozen weights are rebuilt from the base model when a run resumes.
-    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
 
-    def keep_trainable(_models, weights: list[dict], _dir) -> None:
-        for w in weights:
-            for key in [k for k in w if k not in trainable_names]:
-                del w[key]
+class Trainer:
+    """Trains `head.model` in place: length-grouped dynamic padding, evaluation on validation at a
+    fixed cadence, the best weights kept, early stopping, and checkpoints that `--resume` continues
+    exactly. Accelerate runs it on one device or many (DDP / FSDP via `accelerate launch`)."""
 
-    # The compiled module shares its parameters with `model`, which stays what is checkpointed and
-    # evaluated (eager), so state-dict names do not depend on the compile switch.
-    step_model = compile_model(model, tcfg.compile) if tcfg.compile else model
-    collate = Collator(train, tokenizer.pad_token_id, pad_side_left(tokenizer),
-                       pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type), max_width=max_length)
-    lengths = train.lengths
+    def __init__(self, head, train: Encoded, val: Encoded, tcfg: TrainConfig, seed: int, accelerator,
+                 ckpt_dir: Optional[Path] = None, quiet: bool = False,
+                 on_log: Optional[Callable[[dict], None]] = None, max_length: Optional[int] = None,
+                 base_id: Optional[str] = None):
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
 
-    def loader(epoch: int, skip: int = 0, limit: Optional[int] = None):
-        batches = train_batches(lengths, tcfg.batch_size, seed, epoch, tcfg.group_by_length,
-                                mega=tcfg.length_group_batches)
+        set_seed(seed)
+        self.head, self.train_enc, self.val, self.tcfg, self.seed = head, train, val, tcfg, seed
+        self.acc, self.ckpt_dir, self.quiet, self.on_log = accelerator, ckpt_dir, quiet, on_log
+        head.prepare_training(tcfg, train.labels, accelerator.device)
+        optimizer = torch.optim.AdamW(_param_groups(head.model, tcfg.weight_decay), lr=tcfg.lr,
+                                      fused=accelerator.device.type == "cuda")
+        self.model, self.optimizer = accelerator.prepare(head.model, optimizer)
+        # Checkpoints hold the trainable weights only (LoRA + head: megabytes, not the frozen base); the
+        # frozen weights are rebuilt from the base model when a run resumes.
+        self.trainable_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        # The compiled module shares its parameters with `model`, which stays what is checkpointed and
+        # evaluated (eager), so state-dict names do not depend on the compile switch.
+        self.step_model = compile_model(self.model, tcfg.compile) if tcfg.compile else self.model
+        self.collate = Collator(train, head.tokenizer.pad_token_id, head.pad_left,
+                                pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type), max_width=max_length)
+        n = accelerator.num_processes
+        self.per_process = math.ceil(math.ceil(len(train) / tcfg.batch_size) / n)
+        self.total_micro = max(1, round(tcfg.epochs * self.per_process))
+        self.n_epochs = math.ceil(self.total_micro / self.per_process)
+        # The last micro-batch of every epoch closes an accumulation, so no gradient is pending at an
+        # epoch's evaluation and checkpoint (a resume then replays the uninterrupted run exactly).
+        self.total_steps = max(1, sum(math.ceil(self._micro_in(e) / tcfg.grad_accum_steps)
+                                      for e in range(self.n_epochs)))
+        sched = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[tcfg.scheduler]
+        self.scheduler = get_scheduler(sched, self.optimizer, num_training_steps=self.total_steps,
+                                       num_warmup_steps=int(round(tcfg.warmup_ratio * self.total_steps)))
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.state = TrainerState(num_processes=n, base=base_id)
+        self.best_weights: Optional[dict] = None
+
+    # ---------------------------------------------------------------- schedule and data
+    def _micro_in(self, epoch: int) -> int:
+        return min(self.per_process, self.total_micro - epoch * self.per_process)
+
+    def _loader(self, epoch: int, skip: int = 0, limit: Optional[int] = None):
+        from torch.utils.data import DataLoader
+
+        t = self.tcfg
+        batches = train_batches(self.train_enc.lengths, t.batch_size, self.seed, epoch, t.group_by_length,
+                                mega=t.length_group_batches)
         if limit is not None:
             batches = batches[:limit]
-        dl = DataLoader(range(len(train)), batch_sampler=batches[skip:], collate_fn=collate,
-                        pin_memory=accelerator.device.type == "cuda")
-        return accelerator.prepare_data_loader(dl)
+        dl = DataLoader(range(len(self.train_enc)), batch_sampler=batches[skip:], collate_fn=self.collate,
+                        pin_memory=self.acc.device.type == "cuda")
+        return self.acc.prepare_data_loader(dl)
 
-    n_batches_epoch = math.ceil(len(train) / tcfg.batch_size)
-    per_process = math.ceil(n_batches_epoch / accelerator.num_processes)
-    total_micro = max(1, round(tcfg.epochs * per_process))
-    n_epochs = math.ceil(total_micro / per_process)
+    # ---------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False, on_resumed: Optional[Callable[[], None]] = None) -> TrainerState:
+        """Train; on return the model holds the best weights seen on validation."""
+        from tqdm.auto import tqdm
 
-    def micro_in(epoch: int) -> int:
-        return min(per_process, total_micro - epoch * per_process)
+        if resume:
+            self._resume()
+            if on_resumed is not None:  # loaded, or nothing to load: training starts from here
+                on_resumed()
+        s = self.state
+        self.model.train()
+        self._bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step",
+                         disable=self.quiet or not self.acc.is_local_main_process, dynamic_ncols=True)
+        self._running = torch.zeros((), device=self.acc.device)
+        self._tokens = torch.zeros((), device=self.acc.device, dtype=torch.long) + s.train_tokens
+        self._running_n, self._log_t0, self._log_samples = 0, time.perf_counter(), 0
+        for epoch in range(self.n_epochs if s.done else s.epoch, self.n_epochs):
+            if self._run_epoch(epoch):
+                s.stopped_early = True
+                break
+        self._bar.close()
+        s.done, s.train_tokens = True, int(self._tokens)
+        if self.ckpt_dir is not None and self.acc.is_main_process:  # a resume after this trains no more
+            self._write_state()
+        if self.best_weights is not None:
+            load_trainable_state(self.acc.unwrap_model(self.model), self.best_weights)
+        s.epochs_run = s.micro / self.per_process
+        return s
 
-    # The last micro-batch of every epoch closes an accumulation, so no gradient is pending at an
-    # epoch's evaluation and checkpoint (a resume then replays the uninterrupted run exactly).
-    total_steps = max(1, sum(math.ceil(micro_in(e) / tcfg.grad_accum_steps) for e in range(n_epochs)))
-    warmup = int(round(tcfg.warmup_ratio * total_steps))
-    sched_name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[tcfg.scheduler]
-    scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    accelerator.register_for_checkpointing(scheduler)
-
-    res = FitResult()
-    state = {"step": 0, "micro": 0, "epoch": 0, "batch": 0, "best_metric": None, "best_step": None,
-             "bad_evals": 0, "train_seconds": 0.0, "train_samples": 0, "train_tokens": 0, "padded_tokens": 0,
-             # what a checkpoint's weights depend on: DDP's `module.` names and batch order; the frozen base
-             "num_processes": accelerator.num_processes, "base": base_id}
-    best_weights: Optional[dict] = None
-    state_file = ckpt_dir / "trainer_state.json" if ckpt_dir else None
-    if resume and state_file is not None and state_file.exists() and (ckpt_dir / "state").exists():
-        saved_state = json.loads(state_file.read_text())
-        _check_checkpoint(ckpt_dir / "state", saved_state, state, trainable_names, set(model.state_dict()))
-        state.update(saved_state, num_processes=state["num_processes"], base=state["base"] or saved_state.get("base"))
-        accelerator.load_state(str(ckpt_dir / "state"), **_partial_load_kwargs(accelerator))
-        if (ckpt_dir / "best_trainable.safetensors").exists():
-            best_weights = load_file(str(ckpt_dir / "best_trainable.safetensors"))
-        hist = ckpt_dir / "history.jsonl"
-        if hist.exists():
-            res.history = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
-        log.info("resuming at step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
-    if resume and on_resumed is not None:  # loaded, or nothing to load: training starts from here
-        on_resumed()
-
-    def write_state() -> None:
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_file)
-
-    def checkpoint() -> None:
-        if ckpt_dir is None:
-            return
-        accelerator.wait_for_everyone()
-        state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
-        # Write the new state beside the old one and swap: an interrupt never leaves a mix of both.
-        tmp_dir, final = ckpt_dir / "state.tmp", ckpt_dir / "state"
-        hook = accelerator.register_save_state_pre_hook(keep_trainable)
-        try:
-            accelerator.save_state(str(tmp_dir), safe_serialization=True)
-        finally:
-            hook.remove()
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            import shutil
-
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp_dir, final)
-            if best_weights is not None:
-                save_file(best_weights, str(ckpt_dir / "best_trainable.safetensors"))
-            (ckpt_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in res.history))
-            write_state()
-
-    def evaluate_now(epoch_f: float) -> bool:
-        """Evaluate on validation; returns True when training should stop early."""
-        nonlocal best_weights
-        metrics, _ = evaluate_encoded(model, val, tokenizer, labels, tcfg.eval_batch_size, accelerator,
-                                      progress=False)
-        value = metrics.get(tcfg.metric)
-        improved = is_better(tcfg.metric, value, state["best_metric"])
-        rec = {"type": "eval", "step": state["step"], "epoch": round(epoch_f, 4), "split": "validation",
-               **{m: metrics[m] for m in ("loss", "accuracy", "macro_f1", "weighted_f1", "macro_recall",
-                                           "roc_auc", "ece")}, "improved": improved}
-        res.history.append(rec)
-        if on_log:
-            on_log(rec)
-        if improved:
-            state["best_metric"], state["best_step"], state["bad_evals"] = value, state["step"], 0
-            res.best_eval = metrics
-            best_weights = trainable_state(accelerator.unwrap_model(model))
-        else:
-            state["bad_evals"] += 1
-        if not quiet:
-            shown = "n/a" if value is None else f"{value:.4f}"
-            tqdm.write(f"eval step {state['step']} epoch {epoch_f:.2f}: {tcfg.metric}={shown} "
-                       f"loss={metrics['loss']:.4f}" + (" *" if improved else ""))
-        return tcfg.early_stopping_patience is not None and state["bad_evals"] >= tcfg.early_stopping_patience
-
-    model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step",
-               disable=quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
-    running = torch.zeros((), device=accelerator.device)
-    tokens_t = torch.zeros((), device=accelerator.device, dtype=torch.long) + state["train_tokens"]
-    padded_n = state["padded_tokens"]
-    running_n = 0
-    stop = False
-    log_t0, log_samples = time.perf_counter(), 0
-    for epoch in range(n_epochs if state.get("done") else state["epoch"], n_epochs):
-        limit = None if micro_in(epoch) == per_process else micro_in(epoch) * accelerator.num_processes
-        dl = loader(epoch, skip=state["batch"] * accelerator.num_processes if epoch == state["epoch"] else 0,
-                    limit=limit)
-        t0 = time.perf_counter()
+    def _run_epoch(self, epoch: int) -> bool:
+        """One epoch (or what is left of it after a resume); True when training stops early."""
+        s, t, n = self.state, self.tcfg, self.acc.num_processes
+        micro = self._micro_in(epoch)
+        dl = self._loader(epoch, skip=s.batch * n if epoch == s.epoch else 0,
+                          limit=None if micro == self.per_process else micro * n)
+        t0, stop = time.perf_counter(), False
         for batch in dl:
-            accum_boundary = (state["batch"] + 1) % tcfg.grad_accum_steps == 0 or state["batch"] + 1 == micro_in(epoch)
-            labels_t = batch["labels"]
-            ctx = accelerator.no_sync(model) if not accum_boundary and accelerator.num_processes > 1 else _null()
-            with ctx:
-                with accelerator.autocast():
-                    if own_loss:
-                        loss = step_model(**{k: v for k, v in batch.items() if k != "idx"}).loss
-                    else:
-                        loss = loss_fn(_forward(step_model, batch).float(), labels_t)
-                accelerator.backward(loss / tcfg.grad_accum_steps)
-            running += loss.detach()
-            tokens_t += batch["attention_mask"].sum()  # stays on the device: no sync per step
-            padded_n += batch["attention_mask"].numel()
-            running_n += 1
-            n = labels_t.shape[0]
-            state["train_samples"] += n * accelerator.num_processes
-            log_samples += n * accelerator.num_processes
-            state["micro"] += 1
-            state["batch"] += 1
-            if not accum_boundary:
+            if not self.step(batch, (s.batch + 1) % t.grad_accum_steps == 0 or s.batch + 1 == micro):
                 continue
-            if tcfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % tcfg.log_every == 0 or state["step"] == total_steps:
-                now = time.perf_counter()
-                avg = float(running / max(running_n, 1))  # one host sync per log interval
-                rec = {"type": "train", "step": state["step"], "epoch": round(state["micro"] / per_process, 4),
-                       "loss": avg, "lr": scheduler.get_last_lr()[0],
-                       "samples_per_s": log_samples / max(now - log_t0, 1e-9)}
-                res.history.append(rec)
-                if on_log:
-                    on_log(rec)
-                bar.set_postfix(loss=f"{avg:.4f}", lr=f"{rec['lr']:.2e}")
-                running.zero_()
-                running_n, log_t0, log_samples = 0, now, 0
-            if tcfg.eval_steps and state["step"] % tcfg.eval_steps == 0 and state["step"] < total_steps:
-                state["train_seconds"] += time.perf_counter() - t0
-                stop = evaluate_now(state["micro"] / per_process)
-                checkpoint()
-                t0 = time.perf_counter()
-                log_t0 = t0
+            if t.eval_steps and s.step % t.eval_steps == 0 and s.step < self.total_steps:
+                s.train_seconds += time.perf_counter() - t0
+                stop = self.evaluate()
+                self.checkpoint()
+                t0 = self._log_t0 = time.perf_counter()
                 if stop:
                     break
-        state["train_seconds"] += time.perf_counter() - t0
-        state["epoch"], state["batch"] = epoch + 1, 0
+        s.train_seconds += time.perf_counter() - t0
+        s.epoch, s.batch = epoch + 1, 0
         if stop:
-            res.stopped_early = True
-            break
-        if not tcfg.eval_steps or state["micro"] >= total_micro:
-            stop = evaluate_now(state["micro"] / per_process)
-            checkpoint()
-            if stop and state["micro"] < total_micro:
-                res.stopped_early = True
-                break
-    bar.close()
-    state["done"], state["stopped_early"] = True, res.stopped_early or state.get("stopped_early", False)
-    state["train_tokens"], state["padded_tokens"] = int(tokens_t), padded_n
-    if state_file is not None and accelerator.is_main_process:  # a resume after this trains no more
-        write_state()
-    res.stopped_early = state["stopped_early"]
-    unwrapped = accelerator.unwrap_model(model)
-    if best_weights is not None:
-        load_trainable_state(unwrapped, best_weights)
-    res.best_metric, res.best_step = state["best_metric"], state["best_step"]
-    res.steps = state["step"]
-    res.epochs_run = state["micro"] / per_process
-    res.train_seconds, res.train_samples = state["train_seconds"], state["train_samples"]
-    res.train_tokens, res.padded_tokens = state["train_tokens"], state["padded_tokens"]
-    if res.best_eval is None and best_weights is not None:
-        res.best_eval, _ = evaluate_encoded(unwrapped, val, tokenizer, labels, tcfg.eval_batch_size, accelerator)
-    return res
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
+            return True
+        if not t.eval_steps or s.micro >= self.total_micro:
+            stop = self.evaluate()
+            self.checkpoint()
+            return stop and s.micro < self.total_micro
         return False
+
+    def step(self, batch: dict, boundary: bool) -> bool:
+        """Forward and backward one micro-batch; at an accumulation boundary also the optimizer step.
+        Returns whether an optimizer step was taken."""
+        s, acc, n = self.state, self.acc, self.acc.num_processes
+        ctx = acc.no_sync(self.model) if not boundary and n > 1 else contextlib.nullcontext()
+        with ctx:
+            with acc.autocast():
+                loss = self.head.loss(self.step_model, batch)
+            acc.backward(loss / self.tcfg.grad_accum_steps)
+        self._running += loss.detach()
+        self._tokens += batch["attention_mask"].sum()  # stays on the device: no sync per step
+        s.padded_tokens += batch["attention_mask"].numel()
+        self._running_n += 1
+        samples = batch["labels"].shape[0] * n
+        s.train_samples += samples
+        self._log_samples += samples
+        s.micro += 1
+        s.batch += 1
+        if not boundary:
+            return False
+        if self.tcfg.max_grad_norm is not None:
+            acc.clip_grad_norm_(self.model.parameters(), self.tcfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        self._bar.update(1)
+        if s.step % self.tcfg.log_every == 0 or s.step == self.total_steps:
+            self._log_train()
+        return True
+
+    def _log(self, rec: dict) -> None:
+        self.state.history.append(rec)
+        if self.on_log:
+            self.on_log(rec)
+
+    def _log_train(self) -> None:
+        s, now = self.state, time.perf_counter()
+        avg = float(self._running / max(self._running_n, 1))  # one host sync per log interval
+        rec = {"type": "train", "step": s.step, "epoch": round(s.micro / self.per_process, 4), "loss": avg,
+               "lr": self.scheduler.get_last_lr()[0],
+               "samples_per_s": self._log_samples / max(now - self._log_t0, 1e-9)}
+        self._log(rec)
+        self._bar.set_postfix(loss=f"{avg:.4f}", lr=f"{rec['lr']:.2e}")
+        self._running.zero_()
+        self._running_n, self._log_t0, self._log_samples = 0, now, 0
+
+    def evaluate(self) -> bool:
+        """Score validation, keep the weights if they are the best so far; True when training should stop."""
+        s, t = self.state, self.tcfg
+        metrics, _ = evaluate(self.head, self.val, t.eval_batch_size, self.acc)
+        value = metrics.get(t.metric)
+        improved = is_better(t.metric, value, s.best_metric)
+        epoch = s.micro / self.per_process
+        self._log({"type": "eval", "step": s.step, "epoch": round(epoch, 4), "split": "validation",
+                   **{k: metrics[k] for k in ("loss", *self.head.task.headline)}, "improved": improved})
+        if improved:
+            s.best_metric, s.best_step, s.bad_evals = value, s.step, 0
+            self.best_weights = trainable_state(self.acc.unwrap_model(self.model))
+        else:
+            s.bad_evals += 1
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            shown = "n/a" if value is None else f"{value:.4f}"
+            tqdm.write(f"eval step {s.step} epoch {epoch:.2f}: {t.metric}={shown} loss={metrics['loss']:.4f}"
+                       + (" *" if improved else ""))
+        return t.early_stopping_patience is not None and s.bad_evals >= t.early_stopping_patience
+
+    # ---------------------------------------------------------------- checkpoints
+    def _write_state(self) -> None:
+        state_file = self.ckpt_dir / "trainer_state.json"
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state.to_json()))
+        tmp.replace(state_file)
+
+    def _keep_trainable(self, _models, weights: list[dict], _dir) -> None:
+        for w in weights:
+            for key in [k for k in w if k not in self.trainable_names]:
+                del w[key]
+
+    def checkpoint(self) -> None:
+        if self.ckpt_dir is None:
+            return
+        from safetensors.torch import save_file
+
+        acc, d = self.acc, self.ckpt_dir
+        acc.wait_for_everyone()
+        self.state.train_tokens = int(self._tokens)
+        # Write the new state beside the old one and swap: an interrupt never leaves a mix of both.
+        tmp_dir, final = d / "state.tmp", d / "state"
+        hook = acc.register_save_state_pre_hook(self._keep_trainable)
+        try:
+            acc.save_state(str(tmp_dir), safe_serialization=True)
+        finally:
+            hook.remove()
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp_dir, final)
+            if self.best_weights is not None:
+                save_file(self.best_weights, str(d / "best_trainable.safetensors"))
+            (d / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.state.history))
+            self._write_state()
+
+    def _resume(self) -> None:
+        from safetensors.torch import load_file
+
+        d = self.ckpt_dir
+        if d is None or not (d / "trainer_state.json").exists() or not (d / "state").exists():
+            return
+        saved = json.loads((d / "trainer_state.json").read_text())
+        current = self.state
+        _check_checkpoint(d / "state", saved, current.to_json(), self.trainable_names,
+                          set(self.model.state_dict()))
+        self.state = TrainerState.from_json(saved)
+        self.state.num_processes, self.state.base = current.num_processes, current.base or saved.get("base")
+        self.acc.load_state(str(d / "state"), **_partial_load_kwargs(self.acc))
+        if (d / "best_trainable.safetensors").exists():
+            self.best_weights = load_file(str(d / "best_trainable.safetensors"))
+        hist = d / "history.jsonl"
+        if hist.exists():
+            self.state.history = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+        log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch)

@@ -7,7 +7,6 @@ so a crashed or interrupted run never leaves a half-written artifact or metrics 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -22,9 +21,10 @@ import numpy as np
 import torch
 
 from .config import Config, load_config
-from .data import Data, Encoded, encode, load_data, token_lengths
+from .data import Data, Encoded, load_data, token_lengths
 from .errors import ConfigError, DataError, LoraclfError
-from .metrics import compute_metrics
+from .loop import Trainer, TrainerState, evaluate, make_accelerator
+from .metrics import HEADLINE, METRICS
 
 log = logging.getLogger("loraclf")
 
@@ -91,26 +91,13 @@ def _filter_train(data: Data, tok, cfg: Config) -> dict:
     return stats
 
 
-def _write_predictions(path: Path, split, probs: np.ndarray, labels: list[str]) -> None:
-    pred = probs.argmax(axis=1)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "gold", "predicted", "correct"] + [f"p_{n}" for n in labels])
-        for i, text in enumerate(split.texts):
-            w.writerow([text, labels[split.labels[i]], labels[pred[i]], int(pred[i] == split.labels[i])]
-                       + [f"{p:.6f}" for p in probs[i]])
-
-
 def results_table(metrics: dict) -> str:
     """Plain-text summary of a run's metrics.json for the terminal."""
-    rows = [("split", "n", "accuracy", "macro-F1", "weighted-F1", "macro-recall", "ROC-AUC", "ECE")]
+    rows = [["split", "n"] + [METRICS[k].name for k in HEADLINE]]
     for split in ("validation", "test"):
         m = metrics.get(split)
-        if not m:
-            continue
-        auc = "-" if m.get("roc_auc") is None else f"{m['roc_auc']:.4f}"
-        rows.append((split, str(m["n"]), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['weighted_f1']:.4f}",
-                     f"{m['macro_recall']:.4f}", auc, f"{m['ece']:.4f}"))
+        if m:
+            rows.append([split, str(m["n"])] + [METRICS[k].format(m.get(k)) for k in HEADLINE])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -143,90 +130,39 @@ def _check_max_length(cfg: Config, built) -> None:
         )
 
 
-def _make_on_log(cfg: Config, accelerator, run_dir: Path):
-    """Hook: a callback that receives every history record during training (experiment trackers)."""
-    from .tracking import start
-
-    return start(cfg, accelerator, run_dir)
-
-
-def _after_run(run_dir: Path, cfg: Config, quiet: bool, train_texts: Optional[list[str]] = None) -> None:
-    """Hook: work done once a run directory is complete (plots, report.html, model card)."""
-    from .report import after_run
-
-    after_run(run_dir, cfg, quiet, train_texts)
+def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
+    if resume is None:
+        return config if isinstance(config, Config) else load_config(config, overrides)
+    run_dir = Path(resume)
+    if not (run_dir / "config.yaml").exists():
+        raise LoraclfError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    if (run_dir / "metrics.json").exists():
+        raise LoraclfError(f"--resume {run_dir}: that run already finished")
+    return load_config(run_dir / "config.yaml", overrides)
 
 
-def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
-          quiet: bool = False, callback: Optional[Callable[[dict], None]] = None) -> Run:
-    """Train and evaluate one config; returns the finished :class:`Run`.
+def build_head(cfg: Config, data: Data, quiet: bool = False):
+    """The model to train, behind its head; (head, models.Built, parameter counts, `lora.r: auto` choice).
+    Everything that can refuse the config (budget, max_length, class weights) is checked here, before
+    a run directory exists."""
+    from .models import check_budget, count_parameters
+    from .models.heads import HEADS
+    from .tasks import make_task
 
-    `resume` is a run directory whose checkpoints/ holds the state to continue from; its
-    config.yaml is used (overrides still apply on top). `callback` receives every history record
-    during training (a search uses it to report validation metrics and prune).
-    """
-    from accelerate.utils import set_seed
-
-    from .artifact import save_artifact
-    from .loop import FitResult, evaluate_encoded, fit, make_accelerator
-    from .models import apply_method, build_prompt_model, check_budget, count_parameters
-    from .models.build import load_base
-    from .models.registry import fingerprint
-
-    t_start = time.perf_counter()
-    from .memory import PeakMemory
-
-    peak_mem = PeakMemory.start()
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists():
-            raise LoraclfError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
-        if (run_dir / "metrics.json").exists():
-            raise LoraclfError(f"--resume {run_dir}: that run already finished")
-        cfg = load_config(run_dir / "config.yaml", overrides)
-    elif isinstance(config, Config):
-        cfg = config
-    else:
-        cfg = load_config(config, overrides)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-
-    data = load_data(cfg.data, cfg.seed)
-    labels = data.labels.names
-    from .budget import resolve_auto_lora
-
-    prompt_head = cfg.model.head != "classifier"
-    if prompt_head:
-        auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
-        set_seed(cfg.seed)
-        if data.splits["train"].pairs is not None:
-            raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
-        tr = data.splits["train"]
-        built = build_prompt_model(cfg.model, cfg.lora, labels, tr.texts, tr.labels, cfg.seed, quiet=quiet)
-    else:
-        set_seed(cfg.seed)
-        model, tok, resolved, missing = load_base(cfg.model, len(labels), data.labels.id2label, quiet=quiet)
-        with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
-            auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
-        built = apply_method(model, tok, resolved, cfg.model.method, cfg.lora, missing)
+    task = make_task("single-label", data.labels.names)
+    task.check_config(cfg.train)
+    head, built, auto_lora = HEADS[cfg.model.head].build(cfg, data, task, quiet=quiet)
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
-    tok = built.tokenizer
     _check_max_length(cfg, built)
-    if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(labels):
-        raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values but there are "
-                          f"{len(labels)} labels ({', '.join(labels)})")
-    train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
-    length_stats = _filter_train(data, tok, cfg)
-    if prompt_head:
-        enc: dict[str, Encoded] = {split: built.model.formatter.encode(s.texts, s.labels, cfg.data.max_length)
-                                   for split, s in data.splits.items()}
-    else:
-        enc = {split: encode(tok, s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()}
+    return head, built, counts, auto_lora
 
-    accelerator = make_accelerator(cfg.train)
-    main = accelerator.is_main_process
-    if resume is None:
+
+def _open_run_dir(cfg: Config, resume: Optional[str], accelerator) -> Path:
+    """The run directory, refusing to reuse a finished or running one; config.yaml written once there."""
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
         name = cfg.name or default_name(cfg)
         if accelerator.num_processes > 1:  # every process must agree on a timestamped name
             from accelerate.utils import broadcast_object_list
@@ -237,104 +173,155 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
         if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints" / "trainer_state.json").exists():
             raise LoraclfError(f"run directory {run_dir} already exists; choose another name or --resume it")
         accelerator.wait_for_everyone()
-    ckpt = run_dir / "checkpoints"
-    if main:
-        ckpt.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if resume is None:  # a resumed run's config is rewritten once its checkpoint has loaded
             cfg.save(run_dir / "config.yaml")
     accelerator.wait_for_everyone()
-    if not quiet and main:
-        sizes = ", ".join(f"{k} {v:,}" for k, v in data.sizes().items())
-        print(f"loraclf: {cfg.model.name} ({built.model_type}, {cfg.model.method}) on {sizes}; "
-              f"labels: {', '.join(labels)}; trainable {counts['trainable']:,} params -> {run_dir}")
+    return run_dir
 
-    on_log = _make_on_log(cfg, accelerator, run_dir)
-    if callback is not None:
-        on_log = callback if on_log is None else (lambda rec, _a=on_log, _b=callback: (_a(rec), _b(rec)))
+
+def _fit(cfg: Config, head, built, enc: dict[str, Encoded], accelerator, run_dir: Path, resume: bool,
+         quiet: bool, on_log) -> TrainerState:
+    from .models.registry import fingerprint
+
     if cfg.model.method == "zero-shot":
-        res = FitResult()
-        built.model.to(accelerator.device)
-    else:
-        res = fit(built.model, tok, enc["train"], enc["validation"], labels, cfg.train, cfg.seed, accelerator,
-                  ckpt_dir=ckpt, resume=resume is not None, quiet=quiet or not main, on_log=on_log,
-                  on_resumed=(lambda: cfg.save(run_dir / "config.yaml")) if main else None,
-                  base_id=fingerprint(built.resolved, cfg.model.revision) if built.resolved else None,
-                  max_length=cfg.data.max_length)
-    model = accelerator.unwrap_model(built.model)
+        head.model.to(accelerator.device)
+        return TrainerState()
+    main = accelerator.is_main_process
+    trainer = Trainer(head, enc["train"], enc["validation"], cfg.train, cfg.seed, accelerator,
+                      ckpt_dir=run_dir / "checkpoints", quiet=quiet or not main, on_log=on_log,
+                      max_length=cfg.data.max_length,
+                      base_id=fingerprint(built.resolved, cfg.model.revision) if built.resolved else None)
+    return trainer.fit(resume=resume, on_resumed=(lambda: cfg.save(run_dir / "config.yaml")) if main else None)
 
+
+def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, quiet: bool):
+    """Metrics and probabilities of validation and test with the trained (best) weights."""
     results: dict[str, dict] = {}
-    probs_by_split: dict[str, np.ndarray] = {}
-    t_eval = time.perf_counter()
+    probs: dict[str, np.ndarray] = {}
+    progress = not quiet and accelerator.is_main_process
     for split in ("validation", "test"):
         if split in enc:
-            if hasattr(model, "generation_log"):
-                model.generation_log = []
-            m, probs = evaluate_encoded(model, enc[split], tok, labels, cfg.train.eval_batch_size, accelerator,
-                                        progress=not quiet and main, desc=f"eval {split}")
-            if cfg.model.head == "generate":
-                m["generation"] = model.generation_stats()
-            results[split], probs_by_split[split] = m, probs
-    eval_seconds = time.perf_counter() - t_eval
-    accelerator.wait_for_everyone()
-    if not main:
-        return Run(run_dir)
+            results[split], probs[split] = evaluate(head, enc[split], cfg.train.eval_batch_size, accelerator,
+                                                    progress=progress, desc=f"eval {split}")
+    return results, probs
 
-    metrics = {
+
+def _run_metrics(cfg: Config, built, head, data: Data, counts: dict, length_stats: dict, results: dict,
+                 state: TrainerState, timing: dict, accelerator, example: Encoded) -> dict:
+    """metrics.json: what was trained on what, how it scored, how training went, where it ran."""
+    return {
         "run": cfg.name,
         "model": {"name": cfg.model.name, "resolved": built.resolved.portable, "hub_id": built.resolved.hub_id,
                   "model_type": built.model_type, "method": cfg.model.method,
                   "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
                   "newly_initialised": built.newly_initialised},
+        "task": head.task.name,
         "params": counts,
-        "labels": labels,
+        "labels": head.task.labels,
         "data": {"sizes": data.sizes(), "notes": data.notes, "sources": {k: v.source for k, v in data.splits.items()},
                  "token_lengths": length_stats},
         **results,
-        "best": {"metric": cfg.train.metric, "value": res.best_metric, "step": res.best_step,
-                 "stopped_early": res.stopped_early, "epochs_run": res.epochs_run, "steps": res.steps},
-        "timing": {"train_seconds": res.train_seconds, "train_samples_per_s": res.samples_per_s,
-                   "eval_seconds": eval_seconds, "total_seconds": time.perf_counter() - t_start,
-                   "padding_efficiency": res.train_tokens / max(res.padded_tokens, 1)},
+        "best": {"metric": cfg.train.metric, "value": state.best_metric, "step": state.best_step,
+                 "stopped_early": state.stopped_early, "epochs_run": state.epochs_run, "steps": state.step},
+        "timing": {"train_seconds": state.train_seconds, "train_samples_per_s": state.samples_per_s,
+                   "padding_efficiency": state.train_tokens / max(state.padded_tokens, 1), **timing},
         "environment": {"device": str(accelerator.device), "precision": accelerator.mixed_precision,
                         "num_processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
                         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        **head.run_info(example),
     }
-    metrics["timing"].update(peak_mem.read())  # peak_memory_mb: peak RSS on CPU, max allocated on CUDA
-    if auto_lora:
-        metrics["budget"] = auto_lora
-    meta = {"labels": labels, "base_model": built.resolved.portable, "base_model_hub_id": built.resolved.hub_id,
-            "method": cfg.model.method, "head": cfg.model.head, "model_type": built.model_type,
-            "max_length": cfg.data.max_length,
-            "text_column": cfg.data.text_column, "pooling": "model default (classification head of the architecture)",
-            "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
-            "metrics": {s: {k: results[s][k] for k in ("accuracy", "macro_f1")} for s in results}}
-    if prompt_head:
-        meta["prompt"] = built.model.formatter.spec.to_dict()
-        meta["max_new_tokens"] = cfg.model.max_new_tokens
-        meta["fallback_label"] = built.model.labels[built.model.fallback]
-        metrics["prompt"] = {**meta["prompt"], "chat": built.model.formatter.chat,
-                             "example_prompt": tok.decode(enc["test" if "test" in enc else "validation"].input_ids[0])}
 
-    # Assemble everything in a hidden folder, then move into place.
+
+def _artifact_meta(cfg: Config, built, head, results: dict) -> dict:
+    """loraclf.json: everything `loraclf.load` needs to rebuild the classifier."""
+    return {"labels": head.task.labels, "task": head.task.name, "base_model": built.resolved.portable,
+            "base_model_hub_id": built.resolved.hub_id, "method": cfg.model.method, "head": head.name,
+            "model_type": built.model_type, "max_length": cfg.data.max_length, "text_column": cfg.data.text_column,
+            "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
+            "metrics": {s: {k: results[s][k] for k in head.task.headline[:2]} for s in results},
+            **head.artifact_meta()}
+
+
+def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, np.ndarray], data: Data,
+               history: list[dict]) -> None:
+    """Assemble artifact/, predictions/, history.jsonl and metrics.json in a hidden folder, then move
+    them into place (metrics.json last: it marks the run finished) and drop the resume state."""
+    from .artifact import save_artifact
+
     stage = run_dir / f".partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        save_artifact(model, tok, stage / "artifact", meta)
+        save_artifact(head, stage / "artifact", meta)
         (stage / "predictions").mkdir()
-        for split, probs in probs_by_split.items():
-            _write_predictions(stage / "predictions" / f"{split}.csv", data.splits[split], probs, labels)
-        (stage / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in res.history))
+        for split, p in probs.items():
+            s = data.splits[split]
+            head.task.write_predictions(stage / "predictions" / f"{split}.csv", s.texts, s.labels, p)
+        (stage / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        for item in ("artifact", "predictions", "history.jsonl", "metrics.json"):  # metrics.json last: "finished"
+        for item in ("artifact", "predictions", "history.jsonl", "metrics.json"):
             target = run_dir / item
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(stage / item, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete; its resume state is no longer needed
-    _after_run(run_dir, cfg, quiet, train_texts)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete; its resume state is not needed
+
+
+def _announce(cfg: Config, built, data: Data, counts: dict, run_dir: Path) -> None:
+    sizes = ", ".join(f"{k} {v:,}" for k, v in data.sizes().items())
+    print(f"loraclf: {cfg.model.name} ({built.model_type}, {cfg.model.method}) on {sizes}; "
+          f"labels: {', '.join(data.labels.names)}; trainable {counts['trainable']:,} params -> {run_dir}")
+
+
+def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
+          quiet: bool = False, callback: Optional[Callable[[dict], None]] = None) -> Run:
+    """Train and evaluate one config; returns the finished :class:`Run`.
+
+    `resume` is a run directory whose checkpoints/ holds the state to continue from; its
+    config.yaml is used (overrides still apply on top). `callback` receives every history record
+    during training (a search uses it to report validation metrics and prune).
+    """
+    from .memory import PeakMemory
+    from .report import after_run
+    from .tracking import start as start_tracking
+
+    t_start, peak_mem = time.perf_counter(), PeakMemory.start()
+    cfg = _resolve_config(config, overrides, resume)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    data = load_data(cfg.data, cfg.seed)
+    head, built, counts, auto_lora = build_head(cfg, data, quiet)
+    train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
+    length_stats = _filter_train(data, head.tokenizer, cfg)
+    enc = {split: head.encode(s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()}
+
+    accelerator = make_accelerator(cfg.train)
+    main = accelerator.is_main_process
+    run_dir = _open_run_dir(cfg, resume, accelerator)
+    if not quiet and main:
+        _announce(cfg, built, data, counts, run_dir)
+    tracker = start_tracking(cfg, accelerator, run_dir)
+    on_log = callback if tracker is None else (
+        tracker if callback is None else (lambda rec: (tracker(rec), callback(rec))))
+    state = _fit(cfg, head, built, enc, accelerator, run_dir, resume is not None, quiet, on_log)
+    t_eval = time.perf_counter()
+    results, probs = _evaluate_splits(head, enc, cfg, accelerator, quiet)
+    eval_seconds = time.perf_counter() - t_eval
+    accelerator.wait_for_everyone()
+    if not main:
+        return Run(run_dir)
+
+    timing = {"eval_seconds": eval_seconds, "total_seconds": time.perf_counter() - t_start, **peak_mem.read()}
+    metrics = _run_metrics(cfg, built, head, data, counts, length_stats, results, state, timing, accelerator,
+                           enc["test" if "test" in enc else "validation"])
+    if auto_lora:
+        metrics["budget"] = auto_lora
+    _write_run(run_dir, head, _artifact_meta(cfg, built, head, results), metrics, probs, data, state.history)
+    after_run(run_dir, cfg, quiet, train_texts)
     if not quiet:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")
@@ -342,7 +329,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
 
 
 def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None, split: str = "test",
-                      batch_size: int = 128, quiet: bool = False) -> dict:
+                      batch_size: Optional[int] = None, quiet: bool = False) -> dict:
     """Metrics of a saved artifact on every row of one labelled file or split (data options as in a config)."""
     from .artifact import load
     from .data import load_labelled_split
@@ -360,5 +347,5 @@ def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None,
                 f"{source}: row {i + 1} has label {name!r}, unknown to the model (labels: {', '.join(clf.labels)})"
             )
         gold.append(clf.labels.index(name))
-    probs = clf.predict_proba(texts, batch_size, pairs, progress=not quiet)
-    return compute_metrics(np.array(gold), probs, clf.labels)
+    logits = clf.logits(texts, batch_size or cfg.train.eval_batch_size, pairs, progress=not quiet)
+    return clf.task.evaluate(logits, np.array(gold))[0]

@@ -9,22 +9,51 @@ configured one.
 Trackers are fed the history records of the training loop as they are written (``train/loss``,
 ``train/lr``, ``validation/accuracy``, ...) and, when the run is complete, its final validation
 and test metrics.
+
+Whoever starts the trackers closes them: :func:`start` returns a :class:`Tracking` (or None) and
+the caller calls its :meth:`Tracking.finish`, in a ``finally`` so that an interrupted or failed
+run still flushes what it logged::
+
+    tracking = start(cfg, accelerator, run_dir)
+    try:
+        ...  # train, passing `tracking` as the loop's callback
+    finally:
+        if tracking is not None:
+            tracking.finish(metrics, files)  # metrics/files None when the run did not finish
 """
 
 from __future__ import annotations
 
-import atexit
+import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import _tracker_installed as _installed
+from .config import TRACKERS, flatten
+from .errors import ConfigError
 
 log = logging.getLogger("loraclf")
 
-# Run directory -> open Tracking, so the post-run hook can log final metrics and close them.
-_OPEN: dict[str, "Tracking"] = {}
+# Importable modules that provide each tracker (any one suffices).
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+
+
+def tracker_installed(name: str) -> bool:
+    """Whether the library behind tracker `name` (one of config.TRACKERS) can be imported."""
+    return any(importlib.util.find_spec(m) is not None for m in TRACKER_MODULES[name])
+
+
+def check_installed(report_cfg) -> None:
+    """Raise ConfigError if ``report.trackers`` names a tracker that is not installed.
+
+    Called when a run starts, before its run directory exists; reading a config never checks the
+    machine, so a W&B run's config.yaml still loads where wandb is absent.
+    """
+    for name in resolve_trackers(report_cfg.trackers):
+        if name in TRACKERS and not tracker_installed(name):
+            raise ConfigError(f"report.trackers: {name} is not installed (pip install {name}), or drop it from "
+                              "report.trackers")
 
 
 def resolve_trackers(spec: Any) -> list[str]:
@@ -33,18 +62,15 @@ def resolve_trackers(spec: Any) -> list[str]:
     if names == ["none"] or not names:
         return []
     if names == ["auto"]:
-        return ["tensorboard"] if _installed("tensorboard") else []
+        return ["tensorboard"] if tracker_installed("tensorboard") else []
     return list(dict.fromkeys(names))
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict[str, Any]:
+def tracker_params(tree: dict) -> dict[str, Any]:
     """Config as flat ``section.field`` keys with scalar values (what trackers accept as params)."""
     out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_config(v, key + "."))
-        elif isinstance(v, (list, tuple)):
+    for key, v in flatten(tree).items():
+        if isinstance(v, (list, tuple)):
             out[key] = ",".join(map(str, v))
         else:
             out[key] = "null" if v is None else v
@@ -87,7 +113,8 @@ class Tracking:
             self.log(values, step)
 
     def finish(self, metrics: Optional[dict] = None, files: Optional[list[Path]] = None) -> None:
-        """Log final metrics (and report files, for MLflow) and close every tracker."""
+        """Log final metrics (and report files, for MLflow) and close every tracker. Safe to call
+        more than once (later calls do nothing) and without metrics (an interrupted run)."""
         if self.closed:
             return
         self.closed = True
@@ -110,7 +137,6 @@ class Tracking:
                 t.finish()
             except Exception as e:
                 log.warning("tracker %s failed to finish: %s", t.name, e)
-        _OPEN.pop(str(self.run_dir), None)
 
 
 def _make(name: str, rcfg, run_dir: Path, run_name: str):
@@ -135,14 +161,15 @@ def _make(name: str, rcfg, run_dir: Path, run_name: str):
 
 
 def start(cfg, accelerator, run_dir: Path) -> Optional[Tracking]:
-    """Start the configured trackers on the main process; None when there are none."""
+    """Start the configured trackers on the main process; None when there are none. The caller
+    owns the result and must call its ``finish`` (in a ``finally``; see the module docstring)."""
     if not accelerator.is_main_process:
         return None
     names = resolve_trackers(cfg.report.trackers)
     if not names:
         return None
     trackers = []
-    params = flat_config(cfg.to_dict())
+    params = tracker_params(cfg.to_dict())
     for name in names:
         try:
             t = _make(name, cfg.report, Path(run_dir), cfg.name or Path(run_dir).name)
@@ -158,19 +185,5 @@ def start(cfg, accelerator, run_dir: Path) -> Optional[Tracking]:
             log.warning("tracker %s could not start (%s); training continues without it", name, e)
     if not trackers:
         return None
-    tracking = Tracking(trackers, Path(run_dir))
-    _OPEN[str(run_dir)] = tracking
-    return tracking
+    return Tracking(trackers, Path(run_dir))
 
-
-def finish(run_dir: Path, metrics: Optional[dict] = None, files: Optional[list[Path]] = None) -> None:
-    """Close the trackers opened for `run_dir` (no-op if none)."""
-    t = _OPEN.get(str(run_dir))
-    if t is not None:
-        t.finish(metrics, files)
-
-
-@atexit.register
-def _close_all() -> None:  # an interrupted run still flushes its logs
-    for t in list(_OPEN.values()):
-        t.finish()

@@ -25,9 +25,7 @@ class Built:
     model: torch.nn.Module
     tokenizer: Any
     resolved: Optional[Resolved]
-    method: str
     model_type: str
-    is_decoder: bool
     target_modules: Optional[list[str] | str]
     modules_to_save: list[str]
     newly_initialised: list[str] = field(default_factory=list)
@@ -143,13 +141,6 @@ def _untrained_pooler_params(model) -> list[str]:
     return out
 
 
-def build_model(cfg: ModelConfig, lora: LoraSection, num_labels: int, id2label: dict[int, str],
-                quiet: bool = False) -> Built:
-    """Base model + head + method, with newly initialised weights made trainable."""
-    model, tok, resolved, missing = load_base(cfg, num_labels, id2label, quiet=quiet)
-    return apply_method(model, tok, resolved, cfg.method, lora, missing)
-
-
 def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], train_texts: Sequence[str],
                        train_labels, seed: int, quiet: bool = False) -> Built:
     """A causal LM wrapped as a verbalizer or generate classifier (see decoder_heads)."""
@@ -187,7 +178,7 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
     elif fallback not in labels:
         raise ModelError(f"model.fallback_label {fallback!r} is not a label ({', '.join(labels)})")
     model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback)
-    return Built(model, tok, resolved, cfg.method, model_type, True, targets, [], [])
+    return Built(model, tok, resolved, model_type, targets, [], [])
 
 
 def apply_prompt_method(lm, method: str, lora: LoraSection) -> tuple[Any, Optional[list[str] | str]]:
@@ -241,7 +232,7 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
             p.requires_grad = True
     else:
         raise ModelError(f"unknown method {method!r} (lora, head, full)")
-    return Built(model, tokenizer, resolved, method, model_type, is_decoder, targets,
+    return Built(model, tokenizer, resolved, model_type, targets,
                  list(dict.fromkeys(HEAD_NAMES + to_save)), sorted(missing))
 
 

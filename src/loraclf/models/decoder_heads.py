@@ -59,10 +59,6 @@ class PromptClassifier(nn.Module):
         self._keep_ok = True
 
     # ------------------------------------------------------------------ scoring
-    @property
-    def loraclf_own_loss(self) -> bool:
-        return self.head == "generate"
-
     def _lm(self, input_ids, attention_mask, keep: int = 1):
         """Logits of the last `keep` positions only: the LM head over a 50k vocabulary at every
         position would cost as much as the rest of a small model."""

@@ -91,7 +91,6 @@ class PromptFormatter:
         prefix, suffix = full.split(_PLACEHOLDER)
         self.prefix_ids = tokenizer(prefix, add_special_tokens=not self.chat)["input_ids"]
         self.suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
-        self.shown_labels = shown
 
     def _fill(self, text: str, shown: str) -> str:
         try:

@@ -1,0 +1,245 @@
+"""Heads: one protocol for every way a model produces a label.
+
+A head owns how texts become model inputs, which loss trains it, where logits come from at
+evaluation, its own statistics, and what its artifact must hold to be rebuilt. What the logits
+mean after that (probabilities, metrics, the predictions file) belongs to its :class:`~loraclf.tasks.Task`.
+The run, the loop, the artifact and the report call these methods and never test what kind of head
+they hold. A new head subclasses :class:`Head` and registers in :data:`HEADS`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data import Encoded, encode
+from ..errors import DataError
+from ..tasks import Task
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The tensors of a collated batch that go into the model (not its labels or row indices)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+class Head:
+    """The protocol. `model` is the module that is trained and saved; `tokenizer` pads its batches."""
+
+    name = ""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, task: Task):
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self._loss: Optional[torch.nn.Module] = None
+
+    @classmethod
+    def build(cls, cfg, data, task: Task, quiet: bool = False) -> tuple["Head", Any, Optional[dict]]:
+        """The head on a freshly built model for `cfg`: (head, models.Built, the `lora.r: auto` choice)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def pad_left(self) -> bool:
+        return getattr(self.tokenizer, "padding_side", "right") == "left"
+
+    def encode(self, texts: Sequence[str], labels=None, max_length: int = 512,
+               pairs: Optional[Sequence[str]] = None) -> Encoded:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- training
+    def prepare_training(self, tcfg, train_labels: np.ndarray, device) -> None:
+        self._loss = self.task.loss_function(tcfg, train_labels, device)
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The training loss of one batch; `model` is the prepared (DDP, compiled) handle on self.model."""
+        return self._loss(self.logits(model, batch).float(), batch["labels"])
+
+    # ---------------------------------------------------------------- evaluation
+    def logits(self, model, batch: dict) -> torch.Tensor:
+        return model(**model_inputs(batch)).logits
+
+    def start_evaluation(self) -> None:
+        """Called before each evaluated split; heads with statistics reset them here."""
+
+    def statistics(self) -> dict:
+        """Extra entries for the split's metrics (e.g. unparsed generations)."""
+        return {}
+
+    # ---------------------------------------------------------------- artifact
+    def artifact_meta(self) -> dict:
+        """What loraclf.json must hold, beyond labels and base model, to rebuild this head."""
+        return {}
+
+    def run_info(self, example: Encoded) -> dict:
+        """Extra top-level entries for metrics.json."""
+        return {}
+
+    def save(self, dest: Path, meta: dict) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, art: Path, meta: dict, tokenizer, task: Task, base_model: Optional[str], merge: bool) -> "Head":
+        raise NotImplementedError
+
+
+class ClassifierHead(Head):
+    """A sequence-classification head on the model (encoders; decoders pool the last real token)."""
+
+    name = "classifier"
+
+    @classmethod
+    def build(cls, cfg, data, task, quiet=False):
+        from accelerate.utils import set_seed
+
+        from ..budget import resolve_auto_lora
+        from .build import apply_method, load_base
+
+        set_seed(cfg.seed)
+        model, tok, resolved, missing = load_base(cfg.model, len(task.labels), data.labels.id2label, quiet=quiet)
+        with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
+            auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
+        built = apply_method(model, tok, resolved, cfg.model.method, cfg.lora, missing)
+        return cls(built.model, built.tokenizer, task), built, auto_lora
+
+    def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
+        return encode(self.tokenizer, texts, labels, max_length, pairs)
+
+    def save(self, dest: Path, meta: dict) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            save_adapter(self.model, dest, meta)
+            self.model.get_base_model().config.save_pretrained(str(dest))
+        else:
+            self.model.save_pretrained(str(dest))
+
+    @classmethod
+    def load(cls, art, meta, tokenizer, task, base_model, merge) -> "ClassifierHead":
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        from .registry import resolve
+
+        if meta["method"] == "lora":
+            from peft import PeftModel
+
+            resolved = resolve(base_model or meta["base_model"])
+            config = AutoConfig.from_pretrained(str(art))
+            base = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config)
+            model = PeftModel.from_pretrained(base, str(art))
+            if merge:
+                model = model.merge_and_unload()
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(art))
+        return cls(model, tokenizer, task)
+
+
+class VerbalizerHead(Head):
+    """A decoder's next-token scores of each label's word(s) after a prompt (models/decoder_heads.py)."""
+
+    name = "verbalizer"
+
+    @classmethod
+    def build(cls, cfg, data, task, quiet=False):
+        from accelerate.utils import set_seed
+
+        from ..budget import resolve_auto_lora
+        from .build import build_prompt_model
+
+        auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
+        set_seed(cfg.seed)
+        tr = data.splits["train"]
+        if tr.pairs is not None:
+            raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
+        built = build_prompt_model(cfg.model, cfg.lora, task.labels, tr.texts, tr.labels, cfg.seed, quiet=quiet)
+        return cls(built.model, built.tokenizer, task), built, auto_lora
+
+    @property
+    def formatter(self):
+        return self.model.formatter
+
+    def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
+        if pairs is not None:
+            raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
+        return self.formatter.encode(list(texts), labels, max_length)
+
+    def artifact_meta(self) -> dict:
+        return {"prompt": self.formatter.spec.to_dict(), "max_new_tokens": self.model.max_new_tokens,
+                "fallback_label": self.model.labels[self.model.fallback]}
+
+    def run_info(self, example: Encoded) -> dict:
+        return {"prompt": {**self.formatter.spec.to_dict(), "chat": self.formatter.chat,
+                           "example_prompt": self.tokenizer.decode(example.input_ids[0])}}
+
+    def save(self, dest: Path, meta: dict) -> None:
+        from peft import PeftModel
+
+        lm = self.model.lm
+        if isinstance(lm, PeftModel):
+            save_adapter(lm, dest, meta)
+            config = lm.get_base_model().config
+        else:
+            if meta["method"] == "full":
+                lm.save_pretrained(str(dest))
+            config = lm.config
+        config.id2label = dict(enumerate(meta["labels"]))
+        config.label2id = {n: i for i, n in enumerate(meta["labels"])}
+        config.save_pretrained(str(dest))
+
+    @classmethod
+    def load(cls, art, meta, tokenizer, task, base_model, merge) -> "VerbalizerHead":
+        from transformers import AutoModelForCausalLM
+
+        from .decoder_heads import PromptClassifier, greedy_generation
+        from .prompting import PromptFormatter, PromptSpec
+        from .registry import resolve
+
+        tokenizer.padding_side = "left"
+        if meta["method"] == "full":
+            lm = AutoModelForCausalLM.from_pretrained(str(art))
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(resolve(base_model or meta["base_model"]).path)
+            if meta["method"] == "lora":
+                from peft import PeftModel
+
+                lm = PeftModel.from_pretrained(lm, str(art))
+                if merge:
+                    lm = lm.merge_and_unload()
+        greedy_generation(lm)
+        formatter = PromptFormatter(tokenizer, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
+        model = PromptClassifier(lm, formatter, meta["labels"], cls.name, meta.get("max_new_tokens", 8),
+                                 meta.get("fallback_label"))
+        return cls(model, tokenizer, task)
+
+
+class GenerateHead(VerbalizerHead):
+    """Free generation parsed into a label; trained as supervised fine-tuning on the label word."""
+
+    name = "generate"
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        # full-vocabulary likelihood of the gold label word, not cross-entropy over the classes
+        return model(**model_inputs(batch), labels=batch["labels"]).loss
+
+    def start_evaluation(self) -> None:
+        self.model.generation_log = []
+
+    def statistics(self) -> dict:
+        return {"generation": self.model.generation_stats()}
+
+
+HEADS: dict[str, type[Head]] = {h.name: h for h in (ClassifierHead, VerbalizerHead, GenerateHead)}
+
+
+def save_adapter(model, dest: Path, meta: dict) -> None:
+    """A PEFT adapter whose config names the base as plain-PEFT users can load it."""
+    # No embedding layers are trained, so PEFT need not look anything up (it would go online).
+    model.save_pretrained(str(dest), save_embedding_layers=False)
+    acfg_path = dest / "adapter_config.json"
+    acfg: dict[str, Any] = json.loads(acfg_path.read_text())
+    acfg["base_model_name_or_path"] = meta.get("base_model_hub_id") or meta["base_model"]
+    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
