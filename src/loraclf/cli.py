@@ -33,23 +33,14 @@ def _train(args: argparse.Namespace) -> int:
 def _read_inputs(args: argparse.Namespace,
                  text_columns: list[str]) -> tuple[list[str], Optional[list[str]], Optional[list]]:
     """Texts, second texts of pairs, and ids from --input; or one text per line from stdin."""
-    from .data import read_table
+    from .data import read_table, read_texts
 
     if args.input:
         p = Path(args.input)
         if not p.exists():
             raise LoraclfError(f"--input: file not found: {p}")
         df = read_table(p, args.format)
-        columns = []
-        for col in text_columns:
-            if col not in df.columns:
-                raise LoraclfError(f"{p}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); "
-                                   "use --text-column")
-            values = df[col].tolist()
-            for i, t in enumerate(values):
-                if not isinstance(t, str) or not t.strip():
-                    raise LoraclfError(f"{p}: row {i + 1} has an empty '{col}'")
-            columns.append(values)
+        columns = read_texts(df, text_columns, str(p), hint="use --text-column")
         ids = None
         if args.id_column:
             if args.id_column not in df.columns:
@@ -78,18 +69,15 @@ def _predict(args: argparse.Namespace) -> int:
     texts, pairs, ids = _read_inputs(args, cols)
     probs = clf.predict_proba(texts, batch_size=args.batch_size, pairs=pairs,
                               progress=not args.quiet and len(texts) > 1000)
-    pred = probs.argmax(axis=1)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         w = csv.writer(out)
-        if ids is not None:
+        if ids is not None:  # a Kaggle-style submission: id and answer only
             w.writerow([args.id_column, "label"])
-            for i, p in zip(ids, pred):
-                w.writerow([i, clf.labels[p]])
+            w.writerows(zip(ids, clf.task.predicted(probs)))
         else:
-            w.writerow(["text", "label", "confidence"] + [f"p_{n}" for n in clf.labels])
-            for t, p, row in zip(texts, pred, probs):
-                w.writerow([t, clf.labels[p], f"{row[p]:.6f}"] + [f"{x:.6f}" for x in row])
+            w.writerow(["text", *clf.task.answer_columns()])
+            w.writerows([t, *row] for t, row in zip(texts, clf.task.answers(probs)))
     finally:
         if out is not sys.stdout:
             out.close()
@@ -105,8 +93,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
         Path(args.output).write_text(json.dumps(m, indent=2))
-    print(f"{args.split}: n={m['n']} accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
-          f"weighted_f1={m['weighted_f1']:.4f} macro_recall={m['macro_recall']:.4f} ece={m['ece']:.4f}")
+    from .metrics import HEADLINE, METRICS
+
+    print(f"{args.split}: n={m['n']} " + " ".join(f"{k}={METRICS[k].format(m.get(k))}" for k in HEADLINE))
     return 0
 
 

@@ -233,15 +233,15 @@ def _hf_load(ident: str):
     return out
 
 
-def _texts(df, cols: list[str], where: str) -> list[list[str]]:
+def read_texts(df, cols: list[str], where: str, hint: str = "set data.text_column") -> list[list[str]]:
+    """The text columns of a table, every value a non-empty string; errors name the file, row and
+    column. The one reader of texts for training, evaluation and prediction."""
     import pandas as pd
 
     out = []
     for col in cols:
         if col not in df.columns:
-            raise DataError(
-                f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); set data.text_column"
-            )
+            raise DataError(f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); {hint}")
         values = df[col].tolist()
         for i, v in enumerate(values):
             if v is None or (isinstance(v, float) and np.isnan(v)) or (v is pd.NA):
@@ -333,7 +333,7 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
     for split, (df, where) in frames.items():
         if len(df) == 0:
             raise DataError(f"{where}: the {split} split has no rows")
-        texts = _texts(df, cols, where)
+        texts = read_texts(df, cols, where)
         labels = _label_names(df, cfg.label_column, names_cfg, where)
         if keep is not None:
             rows = [i for i, lab in enumerate(labels) if lab in keep]
@@ -413,7 +413,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
         df, where = read_table(path, cfg.format), str(path)
     if len(df) == 0:
         raise DataError(f"{where}: the file has no rows")
-    texts = _texts(df, cols, where)
+    texts = read_texts(df, cols, where)
     labels = _label_names(df, cfg.label_column, names, where)
     return texts[0], texts[1] if len(texts) > 1 else None, labels, where
 

@@ -37,21 +37,8 @@ HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "macro_recall", "roc_auc", "e
 METRIC_DIRECTIONS = {k: m.direction for k, m in METRICS.items()}
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
-    """ECE with equal-width confidence bins: sum over bins of |accuracy - confidence| x share."""
-    if len(confidence) == 0:
-        return float("nan")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
-    return float(ece)
-
-
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[dict]:
+    """Equal-width confidence bins: each bin's range, count, accuracy and mean confidence."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
     out = []
@@ -61,6 +48,15 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
                     "accuracy": float(correct[sel].mean()) if sel.any() else None,
                     "confidence": float(confidence[sel].mean()) if sel.any() else None})
     return out
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: over the reliability bins, |accuracy - confidence| weighted by each bin's share of texts."""
+    if len(confidence) == 0:
+        return float("nan")
+    n = len(confidence)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability_bins(confidence, correct, n_bins) if b["count"]))
 
 
 def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:

@@ -287,10 +287,12 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     """
     from .memory import PeakMemory
     from .report import after_run
+    from .tracking import check_installed
     from .tracking import start as start_tracking
 
     t_start, peak_mem = time.perf_counter(), PeakMemory.start()
     cfg = _resolve_config(config, overrides, resume)
+    check_installed(cfg.report)  # here, not when a config is read: Run.config must load anywhere
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     data = load_data(cfg.data, cfg.seed)
@@ -305,23 +307,28 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     if not quiet and main:
         _announce(cfg, built, data, counts, run_dir)
     tracker = start_tracking(cfg, accelerator, run_dir)
-    on_log = callback if tracker is None else (
-        tracker if callback is None else (lambda rec: (tracker(rec), callback(rec))))
-    state = _fit(cfg, head, built, enc, accelerator, run_dir, resume is not None, quiet, on_log)
-    t_eval = time.perf_counter()
-    results, probs = _evaluate_splits(head, enc, cfg, accelerator, quiet)
-    eval_seconds = time.perf_counter() - t_eval
-    accelerator.wait_for_everyone()
-    if not main:
-        return Run(run_dir)
-
-    timing = {"eval_seconds": eval_seconds, "total_seconds": time.perf_counter() - t_start, **peak_mem.read()}
-    metrics = _run_metrics(cfg, built, head, data, counts, length_stats, results, state, timing, accelerator,
-                           enc["test" if "test" in enc else "validation"])
-    if auto_lora:
-        metrics["budget"] = auto_lora
-    _write_run(run_dir, head, _artifact_meta(cfg, built, head, results), metrics, probs, data, state.history)
-    after_run(run_dir, cfg, quiet, train_texts)
+    metrics, files = None, []
+    try:
+        on_log = callback if tracker is None else (
+            tracker if callback is None else (lambda rec: (tracker(rec), callback(rec))))
+        state = _fit(cfg, head, built, enc, accelerator, run_dir, resume is not None, quiet, on_log)
+        t_eval = time.perf_counter()
+        results, probs = _evaluate_splits(head, enc, cfg, accelerator, quiet)
+        eval_seconds = time.perf_counter() - t_eval
+        accelerator.wait_for_everyone()
+        if not main:
+            return Run(run_dir)
+        timing = {"eval_seconds": eval_seconds, "total_seconds": time.perf_counter() - t_start, **peak_mem.read()}
+        metrics = _run_metrics(cfg, built, head, data, counts, length_stats, results, state, timing, accelerator,
+                               enc["test" if "test" in enc else "validation"])
+        if auto_lora:
+            metrics["budget"] = auto_lora
+        _write_run(run_dir, head, _artifact_meta(cfg, built, head, results), metrics, probs, data, state.history)
+        files = after_run(run_dir, cfg, quiet, train_texts)
+        metrics = Run(run_dir).metrics  # with the report's error analysis
+    finally:  # an interrupted run still flushes what its trackers hold
+        if tracker is not None:
+            tracker.finish(metrics, files)
     if not quiet:
         print(results_table(metrics))
         print(f"run directory: {run_dir}")

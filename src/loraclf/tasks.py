@@ -53,6 +53,14 @@ class Task:
         """The answer per row, as users read it."""
         raise NotImplementedError
 
+    def answer_columns(self) -> list[str]:
+        """Columns `loraclf predict` writes after the text."""
+        raise NotImplementedError
+
+    def answers(self, probs: np.ndarray) -> list[list]:
+        """One row of those columns per text."""
+        raise NotImplementedError
+
     def write_predictions(self, path: Path, texts: Sequence[str], gold: np.ndarray, probs: np.ndarray) -> None:
         """predictions/<split>.csv: text, gold, predicted, whether it is right, every output column."""
         raise NotImplementedError
@@ -85,6 +93,13 @@ class SingleLabel(Task):
 
     def predicted(self, probs: np.ndarray) -> list[str]:
         return [self.labels[i] for i in probs.argmax(axis=1)]
+
+    def answer_columns(self) -> list[str]:
+        return ["label", "confidence"] + [f"p_{n}" for n in self.labels]
+
+    def answers(self, probs: np.ndarray) -> list[list]:
+        pred = probs.argmax(axis=1)
+        return [[self.labels[p], f"{row[p]:.6f}"] + [f"{x:.6f}" for x in row] for p, row in zip(pred, probs)]
 
     def write_predictions(self, path: Path, texts: Sequence[str], gold: np.ndarray, probs: np.ndarray) -> None:
         pred = probs.argmax(axis=1)

@@ -82,6 +82,9 @@ def _convert_gguf(alias: Alias, src_dir: Path, dest: Path, quiet: bool = False) 
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..errors import import_extra
+
+    import_extra("gguf", "gguf")  # transformers reads GGUF files through it
     if not quiet:
         logging.getLogger("loraclf").warning(
             "converting %s GGUF to safetensors in %s (once, ~35 s on 2 CPU cores)", alias.name, dest
