@@ -1,6 +1,6 @@
-"""Sweeps (grid/list, skip finished, resume interrupted, failed points, tables, plot), Optuna
-search (pruning, shared storage, best.yaml), `lora.r: auto`, `loraclf params` and `loraclf compare`,
-all on tiny random models in seconds."""
+"""Sweeps (grid/list, skip finished, resume interrupted, failed points, tables, plot) and Optuna
+search (pruning, shared storage, best.yaml), all on tiny random models in seconds. `loraclf
+compare` is in test_compare.py; `lora.r: auto` and `loraclf params` in test_budget.py."""
 
 import csv
 import json
@@ -231,37 +231,6 @@ def test_sweep_cli_runs_each_point_in_its_own_process(tiny_models, synth_dir, tm
     assert "done     only" in capsys.readouterr().out
     assert main(["sweep", f, "--dry-run"]) == 2  # the finished point was made with another config
     assert "different config (train.batch_size: 32 -> 16)" in capsys.readouterr().err
-
-
-# ----------------------------------------------------------------------------- compare
-
-
-def test_compare_prints_metrics_confusion_matrices_and_examples(sweep_run, capsys):
-    _, res = sweep_run
-    a, b = res.out_dir / "head", res.out_dir / "lora-r4"
-    assert main(["compare", str(a), str(b), "--examples", "4", "--output", str(res.out_dir / "cmp.md"),
-                 "--csv", str(res.out_dir / "cmp.csv"), "--plot", str(res.out_dir / "cmp.png")]) == 0
-    out = capsys.readouterr().out
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    acc_line = next(line for line in out.splitlines() if line.startswith("accuracy (test)"))
-    assert acc_line.split()[2:] == [f"{ma['test']['accuracy']:.4f}", f"{mb['test']['accuracy']:.4f}"]
-    assert "F1 negative" in out and "F1 positive" in out and "train time" in out and "trainable params" in out
-    assert "confusion matrices (test" in out and "gold \\ pred" in out
-    cm = ma["test"]["confusion_matrix"]
-    assert any(line.split()[:3] == ["negative", str(cm[0][0]), str(cm[0][1])] for line in out.splitlines())
-    examples = [line for line in out.splitlines() if line.startswith("[")]
-    assert len(examples) == 4 and out.count("gold: ") == 4 and "head: " in out and "lora-r4: " in out
-    assert (res.out_dir / "cmp.md").read_text().count("\n") == 4
-    assert (res.out_dir / "cmp.png").exists() and (res.out_dir / "cmp.csv").exists()
-
-
-def test_compare_expands_a_sweep_folder_and_rejects_non_runs(sweep_run, tmp_path, capsys):
-    _, res = sweep_run
-    assert main(["compare", str(res.out_dir)]) == 0
-    header = capsys.readouterr().out.splitlines()[0].split()
-    assert header[1:] == ["head", "lora-r2", "lora-r4"]
-    assert main(["compare", str(tmp_path)]) == 2
-    assert "not a run directory" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- search

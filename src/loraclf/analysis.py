@@ -98,31 +98,24 @@ def confusion_pairs(texts: Sequence[str], y: np.ndarray, probs: np.ndarray, labe
     return pairs
 
 
-def _ranked(pos: np.ndarray, score: np.ndarray):
-    """True and false positives at each distinct threshold, highest score first (as sklearn counts them)."""
-    order = np.argsort(-score, kind="mergesort")
-    s, t = score[order], pos[order].astype(np.float64)
-    idx = np.r_[np.flatnonzero(np.diff(s)), len(t) - 1]
-    tps = np.cumsum(t)[idx]
-    return tps, 1 + idx - tps
-
-
 def roc_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """False and true positive rates and the area under them (numpy only: no sklearn import cost)."""
-    tps, fps = _ranked(pos, score)
-    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
-    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 lacks trapezoid
-    return fpr, tpr, float(trapezoid(tpr, fpr))
+    """False and true positive rates at every distinct threshold (scikit-learn's ``roc_curve``) and
+    the area under them (``auc``; equals ``roc_auc_score``). `pos` needs both classes."""
+    from sklearn.metrics import auc, roc_curve
+
+    fpr, tpr, _ = roc_curve(pos, score, drop_intermediate=False)
+    return fpr, tpr, float(auc(fpr, tpr))
 
 
 def pr_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Precision, recall and average precision (sklearn's step-wise definition)."""
-    tps, fps = _ranked(pos, score)
-    precision = tps / (tps + fps)
-    recall = tps / max(tps[-1], 1)
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    return np.r_[1.0, precision], np.r_[0.0, recall], ap
+    """Precision and recall at every distinct threshold (scikit-learn's ``precision_recall_curve``),
+    and the average precision of that curve: the step-wise sum of precision over the recall gained,
+    ``average_precision_score``'s definition, summed from recall 0 up."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(pos, score)
+    p, r = precision[::-1], recall[::-1]  # increasing recall, from (recall 0, precision 1)
+    return p, r, float(np.sum(np.diff(r) * p[1:]))
 
 
 def ranking(y: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict:

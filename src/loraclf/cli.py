@@ -205,9 +205,9 @@ def _params(args: argparse.Namespace) -> int:
                          "-" if tg is None else (tg if isinstance(tg, str) else "+".join(tg)), f"{r['trainable']:,}",
                          f"{r['trainable_pct']:.2f}%", f"{r['lora']:,}", f"{r['head']:,}",
                          "-" if r["artifact_bytes"] is None else f"{r['artifact_bytes'] / 1e6:.2f} MB"))
-        from .compare import _grid
+        from .tables import text_table
 
-        print("\n".join(_grid(rows, right_from=4)))
+        print("\n".join(text_table(rows, right_from=4)))
         return 0
     if kind == "search":  # its base config
         from .config import config_from_dict

@@ -15,12 +15,17 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from . import tables
 from .errors import LoraclfError
+from .metrics import METRICS
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+# The headline metrics a comparison row (and results.csv) carries, besides F1 per label.
+ROW_METRICS = ("accuracy", "macro_f1")
 
 
-def _dotted(tree: dict, key: str) -> Any:
+def dotted(tree: dict, key: str) -> Any:
+    """``tree["a"]["b"]`` for the key ``"a.b"``; None when any part is missing."""
     node: Any = tree
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -78,8 +83,8 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
     split = pick_split([m], split)
     sm = m.get(split) or {}
     model = m.get("model", {})
-    method = model.get("method") or _dotted(cfg, "model.method")
-    head = model.get("head") or _dotted(cfg, "model.head") or "classifier"
+    method = model.get("method") or dotted(cfg, "model.method")
+    head = model.get("head") or dotted(cfg, "model.head") or "classifier"
     params = m.get("params", {})
     timing = m.get("timing", {})
     lora = method == "lora"
@@ -91,19 +96,18 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
         "run": name or path.name,
         "path": str(path),
         "status": "done",
-        "model": model.get("name") or _dotted(cfg, "model.name"),
+        "model": model.get("name") or dotted(cfg, "model.name"),
         "method": method if head == "classifier" else f"{method} ({head})",
         "targets": targets if isinstance(targets, str) or targets is None else "+".join(targets),
-        "r": _dotted(cfg, "lora.r") if lora else None,
-        "alpha": _dotted(cfg, "lora.alpha") if lora else None,
-        "extra": {k: _dotted(cfg, k) for k in extra_keys},
+        "r": dotted(cfg, "lora.r") if lora else None,
+        "alpha": dotted(cfg, "lora.alpha") if lora else None,
+        "extra": {k: dotted(cfg, k) for k in extra_keys},
         "trainable": params.get("trainable"),
         "total": params.get("total"),
         "trainable_pct": params.get("trainable_pct"),
         "split": split,
         "n": sm.get("n"),
-        "accuracy": sm.get("accuracy"),
-        "macro_f1": sm.get("macro_f1"),
+        **{k: sm.get(k) for k in ROW_METRICS},
         "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or {}).items()},
         "confusion_matrix": sm.get("confusion_matrix"),
         "labels": m.get("labels") or list((sm.get("per_class") or {}).keys()),
@@ -183,9 +187,11 @@ def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
     cols += [
         ("trainable params", lambda r: _num(r.get("trainable"))),
         ("% of total", lambda r: _num(r.get("trainable_pct"), "{:.2f}%")),
-        (f"accuracy ({split})", lambda r: _num(r.get("accuracy"), "{:.4f}")),
-        ("macro-F1", lambda r: _num(r.get("macro_f1"), "{:.4f}")),
     ]
+    for i, k in enumerate(ROW_METRICS):  # the first is named with the split the numbers are from
+        m = METRICS[k]
+        cols.append((f"{m.name} ({split})" if i == 0 else m.name,
+                     lambda r, m=m: _num(r.get(m.key), f"{{:.{m.digits}f}}")))
     for lab in _labels(rows):
         cols.append((f"F1 {lab}", lambda r, lab=lab: _num((r.get("per_class_f1") or {}).get(lab), "{:.4f}")))
     cols += [
@@ -200,19 +206,14 @@ def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """The comparison table in Markdown (one row per run)."""
+    """The comparison table in Markdown (one row per run; numbers right-aligned)."""
     cols = table_columns(rows)
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    out = ["| " + " | ".join(h for h, _ in cols) + " |",
-           "|" + "|".join("---" if i < 3 else "---:" for i in range(len(cols))) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(esc(f(r)) for _, f in cols) + " |")
-    return "\n".join(out)
+    return tables.markdown_table([h for h, _ in cols], [[f(r) for _, f in cols] for r in rows], right_from=3)
 
 
 def csv_fields(rows: Sequence[dict]) -> list[str]:
     return (["run", "status", "model", "method", "targets", "r", "alpha"] + _extra_keys(rows)
-            + ["trainable_params", "total_params", "trainable_pct", "split", "n", "accuracy", "macro_f1"]
+            + ["trainable_params", "total_params", "trainable_pct", "split", "n", *ROW_METRICS]
             + [f"f1_{lab}" for lab in _labels(rows)]
             + ["validation_best", "train_seconds", "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path"])
 
@@ -225,7 +226,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
         w.writeheader()
         for r in rows:
             rec = {k: r.get(k) for k in ("run", "status", "model", "method", "targets", "r", "alpha", "split", "n",
-                                         "accuracy", "macro_f1", "trainable_pct", "validation_best", "train_seconds",
+                                         *ROW_METRICS, "trainable_pct", "validation_best", "train_seconds",
                                          "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path")}
             rec["trainable_params"], rec["total_params"] = r.get("trainable"), r.get("total")
             for k in _extra_keys(rows):
@@ -235,69 +236,31 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
             w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
 
 
-def _human(v: float) -> str:
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if v >= div:
-            return f"{v / div:g}{unit}"
-    return f"{v:g}"
-
-
 def plot_accuracy_vs_params(rows: Sequence[dict], path: str | Path, title: Optional[str] = None) -> Optional[Path]:
-    """Scatter of accuracy against trainable parameters (log scale), one labelled point per run."""
-    pts = [r for r in rows if r.get("accuracy") is not None and r.get("trainable")]
-    if not pts:
-        return None
-    import matplotlib
+    """Accuracy against trainable parameters for comparison rows (see :func:`summarize_run`), as a
+    PNG at `path`; None when no row has both numbers. Drawn by :func:`loraclf.plots.compare_params`."""
+    from . import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    split = next((r["split"] for r in rows if r.get("split")), "test")
+    fig = plots.compare_params([_as_run(r, split) for r in rows], split, title=title)
+    return None if fig is None else plots.save(fig, Path(path))
 
-    methods = list(dict.fromkeys(str(r["method"]) for r in pts))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    for i, meth in enumerate(methods):
-        sel = [r for r in pts if str(r["method"]) == meth]
-        ax.scatter([r["trainable"] for r in sel], [r["accuracy"] for r in sel], s=60, label=meth,
-                   color=colours[i % len(colours)], zorder=3)
-    for r in pts:
-        ax.annotate(r["run"], (r["trainable"], r["accuracy"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
-    ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("trainable parameters (log scale)")
-    split = pts[0].get("split", "test")
-    ax.set_ylabel(f"{split} accuracy")
-    lo, hi = min(r["accuracy"] for r in pts), max(r["accuracy"] for r in pts)
-    pad = max(0.01, (hi - lo) * 0.15)
-    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
-    xs = [r["trainable"] for r in pts]
-    ax.set_xlim(min(xs) / 2, max(xs) * 3)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="method", fontsize=8)
-    ax.set_title(title or f"{split} accuracy against trainable parameters")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+def _as_run(row: dict, split: str) -> dict:
+    """A comparison row in the shape the plots take: a name and a metrics.json-like dict."""
+    return {"name": row["run"], "metrics": {"params": {"trainable": row.get("trainable")},
+                                            "model": {"method": str(row.get("method"))},
+                                            split: {"accuracy": row.get("accuracy")}}}
 
 
 # ----------------------------------------------------------------------------- loraclf compare (terminal)
-
-
-def _grid(rows: list[list[str]], right_from: int = 1) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(w) if i >= right_from else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in rows]
 
 
 def side_by_side_table(rows: Sequence[dict]) -> str:
     """Metrics as rows, runs as columns (what fits a terminal for a handful of runs)."""
     cols = table_columns(rows)
     body = [[h] + [f(r) for r in rows] for h, f in cols]
-    return "\n".join(_grid(body))
+    return "\n".join(tables.text_table(body))
 
 
 def confusion_block(row: dict) -> list[str]:
@@ -305,7 +268,7 @@ def confusion_block(row: dict) -> list[str]:
     if not cm:
         return [row["run"], "(no confusion matrix)"]
     body = [["gold \\ pred"] + list(labels)] + [[lab] + [str(v) for v in line] for lab, line in zip(labels, cm)]
-    return [row["run"]] + _grid(body)
+    return [row["run"]] + tables.text_table(body)
 
 
 def side_by_side_confusion(rows: Sequence[dict], per_line: int = 3) -> str:

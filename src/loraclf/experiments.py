@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from .compare import _dotted, markdown_table, pick_split, plot_accuracy_vs_params, summarize_run, write_csv
+from .compare import dotted, markdown_table, pick_split, plot_accuracy_vs_params, summarize_run, write_csv
 from .config import (
     Config,
     build_typed,
@@ -320,7 +320,7 @@ def _row_for(point: SweepPoint, out_dir: Path, split: Optional[str], varied: lis
             "targets": (_value_slug(c.lora.target_modules) if lora and c.lora.target_modules
                         else ("default" if lora else None)),
             "r": c.lora.r if lora else None, "alpha": c.lora.alpha if lora else None,
-            "extra": {k: _dotted(c.to_dict(), k) for k in varied}, "split": split, "path": str(d)}
+            "extra": {k: dotted(c.to_dict(), k) for k in varied}, "split": split, "path": str(d)}
 
 
 def write_results(sweep: Sweep, statuses: dict[str, str], title: Optional[str] = None) -> list[dict]:
@@ -556,7 +556,7 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
     spec = read_spec(path, SearchFile, "search")
     tree = base_tree(spec, path, sets)
     _check_space(spec.space, str(path))
-    metric = spec.metric or _dotted(tree, "train.metric") or "accuracy"
+    metric = spec.metric or dotted(tree, "train.metric") or "accuracy"
     if metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"{path}: metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {metric!r}")
     tree = with_overrides(tree, {"train.metric": metric})

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .analysis import pr_points, roc_points
+from .metrics import HEADLINE, METRICS
 
 DPI = 110
 MAX_LABEL_CHARS = 26
@@ -184,8 +185,8 @@ def learning_rate(history: list[dict]):
     return fig
 
 
-VAL_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
-               ("macro_recall", "macro recall"), ("roc_auc", "ROC-AUC"))
+# The headline scores (larger is better, on one 0-1 axis); ECE is drawn in the reliability diagram.
+VAL_METRICS = tuple(k for k in HEADLINE if METRICS[k].direction == "max")
 
 
 @_styled
@@ -196,7 +197,8 @@ def validation_metrics(history: list[dict], best_step: Optional[int] = None, met
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
     steps = [h["step"] for h in ev]
-    for i, (key, name) in enumerate(VAL_METRICS):
+    for i, key in enumerate(VAL_METRICS):
+        name = METRICS[key].name
         vals = [h.get(key) for h in ev]
         if all(v is None for v in vals):
             continue
@@ -470,27 +472,27 @@ def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = 
 # ---------------------------------------------------------------- comparison of runs
 
 
-COMPARE_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
-                   ("roc_auc", "ROC-AUC"), ("ece", "ECE"))
+COMPARE_METRICS = HEADLINE
 
 
 @_styled
 def compare_metrics(runs: list[dict], split: str):
     """One panel per metric, one horizontal bar per run (runs share the y axis)."""
     names = short_labels([r["name"] for r in runs], 30)
-    metrics = [(k, t) for k, t in COMPARE_METRICS
+    metrics = [METRICS[k] for k in COMPARE_METRICS
                if any((r["metrics"].get(split) or {}).get(k) is not None for r in runs)]
     n = len(runs)
     fig = _figure(2.3 * len(metrics) + 2.2, max(2.4, 0.8 + 0.38 * n))
     axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
     y = np.arange(n)
-    for ax, (key, title) in zip(axes, metrics):
-        vals = [(r["metrics"].get(split) or {}).get(key) for r in runs]
+    for ax, metric in zip(axes, metrics):
+        lower = metric.direction == "min"
+        vals = [(r["metrics"].get(split) or {}).get(metric.key) for r in runs]
         v = np.array([np.nan if x is None else x for x in vals], dtype=float)
-        best = np.nanargmin(v) if key == "ece" else np.nanargmax(v)
+        best = np.nanargmin(v) if lower else np.nanargmax(v)
         ax.barh(y, np.nan_to_num(v), color=[GREEN if i == best else BLUE for i in range(n)], height=0.6)
         finite = v[np.isfinite(v)]
-        if key == "ece":
+        if lower:  # an error (ECE): from 0
             ax.set_xlim(0, max(finite.max() * 1.35, 0.01))
         else:
             lo = max(0.0, np.floor((finite.min() - 0.05) * 20) / 20)
@@ -498,8 +500,8 @@ def compare_metrics(runs: list[dict], split: str):
         for yi, x in zip(y, v):
             if np.isfinite(x):
                 ax.text(x, yi, f" {x:.3f}", va="center", fontsize=7.5)
-        ax.set_title(title, fontsize=9.5)
-        ax.set_xlabel("lower is better" if key == "ece" else "score", fontsize=8)
+        ax.set_title(metric.name, fontsize=9.5)
+        ax.set_xlabel("lower is better" if lower else "score", fontsize=8)
         ax.grid(axis="y", visible=False)
         ax.tick_params(axis="x", labelsize=7.5)
     axes[0].set_yticks(y)
@@ -510,29 +512,45 @@ def compare_metrics(runs: list[dict], split: str):
     return fig
 
 
+def _human(v: float, _pos=None) -> str:
+    """1500 -> 1.5k, 2e6 -> 2M (tick labels of a parameter count)."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{unit}"
+    return f"{v:g}"
+
+
 @_styled
-def compare_params(runs: list[dict], split: str, metric: str = "accuracy"):
-    """Accuracy against trainable parameters (log scale), one marker style per method."""
+def compare_params(runs: list[dict], split: str, metric: str = "accuracy", title: Optional[str] = None):
+    """A metric against trainable parameters (log scale; a run training nothing sits at 1), one
+    labelled point per run and one marker per method; None when no run has the metric."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    pts = [(r, (r["metrics"].get(split) or {}).get(metric)) for r in runs]
+    pts = [(r, v) for r, v in pts if v is not None]
+    if not pts:
+        return None
     fig = _figure(6.6, 4.2)
     ax = fig.subplots()
     markers = {"lora": "o", "head": "s", "full": "D", "zero-shot": "^"}
     seen = set()
-    for i, r in enumerate(runs):
-        p = (r["metrics"].get("params") or {}).get("trainable")
-        v = (r["metrics"].get(split) or {}).get(metric)
-        if v is None:
-            continue
-        method = (r["metrics"].get("model") or {}).get("method", "?")
-        x = max(p or 0, 1)
-        ax.scatter([x], [v], s=60, marker=markers.get(method, "o"), color=f"C{i % 10}", zorder=3,
+    xs = [max((r["metrics"].get("params") or {}).get("trainable") or 0, 1) for r, _ in pts]
+    for i, ((r, v), x) in enumerate(zip(pts, xs)):
+        method = str((r["metrics"].get("model") or {}).get("method", "?"))
+        ax.scatter([x], [v], s=60, marker=markers.get(method.split()[0], "o"), color=f"C{i % 10}", zorder=3,
                    label=method if method not in seen else None, edgecolor="black", lw=0.5)
         seen.add(method)
         ax.annotate(short_label(r["name"], 28), (x, v), textcoords="offset points", xytext=(6, 4), fontsize=7.5)
     ax.set_xscale("log")
-    ax.set(title=f"{metric.replace('_', '-')} against trainable parameters ({split})",
-           xlabel="trainable parameters (log scale)", ylabel=metric.replace("_", "-"))
+    few_decades = np.log10(max(xs) / min(xs)) <= 3  # else 1-2-5 ticks would crowd each other
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if few_decades else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_human))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    name = METRICS[metric].name if metric in METRICS else metric
+    ax.set(title=title or f"{name} against trainable parameters ({split})",
+           xlabel="trainable parameters (log scale)", ylabel=f"{name} ({split})")
     ax.margins(x=0.25, y=0.15)
-    ax.legend(title="method", loc="lower right")
+    ax.legend(title="method", loc="best")
     return fig
 
 

@@ -10,7 +10,7 @@ any time, on any machine, without the model or the data.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import logging
 import os
@@ -25,6 +25,7 @@ import numpy as np
 
 from . import analysis as an
 from .errors import LoraclfError
+from .metrics import HEADLINE, METRICS
 
 log = logging.getLogger("loraclf")
 SPLITS = ("validation", "test")
@@ -243,85 +244,19 @@ def _replace_dir(new: Path, target: Path) -> None:
 # ---------------------------------------------------------------- HTML
 
 
-CSS = """
-:root{--fg:#1d2330;--muted:#5d6675;--line:#e3e6eb;--bg:#f6f7f9;--card:#fff;--accent:#3569a8;--good:#2a9d5c;--bad:#d1495b}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-color:var(--fg);background:var(--bg)}
-header{background:#1d2330;color:#fff;padding:18px 32px}
-header h1{margin:0;font-size:22px;font-weight:600;word-break:break-all}
-header .sub{color:#c5cbd6;font-size:13px;margin-top:4px}
-nav{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid var(--line);padding:8px 32px;font-size:13px}
-nav a{margin-right:16px;color:var(--accent);text-decoration:none}
-main{max-width:1320px;margin:0 auto;padding:20px 32px 60px}
-section{margin-top:28px}
-h2{font-size:18px;margin:0 0 12px;padding-bottom:6px;border-bottom:2px solid var(--line)}
-h3{font-size:15px;margin:18px 0 8px}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px}
-.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .v{font-size:24px;font-weight:600;font-variant-numeric:tabular-nums}
-.card .s{color:var(--muted);font-size:12px}
-.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(320px,100%),1fr));gap:12px;margin-top:12px}
-table{border-collapse:collapse;background:var(--card);font-variant-numeric:tabular-nums;width:100%}
-th,td{border-bottom:1px solid var(--line);padding:5px 9px;text-align:left;vertical-align:top}
-th{background:#eef0f4;font-weight:600;font-size:12.5px}
-td.n,th.n{text-align:right;white-space:nowrap}
-table.kv th{width:38%;background:#fafbfc}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(520px,100%),1fr));gap:16px}
-figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:8px;padding:10px}
-figure img{max-width:100%;height:auto;display:block;margin:0 auto}
-figcaption{color:var(--muted);font-size:12.5px;margin-top:6px}
-.bar{display:inline-block;height:8px;background:var(--accent);border-radius:2px;vertical-align:middle;margin-right:6px}
-.low{color:var(--bad);font-weight:600}
-.findings li{margin:4px 0}
-.text{max-width:640px;white-space:pre-wrap;word-break:break-word}
-details summary{cursor:pointer;color:var(--accent)}
-pre{background:#fff;border:1px solid var(--line);padding:10px;overflow:auto;font-size:12px}
-.muted{color:var(--muted)}
-.tag{display:inline-block;padding:1px 7px;border-radius:10px;background:#eef0f4;font-size:12px}
-.wrap{overflow-x:auto}
-@media print{nav{display:none}.plots{grid-template-columns:1fr}}
-"""
-
-# Marks the page once every image has loaded (or failed): the browser test reads these attributes.
-SCRIPT = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  imgs.forEach(function (i) { if (!(i.complete && i.naturalWidth > 0)) { i.setAttribute('data-broken', '1'); } });
-  document.body.setAttribute('data-images-total', imgs.length);
-  document.body.setAttribute('data-images-loaded', ok.length);
-  document.body.setAttribute('data-ready', '1');
-});
-"""
-
-e = html.escape
+# Report sections in page order: (id, title in the navigation bar).
+NAV = (("summary", "Summary"), ("findings", "Findings"), ("training", "Training"), ("evaluation", "Evaluation"),
+       ("calibration", "Calibration"), ("errors", "Error analysis"), ("config", "Config"))
+MAX_PAIRS = 30  # confusion pairs shown; the rarer ones stay in metrics.json
 
 
-def _num(value: Any, path: Sequence[str], digits: int = 4, cls: str = "") -> str:
-    """A number tagged with its metrics.json path (the browser test checks it against the file)."""
-    if value is None:
-        return '<span class="muted">–</span>'
-    text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{value:.{digits}f}"
-    c = f' class="{cls}"' if cls else ""
-    return f"<span{c} data-metric='{e(json.dumps(list(path)))}'>{text}</span>"
+def _number(value: Any, digits: int = 4) -> str:
+    """An integer with thousands separators, anything else with `digits` decimals."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{value:.{digits}f}"
 
 
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{e(alt)}" loading="eager">'
-
-
-def _figures(plots: list[Plot], plot_dir: Path, section: str) -> str:
-    items = [f"<figure>{_img(plot_dir / p.file, p.title)}<figcaption><b>{e(p.title)}.</b> {e(p.caption)} "
-             f'<span class="muted">(plots/{e(p.file)})</span></figcaption></figure>'
-             for p in plots if p.section == section]
-    return f'<div class="plots">{"".join(items)}</div>' if items else ""
-
-
-def _kv(rows: list[tuple[str, str]]) -> str:
-    return '<table class="kv">' + "".join(f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def _fmt_seconds(s: Optional[float]) -> str:
@@ -334,207 +269,56 @@ def _fmt_seconds(s: Optional[float]) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def _summary(run: RunData, split: Optional[str]) -> str:
-    m = run.metrics
-    model = m.get("model") or {}
-    p = m.get("params") or {}
-    t = m.get("timing") or {}
-    env = m.get("environment") or {}
-    sizes = (m.get("data") or {}).get("sizes") or {}
-    cards = []
-    if split:
-        s = m[split]
-        for key, name, digits in (("accuracy", "accuracy", 4), ("macro_f1", "macro-F1", 4),
-                                  ("weighted_f1", "weighted-F1", 4), ("roc_auc", "ROC-AUC", 4), ("ece", "ECE", 4)):
-            if s.get(key) is not None or key != "roc_auc":
-                cards.append(f'<div class="card"><div class="k">{name} ({split})</div><div class="v">'
-                             f'{_num(s.get(key), [split, key], digits)}</div></div>')
-    if p:
-        cards.append(f'<div class="card"><div class="k">trainable params</div><div class="v">'
-                     f'{_num(p.get("trainable"), ["params", "trainable"])}</div><div class="s">'
-                     f'{_num(p.get("trainable_pct"), ["params", "trainable_pct"], 2)}% of '
-                     f'{_num(p.get("total"), ["params", "total"])}</div></div>')
-    if t:
-        cards.append(f'<div class="card"><div class="k">train time</div><div class="v">'
-                     f'{e(_fmt_seconds(t.get("train_seconds")))}</div><div class="s">'
-                     f'{_num(t.get("train_samples_per_s"), ["timing", "train_samples_per_s"], 1)} samples/s'
-                     "</div></div>")
-    model_rows = [
-        ("model", f"<code>{e(str(model.get('name')))}</code>"
-         + (f" <span class='muted'>({e(str(model.get('hub_id')))})</span>" if model.get("hub_id") else "")),
-        ("architecture", e(str(model.get("model_type", "–")))),
-        ("method", f'<span class="tag">{e(str(model.get("method", "–")))}</span>'),
-    ]
-    lora = run.config.get("lora") or {}
-    if model.get("method") == "lora":
-        model_rows.append(("LoRA", f"r={e(str(lora.get('r')))}, alpha={e(str(lora.get('alpha')))}, "
-                                   f"dropout={e(str(lora.get('dropout')))}; targets "
-                                   + ", ".join(f"<code>{e(x)}</code>" for x in model.get("target_modules") or [])))
-    if p:
-        model_rows.append(("trainable by part", f"LoRA {_num(p.get('lora'), ['params', 'lora'])}, head "
-                                                f"{_num(p.get('head'), ['params', 'head'])}, other "
-                                                f"{_num(p.get('other'), ['params', 'other'])}"))
-    if model.get("modules_to_save"):
-        model_rows.append(("trained fully", ", ".join(f"<code>{e(x)}</code>" for x in model["modules_to_save"])))
-    data_rows = [(f"{k} texts", _num(v, ["data", "sizes", k])) for k, v in sizes.items()]
-    data_rows.append(("labels", ", ".join(f"<code>{e(x)}</code>" for x in run.labels)))
-    src = run.config.get("data") or {}
-    if src.get("path"):
-        data_rows.insert(0, ("data", f"<code>{e(str(src['path']))}</code>"))
-    best = m.get("best") or {}
-    run_rows = [
-        ("best validation", f"{e(str(best.get('metric')))} = {_num(best.get('value'), ['best', 'value'])} at step "
-                            f"{e(str(best.get('step')))}" + (" (stopped early)" if best.get("stopped_early") else "")),
-        ("epochs / steps", f"{e(str(best.get('epochs_run')))} / {e(str(best.get('steps')))}"),
-        ("time", f"train {_fmt_seconds(t.get('train_seconds'))}, eval {_fmt_seconds(t.get('eval_seconds'))}, "
-                 f"total {_fmt_seconds(t.get('total_seconds'))}"),
-        ("padding efficiency", f"{_num(t.get('padding_efficiency'), ['timing', 'padding_efficiency'], 3)}"),
-        ("device", e(f"{env.get('cuda_device') or env.get('device', '–')}, precision {env.get('precision', '–')}, "
-                     f"{env.get('num_processes', 1)} process(es)")),
-    ]
-    notes = (m.get("data") or {}).get("notes") or []
-    if notes:
-        data_rows.append(("notes", "<br>".join(e(n) for n in notes)))
-    return (f'<div class="cards">{"".join(cards)}</div><div class="facts">{_kv(model_rows)}{_kv(data_rows)}'
-            f"{_kv(run_rows)}</div>")
+@functools.lru_cache(maxsize=1)
+def _environment():
+    """The Jinja2 environment of the report pages (templates/*.html.j2), escaping every value."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("loraclf", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(number=_number, fmt=_fmt, seconds=_fmt_seconds)
+    env.globals.update(METRICS=METRICS, HEADLINE=HEADLINE)
+    return env
 
 
-def _splits_table(m: dict) -> str:
-    cols = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
-            ("macro_recall", "macro recall"), ("roc_auc", "ROC-AUC"), ("ece", "ECE"), ("loss", "loss"))
-    head = "<tr><th>split</th><th class=n>texts</th>" + "".join(f"<th class=n>{n}</th>" for _, n in cols) + "</tr>"
-    rows = ""
-    for s in SPLITS:
-        if m.get(s):
-            rows += (f"<tr><td>{s}</td><td class=n>{_num(m[s]['n'], [s, 'n'])}</td>"
-                     + "".join(f"<td class=n>{_num(m[s].get(k), [s, k])}</td>" for k, _ in cols) + "</tr>")
-    return f'<div class="wrap"><table>{head}{rows}</table></div>'
+def _data_uri(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _per_class_table(m: dict, split: str, ranking: dict) -> str:
-    pc = m[split]["per_class"]
-    pred = m[split].get("predicted_distribution") or {}
-
-    def rank(c: str, key: str) -> str:
-        v = (ranking.get(c) or {}).get(key)
-        return "–" if v is None else f"{v:.4f}"
-    rows = ""
-    for c, v in sorted(pc.items(), key=lambda kv: kv[1]["f1"]):
-        low = ' class="low"' if v["f1"] < m[split]["macro_f1"] - 0.1 else ""
-        rows += (f"<tr><td{low}>{e(c)}</td>"
-                 + "".join(f"<td class=n>{_num(v[k], [split, 'per_class', c, k])}</td>"
-                           for k in ("precision", "recall"))
-                 + f"<td class=n><span class=bar style='width:{v['f1'] * 80:.0f}px'></span>"
-                   f"{_num(v['f1'], [split, 'per_class', c, 'f1'])}</td>"
-                 + f"<td class=n>{_num(v['support'], [split, 'per_class', c, 'support'])}</td>"
-                 + f"<td class=n>{pred.get(c, 0):,}</td><td class=n>{rank(c, 'roc_auc')}</td>"
-                   f"<td class=n>{rank(c, 'average_precision')}</td></tr>")
-    return ('<div class="wrap"><table><tr><th>label (worst F1 first)</th><th class=n>precision</th>'
-            '<th class=n>recall</th><th class=n>F1</th><th class=n>support</th><th class=n>predicted</th>'
-            '<th class=n>ROC-AUC (vs rest)</th><th class=n>average precision</th></tr>'
-            f"{rows}</table></div>")
-
-
-def _text_cell(text: str, limit: int = 280) -> str:
-    if len(text) <= limit:
-        return f'<div class="text">{e(text)}</div>'
-    return (f'<details class="text"><summary>{e(text[:limit].rstrip())}…</summary>{e(text)}</details>')
-
-
-def _errors_section(ea: dict, split: str, m: dict) -> str:
-    a = ea.get(split) or {}
-    parts = [f"<p>{a.get('errors', 0):,} of {a.get('n', 0):,} {split} texts are misclassified "
-             f"(error rate {a.get('error_rate') or 0:.4f}). Texts longer than shown are in "
-             f"<code>predictions/{split}.csv</code> (row = index + 1).</p>"]
-    bl = a.get("by_length") or []
-    if bl:
-        rows = "".join(f"<tr><td>{e(b['range'])}</td><td class=n>{b['n']:,}</td><td class=n>"
-                       + ("–" if b["accuracy"] is None else f"{b['accuracy']:.4f}")
-                       + f"</td><td class=n>{b['ci95'][0]:.3f}–{b['ci95'][1]:.3f}</td><td class=n>{b['errors']:,}</td>"
-                       + "<td class=n>" + ("–" if b["mean_confidence"] is None else f"{b['mean_confidence']:.3f}")
-                       + "</td></tr>" for b in bl)
-        parts.append("<h3>Accuracy by length</h3><div class='wrap'><table><tr><th>words</th><th class=n>texts</th>"
-                     "<th class=n>accuracy</th><th class=n>95% CI</th><th class=n>errors</th>"
-                     f"<th class=n>mean confidence</th></tr>{rows}</table></div>")
-    pairs = a.get("confusions") or []
-    if pairs:
-        rows = ""
-        for p in pairs[:30]:
-            ex = "".join(f"<li>{_text_cell(x['text'], 200)} <span class='muted'>(confidence {x['confidence']:.3f}, "
-                         f"index {x['index']})</span></li>" for x in p["examples"])
-            rows += (f"<tr><td>{e(p['gold'])}</td><td>{e(p['predicted'])}</td><td class=n>{p['count']:,}</td>"
-                     f"<td class=n>{p['share_of_errors']:.1%}</td><td class=n>{p['rate_of_gold']:.1%}</td>"
-                     f"<td><ul style='margin:0;padding-left:18px'>{ex}</ul></td></tr>")
-        more = f"<p class=muted>{len(pairs) - 30} rarer pairs are in metrics.json.</p>" if len(pairs) > 30 else ""
-        parts.append("<h3>Mistakes by true and predicted label</h3><div class='wrap'><table><tr><th>true</th>"
-                     "<th>predicted</th><th class=n>errors</th><th class=n>share of errors</th>"
-                     f"<th class=n>of true label</th><th>surest examples</th></tr>{rows}</table></div>{more}")
-    mist = a.get("most_confident_mistakes") or []
-    if mist:
-        rows = "".join(f"<tr><td class=n>{x['index']}</td><td>{_text_cell(x['text'])}</td><td>{e(x['gold'])}</td>"
-                       f"<td>{e(x['predicted'])}</td><td class=n>{x['confidence']:.3f}</td>"
-                       f"<td class=n>{x['p_gold']:.3f}</td><td class=n>{x['words']:,}</td></tr>" for x in mist)
-        parts.append(f"<h3>The {len(mist)} most confident mistakes</h3><p class=muted>Often label noise, sarcasm "
-                     "or negation; worth reading before trusting the accuracy.</p><div class='wrap'><table>"
-                     "<tr><th class=n>index</th><th>text</th><th>true</th><th>predicted</th><th class=n>confidence"
-                     f"</th><th class=n>p(true)</th><th class=n>words</th></tr>{rows}</table></div>")
-    return "".join(parts)
+def _per_class_rows(m: dict, split: str, ranking: dict) -> list[dict]:
+    """The per-label table of the report's split, worst F1 first."""
+    s = m[split]
+    pred = s.get("predicted_distribution") or {}
+    return [{"name": c, **v, "low": v["f1"] < s["macro_f1"] - 0.1, "predicted": pred.get(c, 0),
+             "roc_auc": (ranking.get(c) or {}).get("roc_auc"),
+             "average_precision": (ranking.get(c) or {}).get("average_precision")}
+            for c, v in sorted(s["per_class"].items(), key=lambda kv: kv[1]["f1"])]
 
 
 def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> str:
-    """The self-contained report page (images embedded as data URIs)."""
+    """The self-contained report page (images embedded as data URIs), from templates/report.html.j2."""
     import yaml
 
     from . import __version__
 
     m = run.metrics
     split = an.primary_split(m)
-    model = m.get("model") or {}
     meta_f = run.path / "artifact" / "loraclf.json"
     trained = (datetime.fromtimestamp(meta_f.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                if meta_f.exists() else "–")
-    sub = (f"{e(str(model.get('name')))} · {e(str(model.get('method')))} · {len(run.labels)} labels · "
-           f"trained {trained} · report by loraclf {__version__}")
-    nav = [("summary", "Summary"), ("findings", "Findings"), ("training", "Training"),
-           ("evaluation", "Evaluation"), ("calibration", "Calibration"), ("errors", "Error analysis"),
-           ("config", "Config")]
-    body = [f'<header><h1>{e(run.name)}</h1><div class="sub">{sub}</div></header>',
-            "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in nav) + "</nav><main>",
-            f'<section id="summary"><h2>Summary</h2>{_summary(run, split)}<h3>Metrics by split</h3>'
-            f"{_splits_table(m)}</section>"]
-    fl = ea.get("findings") or []
-    body.append('<section id="findings"><h2>Findings</h2>' + (
-        '<ul class="findings">' + "".join(f"<li>{e(f)}</li>" for f in fl) + "</ul>" if fl else
-        "<p class=muted>No test or validation predictions to analyse.</p>") + "</section>")
-    tr = _figures(plots, plot_dir, "training")
-    body.append('<section id="training"><h2>Training</h2>'
-                + (tr or "<p class=muted>No training history (nothing was trained, or history.jsonl is missing).</p>")
-                + "</section>")
-    if split:
-        ranking = (ea.get(split) or {}).get("per_class_ranking") or {}
-        body.append(f'<section id="evaluation"><h2>Evaluation ({e(split)})</h2>{_per_class_table(m, split, ranking)}'
-                    f'<div style="height:14px"></div>{_figures(plots, plot_dir, "evaluation")}</section>')
-        conf = m[split].get("confidence") or {}
-        body.append(f'<section id="calibration"><h2>Calibration ({e(split)})</h2><p>Mean confidence '
-                    f"{_num(conf.get('mean'), [split, 'confidence', 'mean'], 3)} against accuracy "
-                    f"{_num(m[split]['accuracy'], [split, 'accuracy'], 4)}; correct predictions "
-                    f"{_num(conf.get('mean_correct'), [split, 'confidence', 'mean_correct'], 3)}, wrong ones "
-                    f"{_num(conf.get('mean_wrong'), [split, 'confidence', 'mean_wrong'], 3)}; "
-                    f"{_num(conf.get('wrong_above_0.9'), [split, 'confidence', 'wrong_above_0.9'])} mistakes with "
-                    f"confidence above 0.9.</p>{_figures(plots, plot_dir, 'calibration')}</section>")
-        body.append(f'<section id="errors"><h2>Error analysis ({e(split)})</h2>'
-                    f'{_figures(plots, plot_dir, "errors")}{_errors_section(ea, split, m)}</section>')
-    cfg_text = yaml.safe_dump(run.config, sort_keys=False) if run.config else "(no config.yaml)"
-    versions = {}
-    if meta_f.exists():
-        versions = json.loads(meta_f.read_text()).get("versions") or {}
-    body.append('<section id="config"><h2>Config and environment</h2><details><summary>config.yaml (rerun with '
-                f'<code>loraclf train -c {e(str(run.path / "config.yaml"))}</code>)</summary><pre>{e(cfg_text)}</pre>'
-                "</details>" + (f"<p class=muted>{e(', '.join(f'{k} {v}' for k, v in versions.items()))}</p>"
-                                if versions else "") + "</section></main>")
-    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport "
-            f'content="width=device-width, initial-scale=1"><title>{e(run.name)} — loraclf report</title>'
-            f"<style>{CSS}</style></head><body>{''.join(body)}<script>{SCRIPT}</script></body></html>")
+    by_section: dict[str, list] = {s: [] for s, _ in NAV}
+    for p in plots:
+        by_section[p.section].append((p, _data_uri(plot_dir / p.file)))
+    ranking = ((ea.get(split) or {}).get("per_class_ranking") or {}) if split else {}
+    return _environment().get_template("report.html.j2").render(
+        name=run.name, model=m.get("model") or {}, labels=run.labels, trained=trained, version=__version__,
+        nav=NAV, m=m, split=split, headline=HEADLINE, split_columns=(*HEADLINE, "loss"),
+        splits=[s for s in SPLITS if m.get(s)], lora=run.config.get("lora") or {},
+        data_path=(run.config.get("data") or {}).get("path"), findings=ea.get("findings") or [], plots=by_section,
+        per_class=_per_class_rows(m, split, ranking) if split else [], a=(ea.get(split) or {}) if split else {},
+        max_pairs=MAX_PAIRS, config_path=str(run.path / "config.yaml"),
+        config_text=yaml.safe_dump(run.config, sort_keys=False) if run.config else "(no config.yaml)",
+        versions=(json.loads(meta_f.read_text()).get("versions") or {}) if meta_f.exists() else {})
 
 
 # ---------------------------------------------------------------- model card
@@ -592,8 +376,9 @@ def make_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] 
 
 
 def after_run(run_dir: Path, cfg, quiet: bool = False, train: Optional[list[str]] = None) -> list[Path]:
-    """The post-training report (unless report.enabled is false); returns the files a tracker should
-    keep. `train` is the run's train texts, as loaded before any token-length filter."""
+    """The post-training hook: the report, unless report.enabled is false. Returns what an experiment
+    tracker should upload with the run (report.html and plots/); [] when there is no report.
+    `train` is the run's train texts, as loaded before any token-length filter."""
     if not cfg.report.enabled:
         return []
     try:
@@ -607,37 +392,17 @@ def after_run(run_dir: Path, cfg, quiet: bool = False, train: Optional[list[str]
 # ---------------------------------------------------------------- comparison
 
 
-def _compare_table(runs: list[RunData], split: str) -> str:
-    cols = (("accuracy", "accuracy", "max"), ("macro_f1", "macro-F1", "max"), ("weighted_f1", "weighted-F1", "max"),
-            ("roc_auc", "ROC-AUC", "max"), ("ece", "ECE", "min"))
+COMPARE_COLUMNS = HEADLINE  # the metric columns of the comparison table (best of each in green)
+
+
+def _best_values(runs: list[RunData], split: str) -> dict:
+    """Each metric's best value over the runs, by the metric's direction."""
     best = {}
-    for k, _, d in cols:
-        vals = [(r.metrics.get(split) or {}).get(k) for r in runs]
-        vals = [v for v in vals if v is not None]
+    for k in COMPARE_COLUMNS:
+        vals = [v for v in ((r.metrics.get(split) or {}).get(k) for r in runs) if v is not None]
         if vals:
-            best[k] = max(vals) if d == "max" else min(vals)
-    head = ("<tr><th>run</th><th>model</th><th>method</th><th class=n>trainable params</th><th class=n>train texts</th>"
-            + "".join(f"<th class=n>{n}</th>" for _, n, _ in cols) + "<th class=n>train time</th>"
-            "<th class=n>samples/s</th></tr>")
-    rows = ""
-    for i, r in enumerate(runs):
-        m = r.metrics
-        s = m.get(split) or {}
-        cells = ""
-        for k, _, _ in cols:
-            v = s.get(k)
-            b = ' style="font-weight:700;color:var(--good)"' if v is not None and v == best.get(k) else ""
-            cells += f"<td class=n{b}>{_num(v, [split, k])}</td>"
-        t = m.get("timing") or {}
-        n_train = ((m.get("data") or {}).get("sizes") or {}).get("train")
-        rows += (f"<tr data-run='{i}'><td><b>{e(r.name)}</b><br><span class=muted>{e(str(r.path))}</span></td>"
-                 f"<td><code>{e(str((m.get('model') or {}).get('name')))}</code></td>"
-                 f"<td>{e(str((m.get('model') or {}).get('method')))}</td>"
-                 f"<td class=n>{_num((m.get('params') or {}).get('trainable'), ['params', 'trainable'])}</td>"
-                 f"<td class=n>{_num(n_train, ['data', 'sizes', 'train'])}</td>"
-                 f"{cells}<td class=n>{e(_fmt_seconds(t.get('train_seconds')))}</td>"
-                 f"<td class=n>{_num(t.get('train_samples_per_s'), ['timing', 'train_samples_per_s'], 1)}</td></tr>")
-    return f'<div class="wrap"><table>{head}{rows}</table></div>'
+            best[k] = max(vals) if METRICS[k].direction == "max" else min(vals)
+    return best
 
 
 def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, split: Optional[str] = None,
@@ -659,30 +424,23 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
     if missing:
         raise LoraclfError(f"no {split} metrics in run(s) {', '.join(missing)}; use --split validation")
     as_dicts = [{"name": r.name, "metrics": r.metrics, "history": r.history} for r in runs]
-    figs = [("compare_metrics.png", "Metrics by run", pl.compare_metrics(as_dicts, split)),
-            ("compare_params.png", "Accuracy against trainable parameters", pl.compare_params(as_dicts, split)),
-            ("compare_curves.png", "Validation curves", pl.compare_curves(as_dicts)),
-            ("compare_confusion.png", "Confusion matrices", pl.compare_confusions(as_dicts, split))]
-    out = Path(output)
+    figs = [Plot("compare_metrics.png", "", "Metrics by run", ""),
+            Plot("compare_params.png", "", "Accuracy against trainable parameters", ""),
+            Plot("compare_curves.png", "", "Validation curves", ""),
+            Plot("compare_confusion.png", "", "Confusion matrices", "")]
+    made = [pl.compare_metrics(as_dicts, split), pl.compare_params(as_dicts, split), pl.compare_curves(as_dicts),
+            pl.compare_confusions(as_dicts, split)]
+    images = []
     with tempfile.TemporaryDirectory() as tmp:
-        imgs = []
-        for file, title, fig in figs:
-            if fig is None:
-                continue
-            pl.save(fig, Path(tmp) / file)
-            imgs.append(f"<figure>{_img(Path(tmp) / file, title)}<figcaption><b>{e(title)}</b></figcaption></figure>")
-    names = ", ".join(r.name for r in runs)
-    body = (f'<header><h1>Comparison of {len(runs)} runs</h1><div class="sub">{e(names)} · {split} split · '
-            f"report by loraclf {__version__}</div></header><main>"
-            f'<section><h2>Runs ({e(split)})</h2>{_compare_table(runs, split)}</section>'
-            '<section><h2>Plots</h2><div class="plots" style="grid-template-columns:1fr">' + "".join(imgs)
-            + "</div></section>"
-            + "<section><h2>Per-run reports</h2><ul>" + "".join(
-                f"<li><a href='{e((r.path / 'report.html').resolve().as_uri())}'>{e(r.name)}</a></li>"
-                for r in runs if (r.path / "report.html").exists()) + "</ul></section></main>")
-    page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport "
-            f'content="width=device-width, initial-scale=1"><title>loraclf comparison</title><style>{CSS}</style>'
-            f"</head><body>{body}<script>{SCRIPT}</script></body></html>")
+        for p, fig in zip(figs, made):
+            if fig is not None:
+                images.append((p, _data_uri(pl.save(fig, Path(tmp) / p.file))))
+    page = _environment().get_template("compare.html.j2").render(
+        runs=[{"name": r.name, "path": str(r.path), "metrics": r.metrics,
+               "report": (r.path / "report.html").resolve().as_uri() if (r.path / "report.html").exists() else None}
+              for r in runs],
+        split=split, columns=COMPARE_COLUMNS, best=_best_values(runs, split), plots=images, version=__version__)
+    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out, page)
     if not quiet:

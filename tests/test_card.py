@@ -1,0 +1,98 @@
+"""loraclf.card: the model card is a valid Hugging Face card (huggingface_hub parses it back, with
+the run's numbers in its eval results) and says what the model is, how to use it and where it fails."""
+
+import json
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from loraclf import report as R
+from loraclf.card import build_card, model_card
+from loraclf.metrics import HEADLINE, METRICS
+from reportdata import fake_run
+
+
+def _inputs(d):
+    return (json.loads((d / "metrics.json").read_text()), yaml.safe_load((d / "config.yaml").read_text()),
+            json.loads((d / "artifact" / "loraclf.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    d = fake_run(tmp_path_factory.mktemp("card"), n_test=400, labels=["neg", "pos", "neutral"])
+    R.make_report(d)  # writes artifact/README.md
+    return d
+
+
+def test_card_parses_back_with_the_runs_numbers(lora_run):
+    card = ModelCard.load(lora_run / "artifact" / "README.md")
+    m = json.loads((lora_run / "metrics.json").read_text())
+    data = card.data.to_dict()
+    assert data["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data["library_name"] == "peft" and data["pipeline_tag"] == "text-classification"
+    assert data["tags"] == ["loraclf", "text-classification", "lora", "peft"]
+    assert "datasets" not in data  # local data: no hub id to link
+    assert card.data.model_name == "fake" and len(data["model-index"]) == 1
+    results = card.data.eval_results
+    assert [r.metric_name for r in results] == [METRICS[k].name for k in HEADLINE]
+    for key, r in zip(HEADLINE, results):
+        assert r.metric_value == round(m["test"][key], METRICS[key].digits), key
+        assert (r.task_type, r.dataset_split, r.dataset_name) == ("text-classification", "test",
+                                                                   "synthetic-data-that-does-not-exist")
+    by_name = {r.metric_name: r for r in results}
+    assert (by_name["macro-F1"].metric_type, by_name["macro-F1"].metric_args) == ("f1", {"average": "macro"})
+    assert by_name["accuracy"].metric_args is None
+    assert data["metrics"] == ["accuracy", "f1", "recall", "roc_auc", "ece"]
+
+
+def test_card_text(lora_run):
+    text = (lora_run / "artifact" / "README.md").read_text()
+    m = json.loads((lora_run / "metrics.json").read_text())
+    for heading in ("# fake", "## Labels", "## How to use", "## Training data", "## Training procedure",
+                    "## Evaluation", "## Intended use and limitations", "### Where it fails",
+                    "## Framework versions"):
+        assert f"\n{heading}\n" in text, heading
+    assert f"accuracy **{m['test']['accuracy']:.4f}** and macro-F1 **{m['test']['macro_f1']:.4f}**" in text
+    assert "to classify text into 3 labels: `neg`, `pos`, `neutral`." in text
+    assert 'PeftModel.from_pretrained(base, path)' in text and '"sentence-transformers/all-MiniLM-L6-v2"' in text
+    t = m["test"]
+    row = (f"| test | {t['n']:,} | " + " | ".join(METRICS[k].format(t[k]) for k in HEADLINE) + " |")
+    assert row in text  # the evaluation table, from the metrics table
+    assert f"- {m['error_analysis']['findings'][0]}" in text
+    assert "| LoRA rank r / alpha / dropout | 8 / 16 / 0.1 |" in text
+    assert text.endswith("- torch x\n") and "\n\n\n" not in text
+
+
+def test_zero_shot_prompted_card(tmp_path):
+    """A prompted zero-shot model, not a classifier head; no test split: validation is reported."""
+    d = fake_run(tmp_path, method="zero-shot")
+    metrics, config, meta = _inputs(d)
+    del metrics["test"]
+    metrics["validation"]["roc_auc"] = None
+    meta.update(head="verbalizer", prompt={"template": "Is {text}\n {labels}?", "label_words": {"neg": ["bad"]}})
+    card = build_card(metrics, config, meta)
+    text = str(card)
+    assert "nothing was trained; it scores each label's word(s) as the next tokens after a prompt" in text
+    assert "AutoModelForSequenceClassification" not in text and "pipeline(" not in text
+    assert "| prompt | `Is {text} {labels}?` |" in text and "| label words | `neg`: bad |" in text
+    assert "none (zero-shot)" in text
+    evaluation = text.split("\n## Evaluation\n")[1].split("\n## ")[0]
+    assert "| validation |" in evaluation and "| test |" not in evaluation and "Per label (validation):" in evaluation
+    assert card.data.library_name == "transformers" and "zero-shot" in card.data.tags
+    assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
+    assert "ROC-AUC" not in [r.metric_name for r in card.data.eval_results]  # not a measurement here
+
+
+def test_card_without_evaluation_or_with_hub_data(tmp_path):
+    d = fake_run(tmp_path, method="head", labels=["a|b", "c"])
+    metrics, config, meta = _inputs(d)
+    config["data"]["path"] = "hf:stanfordnlp/sst2"
+    card = ModelCard(model_card(metrics, config, meta))
+    assert card.data.datasets == ["stanfordnlp/sst2"] and card.data.eval_results[0].dataset_type == "stanfordnlp/sst2"
+    assert "| 0 | `a\\|b` |" in card.text  # a label with the column separator stays in its cell
+    assert 'pipeline("text-classification", model="path/to/this/folder")' in card.text
+    del metrics["test"], metrics["validation"]
+    card = ModelCard(model_card(metrics, config, meta))
+    assert "model-index" not in card.data.to_dict() and card.data.eval_results is None
+    assert "## Evaluation" in card.text and "Per label" not in card.text
