@@ -129,11 +129,6 @@ def test_cli_report_and_compare(two_runs, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_unknown_tracker_is_a_config_error():
-    with pytest.raises(loraclf.LoraclfError, match="unknown tracker 'tensorbored'"):
-        loraclf.load_config(None, ["report.trackers=[tensorbored]"])
-
-
 # ---------------------------------------------------------------- a real training run
 
 

@@ -152,3 +152,8 @@ def test_a_broken_tracker_never_stops_training(tmp_path, monkeypatch, caplog):
     cfg = loraclf.load_config(None, ["report.trackers=[wandb]"])
     assert tracking.start(cfg, MAIN, tmp_path) is None
     assert "could not start" in caplog.text
+
+
+def test_unknown_tracker_is_a_config_error():
+    with pytest.raises(loraclf.LoraclfError, match="unknown tracker 'tensorbored'"):
+        loraclf.load_config(None, ["report.trackers=[tensorbored]"])

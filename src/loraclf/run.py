@@ -25,6 +25,7 @@ from .data import Data, Encoded, load_data, token_lengths
 from .errors import ConfigError, DataError, LoraclfError
 from .loop import Trainer, TrainerState, evaluate, make_accelerator
 from .metrics import HEADLINE, METRICS
+from .tables import text_table
 
 log = logging.getLogger("loraclf")
 
@@ -98,9 +99,7 @@ def results_table(metrics: dict) -> str:
         m = metrics.get(split)
         if m:
             rows.append([split, str(m["n"])] + [METRICS[k].format(m.get(k)) for k in HEADLINE])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows, right_from=1)
     last = metrics.get("test") or metrics.get("validation")
     if last:
         lines.append("")
