@@ -450,12 +450,11 @@ def load_config(
         items = [parse_override(o) for o in (overrides or [])]
     for key, value in items:
         set_dotted(tree, key, value)
-    cfg = _build(Config, tree, "")
-    validate(cfg)
-    return cfg
+    return config_from_dict(tree)
 
 
 def config_from_dict(tree: dict) -> Config:
+    """A validated Config from a mapping of sections (as a YAML file holds them)."""
     cfg = _build(Config, tree, "")
     validate(cfg)
     return cfg

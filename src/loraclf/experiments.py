@@ -583,42 +583,37 @@ def _optuna():
     return import_extra("optuna", "search")
 
 
-def _make_pruner(spec: Any):
-    optuna = _optuna()
-
-    if spec in (None, "none", False):
-        return optuna.pruners.NopPruner()
+def _make_optuna(what: str, spec: Any, makers: dict, fallback: str, defaults: Optional[dict] = None):
+    """An Optuna pruner or sampler from a search file's `pruner` / `sampler`: a name, or a mapping of
+    `type` plus keyword arguments; errors name the field."""
     kw = {}
     if isinstance(spec, dict):
         kw = {k: v for k, v in spec.items() if k != "type"}
-        spec = spec.get("type", "median")
-    makers = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-              "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-              "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner}
+        spec = spec.get("type", fallback)
     if spec not in makers:
-        raise ConfigError(f"pruner must be none or one of {', '.join(makers)}; got {spec!r}")
-    if spec == "median":
-        kw.setdefault("n_startup_trials", 3)
+        raise ConfigError(f"{what} must be {'none or ' if what == 'pruner' else ''}one of "
+                          f"{', '.join(makers)}; got {spec!r}")
+    kw = {**(defaults or {}).get(spec, {}), **kw}
     try:
         return makers[spec](**kw)
     except TypeError as e:
-        raise ConfigError(f"pruner {spec}: {e}") from None
+        raise ConfigError(f"{what} {spec}: {e}") from None
+
+
+def _make_pruner(spec: Any):
+    optuna = _optuna()
+    if spec in (None, "none", False):
+        return optuna.pruners.NopPruner()
+    makers = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+              "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+              "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner}
+    return _make_optuna("pruner", spec, makers, "median", {"median": {"n_startup_trials": 3}})
 
 
 def _make_sampler(spec: Any):
     optuna = _optuna()
-
-    kw = {}
-    if isinstance(spec, dict):
-        kw = {k: v for k, v in spec.items() if k != "type"}
-        spec = spec.get("type", "tpe")
     makers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if spec not in makers:
-        raise ConfigError(f"sampler must be one of {', '.join(makers)}; got {spec!r}")
-    try:
-        return makers[spec](**kw)
-    except TypeError as e:
-        raise ConfigError(f"sampler {spec}: {e}") from None
+    return _make_optuna("sampler", spec, makers, "tpe")
 
 
 def _make_storage(url: str):
