@@ -23,6 +23,18 @@ def _interrupt_after_first_eval(monkeypatch, overrides) -> None:
     monkeypatch.setattr(loraclf.loop.Trainer, "evaluate", real)
 
 
+def _rewrite_checked(path, text: str) -> None:
+    """Edit a checkpoint file and its manifest entry, as a checkpoint of another run would read."""
+    import hashlib
+    import json
+
+    path.write_text(text)
+    manifest = path.parent / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["files"][path.name] = {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    manifest.write_text(json.dumps(m))
+
+
 @pytest.mark.parametrize("accum", [1, 4])  # 15 batches per epoch: 4 does not divide them
 def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_path, monkeypatch):
     extra = {"train.epochs": 3, "train.grad_accum_steps": accum}
@@ -32,12 +44,13 @@ def test_resume_continues_to_the_same_result(accum, tiny_models, synth_dir, tmp_
     _interrupt_after_first_eval(monkeypatch, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="cut",
                                                             **extra))
     cut = tmp_path / "cut"
-    assert (cut / "checkpoints" / "trainer_state.json").exists()
+    folder = cut / "checkpoints" / (cut / "checkpoints" / "latest").read_text()
+    assert (folder / "trainer_state.json").exists() and (folder / "manifest.json").exists()
     assert not (cut / "metrics.json").exists() and not (cut / "artifact").exists()
     # the checkpoint holds the trainable weights only (LoRA + head), not the frozen base
     from safetensors import safe_open
 
-    with safe_open(str(cut / "checkpoints" / "state" / "model.safetensors"), "pt") as f:
+    with safe_open(str(folder / "trainable.safetensors"), "pt") as f:
         saved = set(f.keys())
     assert saved and all("lora_" in k or "classifier" in k or "pooler" in k for k in saved), sorted(saved)[:5]
     assert not any("word_embeddings" in k or k.endswith("query.base_layer.weight") for k in saved)
@@ -64,13 +77,14 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tiny_models, synth_dir, t
     cut = tmp_path / "cut"
     with pytest.raises(loraclf.LoraclfError, match="does not match this model"):
         loraclf.train(None, ["lora.target_modules=[query, key]"], resume=str(cut), quiet=True)
-    state_file = cut / "checkpoints" / "trainer_state.json"
+    folder = cut / "checkpoints" / (cut / "checkpoints" / "latest").read_text()
+    state_file = folder / "trainer_state.json"
     state = json.loads(state_file.read_text())
     assert state["num_processes"] == 1
-    state_file.write_text(json.dumps({**state, "num_processes": 2}))
+    _rewrite_checked(state_file, json.dumps({**state, "num_processes": 2}))
     with pytest.raises(loraclf.LoraclfError, match="written by 2 process"):
         loraclf.train(None, resume=str(cut), quiet=True)
-    state_file.write_text(json.dumps(state))
+    _rewrite_checked(state_file, json.dumps(state))
     config = (base / "config.json").read_text()
     (base / "config.json").write_text(config.replace("{", '{"edited": true,', 1))  # the base changed
     with pytest.raises(loraclf.LoraclfError, match="base model changed"):

@@ -7,11 +7,8 @@ checkpoint saves and what training returns. :func:`evaluate` scores one split th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .data import Collator, Encoded, eval_batches, train_batches
 from .errors import CheckpointError, EnvironmentError_
@@ -98,7 +96,7 @@ def predict_logits(head, enc: Encoded, batch_size: int, accelerator=None, progre
     batches = eval_batches(enc.lengths, batch_size)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     dl = DataLoader(range(len(enc)), batch_sampler=batches, pin_memory=device.type == "cuda",
-                    collate_fn=Collator(enc, head.tokenizer.pad_token_id, head.pad_left))
+                    collate_fn=Collator(enc, head.tokenizer.pad_token_id, head.pad_left), generator=_own_generator())
     if accelerator is not None:
         dl = accelerator.prepare_data_loader(dl)
     # Logits stay on the device until the end: no host synchronisation per batch, so the host
@@ -167,42 +165,25 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
-def _check_checkpoint(state_dir: Path, saved: dict, current: dict, expected: set[str], known: set[str]) -> None:
+def _check_checkpoint(folder: Path, saved: dict, current: dict, saved_keys: set[str], expected: set[str]) -> None:
     """Refuse a checkpoint that would load only part of the trainable weights, or pair them with
     another base, instead of training on silently (a resume with other LoRA targets, another number
     of processes, or a changed base model). `saved` and `current` are trainer states."""
+    run = folder.parent.parent
     processes = current["num_processes"]
     if saved.get("num_processes", 1) != processes:
-        raise CheckpointError(f"{state_dir.parent} was written by {saved.get('num_processes', 1)} process(es); "
+        raise CheckpointError(f"{run} was written by {saved.get('num_processes', 1)} process(es); "
                               f"resume it with the same number, not {processes} (the batch order depends on it too)")
     if current["base"] and saved.get("base") not in (None, current["base"]):
-        raise CheckpointError(f"{state_dir.parent}: the base model changed since this checkpoint was written (its "
+        raise CheckpointError(f"{run}: the base model changed since this checkpoint was written (its "
                               "config.json or weight files differ); the checkpoint holds only the trained "
                               "weights, so resume on the same base model")
-    weights = state_dir / "model.safetensors"
-    if not weights.exists():  # FSDP / DeepSpeed write their own formats, full-size
-        return
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as f:
-        keys = set(f.keys())
-    missing, unexpected = sorted(expected - keys), sorted(keys - known)  # frozen weights may be present too
+    missing, unexpected = sorted(expected - saved_keys), sorted(saved_keys - expected)
     if missing or unexpected:
         raise CheckpointError(
-            f"{state_dir.parent} does not match this model: {len(missing)} trainable weight(s) missing "
+            f"{run} does not match this model: {len(missing)} trainable weight(s) missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Resume with the "
             "config the run started with (LoRA targets, modules_to_save, method).")
-
-
-def _partial_load_kwargs(accelerator) -> dict:
-    """strict=False lets a checkpoint of trainable weights load into the full model; DeepSpeed and
-    Megatron load through their own engines, which take no such argument."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        return {}
-    return {"strict": False}
-
 
 
 @dataclass
@@ -256,14 +237,14 @@ class Trainer:
 
         set_seed(seed)
         self.head, self.train_enc, self.val, self.tcfg, self.seed = head, train, val, tcfg, seed
-        self.acc, self.ckpt_dir, self.quiet, self.on_log = accelerator, ckpt_dir, quiet, on_log
+        self.acc, self.quiet, self.on_log = accelerator, quiet, on_log
         head.prepare_training(tcfg, train.labels, accelerator.device)
         optimizer = torch.optim.AdamW(_param_groups(head.model, tcfg.weight_decay), lr=tcfg.lr,
                                       fused=accelerator.device.type == "cuda")
         self.model, self.optimizer = accelerator.prepare(head.model, optimizer)
         # Checkpoints hold the trainable weights only (LoRA + head: megabytes, not the frozen base); the
         # frozen weights are rebuilt from the base model when a run resumes.
-        self.trainable_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        self.checkpoints = Checkpoints(ckpt_dir, accelerator) if ckpt_dir is not None else None
         # The compiled module shares its parameters with `model`, which stays what is checkpointed and
         # evaluated (eager), so state-dict names do not depend on the compile switch.
         self.step_model = compile_model(self.model, tcfg.compile) if tcfg.compile else self.model
@@ -280,7 +261,6 @@ class Trainer:
         sched = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[tcfg.scheduler]
         self.scheduler = get_scheduler(sched, self.optimizer, num_training_steps=self.total_steps,
                                        num_warmup_steps=int(round(tcfg.warmup_ratio * self.total_steps)))
-        accelerator.register_for_checkpointing(self.scheduler)
         self.state = TrainerState(num_processes=n, base=base_id)
         self.best_weights: Optional[dict] = None
 
@@ -297,7 +277,7 @@ class Trainer:
         if limit is not None:
             batches = batches[:limit]
         dl = DataLoader(range(len(self.train_enc)), batch_sampler=batches[skip:], collate_fn=self.collate,
-                        pin_memory=self.acc.device.type == "cuda")
+                        pin_memory=self.acc.device.type == "cuda", generator=_own_generator())
         return self.acc.prepare_data_loader(dl)
 
     # ---------------------------------------------------------------- the loop
@@ -321,9 +301,8 @@ class Trainer:
                 s.stopped_early = True
                 break
         self._bar.close()
-        s.done, s.train_tokens = True, int(self._tokens)
-        if self.ckpt_dir is not None and self.acc.is_main_process:  # a resume after this trains no more
-            self._write_state()
+        s.done = True
+        self.checkpoint()  # a resume after this trains no more (e.g. a crash in the final evaluation)
         if self.best_weights is not None:
             load_trainable_state(self.acc.unwrap_model(self.model), self.best_weights)
         s.epochs_run = s.micro / self.per_process
@@ -426,57 +405,34 @@ class Trainer:
         return t.early_stopping_patience is not None and s.bad_evals >= t.early_stopping_patience
 
     # ---------------------------------------------------------------- checkpoints
-    def _write_state(self) -> None:
-        state_file = self.ckpt_dir / "trainer_state.json"
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state.to_json()))
-        tmp.replace(state_file)
-
-    def _keep_trainable(self, _models, weights: list[dict], _dir) -> None:
-        for w in weights:
-            for key in [k for k in w if k not in self.trainable_names]:
-                del w[key]
-
     def checkpoint(self) -> None:
-        if self.ckpt_dir is None:
+        if self.checkpoints is None:
             return
-        from safetensors.torch import save_file
-
-        acc, d = self.acc, self.ckpt_dir
-        acc.wait_for_everyone()
         self.state.train_tokens = int(self._tokens)
-        # Write the new state beside the old one and swap: an interrupt never leaves a mix of both.
-        tmp_dir, final = d / "state.tmp", d / "state"
-        hook = acc.register_save_state_pre_hook(self._keep_trainable)
-        try:
-            acc.save_state(str(tmp_dir), safe_serialization=True)
-        finally:
-            hook.remove()
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp_dir, final)
-            if self.best_weights is not None:
-                save_file(self.best_weights, str(d / "best_trainable.safetensors"))
-            (d / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.state.history))
-            self._write_state()
+        self.checkpoints.save(self.state.to_json(), self.state.history, trainable_state(self._unwrapped()),
+                              self.best_weights, self.optimizer, self.scheduler)
+
+    def _unwrapped(self):
+        return self.acc.unwrap_model(self.model)
 
     def _resume(self) -> None:
-        from safetensors.torch import load_file
-
-        d = self.ckpt_dir
-        if d is None or not (d / "trainer_state.json").exists() or not (d / "state").exists():
+        folder = self.checkpoints.find() if self.checkpoints is not None else None
+        if folder is None:  # interrupted before its first checkpoint: start from the beginning
             return
-        saved = json.loads((d / "trainer_state.json").read_text())
+        saved, history, trainable, best = self.checkpoints.read(folder)
+        expected = {n for n, p in self._unwrapped().named_parameters() if p.requires_grad}
         current = self.state
-        _check_checkpoint(d / "state", saved, current.to_json(), self.trainable_names,
-                          set(self.model.state_dict()))
+        _check_checkpoint(folder, saved, current.to_json(), set(trainable), expected)
+        load_trainable_state(self._unwrapped(), trainable)
+        self.checkpoints.restore(folder, self.optimizer, self.scheduler)
         self.state = TrainerState.from_json(saved)
         self.state.num_processes, self.state.base = current.num_processes, current.base or saved.get("base")
-        self.acc.load_state(str(d / "state"), **_partial_load_kwargs(self.acc))
-        if (d / "best_trainable.safetensors").exists():
-            self.best_weights = load_file(str(d / "best_trainable.safetensors"))
-        hist = d / "history.jsonl"
-        if hist.exists():
-            self.state.history = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+        self.state.history, self.best_weights = history, best
         log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch)
+
+
+def _own_generator() -> torch.Generator:
+    """A DataLoader draws its base seed when an iterator is made; from a generator of its own, that
+    draw leaves torch's global stream (dropout masks) alone, so a resume inside an epoch replays the
+    same masks as the uninterrupted run."""
+    return torch.Generator().manual_seed(0)

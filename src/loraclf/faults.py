@@ -1,0 +1,26 @@
+"""A test-only hook that kills the process at a named point, to prove that no kill can lose or
+corrupt a run (tests/test_faults.py).
+
+``LORACLF_FAULT=checkpoint.renamed:2`` sends SIGKILL to this process the second time it passes
+``fault("checkpoint.renamed")``. Unset (always, outside those tests) the hook costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "LORACLF_FAULT"
+_seen: dict[str, int] = {}
+
+
+def fault(point: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return
+    _seen[point] = _seen.get(point, 0) + 1
+    if _seen[point] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
