@@ -75,8 +75,13 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tiny_models, synth_dir, t
     _interrupt_after_first_eval(monkeypatch, tiny_overrides(base, synth_dir, tmp_path, name="cut",
                                                             **{"train.epochs": 3}))
     cut = tmp_path / "cut"
-    with pytest.raises(loraclf.LoraclfError, match="does not match this model"):
+    with pytest.raises(loraclf.LoraclfError, match="--resume cannot change lora.target_modules"):
         loraclf.train(None, ["lora.target_modules=[query, key]"], resume=str(cut), quiet=True)
+    config_yaml = (cut / "config.yaml").read_text()  # the same change made by hand in config.yaml
+    (cut / "config.yaml").write_text(config_yaml.replace("target_modules: null", "target_modules: [query, key]"))
+    with pytest.raises(loraclf.LoraclfError, match="does not match this model"):
+        loraclf.train(None, resume=str(cut), quiet=True)
+    (cut / "config.yaml").write_text(config_yaml)
     folder = cut / "checkpoints" / (cut / "checkpoints" / "latest").read_text()
     state_file = folder / "trainer_state.json"
     state = json.loads(state_file.read_text())

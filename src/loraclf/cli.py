@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import choices, default
-from .errors import LoraclfError
+from .errors import Interrupted, LoraclfError
 
 EXIT_USER_ERROR = 2
 
@@ -407,8 +407,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except LoraclfError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # on a line of its own, not glued to a progress bar
+        hint = f"; continue with: loraclf train --resume {e.run_dir}" if isinstance(e, Interrupted) else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
 
 

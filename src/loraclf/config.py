@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -311,9 +312,12 @@ def _coerce(value: Any, tp: Any, what: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{what} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{what} must be a number, got {value!r}") from None
+        if not math.isfinite(number):  # .inf epochs never end; an infinite lr trains NaNs
+            raise ConfigError(f"{what} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -478,10 +482,23 @@ def _validate_auto_rank(cfg: Config) -> None:
         raise ConfigError("lora.r: auto needs train.max_trainable_params (the budget it chooses the rank to fit)")
 
 
+def check_run_name(name: Optional[str]) -> None:
+    """A run name is one folder under output_dir: never a path that could reach outside it."""
+    if name is None:
+        return
+    bad = (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")
+           or Path(name).is_absolute() or name.startswith("."))
+    if bad:
+        raise ConfigError(f"name {name!r} must be a plain folder name (no '/', '\\', '..' or leading '.'); "
+                          "the run directory is output_dir/name")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     t, d, lo = cfg.train, cfg.data, cfg.lora
+    check_run_name(cfg.name)
     checks = [
+        (0 <= cfg.seed < 2**32, f"seed must be an integer from 0 to {2**32 - 1}, got {cfg.seed}"),
         (t.epochs > 0, "train.epochs must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1, "train.pad_to_multiple_of must be >= 1 or null"),

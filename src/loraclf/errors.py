@@ -40,3 +40,11 @@ def import_extra(module: str, extra: str):
         if e.name != module.split(".")[0]:  # the module is there but something it imports is not
             raise
         raise EnvironmentError_(f"{module} is not installed: pip install 'loraclf[{extra}]'") from None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the CLI names the run directory to --resume."""
+
+    def __init__(self, run_dir):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

@@ -2,7 +2,8 @@
 corrupt a run (tests/test_faults.py).
 
 ``LORACLF_FAULT=checkpoint.renamed:2`` sends SIGKILL to this process the second time it passes
-``fault("checkpoint.renamed")``. Unset (always, outside those tests) the hook costs one dict lookup.
+``fault("checkpoint.renamed")``; ``LORACLF_FAULT=train.step:5:INT`` sends SIGINT (a Ctrl-C) instead.
+Unset (always, outside those tests) the hook costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ def fault(point: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    name, _, nth = spec.partition(":")
+    name, _, rest = spec.partition(":")
     if name != point:
         return
+    nth, _, sig = rest.partition(":")
     _seen[point] = _seen.get(point, 0) + 1
     if _seen[point] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGINT if sig == "INT" else signal.SIGKILL)

@@ -21,6 +21,7 @@ from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .data import Collator, Encoded, eval_batches, train_batches
 from .errors import CheckpointError, EnvironmentError_
+from .faults import fault
 from .metrics import is_better
 
 log = logging.getLogger("loraclf")
@@ -362,6 +363,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         s.step += 1
         self._bar.update(1)
+        fault("train.step")
         if s.step % self.tcfg.log_every == 0 or s.step == self.total_steps:
             self._log_train()
         return True

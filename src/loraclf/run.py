@@ -22,9 +22,11 @@ import torch
 
 from .config import Config, load_config
 from .data import Data, Encoded, load_data, token_lengths
-from .errors import ConfigError, DataError, LoraclfError
+from .errors import ConfigError, DataError, Interrupted, LoraclfError
+from .faults import fault
 from .loop import Trainer, TrainerState, evaluate, make_accelerator
 from .metrics import HEADLINE, METRICS
+from .rundir import RunLock, check_resume_overrides, open_new, refuse_existing
 from .tables import text_table
 
 log = logging.getLogger("loraclf")
@@ -137,7 +139,9 @@ def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
         raise LoraclfError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
     if (run_dir / "metrics.json").exists():
         raise LoraclfError(f"--resume {run_dir}: that run already finished")
-    return load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    check_resume_overrides(load_config(run_dir / "config.yaml"), cfg)
+    return cfg
 
 
 def build_head(cfg: Config, data: Data, quiet: bool = False):
@@ -157,27 +161,31 @@ def build_head(cfg: Config, data: Data, quiet: bool = False):
     return head, built, counts, auto_lora
 
 
-def _open_run_dir(cfg: Config, resume: Optional[str], accelerator) -> Path:
-    """The run directory, refusing to reuse a finished or running one; config.yaml written once there."""
+def _run_dir_of(cfg: Config, resume: Optional[str], accelerator) -> Path:
+    """The run's folder, named alike on every process, refused before any work when it cannot be used."""
     if resume is not None:
-        run_dir = Path(resume)
-    else:
-        name = cfg.name or default_name(cfg)
-        if accelerator.num_processes > 1:  # every process must agree on a timestamped name
-            from accelerate.utils import broadcast_object_list
+        return Path(resume)
+    name = cfg.name or default_name(cfg)
+    if accelerator.num_processes > 1:  # every process must agree on a timestamped name
+        from accelerate.utils import broadcast_object_list
 
-            name = broadcast_object_list([name])[0]
-        cfg.name = name
-        run_dir = Path(cfg.output_dir) / name
-        if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints" / "trainer_state.json").exists():
-            raise LoraclfError(f"run directory {run_dir} already exists; choose another name or --resume it")
-        accelerator.wait_for_everyone()
+        name = broadcast_object_list([name])[0]
+    cfg.name = name
+    run_dir = Path(cfg.output_dir) / name
     if accelerator.is_main_process:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if resume is None:  # a resumed run's config is rewritten once its checkpoint has loaded
-            cfg.save(run_dir / "config.yaml")
-    accelerator.wait_for_everyone()
+        refuse_existing(run_dir)
     return run_dir
+
+
+def _open_run_dir(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list) -> None:
+    """Create (and lock) a new run's folder with its config.yaml; a resumed run's config is rewritten
+    only once its checkpoint has loaded."""
+    if accelerator.is_main_process:
+        if not resume:
+            locks.append(open_new(run_dir))
+            cfg.save(run_dir / "config.yaml")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    accelerator.wait_for_everyone()
 
 
 def _fit(cfg: Config, head, built, enc: dict[str, Encoded], accelerator, run_dir: Path, resume: bool,
@@ -249,11 +257,13 @@ def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, 
     them into place (metrics.json last: it marks the run finished) and drop the resume state."""
     from .artifact import save_artifact
 
+    for stale in run_dir.glob(".partial-*"):  # left by a process killed while assembling (the run is locked)
+        shutil.rmtree(stale, ignore_errors=True)
     stage = run_dir / f".partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
         save_artifact(head, stage / "artifact", meta)
+        fault("run.assemble")
         (stage / "predictions").mkdir()
         for split, p in probs.items():
             s = data.splits[split]
@@ -281,17 +291,37 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     """Train and evaluate one config; returns the finished :class:`Run`.
 
     `resume` is a run directory whose checkpoints/ holds the state to continue from; its
-    config.yaml is used (overrides still apply on top). `callback` receives every history record
-    during training (a search uses it to report validation metrics and prune).
+    config.yaml is used (overrides that would change what the checkpoint means are refused).
+    `callback` receives every history record during training (a search uses it to prune).
     """
-    from .memory import PeakMemory
-    from .report import after_run
     from .tracking import check_installed
-    from .tracking import start as start_tracking
 
-    t_start, peak_mem = time.perf_counter(), PeakMemory.start()
+    t_start = time.perf_counter()
     cfg = _resolve_config(config, overrides, resume)
     check_installed(cfg.report)  # here, not when a config is read: Run.config must load anywhere
+    accelerator = make_accelerator(cfg.train)  # refuses fp16/bf16 without a GPU before any work
+    run_dir = _run_dir_of(cfg, resume, accelerator)
+    locks: list[RunLock] = []
+    try:
+        if resume is not None and accelerator.is_main_process:
+            locks.append(RunLock(run_dir).acquire())
+        return _train(cfg, run_dir, resume is not None, accelerator, locks, quiet, callback, t_start)
+    except KeyboardInterrupt:
+        if (run_dir / "config.yaml").exists():
+            raise Interrupted(run_dir) from None
+        raise
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, quiet: bool, callback,
+           t_start: float) -> Run:
+    from .memory import PeakMemory
+    from .report import after_run
+    from .tracking import start as start_tracking
+
+    peak_mem = PeakMemory.start()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     data = load_data(cfg.data, cfg.seed)
@@ -300,9 +330,8 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     length_stats = _filter_train(data, head.tokenizer, cfg)
     enc = {split: head.encode(s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()}
 
-    accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
-    run_dir = _open_run_dir(cfg, resume, accelerator)
+    _open_run_dir(cfg, run_dir, resume, accelerator, locks)
     if not quiet and main:
         _announce(cfg, built, data, counts, run_dir)
     tracker = start_tracking(cfg, accelerator, run_dir)
@@ -310,7 +339,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     try:
         on_log = callback if tracker is None else (
             tracker if callback is None else (lambda rec: (tracker(rec), callback(rec))))
-        state = _fit(cfg, head, built, enc, accelerator, run_dir, resume is not None, quiet, on_log)
+        state = _fit(cfg, head, built, enc, accelerator, run_dir, resume, quiet, on_log)
         t_eval = time.perf_counter()
         results, probs = _evaluate_splits(head, enc, cfg, accelerator, quiet)
         eval_seconds = time.perf_counter() - t_eval
