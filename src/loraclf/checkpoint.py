@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -205,8 +206,9 @@ class Checkpoints:
         candidates = sorted((p for p in self.root.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
         for folder in candidates:
             if self.complete(folder):
-                log.warning("checkpoint %s is missing or damaged; resuming from %s instead",
-                            named.name if named else POINTER, folder.name)
+                if self.acc.is_main_process:  # said even with --quiet: the run goes back in time
+                    print(f"loraclf: checkpoint {named.name if named else POINTER} is missing or damaged; "
+                          f"resuming from {folder.name} instead", file=sys.stderr)
                 return folder
         if named is not None or candidates:
             raise CheckpointError(f"{self.root}: no complete checkpoint (every one fails its manifest check); "

@@ -203,6 +203,9 @@ class TrainerState:
     train_samples: int = 0
     train_tokens: int = 0
     padded_tokens: int = 0
+    # the loss summed over the micro-batches since the last train record (its mean is logged next)
+    log_loss_sum: float = 0.0
+    log_micro: int = 0
     # what a checkpoint's weights depend on: DDP's `module.` names and the batch order; the frozen base
     num_processes: int = 1
     base: Optional[str] = None
@@ -294,14 +297,16 @@ class Trainer:
         self.model.train()
         self._bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step",
                          disable=self.quiet or not self.acc.is_local_main_process, dynamic_ncols=True)
-        self._running = torch.zeros((), device=self.acc.device)
+        self._running = torch.zeros((), device=self.acc.device) + s.log_loss_sum
         self._tokens = torch.zeros((), device=self.acc.device, dtype=torch.long) + s.train_tokens
-        self._running_n, self._log_t0, self._log_samples = 0, time.perf_counter(), 0
-        for epoch in range(self.n_epochs if s.done else s.epoch, self.n_epochs):
-            if self._run_epoch(epoch):
-                s.stopped_early = True
-                break
-        self._bar.close()
+        self._running_n, self._log_t0, self._log_samples = s.log_micro, time.perf_counter(), 0
+        try:
+            for epoch in range(self.n_epochs if s.done else s.epoch, self.n_epochs):
+                if self._run_epoch(epoch):
+                    s.stopped_early = True
+                    break
+        finally:  # an interrupt leaves the bar finished, so what is printed next starts on its own line
+            self._bar.close()
         s.done = True
         self.checkpoint()  # a resume after this trains no more (e.g. a crash in the final evaluation)
         if self.best_weights is not None:
@@ -410,7 +415,8 @@ class Trainer:
     def checkpoint(self) -> None:
         if self.checkpoints is None:
             return
-        self.state.train_tokens = int(self._tokens)
+        s = self.state
+        s.train_tokens, s.log_loss_sum, s.log_micro = int(self._tokens), float(self._running), self._running_n
         self.checkpoints.save(self.state.to_json(), self.state.history, trainable_state(self._unwrapped()),
                               self.best_weights, self.optimizer, self.scheduler)
 
