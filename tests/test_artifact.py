@@ -52,3 +52,27 @@ def test_missing_and_damaged_artifacts_are_one_line_errors(run, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     with pytest.raises(ModelError, match=f"cannot load artifact {broken}"):
         loraclf.load(broken)
+
+
+def test_a_base_model_that_does_not_fit_is_refused(run, tiny_models, tmp_path):
+    import transformers as tf
+
+    from conftest import VOCAB
+
+    with pytest.raises(ModelError, match=r"does not fit this artifact: model_type llama \(needs bert\)"):
+        loraclf.load(run.path, base_model=str(tiny_models["llama"]))
+    wide = tf.BertModel(tf.BertConfig(vocab_size=len(VOCAB), hidden_size=48, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=64))
+    wide.save_pretrained(tmp_path / "wide")
+    with pytest.raises(ModelError, match=r"hidden_size 48 \(needs 32\)"):
+        loraclf.load(run.path, base_model=str(tmp_path / "wide"))
+    # the same shape without the trained weights' names: nothing of the base would load
+    empty = tmp_path / "renamed"
+    shutil.copytree(tiny_models["bert"], empty)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(empty / "model.safetensors"))
+    save_file({"other." + k: v for k, v in weights.items()}, str(empty / "model.safetensors"))
+    with pytest.raises(ModelError, match="lacks .* weight"):
+        loraclf.load(run.path, base_model=str(empty))
+    assert loraclf.load(run.path, base_model=str(tiny_models["bert"])).labels == ["negative", "positive"]

@@ -242,13 +242,16 @@ def _run_metrics(cfg: Config, built, head, data: Data, counts: dict, length_stat
 
 
 def _artifact_meta(cfg: Config, built, head, results: dict) -> dict:
-    """loraclf.json: everything `loraclf.load` needs to rebuild the classifier."""
+    """loraclf.json: everything `loraclf.load` needs to rebuild the classifier (and to refuse a base
+    model that does not fit it)."""
+    from .models.heads import base_shape
+
     return {"labels": head.task.labels, "task": head.task.name, "base_model": built.resolved.portable,
             "base_model_hub_id": built.resolved.hub_id, "method": cfg.model.method, "head": head.name,
             "model_type": built.model_type, "max_length": cfg.data.max_length, "text_column": cfg.data.text_column,
             "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
             "metrics": {s: {k: results[s][k] for k in head.task.headline[:2]} for s in results},
-            **head.artifact_meta()}
+            "base_shape": base_shape(built.model.config), **head.artifact_meta()}
 
 
 def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, np.ndarray], data: Data,

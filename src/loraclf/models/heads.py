@@ -128,8 +128,11 @@ class ClassifierHead(Head):
             from peft import PeftModel
 
             resolved = resolve(base_model or meta["base_model"])
+            check_base(meta, resolved.path, base_model)
             config = AutoConfig.from_pretrained(str(art))
-            base = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config)
+            base, info = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config,
+                                                                            output_loading_info=True)
+            check_loaded(meta, info, base_model or meta["base_model"])
             model = PeftModel.from_pretrained(base, str(art))
             if merge:
                 model = model.merge_and_unload()
@@ -202,7 +205,10 @@ class VerbalizerHead(Head):
         if meta["method"] == "full":
             lm = AutoModelForCausalLM.from_pretrained(str(art))
         else:
-            lm = AutoModelForCausalLM.from_pretrained(resolve(base_model or meta["base_model"]).path)
+            path = resolve(base_model or meta["base_model"]).path
+            check_base(meta, path, base_model)
+            lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+            check_loaded(meta, info, base_model or meta["base_model"])
             if meta["method"] == "lora":
                 from peft import PeftModel
 
@@ -243,3 +249,41 @@ def save_adapter(model, dest: Path, meta: dict) -> None:
     acfg: dict[str, Any] = json.loads(acfg_path.read_text())
     acfg["base_model_name_or_path"] = meta.get("base_model_hub_id") or meta["base_model"]
     acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
+
+
+# What must match between an artifact's base model and the one it is loaded onto.
+BASE_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def base_shape(config) -> dict:
+    return {k: getattr(config, k, None) for k in BASE_SHAPE}
+
+
+def check_base(meta: dict, path: str, override: Optional[str]) -> None:
+    """Refuse a base model of another architecture or size than the artifact was trained on: its
+    adapter would load into nothing and predict from random weights."""
+    expected = meta.get("base_shape")
+    if not expected:  # an artifact from before base shapes were recorded
+        return
+    from transformers import AutoConfig
+
+    from ..errors import ModelError
+
+    got = base_shape(AutoConfig.from_pretrained(path))
+    diff = [f"{k} {got.get(k)} (needs {v})" for k, v in expected.items() if got.get(k) != v]
+    if diff:
+        raise ModelError(f"base model {override or meta['base_model']} does not fit this artifact: {', '.join(diff)}; "
+                         f"it was trained on {meta.get('base_model_hub_id') or meta['base_model']}")
+
+
+def check_loaded(meta: dict, info: dict, base: str) -> None:
+    """Every base weight must come from the checkpoint; only the head and the modules the adapter
+    carries (modules_to_save) may be new."""
+    from ..errors import ModelError
+    from .build import _covered, _module_of
+
+    carried = list(meta.get("modules_to_save") or [])
+    missing = [k for k in info.get("missing_keys", []) if not _covered(_module_of(k), carried)]
+    if missing:
+        raise ModelError(f"base model {base} lacks {len(missing)} weight(s) this artifact needs (e.g. {missing[0]}); "
+                         "pass the base model it was trained on")
