@@ -54,7 +54,13 @@ def read_meta(path: Path) -> dict:
     f = path / META_FILE
     if not f.exists():
         raise ModelError(f"{path} is not a loraclf artifact (no {META_FILE}); pass a run directory or its artifact/")
-    return json.loads(f.read_text())
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{f} is not valid JSON ({e.__class__.__name__}); the artifact is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
+        raise ModelError(f"{f} has no label list; the artifact is damaged")
+    return meta
 
 
 def artifact_dir(path: str | Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -30,59 +29,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(args: argparse.Namespace,
-                 text_columns: list[str]) -> tuple[list[str], Optional[list[str]], Optional[list]]:
-    """Texts, second texts of pairs, and ids from --input; or one text per line from stdin."""
-    from .data import read_table, read_texts
-
-    if args.input:
-        p = Path(args.input)
-        if not p.exists():
-            raise LoraclfError(f"--input: file not found: {p}")
-        df = read_table(p, args.format)
-        columns = read_texts(df, text_columns, str(p), hint="use --text-column")
-        ids = None
-        if args.id_column:
-            if args.id_column not in df.columns:
-                raise LoraclfError(f"{p}: no id column '{args.id_column}' (columns: {', '.join(map(str, df.columns))})")
-            ids = df[args.id_column].tolist()
-        return columns[0], columns[1] if len(columns) > 1 else None, ids
-    if len(text_columns) > 1:
-        raise LoraclfError(f"this model takes text pairs ({', '.join(text_columns)}): give them in a file with --input")
-    if args.id_column:
-        raise LoraclfError("--id-column needs --input")
-    if sys.stdin.isatty():
-        print("reading texts from stdin, one per line (Ctrl-D to end)", file=sys.stderr)
-    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    return texts, None, None
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from .artifact import load
+    from .artifact import artifact_dir, load, read_meta
+    from .predict import check_output, input_chunks, predict_csv
 
-    clf = load(args.artifact, base_model=args.base_model, precision=args.precision)
-    trained = clf.meta.get("text_column", "text")
+    if args.batch_size < 1:
+        raise LoraclfError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output(args.output)
+    meta = read_meta(artifact_dir(args.artifact))
+    trained = meta.get("text_column", "text")
     if args.text_column:
         cols = [c.strip() for c in args.text_column.split(",")]
     else:
         cols = [trained] if isinstance(trained, str) else list(trained)
-    texts, pairs, ids = _read_inputs(args, cols)
-    probs = clf.predict_proba(texts, batch_size=args.batch_size, pairs=pairs,
-                              progress=not args.quiet and len(texts) > 1000)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
-    try:
-        w = csv.writer(out)
-        if ids is not None:  # a Kaggle-style submission: id and answer only
-            w.writerow([args.id_column, "label"])
-            w.writerows(zip(ids, clf.task.predicted(probs)))
-        else:
-            w.writerow(["text", *clf.task.answer_columns()])
-            w.writerows([t, *row] for t, row in zip(texts, clf.task.answers(probs)))
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    chunks = input_chunks(args.input, args.format, cols, args.id_column)  # reads the first chunk: fails early
+    clf = load(args.artifact, base_model=args.base_model, precision=args.precision)
+    n = predict_csv(clf, chunks, args.output, args.id_column, args.batch_size, progress=not args.quiet)
     if args.output and not args.quiet:
-        print(f"wrote {len(texts)} predictions to {args.output}", file=sys.stderr)
+        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -176,22 +176,85 @@ def _bad_bytes_location(path: Path) -> str:
     return "unknown line"
 
 
-def read_table(path: Path, fmt: str = "auto"):
-    """Read a CSV/TSV/JSONL/JSON/Parquet file (optionally compressed) into a DataFrame."""
+CHUNK_ROWS = 8192  # rows read, predicted and written at a time by streaming prediction
+
+
+def _open_text(path: Path):
+    """A text handle on a plain or gzip/bz2/xz-compressed file, UTF-8 (a BOM is dropped)."""
+    import bz2
+    import gzip
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    return opener(path, "rt", encoding="utf-8-sig", newline="")
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """Two columns of one name would be read as 'text' and 'text.1', and training would use the first."""
+    import csv
+
+    with _open_text(path) as fh:
+        header = next(csv.reader(fh, delimiter=sep), [])
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise DataError(f"{path}: the header names column {dupes[0]!r} {header.count(dupes[0])} times; "
+                        "rename the columns so each name is used once")
+
+
+def _jsonl_frames(path: Path, chunk_rows: Optional[int]) -> Iterator:
+    """JSON Lines, one object a line; a bad line is named by its number, not a byte offset."""
+    import json
+
+    import pandas as pd
+
+    rows: list[dict] = []
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(obj).__name__})")
+            rows.append(obj)
+            if chunk_rows and len(rows) == chunk_rows:
+                yield pd.DataFrame(rows)
+                rows = []
+    if rows or not chunk_rows:
+        yield pd.DataFrame(rows)
+
+
+def _frames(path: Path, kind: str, chunk_rows: Optional[int]) -> Iterator:
+    import pandas as pd
+
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        _check_header(path, sep)
+        read = pd.read_csv(path, sep=sep, encoding="utf-8", keep_default_na=False, na_values=[""], dtype=str,
+                           chunksize=chunk_rows)
+        yield from (read if chunk_rows else [read])
+    elif kind == "jsonl":
+        yield from _jsonl_frames(path, chunk_rows)
+    elif kind == "json":
+        yield pd.read_json(path, encoding="utf-8", dtype=False)
+    elif chunk_rows:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+    else:
+        yield pd.read_parquet(path)
+
+
+def iter_table(path: Path, fmt: str = "auto", chunk_rows: Optional[int] = CHUNK_ROWS) -> Iterator:
+    """A CSV/TSV/JSONL/JSON/Parquet file (optionally compressed) as DataFrames of at most
+    `chunk_rows` rows (None: one frame); every way the file can be bad is one DataError."""
     import pandas as pd
 
     kind = _format_of(path, fmt)
     try:
-        if kind in ("csv", "tsv"):
-            return pd.read_csv(
-                path, sep="," if kind == "csv" else "\t", encoding="utf-8", keep_default_na=False,
-                na_values=[""], dtype=str,
-            )
-        if kind == "jsonl":
-            return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
-        if kind == "json":
-            return pd.read_json(path, encoding="utf-8", dtype=False)
-        return pd.read_parquet(path)
+        yield from _frames(path, kind, chunk_rows)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not valid UTF-8 text at {_bad_bytes_location(path)}") from None
     except pd.errors.EmptyDataError:
@@ -203,6 +266,11 @@ def read_table(path: Path, fmt: str = "auto"):
     except (pd.errors.ParserError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot parse as {kind}: {first}") from None
+
+
+def read_table(path: Path, fmt: str = "auto"):
+    """A whole file as one DataFrame (see :func:`iter_table`)."""
+    return next(iter_table(path, fmt, chunk_rows=None))
 
 
 def _hf_load(ident: str):
@@ -233,9 +301,10 @@ def _hf_load(ident: str):
     return out
 
 
-def read_texts(df, cols: list[str], where: str, hint: str = "set data.text_column") -> list[list[str]]:
-    """The text columns of a table, every value a non-empty string; errors name the file, row and
-    column. The one reader of texts for training, evaluation and prediction."""
+def read_texts(df, cols: list[str], where: str, hint: str = "set data.text_column",
+               first_row: int = 1) -> list[list[str]]:
+    """The text columns of a table, every value a non-empty string; errors name the file, row
+    (counted from `first_row`) and column. The one reader of texts for training, evaluation and prediction."""
     import pandas as pd
 
     out = []
@@ -245,12 +314,14 @@ def read_texts(df, cols: list[str], where: str, hint: str = "set data.text_colum
         values = df[col].tolist()
         for i, v in enumerate(values):
             if v is None or (isinstance(v, float) and np.isnan(v)) or (v is pd.NA):
-                raise DataError(f"{where}: row {i + 1} has an empty '{col}' (NaN/missing)")
+                raise DataError(f"{where}: row {i + first_row} has an empty '{col}' (NaN/missing)")
             if not isinstance(v, str):
                 v = str(v)
                 values[i] = v
+            if "\x00" in v:  # a binary file, or a damaged line that would read as a missing label
+                raise DataError(f"{where}: row {i + first_row} has a NUL byte in '{col}'; is it a text file?")
             if not v.strip():
-                raise DataError(f"{where}: row {i + 1} has an empty '{col}'")
+                raise DataError(f"{where}: row {i + first_row} has an empty '{col}'")
         out.append(values)
     return out
 
@@ -267,6 +338,14 @@ def _raw_labels(df, col: str, where: str) -> list:
     return values
 
 
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return not isinstance(v, bool)
+    except (TypeError, ValueError):
+        return False
+
+
 def _normalise_label(v, names: Optional[list[str]]) -> str:
     """Integer labels (or digit strings) map through label_names when given."""
     if isinstance(v, (bool, np.bool_)):
@@ -279,6 +358,9 @@ def _normalise_label(v, names: Optional[list[str]]) -> str:
             if not 0 <= i < len(names):
                 raise KeyError(f"label id {i} outside 0..{len(names) - 1} of data.label_names")
             return str(names[i])
+        if _is_number(v) and str(v).strip() not in names:  # 0.5 with names: a score, not a class id
+            raise KeyError(f"label {str(v).strip()} is not an integer label id (data.label_names maps ids "
+                           f"0..{len(names) - 1} to names)")
     return str(v).strip() if isinstance(v, str) else str(v)
 
 
@@ -357,6 +439,10 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
         unknown = sorted(set(train_labels) - set(names))
         if unknown:
             raise DataError(f"{raw['train'][2]}: labels {unknown[:5]} are not in data.label_names {names}")
+        unseen = [n for n in names if n not in set(train_labels)]
+        if unseen:  # a class that train never shows cannot be learned, only predicted at random
+            raise DataError(f"{raw['train'][2]}: label {unseen[0]!r} of data.label_names never occurs in train; "
+                            "drop it from data.label_names (or data.include_labels)")
     else:
         names = present
     if len(present) < 2:
@@ -381,6 +467,9 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
     notes = []
     if "validation" not in splits:
         splits["train"], splits["validation"] = carve_validation(splits["train"], cfg.validation_fraction, seed)
+        if len(np.unique(splits["train"].labels)) < 2:
+            raise DataError(f"{splits['train'].source}: after carving {len(splits['validation'])} row(s) for "
+                            "validation, train holds a single class; give more rows or a validation file")
         notes.append(f"validation carved from train: {cfg.validation_fraction:.0%}, stratified, seed {seed}")
     caps = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_test_samples}
     for split, cap in caps.items():

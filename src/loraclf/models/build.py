@@ -84,6 +84,12 @@ def _add_lora(model, task_type, lora: LoraSection, targets, model_type: str, sho
     naming `shown` (what the user wrote, e.g. 'all-linear'), default `targets`."""
     from peft import LoraConfig, get_peft_model
 
+    if isinstance(targets, list):  # PEFT applies a list if any one name matches; each must
+        names = [n for n, _ in model.named_modules()]
+        for t in targets:
+            if not any(n == t or n.endswith("." + t) for n in names):
+                raise ModelError(f"lora.target_modules: {t!r} matches no module of this {model_type} model "
+                                 f"(`loraclf models --targets` lists the defaults)")
     pcfg = LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=targets, bias=lora.bias, **extra)
     try:

@@ -124,6 +124,7 @@ class ClassifierHead(Head):
 
         from .registry import resolve
 
+        check_weights(art, meta)
         if meta["method"] == "lora":
             from peft import PeftModel
 
@@ -202,6 +203,7 @@ class VerbalizerHead(Head):
         from .registry import resolve
 
         tokenizer.padding_side = "left"
+        check_weights(art, meta)
         if meta["method"] == "full":
             lm = AutoModelForCausalLM.from_pretrained(str(art))
         else:
@@ -257,6 +259,16 @@ BASE_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_h
 
 def base_shape(config) -> dict:
     return {k: getattr(config, k, None) for k in BASE_SHAPE}
+
+
+def check_weights(art: Path, meta: dict) -> None:
+    """The weight file an artifact's method writes must be there (else PEFT looks for a hub repo)."""
+    from ..errors import ModelError
+
+    needed = "adapter_model.safetensors" if meta["method"] == "lora" else (
+        None if meta["method"] == "zero-shot" else "model.safetensors")
+    if needed and not (art / needed).is_file() and not list(art.glob("model-*.safetensors")):
+        raise ModelError(f"artifact {art} has no {needed}: its trained weights are missing")
 
 
 def check_base(meta: dict, path: str, override: Optional[str]) -> None:
