@@ -42,6 +42,10 @@ def import_extra(module: str, extra: str):
         raise EnvironmentError_(f"{module} is not installed: pip install 'loraclf[{extra}]'") from None
 
 
+class TrainingDiverged(LoraclfError):
+    """The loss or the outputs became NaN or infinite."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run: the CLI names the run directory to --resume."""
 

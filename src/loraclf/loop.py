@@ -20,7 +20,7 @@ import torch
 from .checkpoint import Checkpoints
 from .config import TrainConfig
 from .data import Collator, Encoded, eval_batches, train_batches
-from .errors import CheckpointError, EnvironmentError_
+from .errors import CheckpointError, EnvironmentError_, TrainingDiverged
 from .faults import fault
 from .metrics import is_better
 
@@ -381,6 +381,9 @@ class Trainer:
     def _log_train(self) -> None:
         s, now = self.state, time.perf_counter()
         avg = float(self._running / max(self._running_n, 1))  # one host sync per log interval
+        if not math.isfinite(avg):
+            raise TrainingDiverged(f"the training loss became {avg} by step {s.step}; lower train.lr "
+                                   "(or set train.max_grad_norm)")
         rec = {"type": "train", "step": s.step, "epoch": round(s.micro / self.per_process, 4), "loss": avg,
                "lr": self.scheduler.get_last_lr()[0],
                "samples_per_s": self._log_samples / max(now - self._log_t0, 1e-9)}

@@ -313,6 +313,11 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
         if (run_dir / "config.yaml").exists():
             raise Interrupted(run_dir) from None
         raise
+    except LoraclfError:  # e.g. diverged: a new run with nothing to resume from leaves no folder behind
+        if resume is None and locks and not (run_dir / "checkpoints" / "latest").exists():
+            locks[0].release()
+            locks[0].remove_created()
+        raise
     finally:
         for lock in locks:
             lock.release()

@@ -25,6 +25,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self.fd: Optional[int] = None
+        self.created: list[Path] = []  # folders this process made for a new run, innermost first
 
     def acquire(self) -> "RunLock":
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -38,6 +39,18 @@ class RunLock:
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
+
+    def remove_created(self) -> None:
+        """Undo a new run that failed before its first checkpoint: its folder, and the parents made for it."""
+        import shutil
+
+        if self.created:
+            shutil.rmtree(self.created[0], ignore_errors=True)
+        for parent in self.created[1:]:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: something else lives there now
+                break
 
     def release(self) -> None:
         if self.fd is not None:
@@ -74,8 +87,10 @@ def open_new(run_dir: Path) -> RunLock:
     """Create and lock a new run's directory, checking again under the lock (two processes may start
     with the same name at once)."""
     refuse_existing(run_dir)
+    created = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire()
+    lock.created = created
     try:
         refuse_existing(run_dir)
     except LoraclfError:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .metrics import HEADLINE, compute_metrics
 
 
@@ -87,6 +87,7 @@ class SingleLabel(Task):
         return softmax(logits)
 
     def evaluate(self, logits: np.ndarray, gold: np.ndarray) -> tuple[dict, np.ndarray]:
+        check_finite(logits)
         probs = self.probabilities(logits)
         loss = float(-np.log(np.clip(probs[np.arange(len(gold)), gold], 1e-12, None)).mean())
         return compute_metrics(gold, probs, self.labels, loss=loss), probs
@@ -124,6 +125,12 @@ def class_weights(spec, labels: np.ndarray, k: int) -> Optional[torch.Tensor]:
         w[present] = compute_class_weight("balanced", classes=present, y=labels) * len(present) / k
         return torch.tensor(w, dtype=torch.float32)
     return torch.tensor([float(x) for x in spec], dtype=torch.float32)
+
+
+def check_finite(logits: np.ndarray) -> None:
+    if not np.isfinite(logits).all():
+        raise TrainingDiverged("the model's outputs are not finite numbers (NaN or inf): training diverged; "
+                               "lower train.lr (or set train.max_grad_norm)")
 
 
 TASKS = {SingleLabel.name: SingleLabel}
