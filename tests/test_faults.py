@@ -130,6 +130,44 @@ def test_resume_never_unpickles_what_is_in_the_run_directory(reference, tiny_mod
     _assert_same(tmp_path / "cut", reference)
 
 
+def test_a_pickle_under_a_checkpoint_files_name_is_one_line_and_never_loaded(tiny_models, synth_dir, tmp_path):
+    """Even with a manifest that vouches for it, a pickle where safetensors belongs is refused unread."""
+    import hashlib
+
+    assert _train(tiny_models, synth_dir, tmp_path, "cut", fault="train.step:6").returncode == -9
+    ckpt = tmp_path / "cut" / "checkpoints"
+    folder = ckpt / (ckpt / "latest").read_text()
+    marker = tmp_path / "pwned"
+    evil = folder / "optimizer.safetensors"
+    evil.write_bytes(pickle.dumps(_Planted(marker)))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    digest = hashlib.sha256(evil.read_bytes()).hexdigest()
+    manifest["files"][evil.name] = {"size": evil.stat().st_size, "sha256": digest}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    done = _resume(tmp_path / "cut")
+    assert done.returncode == 2 and not marker.exists()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be loaded" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_killed_after_the_checkpoint_of_an_early_stop_resumes_to_the_same_stop(tiny_models, synth_dir, tmp_path):
+    """The stop decision travels with the checkpoint: a resume does not train on to the next evaluation."""
+    extra = {**EXTRA, "train.lr": 1e-12, "train.early_stopping_patience": 1, "train.warmup_ratio": 0}
+
+    def run(name, fault=None):
+        sets = []
+        for o in tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name=name, **extra):
+            sets += ["--set", o]
+        return _cli(["train", "--quiet", *sets], fault)
+
+    assert run("full").returncode == 0
+    # checkpoints: step 4 (improved), step 8 (no better: stop) -> killed right after the second
+    assert run("cut", fault="checkpoint.switched:2").returncode == -signal.SIGKILL
+    assert _resume(tmp_path / "cut").returncode == 0
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text())["best"] for n in ("full", "cut"))
+    assert a == b and a["stopped_early"] is True and a["steps"] == 8
+
+
 def test_an_old_pickled_checkpoint_is_refused_unread(tiny_models, synth_dir, tmp_path):
     assert _train(tiny_models, synth_dir, tmp_path, "cut", fault="train.step:6").returncode == -9
     marker = tmp_path / "pwned"

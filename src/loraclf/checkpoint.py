@@ -22,14 +22,16 @@ never unpickles a file from the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
-import uuid
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +46,15 @@ log = logging.getLogger("loraclf")
 POINTER = "latest"
 STAGING = ".incoming"
 MANIFEST = "manifest.json"
+FOLDER = re.compile(r"^step-\d{7}-[0-9a-f]{12}$")  # what `latest` may name: a folder of this checkpoints/
+REQUIRED = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
+            "trainer_state.json", "history.jsonl", "rng-0.safetensors", "rng-0.json")
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run directory holds a checkpoint a resume would continue from."""
+    ckpt = Path(run_dir) / "checkpoints"
+    return (ckpt / POINTER).is_file() or any(p.is_dir() for p in ckpt.glob("step-*"))
 
 
 def _sha256(path: Path) -> str:
@@ -167,16 +178,20 @@ class Checkpoints:
             (stage / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
             _write_json(stage / "trainer_state.json", state)
             files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(stage.iterdir())}
-            _write_json(stage / MANIFEST, {"step": state["step"], "processes": acc.num_processes, "files": files})
+            _write_json(stage / MANIFEST, {"step": state["step"], "files": files})
             fault("checkpoint.staged")
-            self._publish(stage, f"step-{state['step']:07d}-{uuid.uuid4().hex[:6]}")
+            # time-ordered suffix: two checkpoints of one step (an epoch's end, then "done") sort as written
+            self._publish(stage, f"step-{state['step']:07d}-{time.time_ns() // 1000 % 16**12:012x}")
         acc.wait_for_everyone()
 
     def _publish(self, stage: Path, name: str) -> None:
         os.replace(stage, self.root / name)
         fault("checkpoint.renamed")
         tmp = self.root / f"{POINTER}.tmp"
-        tmp.write_text(name)
+        tmp.unlink(missing_ok=True)  # never write through a link someone planted there
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(name)
         os.replace(tmp, self.root / POINTER)
         fault("checkpoint.switched")
         for old in self.root.glob("step-*"):
@@ -185,12 +200,19 @@ class Checkpoints:
 
     # ------------------------------------------------------------ reading
     def complete(self, folder: Path) -> bool:
-        """Whether `folder` holds every file its manifest lists, with the recorded size and hash."""
+        """Whether `folder` is one of this checkpoints/ folder's step folders and holds every file a
+        checkpoint needs, each with the size and hash its manifest records."""
         try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-            return all((folder / n).is_file() and (folder / n).stat().st_size == f["size"]
-                       and _sha256(folder / n) == f["sha256"] for n, f in manifest["files"].items())
-        except (OSError, ValueError, KeyError, TypeError):
+            if not (FOLDER.match(folder.name) and folder.parent == self.root and folder.is_dir()
+                    and not folder.is_symlink()):
+                return False
+            files = json.loads((folder / MANIFEST).read_text())["files"]
+            if any("/" in n or n.startswith(".") for n in files) or not set(REQUIRED) <= set(files):
+                return False
+            return all((folder / n).is_file() and not (folder / n).is_symlink()
+                       and (folder / n).stat().st_size == f["size"] and _sha256(folder / n) == f["sha256"]
+                       for n, f in files.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
 
     def find(self) -> Optional[Path]:
@@ -200,9 +222,11 @@ class Checkpoints:
             raise CheckpointError(f"{self.root} was written by an older loraclf in a format that is no longer read "
                                   "(it holds pickled state); train the run again without --resume")
         pointer = self.root / POINTER
-        named = self.root / pointer.read_text().strip() if pointer.is_file() else None
+        named = self.root / Path(pointer.read_text().strip()).name if pointer.is_file() else None
         if named is not None and self.complete(named):
             return named
+        # Only a kill between a new folder's rename and the pointer's switch leaves a second one;
+        # otherwise older checkpoints are gone and a damaged `latest` is refused below.
         candidates = sorted((p for p in self.root.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
         for folder in candidates:
             if self.complete(folder):
@@ -217,6 +241,10 @@ class Checkpoints:
 
     def read(self, folder: Path) -> tuple[dict, list[dict], dict, Optional[dict]]:
         """(trainer state, history, trainable weights, best weights) of a complete checkpoint."""
+        with _unreadable(folder):
+            return self._read(folder)
+
+    def _read(self, folder: Path) -> tuple[dict, list[dict], dict, Optional[dict]]:
         from safetensors.torch import load_file
 
         state = json.loads((folder / "trainer_state.json").read_text())
@@ -226,6 +254,10 @@ class Checkpoints:
 
     def restore(self, folder: Path, optimizer, scheduler) -> None:
         """Load the optimizer, the schedule and this process's random generators."""
+        with _unreadable(folder):
+            self._restore(folder, optimizer, scheduler)
+
+    def _restore(self, folder: Path, optimizer, scheduler) -> None:
         from safetensors.torch import load_file
 
         optimizer.load_state_dict(optimizer_state(load_file(str(folder / "optimizer.safetensors")),
@@ -234,3 +266,16 @@ class Checkpoints:
         rank = self.acc.process_index
         set_rng(load_file(str(folder / f"rng-{rank}.safetensors")),
                 json.loads((folder / f"rng-{rank}.json").read_text()))
+
+
+@contextlib.contextmanager
+def _unreadable(folder: Path):
+    """A checkpoint whose files pass the manifest but do not load (crafted, or another version's) is
+    one line, not a traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{folder} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
+                              "train the run again without --resume") from None

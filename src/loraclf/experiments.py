@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
+from .checkpoint import has_checkpoint
 from .compare import dotted, markdown_table, pick_split, plot_accuracy_vs_params, summarize_run, write_csv
 from .config import (
     Config,
@@ -53,6 +54,7 @@ from .config import (
     set_dotted,
 )
 from .errors import ConfigError, LoraclfError, import_extra
+from .rundir import RunLock
 
 log = logging.getLogger("loraclf")
 
@@ -304,7 +306,7 @@ def point_status(point: SweepPoint, out_dir: Path, state: Optional[dict] = None)
                            f"delete {d} or use another --output-dir")
     if (d / "metrics.json").exists():
         return "done"
-    if (d / "checkpoints" / "trainer_state.json").exists():
+    if has_checkpoint(d):
         return "resume"
     return "partial"
 
@@ -404,13 +406,24 @@ def _run_point_inprocess(point: SweepPoint, out_dir: Path, resume: bool, quiet: 
     return None
 
 
+def _remove_point(d: Path) -> None:
+    """Delete a point's folder, unless another process trains in it (its lock is held)."""
+    if not d.exists():
+        return
+    lock = RunLock(d).acquire()  # raises "in use by another loraclf process"
+    try:
+        shutil.rmtree(d, ignore_errors=True)
+    finally:
+        lock.release()
+
+
 def _prepare_point(p: SweepPoint, out: Path, status: str, state: dict) -> None:
     """Clear a point interrupted before its first checkpoint and record its config in points.json."""
     if status == "partial":  # nothing to resume
         d = out / p.name
         if any(d.iterdir()) and not (d / "config.yaml").exists():
             raise LoraclfError(f"{d} exists but is not a loraclf run; move it away")
-        shutil.rmtree(d)
+        _remove_point(d)
     state[p.name] = {"hash": p.hash, "overrides": p.overrides, "config": p.config.to_dict()}
     _write_state(out, state)
 
@@ -461,8 +474,8 @@ def run_sweep(sweep: Sweep | str | Path, sets: Sequence[str] = (), output_dir: O
             else:
                 statuses[p.name] = f"failed: {error.splitlines()[0][:200] if error else 'error'}"
                 failed[p.name] = error
-                if not (out / p.name / "checkpoints" / "trainer_state.json").exists():
-                    shutil.rmtree(out / p.name, ignore_errors=True)  # nothing trained yet: nothing to keep
+                if not has_checkpoint(out / p.name):
+                    _remove_point(out / p.name)  # nothing trained yet: nothing to keep
                 echo(f"point {p.name} failed: {error}")
                 if fail_fast:
                     break

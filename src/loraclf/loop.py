@@ -280,6 +280,9 @@ class Trainer:
                                 mega=t.length_group_batches)
         if limit is not None:
             batches = batches[:limit]
+        n = self.acc.num_processes
+        if len(batches) % n:  # even out the processes here, from the epoch's start, as a resume sees it too
+            batches = batches + batches[: n - len(batches) % n]
         dl = DataLoader(range(len(self.train_enc)), batch_sampler=batches[skip:], collate_fn=self.collate,
                         pin_memory=self.acc.device.type == "cuda", generator=_own_generator())
         return self.acc.prepare_data_loader(dl)
@@ -301,7 +304,7 @@ class Trainer:
         self._tokens = torch.zeros((), device=self.acc.device, dtype=torch.long) + s.train_tokens
         self._running_n, self._log_t0, self._log_samples = s.log_micro, time.perf_counter(), 0
         try:
-            for epoch in range(self.n_epochs if s.done else s.epoch, self.n_epochs):
+            for epoch in range(self.n_epochs if s.done or s.stopped_early else s.epoch, self.n_epochs):
                 if self._run_epoch(epoch):
                     s.stopped_early = True
                     break
@@ -326,7 +329,7 @@ class Trainer:
                 continue
             if t.eval_steps and s.step % t.eval_steps == 0 and s.step < self.total_steps:
                 s.train_seconds += time.perf_counter() - t0
-                stop = self.evaluate()
+                stop = s.stopped_early = self.evaluate()  # saved with the checkpoint: a resume stops too
                 self.checkpoint()
                 t0 = self._log_t0 = time.perf_counter()
                 if stop:
@@ -336,9 +339,9 @@ class Trainer:
         if stop:
             return True
         if not t.eval_steps or s.micro >= self.total_micro:
-            stop = self.evaluate()
+            s.stopped_early = self.evaluate() and s.micro < self.total_micro
             self.checkpoint()
-            return stop and s.micro < self.total_micro
+            return s.stopped_early
         return False
 
     def step(self, batch: dict, boundary: bool) -> bool:
@@ -380,7 +383,9 @@ class Trainer:
 
     def _log_train(self) -> None:
         s, now = self.state, time.perf_counter()
-        avg = float(self._running / max(self._running_n, 1))  # one host sync per log interval
+        # the mean over every process (one collective and one host sync per log interval), so that a
+        # diverging loss stops all processes together
+        avg = float(self.acc.reduce(self._running, "mean")) / max(self._running_n, 1)
         if not math.isfinite(avg):
             raise TrainingDiverged(f"the training loss became {avg} by step {s.step}; lower train.lr "
                                    "(or set train.max_grad_norm)")

@@ -58,7 +58,7 @@ def _stdin_chunks() -> Iterator[Chunk]:
     texts: list[str] = []
     for line in sys.stdin:
         if line.strip():
-            texts.append(line.rstrip("\n"))
+            texts.append(line.rstrip("\r\n"))
             if len(texts) == CHUNK_ROWS:
                 yield Chunk(texts)
                 texts = []
@@ -101,6 +101,18 @@ def _write(out, clf, chunks: Iterator[Chunk], id_column: Optional[str], batch_si
     return n
 
 
+def _remove_stale_partials(final: Path) -> None:
+    """Temporary outputs of predict processes that were killed (their pid no longer runs)."""
+    for p in final.parent.glob(f".{final.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            p.unlink(missing_ok=True)
+        except PermissionError:  # alive, someone else's
+            pass
+
+
 def predict_csv(clf, chunks: Iterator[Chunk], output: Optional[str], id_column: Optional[str] = None,
                 batch_size: int = default("train.eval_batch_size"), progress: bool = False) -> int:
     """Label every chunk and write the CSV to `output` (stdout when None); returns the number of texts.
@@ -112,6 +124,7 @@ def predict_csv(clf, chunks: Iterator[Chunk], output: Optional[str], id_column: 
         if output is None:
             return _write(sys.stdout, clf, chunks, id_column, batch_size, bar)
         final = Path(output)
+        _remove_stale_partials(final)
         tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
         try:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -20,13 +20,14 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .checkpoint import has_checkpoint
 from .config import Config, load_config
 from .data import Data, Encoded, load_data, token_lengths
 from .errors import ConfigError, DataError, Interrupted, LoraclfError
 from .faults import fault
 from .loop import Trainer, TrainerState, evaluate, make_accelerator
 from .metrics import HEADLINE, METRICS
-from .rundir import RunLock, check_resume_overrides, open_new, refuse_existing
+from .rundir import RunLock, check_resume_overrides, on_main, open_new, refuse_existing
 from .tables import text_table
 
 log = logging.getLogger("loraclf")
@@ -172,20 +173,20 @@ def _run_dir_of(cfg: Config, resume: Optional[str], accelerator) -> Path:
         name = broadcast_object_list([name])[0]
     cfg.name = name
     run_dir = Path(cfg.output_dir) / name
-    if accelerator.is_main_process:
-        refuse_existing(run_dir)
+    on_main(accelerator, lambda: refuse_existing(run_dir))
     return run_dir
 
 
 def _open_run_dir(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list) -> None:
     """Create (and lock) a new run's folder with its config.yaml; a resumed run's config is rewritten
     only once its checkpoint has loaded."""
-    if accelerator.is_main_process:
+    def create() -> None:
         if not resume:
             locks.append(open_new(run_dir))
             cfg.save(run_dir / "config.yaml")
         (run_dir / "checkpoints").mkdir(exist_ok=True)
-    accelerator.wait_for_everyone()
+
+    on_main(accelerator, create)
 
 
 def _fit(cfg: Config, head, built, enc: dict[str, Encoded], accelerator, run_dir: Path, resume: bool,
@@ -314,9 +315,8 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
             raise Interrupted(run_dir) from None
         raise
     except LoraclfError:  # e.g. diverged: a new run with nothing to resume from leaves no folder behind
-        if resume is None and locks and not (run_dir / "checkpoints" / "latest").exists():
-            locks[0].release()
-            locks[0].remove_created()
+        if resume is None and locks and not has_checkpoint(run_dir) and not (run_dir / "metrics.json").exists():
+            locks[0].remove_created()  # under the lock, released in `finally`
         raise
     finally:
         for lock in locks:

@@ -28,7 +28,10 @@ class RunLock:
         self.created: list[Path] = []  # folders this process made for a new run, innermost first
 
     def acquire(self) -> "RunLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a crafted run directory must not make us touch another file
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise LoraclfError(f"{self.path}: cannot be used as the run's lock file ({e.strerror})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -36,12 +39,11 @@ class RunLock:
             self.fd = None
             raise LoraclfError(f"{self.path.parent} is in use by another loraclf process; wait for it to "
                                "finish, or choose another name") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
 
     def remove_created(self) -> None:
-        """Undo a new run that failed before its first checkpoint: its folder, and the parents made for it."""
+        """Undo a new run that failed before its first checkpoint: its folder, and the parents made for
+        it. Called while the lock is held, so no other process can have taken the folder meanwhile."""
         import shutil
 
         if self.created:
@@ -74,6 +76,8 @@ def refuse_existing(run_dir: Path) -> None:
     """A new run never writes into a folder that holds anything: a finished or interrupted run, or
     a folder that is not a loraclf run at all. Also refuses an output_dir it cannot write in."""
     check_writable(run_dir.parent)
+    if run_dir.is_symlink():
+        raise LoraclfError(f"run directory {run_dir} is a symbolic link; choose another name")
     if run_dir.exists() and not run_dir.is_dir():
         raise LoraclfError(f"run directory {run_dir} is a file")
     if run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
@@ -107,3 +111,20 @@ def check_resume_overrides(saved: Config, resumed: Config) -> None:
         safe = ", ".join(p + "*" if p.endswith(".") else p for p in RESUME_SAFE)
         raise ConfigError(f"--resume cannot change {', '.join(changed)}: the checkpoint was trained with "
                           f"other values (on resume only {safe} may change)")
+
+
+def on_main(accelerator, check) -> None:
+    """Run `check` on the main process and raise its LoraclfError on every process: a check made on
+    one rank alone would leave the others waiting at the next barrier."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            check()
+        except LoraclfError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    if error is not None:
+        raise LoraclfError(error)
