@@ -551,9 +551,11 @@ def validate(cfg: Config) -> None:
 
 def reference() -> str:
     """Markdown table of every config field, its default and its meaning (for the README)."""
-    lines = ["| field | default | meaning |", "|---|---|---|"]
+    from .tables import markdown_table
 
-    def rows(cls: type, prefix: str) -> None:
+    rows: list[list[str]] = []
+
+    def add(cls: type, prefix: str) -> None:
         for f in dataclasses.fields(cls):
             if f.name in SECTIONS and prefix == "":
                 continue
@@ -562,9 +564,9 @@ def reference() -> str:
             if f.metadata.get("choices"):
                 help_ += " One of: " + ", ".join(f"`{_show(c)}`" for c in f.metadata["choices"]) + "."
             shown = yaml.safe_dump(value).strip().removesuffix('...').strip()
-            lines.append(f"| `{prefix}{f.name}` | `{shown}` | {help_} |")
+            rows.append([f"`{prefix}{f.name}`", f"`{shown}`", help_])
 
-    rows(Config, "")
+    add(Config, "")
     for name, cls in SECTIONS.items():
-        rows(cls, f"{name}.")
-    return "\n".join(lines)
+        add(cls, f"{name}.")
+    return markdown_table(["field", "default", "meaning"], rows)

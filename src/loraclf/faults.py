@@ -3,7 +3,8 @@ corrupt a run (tests/test_faults.py).
 
 ``LORACLF_FAULT=checkpoint.renamed:2`` sends SIGKILL to this process the second time it passes
 ``fault("checkpoint.renamed")``; ``LORACLF_FAULT=train.step:5:INT`` sends SIGINT (a Ctrl-C) instead.
-Unset (always, outside those tests) the hook costs one dict lookup.
+Unset (always, outside those tests) the hook costs one dict lookup. It ships in the package, so a
+stray LORACLF_FAULT in an environment would kill a real run: the variable is named for nothing else.
 """
 
 from __future__ import annotations

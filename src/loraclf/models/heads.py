@@ -3,8 +3,9 @@
 A head owns how texts become model inputs, which loss trains it, where logits come from at
 evaluation, its own statistics, and what its artifact must hold to be rebuilt. What the logits
 mean after that (probabilities, metrics, the predictions file) belongs to its :class:`~loraclf.tasks.Task`.
-The run, the loop, the artifact and the report call these methods and never test what kind of head
-they hold. A new head subclasses :class:`Head` and registers in :data:`HEADS`.
+The run, the loop, the artifact and prediction call these methods and never test what kind of head
+they hold. A new head subclasses :class:`Head` and registers in :data:`HEADS` (budget.py, which
+counts parameters on the meta device without building a head, still needs its model class).
 """
 
 from __future__ import annotations
