@@ -243,3 +243,7 @@ def save_adapter(model, dest: Path, meta: dict) -> None:
     acfg: dict[str, Any] = json.loads(acfg_path.read_text())
     acfg["base_model_name_or_path"] = meta.get("base_model_hub_id") or meta["base_model"]
     acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
+
+# ONNX exports (loraclf export --format onnx) register their head, "onnx", in HEADS when this import
+# runs; onnxruntime itself is imported only when an export is loaded.
+from . import onnx_head  # noqa: E402,F401  (it subclasses ClassifierHead above)
