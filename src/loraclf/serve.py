@@ -11,8 +11,7 @@
   and only the models named at start-up can be reached (requests name a model, never a path).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) as objects.
 import asyncio
 import contextlib
 import json
