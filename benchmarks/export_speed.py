@@ -4,9 +4,11 @@ quantizer), each through ``loraclf.load(...).predict_proba`` (same tokenisation,
 
     python benchmarks/export_speed.py --run runs/sst2-minilm --rows 25000
 
-For each variant a fresh child process loads the model, scores the SST-2 test split (872 rows:
-accuracy) and then times prediction over `--rows` texts (SST-2 train texts in file order), so each
-peak RSS is that variant's alone. Prints a Markdown table; --json writes the numbers.
+Speed: the three are loaded side by side in one process and predict the same `--rows` texts (SST-2
+train texts in file order) in turns, chunk by chunk, so other work on the machine slows them alike.
+Memory and accuracy: for each variant a fresh child process loads the model, scores the SST-2 test
+split (872 rows) and predicts 5,000 texts, so each peak RSS is that variant's alone. Prints a
+Markdown table; --json writes the numbers.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def weights_mb(path: Path, meta: dict) -> float:
 
 
 def child(variant: str, path: Path, data: Path, rows: int, batch: int) -> dict:
-    """One variant, measured in this (fresh) process."""
+    """Memory and accuracy of one variant, in a fresh process: load, score the test split, predict `rows`."""
     from loraclf.memory import PeakMemory
 
     mem = PeakMemory.start()
@@ -66,14 +68,9 @@ def child(variant: str, path: Path, data: Path, rows: int, batch: int) -> dict:
     test_texts, gold = read_split(data, "test")
     pred = clf.predict(test_texts, batch_size=batch)
     accuracy = sum(p == g for p, g in zip(pred, gold)) / len(gold)
-    texts = corpus(data, rows)
-    t0 = time.perf_counter()
-    clf.predict_proba(texts, batch_size=batch)
-    seconds = time.perf_counter() - t0
+    clf.predict_proba(corpus(data, rows), batch_size=batch)
     art = loraclf.artifact.artifact_dir(path)
-    return {"variant": variant, "loadavg_after": round(os.getloadavg()[0], 2), "load_s": round(load_s, 2),
-            "rows": rows, "seconds": round(seconds, 2),
-            "texts_per_s": round(rows / seconds, 1), "peak_rss_mb": mem.read()["peak_rss_mb"],
+    return {"variant": variant, "load_s": round(load_s, 2), "peak_rss_mb": mem.read()["peak_rss_mb"],
             "weights_mb": round(weights_mb(art, clf.meta), 1), "test_accuracy": round(accuracy, 4),
             "test_n": len(gold)}
 
@@ -82,12 +79,32 @@ def run_child(variant: str, path: Path, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = Path(fh.name)
     cmd = [sys.executable, __file__, "--child", variant, "--path", str(path), "--data", str(args.data),
-           "--rows", str(args.rows), "--batch", str(args.batch), "--json", str(out)]
-    before = os.getloadavg()[0]  # other work on the machine slows every variant: recorded with the numbers
+           "--rows", str(min(args.rows, 5000)), "--batch", str(args.batch), "--json", str(out)]
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    res = {**json.loads(out.read_text()), "loadavg_before": round(before, 2)}
+    res = json.loads(out.read_text())
     out.unlink()
     return res
+
+
+def speed(paths: dict[str, Path], texts: list[str], batch: int, rounds: int) -> dict[str, dict]:
+    """texts/s of every variant, loaded side by side in this process and run in turns over the same
+    chunks (the order rotating each round), so a change in the machine's load hits them all alike."""
+    clfs = {v: loraclf.load(p, device="cpu") for v, p in paths.items()}
+    for clf in clfs.values():  # warm-up: first-call allocations and onnxruntime's lazy initialisation
+        clf.predict_proba(texts[:batch], batch_size=batch)
+    seconds = dict.fromkeys(clfs, 0.0)
+    size = -(-len(texts) // rounds)
+    order = list(clfs)
+    load_before = os.getloadavg()[0]
+    for i in range(rounds):
+        chunk = texts[i * size:(i + 1) * size]
+        for v in order[i % len(order):] + order[:i % len(order)]:
+            t0 = time.perf_counter()
+            clfs[v].predict_proba(chunk, batch_size=batch)
+            seconds[v] += time.perf_counter() - t0
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return {v: {"seconds": round(s, 2), "texts_per_s": round(len(texts) / s, 1), "loadavg_1min": load}
+            for v, s in seconds.items()}
 
 
 def exports(run: Path, work: Path) -> dict[str, tuple[Path, float]]:
@@ -119,6 +136,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data", type=Path, default=Path(os.environ.get("LORACLF_DATASETS", "../shared/datasets")) / "sst2")
     p.add_argument("--rows", type=int, default=25000)
     p.add_argument("--batch", type=int, default=128, help="prediction batch size (loraclf predict's default)")
+    p.add_argument("--rounds", type=int, default=10, help="turns the variants take over the texts")
     p.add_argument("--work", type=Path, default=Path(".bench/export"), help="where the exports are kept")
     p.add_argument("--json", type=Path)
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -138,6 +156,9 @@ def main(argv=None) -> dict:
         r["export_s"] = made[variant][1]
         results.append(r)
         print(json.dumps(r), file=sys.stderr)
+    timed = speed({v: made[v][0] for v in VARIANTS}, corpus(args.data, args.rows), args.batch, args.rounds)
+    for r in results:
+        r.update(timed[r["variant"]], rows=args.rows)
     env = {"date": date.today().isoformat(), "python": platform.python_version(), "torch": torch.__version__,
            "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(), "processor": platform.processor()}
     out = {"run": str(args.run), "rows": args.rows, "batch": args.batch, "env": env, "results": results}

@@ -79,7 +79,7 @@ async def load(url: str, model: str, texts: list[str], clients: int, requests: i
     latencies: list[float] = []
     errors = 0
     sent = 0
-    stop_at = time.monotonic() + seconds
+    stop_at = float("inf")  # set when the warm-up is over
 
     async def client(i: int, http: httpx.AsyncClient) -> None:
         nonlocal errors, sent
@@ -100,6 +100,7 @@ async def load(url: str, model: str, texts: list[str], clients: int, requests: i
         for _ in range(3):  # warm-up: connections and the first batches
             await asyncio.gather(*(http.post("/v1/classify", json={"model": model, "input": [texts[j]]})
                                    for j in range(clients)))
+        stop_at = time.monotonic() + seconds
         t0 = time.perf_counter()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         elapsed = time.perf_counter() - t0
