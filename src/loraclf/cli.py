@@ -201,6 +201,27 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.artifact, args.output, args.format, quantize=args.quantize, base_model=args.base_model,
+                 opset=args.opset)
+    if not args.quiet:
+        print(f"exported {args.format}{' ' + args.quantize if args.quantize else ''} to {out}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeOptions, run_server
+
+    opts = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+                        max_wait_ms=args.max_wait_ms, max_texts=args.max_texts, max_chars=args.max_chars,
+                        max_body_bytes=args.max_body_bytes, device=args.device, precision=args.precision,
+                        share_base=not args.no_share_base)
+    run_server(args.models, opts, base_model=args.base_model, quiet=args.quiet)
+    return 0
+
+
 def _set_flag(parser: argparse.ArgumentParser, help: str = "override a field, e.g. train.lr=3e-4 (repeatable)"):
     parser.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help=help)
 
@@ -324,6 +345,47 @@ def _add_report(sub) -> None:
     rp.set_defaults(func=_report)
 
 
+def _add_export(sub) -> None:
+    ex = sub.add_parser("export", help="write a deployable model: a plain transformers checkpoint or ONNX")
+    ex.add_argument("artifact", help="run directory or its artifact/ folder")
+    ex.add_argument("--output", "-o", required=True, help="new folder to write (must not exist or be empty)")
+    ex.add_argument("--format", "-f", default="hf", choices=["hf", "onnx"],
+                    help="hf: LoRA merged into the base, loads with transformers alone; onnx: model.onnx for "
+                         "onnxruntime (classifier heads)")
+    ex.add_argument("--quantize", choices=["int8"], help="onnx only: int8 weights by onnxruntime's dynamic quantizer")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    ex.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    ex.add_argument("--quiet", "-q", action="store_true")
+    ex.set_defaults(func=_export)
+
+
+def _add_serve(sub) -> None:
+    from .serve import ServeOptions as D
+
+    sv = sub.add_parser("serve", help="HTTP server for trained classifiers and exports (FastAPI + uvicorn)")
+    sv.add_argument("models", nargs="+", metavar="[NAME=]ARTIFACT",
+                    help="run directory, artifact or export; NAME= sets the model name clients use "
+                         "(default: the folder name)")
+    sv.add_argument("--host", default=D.host, help="address to bind; the default serves this machine only")
+    sv.add_argument("--port", type=int, default=D.port)
+    sv.add_argument("--max-batch-size", type=int, default=D.max_batch_size,
+                    help="texts per inference batch; concurrent requests for one model are batched up to it")
+    sv.add_argument("--max-wait-ms", type=float, default=D.max_wait_ms,
+                    help="how long a batch waits for more requests once it has one (latency for throughput)")
+    sv.add_argument("--max-texts", type=int, default=D.max_texts, help="texts per request")
+    sv.add_argument("--max-chars", type=int, default=D.max_chars, help="characters per text")
+    sv.add_argument("--max-body-bytes", type=int, default=D.max_body_bytes, help="request body size")
+    sv.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    sv.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="autocast on a GPU, as in `loraclf predict`; CPU uses fp32")
+    sv.add_argument("--no-share-base", action="store_true",
+                    help="load every LoRA classifier merged into its own copy of the base (faster per request, "
+                         "more memory)")
+    sv.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    sv.add_argument("--quiet", "-q", action="store_true", help="no access log")
+    sv.set_defaults(func=_serve)
+
+
 def _add_config(sub) -> None:
     c = sub.add_parser("config", help="print the resolved config, or the reference of every field")
     c.add_argument("--config", "-c")
@@ -333,7 +395,7 @@ def _add_config(sub) -> None:
 
 
 SUBCOMMANDS = (_add_train, _add_predict, _add_evaluate, _add_models, _add_sweep, _add_search, _add_params,
-               _add_compare, _add_report, _add_config)
+               _add_compare, _add_report, _add_config, _add_export, _add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ def _classifier(tiny_models, task):
 
 
 def test_every_head_is_registered_under_its_config_name():
-    assert set(HEADS) == {"classifier", "verbalizer", "generate"}
+    assert set(HEADS) == {"classifier", "verbalizer", "generate", "onnx"}  # onnx: exports (models/onnx_head.py)
     assert all(issubclass(h, Head) and HEADS[h.name] is h for h in HEADS.values())
     assert issubclass(GenerateHead, VerbalizerHead)
 

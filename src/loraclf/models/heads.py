@@ -300,3 +300,8 @@ def check_loaded(meta: dict, info: dict, base: str) -> None:
     if missing:
         raise ModelError(f"base model {base} lacks {len(missing)} weight(s) this artifact needs (e.g. {missing[0]}); "
                          "pass the base model it was trained on")
+
+
+# ONNX exports (loraclf export --format onnx) register their head, "onnx", in HEADS when this import
+# runs; onnxruntime itself is imported only when an export is loaded.
+from . import onnx_head  # noqa: E402,F401  (it subclasses ClassifierHead above)

@@ -1,0 +1,45 @@
+"""The deployment benchmark harnesses run end to end on a tiny model (numbers are not checked: no
+timing assertions in tests; the measured ones are in docs/benchmarks.md)."""
+
+import importlib.util
+
+import pytest
+
+import loraclf
+from conftest import REPO, tiny_overrides
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def run(tiny_models, synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_runs")
+    return loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, out, **{"train.epochs": 1}),
+                         quiet=True).path
+
+
+def test_export_speed_harness(run, synth_dir, tmp_path, capsys):
+    res = _module("export_speed").main(["--run", str(run), "--data", str(synth_dir), "--rows", "50",
+                                         "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
+    assert [r["variant"] for r in res["results"]] == ["pytorch-fp32", "onnx-fp32", "onnx-int8"]
+    assert all(r["texts_per_s"] > 0 and r["test_n"] == 60 for r in res["results"])
+    assert res["results"][1]["test_accuracy"] == res["results"][0]["test_accuracy"]  # fp32 graph = PyTorch
+    assert "| onnx-int8 |" in capsys.readouterr().out
+
+
+def test_serve_load_harness(run, synth_dir, tmp_path, capsys):
+    res = _module("serve_load").main(["--model", str(run), "--data", str(synth_dir), "--clients", "1", "4",
+                                       "--requests", "12", "--seconds", "5"])
+    assert [(r["server"], r["clients"]) for r in res["rows"]] == [
+        ("micro-batching", 1), ("micro-batching", 4), ("batch size 1", 1), ("batch size 1", 4)]
+    assert all(r["errors"] == 0 and 12 <= r["requests"] <= 15 for r in res["rows"])
+    assert "| micro-batching | 4 |" in capsys.readouterr().out
