@@ -1,4 +1,4 @@
-"""Speed and accuracy: loraclf against the reference notebooks' recipe, side by side in one process.
+"""Speed and accuracy: loraclf against two Trainer + PEFT peers, side by side in one process.
 
 The peer ("notebook") implementation is written here from the reference projects' recipe: HF
 ``Trainer`` + PEFT LoRA (r=8, alpha=16, dropout 0.1, query/value), every input padded to
@@ -6,6 +6,11 @@ The peer ("notebook") implementation is written here from the reference projects
 head saved through PEFT's ``modules_to_save`` and everything else frozen. loraclf runs the same
 model, data, batch size, epochs and learning rate. Both train on the same rows and are tested on
 the same test split.
+
+The second peer ("tuned") is what a practitioner who knows Trainer runs: the same recipe with
+length-grouped sampling (``train_sampling_strategy="group_by_length"``, the 5.x name of
+``group_by_length``) and ``DataCollatorWithPadding`` (each batch padded to its longest member); it
+predicts with ``Trainer.predict`` through the same collator. ``--peers`` picks which peers run.
 
     python benchmarks/speed.py --model minilm --data sst2 --train-samples 2000 --epochs 1
     python benchmarks/speed.py --model minilm --data sst2 --epochs 3            # full data (slow on CPU)
@@ -99,13 +104,31 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
+def _training_args(tuned: bool, **kw):
+    """TrainingArguments; the tuned peer groups batches by length (5.x name, and the older flag)."""
+    from transformers import TrainingArguments
+
+    if not tuned:
+        return TrainingArguments(**kw)
+    try:
+        return TrainingArguments(train_sampling_strategy="group_by_length", **kw)
+    except TypeError:  # transformers before train_sampling_strategy
+        return TrainingArguments(group_by_length=True, **kw)
+
+
 def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, lr: float, max_length: int,
-               seed: int, out: str, targets: list[str], extra_modules: list[str]) -> dict:
-    """The notebook recipe: Trainer + PEFT, padding='max_length'. `extra_modules` are trained fully
-    besides PEFT's default head (loraclf's weights missing from the checkpoint, e.g. an untrained
-    pooler), so both sides train the same parameters."""
+               seed: int, out: str, targets: list[str], extra_modules: list[str], tuned: bool = False) -> dict:
+    """The notebook recipe: Trainer + PEFT, padding='max_length'; or, `tuned`, length-grouped batches
+    padded per batch. `extra_modules` are trained fully besides PEFT's default head (loraclf's weights
+    missing from the checkpoint, e.g. an untrained pooler), so both sides train the same parameters."""
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        set_seed,
+    )
 
     set_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -117,17 +140,18 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
                                              target_modules=targets, modules_to_save=extra_modules or None))
 
-    def ds(split):  # a list of feature dicts, every one padded to max_length, as the notebooks do
-        enc = tok(list(split.texts), padding="max_length", truncation=True, max_length=max_length)
+    def ds(split):  # feature dicts: padded to max_length as the notebooks do, or left to the collator
+        enc = tok(list(split.texts), padding=False if tuned else "max_length", truncation=True, max_length=max_length)
         return [{**{k: v[i] for k, v in enc.items()}, "labels": int(y)} for i, y in enumerate(split.labels)]
 
     tr, te = ds(train), ds(test)
-    args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
-                             per_device_eval_batch_size=batch, learning_rate=lr, weight_decay=0.01,
-                             lr_scheduler_type="linear", warmup_steps=0.06, fp16=torch.cuda.is_available(),
-                             logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
-                             disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=tr)
+    args = _training_args(tuned, output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
+                          per_device_eval_batch_size=batch, learning_rate=lr, weight_decay=0.01,
+                          lr_scheduler_type="linear", warmup_steps=0.06, fp16=torch.cuda.is_available(),
+                          logging_steps=50, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
+                          disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=tr,
+                      data_collator=DataCollatorWithPadding(tok) if tuned else None)
     mem = PeakMemory.start()
     t0 = time.perf_counter()
     trainer.train()
@@ -138,7 +162,7 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
     pred = trainer.predict(te).predictions.argmax(-1)
     acc = float((pred == np.asarray(test.labels)).mean())
     return {"train_seconds": seconds, "samples_per_s": len(train) * epochs / seconds, "peak_mb": peak,
-            "accuracy": acc, "model": model, "tokenizer": tok,
+            "accuracy": acc, "model": model, "tokenizer": tok, "trainer": trainer,
             "precision": "fp16" if torch.cuda.is_available() else "fp32",
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -170,6 +194,15 @@ def peer_predict(model, tok, texts, batch: int, max_length: int) -> float:
             enc = tok(texts[i:i + batch], padding="max_length", truncation=True, max_length=max_length,
                       return_tensors="pt").to(dev)
             model(**enc).logits.float().softmax(-1).cpu()
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def tuned_peer_predict(trainer, tok, texts, max_length: int) -> float:
+    """The tuned peer's inference: `Trainer.predict` over texts padded per batch by its collator."""
+    t0 = time.perf_counter()
+    enc = tok(list(texts), truncation=True, max_length=max_length)
+    feats = [{k: v[i] for k, v in enc.items()} for i in range(len(texts))]
+    trainer.predict(feats)
     return len(texts) / (time.perf_counter() - t0)
 
 
@@ -220,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="same: the peer also trains the weights loraclf adds (e.g. an untrained pooler); "
                     "default: only PEFT's default head, as the notebooks do")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--skip-peer", action="store_true", help="run loraclf only")
+    ap.add_argument("--peers", nargs="+", choices=["notebook", "tuned"], default=["notebook", "tuned"],
+                    help="notebook: pad to max_length; tuned: group_by_length + DataCollatorWithPadding")
     ap.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                     help="a loraclf speed switch, e.g. train.compile=true (repeatable): "
                     + ", ".join(SPEED_SWITCHES))
@@ -252,13 +287,16 @@ def main(argv: list[str] | None = None) -> dict:
                              args.max_length, args.seed, tmp, targets, args.set)
         res["loraclf"] = {k: v for k, v in ours.items() if k != "run"}
         _release()
-        if not args.skip_peer:
+        peers = {}
+        for kind in ([] if args.skip_peer else args.peers):
+            _release()
             extra = [m for m in ours["modules_to_save"] if m not in ("classifier", "score")]
-            peer = peer_train(model_path, data.splits["train"], data.splits["test"], labels, args.epochs, args.batch,
-                              args.lr, args.max_length, args.seed, tmp + "/peer", targets,
-                              extra if args.peer_head == "same" else [])
-            res["peer"] = {k: v for k, v in peer.items() if k not in ("model", "tokenizer")}
-            res["train_speedup"] = ours["samples_per_s"] / peer["samples_per_s"]
+            peers[kind] = peer_train(model_path, data.splits["train"], data.splits["test"], labels, args.epochs,
+                                     args.batch, args.lr, args.max_length, args.seed, f"{tmp}/peer-{kind}", targets,
+                                     extra if args.peer_head == "same" else [], tuned=kind == "tuned")
+            key = PEER_KEYS[kind]
+            res[key] = {k: v for k, v in peers[kind].items() if k not in ("model", "tokenizer", "trainer")}
+            res[f"train_speedup{SUFFIX[kind]}"] = ours["samples_per_s"] / peers[kind]["samples_per_s"]
         if args.predict_rows:
             pool = [t for s in data.splits.values() for t in s.texts]
             texts = (pool * (args.predict_rows // len(pool) + 1))[:args.predict_rows]
@@ -268,30 +306,48 @@ def main(argv: list[str] | None = None) -> dict:
                                                               args.predict_batch)
             res["loraclf"]["predict_cli_per_s"] = loraclf_predict_cli(ours["run"], texts, args.predict_precision,
                                                                       args.predict_batch, tmp)
-            if not args.skip_peer:
-                res["peer"]["predict_per_s"] = peer_predict(peer["model"], peer["tokenizer"], texts, args.predict_batch,
-                                                            args.max_length)
-                res["predict_speedup"] = res["loraclf"]["predict_per_s"] / res["peer"]["predict_per_s"]
-                res["predict_cli_speedup"] = res["loraclf"]["predict_cli_per_s"] / res["peer"]["predict_per_s"]
+            for kind, peer in peers.items():
+                key, suffix = PEER_KEYS[kind], SUFFIX[kind]
+                res[key]["predict_per_s"] = (
+                    tuned_peer_predict(peer["trainer"], peer["tokenizer"], texts, args.max_length) if kind == "tuned"
+                    else peer_predict(peer["model"], peer["tokenizer"], texts, args.predict_batch, args.max_length))
+                res[f"predict_speedup{suffix}"] = res["loraclf"]["predict_per_s"] / res[key]["predict_per_s"]
+                res[f"predict_cli_speedup{suffix}"] = res["loraclf"]["predict_cli_per_s"] / res[key]["predict_per_s"]
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
-    if "peer" in res:
-        p, o = res["peer"], res["loraclf"]
-        def cell(x: float | None, fmt: str = "{:.1f}") -> str:
-            return "-" if x is None else fmt.format(x)
-
-        print("\n| | samples/s | peak MB | test accuracy | predict texts/s |\n|---|---|---|---|---|")
-        print(f"| peer (Trainer+PEFT, pad {args.max_length}) | {p['samples_per_s']:.1f} | {p['peak_mb']:.0f} | "
-              f"{p['accuracy']:.4f} | {cell(p.get('predict_per_s'))} |")
-        print(f"| loraclf | {o['samples_per_s']:.1f} | {o['peak_mb']:.0f} | {o['accuracy']:.4f} | "
-              f"{cell(o.get('predict_per_s'))} |")
-        print(f"| ratio | {res['train_speedup']:.2f}x | {o['peak_mb'] / p['peak_mb']:.2f}x | "
-              f"{o['accuracy'] - p['accuracy']:+.4f} | {cell(res.get('predict_speedup'), '{:.2f}x')} |")
-        if "predict_cli_per_s" in o:
-            print(f"\n`loraclf predict` command over {res['predict_rows']:,} texts (start-up and loading included): "
-                  f"{o['predict_cli_per_s']:.1f} texts/s, {res['predict_cli_speedup']:.2f}x the peer's in-process loop")
+    _print_table(res, args.max_length)
     return res
+
+
+PEER_KEYS = {"notebook": "peer", "tuned": "peer_tuned"}  # "peer" kept: earlier results and gpu.sh read it
+SUFFIX = {"notebook": "", "tuned": "_tuned"}
+PEER_NAMES = {"notebook": "peer: Trainer+PEFT, pad to {n} (notebook)",
+              "tuned": "peer: Trainer+PEFT, group_by_length + dynamic padding (tuned)"}
+
+
+def _print_table(res: dict, max_length: int) -> None:
+    def cell(x: float | None, fmt: str = "{:.1f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    o = res["loraclf"]
+    kinds = [k for k in PEER_KEYS if PEER_KEYS[k] in res]
+    if not kinds:
+        return
+    print("\n| | samples/s | peak MB | test accuracy | predict texts/s |\n|---|---|---|---|---|")
+    for kind in kinds:
+        p = res[PEER_KEYS[kind]]
+        print(f"| {PEER_NAMES[kind].format(n=max_length)} | {p['samples_per_s']:.1f} | {p['peak_mb']:.0f} | "
+              f"{p['accuracy']:.4f} | {cell(p.get('predict_per_s'))} |")
+    print(f"| loraclf | {o['samples_per_s']:.1f} | {o['peak_mb']:.0f} | {o['accuracy']:.4f} | "
+          f"{cell(o.get('predict_per_s'))} |")
+    for kind in kinds:
+        p, sfx = res[PEER_KEYS[kind]], SUFFIX[kind]
+        print(f"| ratio vs {kind} peer | {res['train_speedup' + sfx]:.2f}x | {o['peak_mb'] / p['peak_mb']:.2f}x | "
+              f"{o['accuracy'] - p['accuracy']:+.4f} | {cell(res.get('predict_speedup' + sfx), '{:.2f}x')} |")
+    if "predict_cli_per_s" in o:
+        print(f"\n`loraclf predict` command over {res['predict_rows']:,} texts (start-up and loading included): "
+              f"{o['predict_cli_per_s']:.1f} texts/s")
 
 
 if __name__ == "__main__":
