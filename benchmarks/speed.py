@@ -159,7 +159,7 @@ def peer_train(model_path: str, train, test, labels, epochs: float, batch: int, 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     peak = mem.read()["peak_memory_mb"]
-    pred = trainer.predict(te).predictions.argmax(-1)
+    pred = in_dataset_order(trainer, te, trainer.predict(te).predictions.argmax(-1))
     acc = float((pred == np.asarray(test.labels)).mean())
     return {"train_seconds": seconds, "samples_per_s": len(train) * epochs / seconds, "peak_mb": peak,
             "accuracy": acc, "model": model, "tokenizer": tok, "trainer": trainer,
@@ -195,6 +195,17 @@ def peer_predict(model, tok, texts, batch: int, max_length: int) -> float:
                       return_tensors="pt").to(dev)
             model(**enc).logits.float().softmax(-1).cpu()
     return len(texts) / (time.perf_counter() - t0)
+
+
+def in_dataset_order(trainer, dataset, rows: np.ndarray) -> np.ndarray:
+    """Trainer.predict's rows in the dataset's order. With train_sampling_strategy="group_by_length",
+    transformers 5.x also evaluates through a (seeded) LengthGroupedSampler, so predictions come back
+    shuffled; the sampler, rebuilt with the same seed, gives the order they came in."""
+    sampler = trainer._get_eval_sampler(dataset)
+    order = np.asarray(list(sampler)) if sampler is not None else np.arange(len(rows))
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 def tuned_peer_predict(trainer, tok, texts, max_length: int) -> float:
