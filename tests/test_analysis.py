@@ -98,3 +98,160 @@ def test_findings_name_the_weak_length_bucket(tmp_path):
 def test_findings_without_analysis_say_nothing():
     assert an.findings({}, {}, "test") == []
     assert an.primary_split({"validation": {"n": 1}}) == "validation" and an.primary_split({}) is None
+
+
+# ---------------------------------------------------------------- multi-label
+
+ML_LABELS = ["joy", "anger", "fear"]
+ML_TEXTS = ["one", "two words", "three words here", "four words are here"]
+#             joy anger fear
+ML_GOLD = np.array([[1, 0, 0],    # right
+                    [1, 1, 0],    # anger missed, fear predicted
+                    [0, 1, 0],    # anger missed, joy and fear predicted
+                    [0, 0, 0]], dtype=bool)  # nothing gold, nothing predicted: right
+ML_PRED = np.array([[1, 0, 0],
+                    [1, 0, 1],
+                    [1, 0, 1],
+                    [0, 0, 0]], dtype=bool)
+ML_PROBS = np.array([[0.9, 0.1, 0.2],
+                     [0.8, 0.4, 0.7],
+                     [0.6, 0.2, 0.95],
+                     [0.1, 0.1, 0.1]])
+
+
+def test_label_matrix_reads_the_predictions_csv_cells():
+    m = an.label_matrix(["joy;fear", "", "anger"], ML_LABELS)
+    np.testing.assert_array_equal(m, [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+    with pytest.raises(ValueError, match="'love' is not one of"):
+        an.label_matrix(["love"], ML_LABELS)
+
+
+def test_mistake_cooccurrence_by_hand():
+    m = np.array(an.mistake_cooccurrence(ML_GOLD, ML_PRED, ML_LABELS))
+    expected = np.zeros((3, 3), dtype=int)
+    expected[1, 2] = 2  # anger missed while fear predicted: texts 1 and 2
+    expected[1, 0] = 1  # anger missed while joy predicted: text 2
+    np.testing.assert_array_equal(m, expected)
+    assert np.trace(m) == 0
+    with pytest.raises(ValueError, match="one column per label"):
+        an.mistake_cooccurrence(ML_GOLD, ML_PRED[:, :2], ML_LABELS)
+
+
+def test_analyse_multilabel_split_by_hand():
+    th = {"joy": 0.5, "anger": 0.5, "fear": 0.6}
+    a = an.analyse_multilabel_split(ML_TEXTS, ML_GOLD, ML_PRED, ML_PROBS, ML_LABELS, th, top_errors=2,
+                                    n_buckets=2, examples_per_pair=1)
+    assert (a["n"], a["errors"], a["error_rate"]) == (4, 2, 0.5)
+    assert a["label_errors"] == 5 and a["empty_predicted"] == 1  # 2 misses + 3 wrong labels
+    assert a["per_label_errors"]["anger"] == {"false_negatives": 2, "false_positives": 0}
+    assert a["per_label_errors"]["fear"] == {"false_negatives": 0, "false_positives": 2}
+    # false positives, surest first: fear 0.95 (text 2), fear 0.7 (text 1); joy 0.6 is third
+    fps = a["false_positives"]
+    assert [(x["index"], x["label"], x["probability"]) for x in fps] == [(2, "fear", 0.95), (1, "fear", 0.7)]
+    assert fps[0] == {"index": 2, "text": "three words here", "label": "fear", "probability": 0.95, "threshold": 0.6,
+                      "gold": ["anger"], "predicted": ["joy", "fear"], "words": 3}
+    # false negatives, lowest probability first: anger 0.2 (text 2), anger 0.4 (text 1)
+    assert [(x["index"], x["probability"]) for x in a["false_negatives"]] == [(2, 0.2), (1, 0.4)]
+    pairs = a["cooccurrence_pairs"]
+    assert [(p["missed"], p["predicted"], p["count"]) for p in pairs] == [("anger", "fear", 2), ("anger", "joy", 1)]
+    assert pairs[0]["share_of_errors"] == 1.0 and pairs[0]["rate_of_missed"] == 1.0
+    # the surest swap: text 2 (fear 0.95 against anger 0.2) before text 1 (0.7 against 0.4)
+    assert pairs[0]["examples"] == [{"index": 2, "text": "three words here", "p_missed": 0.2, "p_predicted": 0.95}]
+    # exact-set accuracy by length: words 1 2 | 3 4 (median 2.5 cuts at 3); text 1 and 2 are wrong
+    assert [(b["range"], b["n"], b["errors"], b["mean_confidence"]) for b in a["by_length"]] == [
+        ("1–2", 2, 1, None), ("3–4", 2, 1, None)]
+
+
+def _ml_metrics(**over):
+    per_label = {"joy": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 40, "threshold": 0.4},
+                 "anger": {"precision": 0.5, "recall": 0.2, "f1": 0.29, "support": 10, "threshold": 0.3},
+                 "fear": {"precision": 0.6, "recall": 0.6, "f1": 0.6, "support": 12, "threshold": 0.5},
+                 "awe": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "threshold": 0.5}}
+    test = {"n": 100, "micro_f1": 0.7, "macro_f1": 0.58, "subset_accuracy": 0.6, "label_cardinality": 1.2,
+            "predicted_cardinality": 0.9, "per_label": per_label, "at_0.5": {"macro_f1": 0.5}, **over}
+    return {"task": "multi-label", "labels": list(per_label), "test": test,
+            "thresholds": {"mode": "per-label", "objective": "macro_f1", "values": {}}}
+
+
+def test_multilabel_findings():
+    m = _ml_metrics()
+    analysis = {"test": {"empty_predicted": 7, "by_length": [],
+                         "cooccurrence_pairs": [{"missed": "anger", "predicted": "fear", "count": 4,
+                                                 "rate_of_missed": 0.4}]}}
+    text = "\n".join(an.findings(m, analysis, "test"))
+    assert "The weakest labels by F1 are 'anger' (0.290, 10 texts), 'fear' (0.600, 12 texts), 'joy'" in text
+    assert "1 label(s) never occur in the test split ('awe')" in text
+    gain = m["test"]["macro_f1"] - m["test"]["at_0.5"]["macro_f1"]
+    assert f"give test macro-F1 0.580 against 0.500 with 0.5 for every label (+{gain:.3f})" in text
+    assert "It under-predicts: 0.90 labels per text on average against 1.20 in gold; 7 texts get no label" in text
+    assert "'anger' missed while 'fear' is predicted: 4 texts, 40.0% of all 'anger' texts" in text
+    worse = an.findings(_ml_metrics(**{"at_0.5": {"macro_f1": 0.6}}), analysis, "test")
+    assert any("score lower on test than 0.5 for every label" in f for f in worse)
+
+
+# ---------------------------------------------------------------- regression
+
+
+def test_regression_analysis_by_hand():
+    texts = ["a", "b c", "d e f", "g h i j"]
+    gold = np.array([0.0, 1.0, 4.0, 5.0])
+    pred = np.array([0.5, 1.0, 2.5, 4.0])
+    a = an.analyse_regression_split(texts, gold, pred, top_errors=2, n_buckets=2)
+    err = pred - gold
+    assert a["n"] == 4 and a["mae"] == pytest.approx(np.abs(err).mean())
+    assert a["rmse"] == pytest.approx(np.sqrt((err ** 2).mean())) and a["mean_error"] == pytest.approx(err.mean())
+    assert a["largest_errors"] == [
+        {"index": 2, "text": "d e f", "gold": 4.0, "predicted": 2.5, "error": -1.5, "words": 3},
+        {"index": 3, "text": "g h i j", "gold": 5.0, "predicted": 4.0, "error": -1.0, "words": 4}]
+    by_len = a["by_length"]  # words 1 2 | 3 4
+    assert [(b["range"], b["n"]) for b in by_len] == [("1–2", 2), ("3–4", 2)]
+    assert by_len[0]["mae"] == pytest.approx(0.25) and by_len[1]["mae"] == pytest.approx(1.25)
+    assert by_len[1]["rmse"] == pytest.approx(np.sqrt((1.5 ** 2 + 1.0) / 2))
+    # gold 0..5 in 2 equal bins: [0, 2.5) holds 0 and 1, [2.5, 5] holds 4 and 5 (the top edge included)
+    by_gold = a["by_gold"]
+    assert [(b["range"], b["n"], b["mean_error"]) for b in by_gold] == [("0–2.5", 2, 0.25), ("2.5–5", 2, -1.25)]
+    assert an.error_by_gold(np.array([3.0, 3.0]), np.array([2.0, 4.0]), 5) == [
+        {"range": "3–3", "lo": 3.0, "hi": 3.0, "n": 2, "mae": 1.0, "rmse": 1.0, "mean_error": 0.0}]
+
+
+def test_regression_findings():
+    gold_std, gold_mean = 1.5, 2.7
+    m = {"task": "regression", "test": {"n": 200, "mae": 0.6, "gold_mean": gold_mean, "gold_std": gold_std,
+                                        "pred_mean": 2.4, "pred_std": 1.0}}
+    analysis = {"test": {"by_gold": [{"range": "0–1", "n": 30, "mean_error": 0.8},
+                                     {"range": "4–5", "n": 40, "mean_error": -0.9}],
+                         "by_length": [{"range": "1–5", "n": 50, "mae": 0.9}, {"range": "6–9", "n": 150, "mae": 0.5}]}}
+    text = "\n".join(an.findings(m, analysis, "test"))
+    assert "Predictions are biased low: mean 2.400 against 2.700 in gold." in text
+    assert "compressed toward the mean: their standard deviation is 1.000 against 1.500" in text
+    assert "High scores are under-predicted: texts with gold 4–5 (n=40) are predicted 0.900 too low" in text
+    assert "Low scores are over-predicted: texts with gold 0–1 (n=30) are predicted 0.800 too high" in text
+    assert "Texts of 1–5 words have the largest errors: MAE 0.900 (n=50) against 0.600 overall." in text
+    m["test"].update(pred_mean=gold_mean, pred_std=gold_std)
+    analysis["test"]["by_length"][0]["mae"] = 0.7
+    text = "\n".join(an.findings(m, analysis, "test"))
+    assert "biased" not in text and "compressed" not in text and "do not clearly depend on length" in text
+
+
+# ---------------------------------------------------------------- calibration and task helpers
+
+
+def test_calibration_finding(tmp_path):
+    run = R.read_run(fake_run(tmp_path, n_test=300))
+    m = run.metrics
+    m["calibration"] = {"method": "temperature", "temperature": 1.8, "applied": True, "reason": "lower NLL"}
+    m["test"]["calibration"] = {"nll_before": 0.52, "nll_after": 0.41, "ece_before": 0.09, "ece_after": 0.02}
+    ea = R.error_analysis(run, R.report_options(run.config))
+    assert ("Temperature scaling (T=1.800, fitted on validation) changes test NLL from 0.520 to 0.410 and ECE "
+            "from 0.090 to 0.020; the predicted labels stay the same.") in ea["findings"]
+    m["calibration"].update(applied=False, reason="validation NLL did not improve")
+    assert ("Temperature scaling (T=1.800, fitted on validation) was not applied: validation NLL did not improve."
+            in an.findings(m, ea, "test"))
+
+
+def test_task_helpers():
+    assert an.task_of({}) == "single-label" and an.task_of({"task": "regression"}) == "regression"
+    assert an.headline("single-label") == an.HEADLINE
+    assert an.metric("rmse").direction == "min" and an.metric("pearson").name == "Pearson r"
+    assert an.metric("accuracy") is an.METRICS["accuracy"]
+    assert all(an.metric(k).key == k for t in an.TASKS for k in an.headline(t))
