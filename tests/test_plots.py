@@ -189,3 +189,112 @@ def test_plotting_leaves_matplotlib_global_state_alone(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- multi-label, regression, calibration
+
+GOEMOTIONS_LIKE = ["admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity",
+                   "desire", "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear",
+                   "gratitude", "grief", "joy", "love", "nervousness", "optimism", "pride", "realization", "relief",
+                   "remorse", "sadness", "surprise", "neutral"]
+
+
+def _multilabel(k: int, n: int = 500, seed: int = 0):
+    """Gold sets (about 1.3 labels per text, rare labels rarer) and sigmoid-like scores that rank them."""
+    rng = np.random.default_rng(seed)
+    prevalence = np.linspace(0.3, 0.02, k)
+    gold = rng.random((n, k)) < prevalence
+    probs = np.clip(0.35 * gold + rng.random((n, k)) * 0.7, 0, 1)
+    return gold, probs
+
+
+@pytest.mark.parametrize("labels", [GOEMOTIONS_LIKE, LONG_20, ["toxic", "insult", "threat"]])
+def test_multilabel_plots_are_readable(labels):
+    gold, probs = _multilabel(len(labels))
+    pred = probs >= 0.5
+    per_label = {}
+    for c, name in enumerate(labels):
+        tp = (gold[:, c] & pred[:, c]).sum()
+        p, r = tp / max(pred[:, c].sum(), 1), tp / max(gold[:, c].sum(), 1)
+        per_label[name] = {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12),
+                           "support": int(gold[:, c].sum()), "threshold": 0.5}
+    fig = pl.per_label(per_label, labels)
+    assert_readable(fig, labels)
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    worst = min(labels, key=lambda c: (per_label[c]["f1"], labels.index(c)))
+    assert ticks[0].startswith(pl.short_labels(labels)[labels.index(worst)]) and ticks[0].endswith(", t=0.50)")
+    assert_readable(pl.multilabel_pr_curves(gold, probs, labels, {n: 0.5 for n in labels}), labels)
+    assert_readable(pl.mistake_cooccurrence(an.mistake_cooccurrence(gold, pred, labels), labels), labels)
+
+
+def test_multilabel_pr_curves_are_sklearns():
+    """Each label's curve is its own binary problem; AP in the legend equals scikit-learn's, and the
+    threshold dot sits at that threshold's recall and precision."""
+    from sklearn.metrics import average_precision_score
+
+    labels = ["toxic", "insult", "threat"]
+    gold, probs = _multilabel(3)
+    ax = pl.multilabel_pr_curves(gold, probs, labels, {"toxic": 0.6}).axes[0]
+    curves = {ln.get_label().split(" (")[0]: ln for ln in ax.lines if "(AP" in ln.get_label()}
+    assert set(curves) == set(labels)
+    for c, name in enumerate(labels):
+        assert f"(AP {average_precision_score(gold[:, c], probs[:, c]):.3f})" in curves[name].get_label()
+    sel = probs[:, 0] >= 0.6
+    dots = [ln for ln in ax.lines if ln.get_marker() == "o" and len(ln.get_xdata())]
+    assert len(dots) == 1
+    assert dots[0].get_xdata()[0] == pytest.approx((gold[sel, 0]).sum() / gold[:, 0].sum())
+    assert dots[0].get_ydata()[0] == pytest.approx(gold[sel, 0].mean())
+    assert pl.multilabel_pr_curves(np.zeros((5, 2), bool), np.random.rand(5, 2), ["a", "b"]) is None
+
+
+def test_mistake_cooccurrence_heatmap_shows_the_counts():
+    labels = ["joy", "anger", "fear"]
+    matrix = [[0, 0, 3], [1, 0, 2], [0, 0, 0]]
+    fig = pl.mistake_cooccurrence(matrix, labels)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "label missed (false negative)" and "false positive" in ax.get_xlabel()
+    assert sorted(t.get_text() for t in ax.texts) == ["0"] * 3 + ["1", "2", "3"]  # 6 off-diagonal cells
+    assert np.ma.getmaskarray(ax.get_images()[0].get_array()).diagonal().all()  # the diagonal is blank
+    assert_readable(fig, labels)
+
+
+@pytest.mark.parametrize("n", [200, 5000])
+def test_regression_plots(n):
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 5, n)
+    pred = 2.5 + 0.7 * (gold - 2.5) + rng.normal(0, 0.5, n)  # pulled toward the mean
+    fig = pl.regression_scatter(gold, pred)
+    assert_readable(fig)
+    ax = fig.axes[0]
+    identity = next(ln for ln in ax.lines if ln.get_label().startswith("identity"))
+    np.testing.assert_allclose(identity.get_xdata(), identity.get_ydata())
+    assert ax.get_xlim() == ax.get_ylim()
+    assert (len(ax.collections[0].get_offsets()) == n) == (n <= pl.HEXBIN_FROM)  # points, or density bins
+    rmse, r = np.sqrt(((pred - gold) ** 2).mean()), np.corrcoef(gold, pred)[0, 1]
+    assert ax.get_title() == f"Predicted against gold (RMSE {rmse:.3f}, r {r:.3f})"
+    fig = pl.residuals_by_gold(gold, pred)
+    assert_readable(fig)
+    mean_line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "mean residual per gold bin")
+    residual = mean_line.get_ydata()
+    assert residual[0] > 0 > residual[-1]  # the low scores over-predicted, the high ones under
+    buckets = an.error_by_length(rng.integers(1, 40, n), gold, pred, 5)
+    fig = pl.errors_by_length(buckets, float(np.abs(pred - gold).mean()))
+    assert_readable(fig)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [b["mae"] for b in buckets])
+    assert pl.errors_by_length([], 1.0) is None and pl.regression_scatter(np.array([]), np.array([])) is None
+
+
+def test_reliability_before_and_after():
+    from loraclf.metrics import expected_calibration_error, reliability_bins
+
+    y, probs = _probs(3)
+    sharp = probs ** 3 / (probs ** 3).sum(1, keepdims=True)  # over-confident, same argmax
+    correct = (probs.argmax(1) == y).astype(float)
+    eces = [expected_calibration_error(p.max(1), correct) for p in (sharp, probs)]
+    fig = pl.reliability_before_after(reliability_bins(sharp.max(1), correct), eces[0],
+                                      reliability_bins(probs.max(1), correct), eces[1], temperature=3.0)
+    assert_readable(fig)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [f"Before scaling: ECE {eces[0]:.3f}", f"After scaling (T=3.00): ECE {eces[1]:.3f}"]
+    top = [ax for ax in fig.axes if ax.get_title()]
+    assert top[0].get_xlim() == top[1].get_xlim()  # same axes: the bars compare

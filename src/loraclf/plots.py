@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .analysis import pr_points, roc_points
+from .analysis import error_by_gold, pr_points, roc_points
+from .analysis import metric as metric_info
 from .metrics import HEADLINE, METRICS
 
 DPI = 110
@@ -129,8 +130,9 @@ def _best_line(ax, best_step: Optional[int]) -> None:
 
 
 @_styled
-def loss_curves(history: list[dict], best_step: Optional[int] = None):
-    """Train loss per log step and validation loss per evaluation, on one axis."""
+def loss_curves(history: list[dict], best_step: Optional[int] = None, ylabel: str = "cross-entropy loss"):
+    """Train loss per log step and validation loss per evaluation, on one axis (`ylabel` names the
+    task's loss: binary cross-entropy for multi-label, squared error for regression)."""
     tr = [h for h in history if h.get("type") == "train" and h.get("loss") is not None]
     ev = [h for h in history if h.get("type") == "eval" and h.get("loss") is not None]
     if not tr and not ev:
@@ -152,7 +154,7 @@ def loss_curves(history: list[dict], best_step: Optional[int] = None):
         ax.plot([h["step"] for h in ev], [h["loss"] for h in ev], color=ORANGE, lw=1.8, marker="o", ms=4,
                 label="validation loss")
     _best_line(ax, best_step)
-    ax.set(title="Loss", xlabel="optimizer step", ylabel="cross-entropy loss")
+    ax.set(title="Loss", xlabel="optimizer step", ylabel=ylabel)
     ax.legend(loc="best")
     _epoch_axis(ax, history)
     return fig
@@ -190,15 +192,17 @@ VAL_METRICS = tuple(k for k in HEADLINE if METRICS[k].direction == "max")
 
 
 @_styled
-def validation_metrics(history: list[dict], best_step: Optional[int] = None, metric: str = "accuracy"):
+def validation_metrics(history: list[dict], best_step: Optional[int] = None, metric: str = "accuracy",
+                       keys: Sequence[str] = VAL_METRICS):
+    """The `keys` metrics (0-1 scores, larger is better) at each evaluation; `metric` drawn thick."""
     ev = [h for h in history if h.get("type") == "eval"]
     if not ev:
         return None
     fig = _figure(6.4, 3.6)
     ax = fig.subplots()
     steps = [h["step"] for h in ev]
-    for i, key in enumerate(VAL_METRICS):
-        name = METRICS[key].name
+    for i, key in enumerate(keys):
+        name = metric_info(key).name
         vals = [h.get(key) for h in ev]
         if all(v is None for v in vals):
             continue
@@ -265,21 +269,39 @@ def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], normali
 @_styled
 def per_class(per_class: dict, labels: Sequence[str], title: str = "Per-class precision, recall and F1"):
     """Horizontal grouped bars (class names on the y axis stay readable however many or long)."""
-    k = len(labels)
     names = short_labels(labels)
+    return _prf_bars(per_class, labels, [f"{n} (n={per_class[c]['support']:,})" for n, c in zip(names, labels)],
+                     title)
+
+
+@_styled
+def per_label(per_label: dict, labels: Sequence[str], title: str = "Per-label precision, recall and F1"):
+    """Multi-label scores per label as horizontal bars, worst F1 at the top, each label with its
+    support and decision threshold (28 labels stay readable: one row each, names on the y axis)."""
+    order = sorted(labels, key=lambda c: (per_label[c]["f1"], list(labels).index(c)))
+    names = dict(zip(labels, short_labels(labels)))
+    ticks = [f"{names[c]} (n={per_label[c]['support']:,}"
+             + (f", t={per_label[c]['threshold']:.2f})" if per_label[c].get("threshold") is not None else ")")
+             for c in order]
+    return _prf_bars(per_label, order, ticks, title)
+
+
+def _prf_bars(scores: dict, labels: Sequence[str], ticks: Sequence[str], title: str):
+    """Precision, recall and F1 bars per label, in the order given, `ticks` naming the rows."""
+    k = len(labels)
     h = max(2.6, 0.5 + k * (0.42 if k <= 10 else 0.34))
     fig = _figure(7.2, min(h, 22))
     ax = fig.subplots()
     y = np.arange(k)
     bh = 0.26
     for j, key in enumerate(("precision", "recall", "f1")):
-        vals = [per_class[c][key] for c in labels]
+        vals = [scores[c][key] for c in labels]
         ax.barh(y + (j - 1) * bh, vals, height=bh, color=PRF_COLORS[key], label=key if key != "f1" else "F1")
         if k <= 8:
             for yi, v in zip(y, vals):
                 ax.text(v + 0.005, yi + (j - 1) * bh, f"{v:.3f}", va="center", fontsize=7, in_layout=False)
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{n} (n={per_class[c]['support']:,})" for n, c in zip(names, labels)])
+    ax.set_yticklabels(ticks)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.08 if k <= 8 else 1.0)
     ax.set_xticks(np.linspace(0, 1, 6))
@@ -306,12 +328,15 @@ def _legend_outside(fig, ax, k: int) -> None:
 HIGHLIGHT = 6  # with more classes than this, the weakest few are drawn in colour and the rest in grey
 
 
-def _one_vs_rest(fig, ax, y, probs, labels, curve, score_name):
-    """Draw one curve per class (or the positive class when binary); returns nothing."""
+def _one_vs_rest(fig, ax, y, probs, labels, curve, score_name, positives=None):
+    """Draw one curve per class (or the positive class when binary); returns the curves and whether
+    only the weakest are in colour. `positives` (n, k booleans) replaces `y == c` for multi-label
+    gold, where every label is its own binary problem."""
     k = len(labels)
     names = short_labels(labels)
-    classes = [1] if k == 2 else [c for c in range(k) if 0 < (y == c).sum() < len(y)]
-    pts = {c: curve(y == c, probs[:, c]) for c in classes if 0 < (y == c).sum() < len(y)}
+    pos = (lambda c: positives[:, c]) if positives is not None else (lambda c: y == c)
+    classes = [1] if k == 2 and positives is None else [c for c in range(k) if 0 < pos(c).sum() < len(probs)]
+    pts = {c: curve(pos(c), probs[:, c]) for c in classes if 0 < pos(c).sum() < len(probs)}
     many = len(pts) > HIGHLIGHT + 2
     ranked = sorted(pts, key=lambda c: pts[c][2])
     shown = set(ranked[:HIGHLIGHT]) if many else set(pts)
@@ -321,10 +346,12 @@ def _one_vs_rest(fig, ax, y, probs, labels, curve, score_name):
         if c not in shown:
             ax.plot(a, b, lw=0.9, color="#c3c7ce", zorder=1)
             continue
-        name = names[c] if k > 2 else f"positive class: {names[c]}"
-        ax.plot(a, b, lw=1.7, color=BLUE if k == 2 else colors[c], zorder=2, label=f"{name} ({score_name} {score:.3f})")
+        binary = k == 2 and positives is None
+        name = f"positive class: {names[c]}" if binary else names[c]
+        ax.plot(a, b, lw=1.7, color=BLUE if binary else colors[c], zorder=2, label=f"{name} ({score_name} {score:.3f})")
     if many:
-        ax.plot([], [], lw=0.9, color="#c3c7ce", label=f"{len(pts) - len(shown)} other classes "
+        ax.plot([], [], lw=0.9, color="#c3c7ce", label=f"{len(pts) - len(shown)} other "
+                f"{'labels' if positives is not None else 'classes'} "
                 f"({score_name} {min(pts[c][2] for c in ranked[HIGHLIGHT:]):.3f}–{pts[ranked[-1]][2]:.3f})")
     return pts, many
 
@@ -372,6 +399,29 @@ def reliability(bins: list[dict], ece: float, title_suffix: str = ""):
     """Reliability diagram: accuracy against confidence per bin (gap shaded), counts below."""
     fig = _figure(5.6, 5.2)
     ax, axc = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    _reliability_panel(ax, axc, bins, f"Reliability diagram (ECE {ece:.3f})" + title_suffix)
+    return fig
+
+
+@_styled
+def reliability_before_after(bins_before: list[dict], ece_before: float, bins_after: list[dict], ece_after: float,
+                             temperature: Optional[float] = None, title_suffix: str = ""):
+    """Two reliability diagrams side by side: the probabilities before temperature scaling and after
+    (same axes, so the bars can be compared)."""
+    fig = _figure(10.4, 5.2)
+    axes = fig.subplots(2, 2, sharex="col", sharey="row", height_ratios=[3, 1])
+    t = f" (T={temperature:.2f})" if temperature is not None else ""
+    _reliability_panel(axes[0, 0], axes[1, 0], bins_before, f"Before scaling: ECE {ece_before:.3f}")
+    _reliability_panel(axes[0, 1], axes[1, 1], bins_after, f"After scaling{t}: ECE {ece_after:.3f}")
+    lo = min(a.get_xlim()[0] for a in axes[0])
+    for a in axes[0]:
+        a.set_xlim(lo, 1.0)
+    fig.suptitle("Temperature scaling: reliability before and after" + title_suffix, fontsize=11, fontweight="bold")
+    return fig
+
+
+def _reliability_panel(ax, axc, bins: list[dict], title: str) -> None:
+    """One reliability diagram on `ax` (accuracy bars, hatched gap, diagonal) with counts on `axc`."""
     used = [b for b in bins if b["count"]]
     for b in used:
         w = b["hi"] - b["lo"]
@@ -386,14 +436,12 @@ def reliability(bins: list[dict], ece: float, title_suffix: str = ""):
                        Patch(facecolor="none", hatch="////", edgecolor=RED, label="gap to mean confidence"),
                        ax.get_lines()[0]], loc="upper left")
     lo = min((b["lo"] for b in used), default=0.0)
-    ax.set(xlim=(max(0.0, lo - 0.02), 1.0), ylim=(0, 1.02), ylabel="accuracy",
-           title=f"Reliability diagram (ECE {ece:.3f})" + title_suffix)
+    ax.set(xlim=(max(0.0, lo - 0.02), 1.0), ylim=(0, 1.02), ylabel="accuracy", title=title)
     axc.bar([b["lo"] for b in bins], [b["count"] for b in bins], width=[b["hi"] - b["lo"] for b in bins],
             align="edge", color=GREY, edgecolor="white")
     axc.set(xlabel="confidence (probability of the predicted label)", ylabel="texts")
     if max((b["count"] for b in bins), default=0) > 50 * max(min((b["count"] for b in used), default=1), 1):
         axc.set_yscale("log")
-    return fig
 
 
 @_styled
@@ -441,8 +489,9 @@ def length_distribution(hist: dict):
 
 
 @_styled
-def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = ""):
-    """Accuracy per word-length bucket with 95% intervals, and the number of texts per bucket."""
+def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = "", name: str = "accuracy"):
+    """Accuracy per word-length bucket with 95% intervals, and the number of texts per bucket
+    (`name`: what the accuracy is, e.g. multi-label's "subset accuracy")."""
     buckets = [b for b in buckets if b["n"]]
     if not buckets:
         return None
@@ -458,9 +507,167 @@ def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = 
     for xi, a in zip(x, acc):
         ax.annotate(f"{a:.3f}", (xi, a), textcoords="offset points", xytext=(8, -3), fontsize=8)
     ax.axhline(overall, color=GREY, ls="--", lw=1, label=f"overall {overall:.3f}")
-    ax.set(title="Accuracy by text length" + title_suffix, ylabel="accuracy (95% CI)")
+    ax.set(title=f"{name.capitalize()} by text length" + title_suffix, ylabel=f"{name} (95% CI)")
     ax.set_ylim(max(0.0, min(lo.min(), overall) - 0.05), min(1.0, max(hi.max(), overall) + 0.03) + 0.001)
     ax.legend(loc="lower right")
+    axn.bar(x, [b["n"] for b in buckets], color=GREY, width=0.55)
+    axn.set(ylabel="texts", xlabel="length in words")
+    axn.grid(axis="x", visible=False)
+    axn.set_xticks(x)
+    axn.set_xticklabels([b["range"] for b in buckets])
+    return fig
+
+
+# ---------------------------------------------------------------- multi-label
+
+
+@_styled
+def multilabel_pr_curves(gold: np.ndarray, probs: np.ndarray, labels: Sequence[str],
+                         thresholds: Optional[dict] = None, title_suffix: str = ""):
+    """One precision-recall curve per label (gold: (n, k) booleans), AP in the legend; with many
+    labels the 6 lowest-AP in colour and the rest grey. A dot marks each coloured label's decision
+    threshold: where on its curve the model actually operates. None when no label has both classes."""
+    gold = np.asarray(gold, dtype=bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(labels)
+    fig = _figure(6.0 if k <= 6 else 8.6, 4.6)
+    ax = fig.subplots()
+    pts, many = _one_vs_rest(fig, ax, None, probs, labels, lambda pos, s: _pr_xy(pos, s), "AP", positives=gold)
+    if not pts:
+        return None
+    shown = sorted(pts, key=lambda c: pts[c][2])[:HIGHLIGHT] if many else list(pts)
+    colors = _curve_colors(k)
+    marked = False
+    for c in shown:
+        t = (thresholds or {}).get(labels[c])
+        if t is None:
+            continue
+        sel = probs[:, c] >= t
+        if sel.any():
+            ax.plot([gold[sel, c].sum() / gold[:, c].sum()], [gold[sel, c].mean()], "o", ms=5, color=colors[c],
+                    markeredgecolor="black", markeredgewidth=0.6, zorder=3)
+            marked = True
+    if marked:
+        ax.plot([], [], "o", ms=5, color="white", markeredgecolor="black", label="decision threshold")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision",
+           title="Precision-recall per label" + (f" ({HIGHLIGHT} lowest AP in colour)" if many else "") + title_suffix)
+    _legend_outside(fig, ax, len(pts) + marked)
+    return fig
+
+
+@_styled
+def mistake_cooccurrence(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str = ""):
+    """Heatmap of the multi-label mistakes: rows the label that was missed, columns the label
+    predicted wrongly in the same text (counts; the diagonal cannot happen and stays blank)."""
+    data = np.asarray(matrix, dtype=float)
+    k = len(labels)
+    names = short_labels(labels)
+    w, h, cell = _matrix_size(k, names)
+    fig = _figure(w, h)
+    ax = fig.subplots()
+    ax.grid(False)
+    data[np.eye(k, dtype=bool)] = np.nan
+    im = ax.imshow(data, cmap="Reds", vmin=0, vmax=max(np.nanmax(data) if k > 1 else 0, 1))
+    if k <= 30:
+        size = 10 if k <= 6 else 8 if k <= 12 else 6.5
+        top = max(np.nanmax(data) if k > 1 else 0, 1)
+        for i in range(k):
+            for j in range(k):
+                v = data[i, j]
+                if i != j and (v > 0 or k <= 12):  # many labels: zeros left blank, so the mix-ups stand out
+                    ax.text(j, i, f"{int(v):,}", ha="center", va="center", fontsize=size, in_layout=False,
+                            color="white" if v > 0.55 * top else "#222")
+    _xticks(ax, names, cell)
+    ax.set_yticks(range(k))
+    ax.set_yticklabels(names)
+    ax.set_xlabel("label predicted wrongly (false positive)")
+    ax.set_ylabel("label missed (false negative)")
+    ax.set_title(title or "Mistake co-occurrence")  # the axis labels say what rows and columns are
+    fig.colorbar(im, ax=ax, shrink=0.8, label="texts")
+    return fig
+
+
+# ---------------------------------------------------------------- regression
+
+
+def _regression_limits(gold: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(min(gold.min(), pred.min())), float(max(gold.max(), pred.max()))
+    pad = 0.03 * (hi - lo or 1.0)
+    return lo - pad, hi + pad
+
+
+HEXBIN_FROM = 3000  # points beyond which a scatter turns into a blot: density (hexbin) instead
+
+
+@_styled
+def regression_scatter(gold: np.ndarray, pred: np.ndarray, title_suffix: str = "", target: str = "score"):
+    """Predicted against gold with the identity line (points on it are exact); translucent points,
+    or hexagonal density bins (log counts) for thousands of texts."""
+    gold, pred = np.asarray(gold, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    if not len(gold):
+        return None
+    fig = _figure(5.6, 5.0)
+    ax = fig.subplots()
+    lo, hi = _regression_limits(gold, pred)
+    if len(gold) > HEXBIN_FROM:
+        hb = ax.hexbin(gold, pred, gridsize=45, bins="log", cmap="Blues", mincnt=1, extent=(lo, hi, lo, hi))
+        fig.colorbar(hb, ax=ax, shrink=0.8, label="texts (log scale)")
+    else:
+        ax.scatter(gold, pred, s=12, color=BLUE, alpha=float(np.clip(300 / len(gold), 0.15, 0.8)), lw=0,
+                   label=f"texts (n={len(gold):,})")
+    ax.plot([lo, hi], [lo, hi], color=RED, ls="--", lw=1.2, label="identity (predicted = gold)")
+    rmse = float(np.sqrt(((pred - gold) ** 2).mean()))
+    r = float(np.corrcoef(gold, pred)[0, 1]) if gold.std() > 0 and pred.std() > 0 else float("nan")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=f"gold {target}", ylabel=f"predicted {target}",
+           title=f"Predicted against gold (RMSE {rmse:.3f}, r {r:.3f})" + title_suffix)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left")
+    return fig
+
+
+@_styled
+def residuals_by_gold(gold: np.ndarray, pred: np.ndarray, title_suffix: str = "", target: str = "score"):
+    """Residual (predicted - gold) against the gold value, with the mean residual per gold bin: a
+    line falling from left to right means the extremes are pulled toward the mean."""
+    gold, pred = np.asarray(gold, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    if not len(gold):
+        return None
+    err = pred - gold
+    fig = _figure(6.4, 3.8)
+    ax = fig.subplots()
+    ax.scatter(gold, err, s=9, color=GREY, alpha=float(np.clip(300 / len(gold), 0.05, 0.7)), lw=0,
+               label=f"texts (n={len(gold):,})")
+    bins = error_by_gold(gold, pred, 10)
+    x = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    ax.plot(x, [b["mean_error"] for b in bins], color=BLUE, lw=2, marker="o", ms=4, label="mean residual per gold bin")
+    ax.axhline(0, color=RED, ls="--", lw=1, label="no error")
+    ax.set(title="Residuals by gold value" + title_suffix, xlabel=f"gold {target}",
+           ylabel="residual (predicted − gold)")
+    ax.legend(loc="best")
+    return fig
+
+
+@_styled
+def errors_by_length(buckets: list[dict], overall_mae: Optional[float] = None, title_suffix: str = ""):
+    """Mean absolute error per word-length bucket (about equal numbers of texts each), the mean
+    signed error beside it, and the number of texts per bucket below."""
+    buckets = [b for b in buckets if b["n"]]
+    if not buckets:
+        return None
+    fig = _figure(6.4, 4.2)
+    ax, axn = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    x = np.arange(len(buckets))
+    mae = np.array([b["mae"] for b in buckets])
+    ax.plot(x, mae, color=BLUE, marker="o", ms=6, lw=1.4, label="MAE")
+    ax.plot(x, [b["mean_error"] for b in buckets], color=ORANGE, marker="s", ms=4, lw=1, ls=":",
+            label="mean error (predicted − gold)")
+    for xi, v in zip(x, mae):
+        ax.annotate(f"{v:.3f}", (xi, v), textcoords="offset points", xytext=(8, -3), fontsize=8)
+    if overall_mae is not None:
+        ax.axhline(overall_mae, color=GREY, ls="--", lw=1, label=f"overall MAE {overall_mae:.3f}")
+    ax.axhline(0, color="#c3c7ce", lw=0.8)
+    ax.set(title="Errors by text length" + title_suffix, ylabel="error")
+    ax.legend(loc="best")
     axn.bar(x, [b["n"] for b in buckets], color=GREY, width=0.55)
     axn.set(ylabel="texts", xlabel="length in words")
     axn.grid(axis="x", visible=False)
@@ -476,10 +683,11 @@ COMPARE_METRICS = HEADLINE
 
 
 @_styled
-def compare_metrics(runs: list[dict], split: str):
-    """One panel per metric, one horizontal bar per run (runs share the y axis)."""
+def compare_metrics(runs: list[dict], split: str, keys: Sequence[str] = COMPARE_METRICS):
+    """One panel per metric of `keys` (the runs' task's headline), one horizontal bar per run (runs
+    share the y axis)."""
     names = short_labels([r["name"] for r in runs], 30)
-    metrics = [METRICS[k] for k in COMPARE_METRICS
+    metrics = [metric_info(k) for k in keys
                if any((r["metrics"].get(split) or {}).get(k) is not None for r in runs)]
     n = len(runs)
     fig = _figure(2.3 * len(metrics) + 2.2, max(2.4, 0.8 + 0.38 * n))
@@ -492,11 +700,11 @@ def compare_metrics(runs: list[dict], split: str):
         best = np.nanargmin(v) if lower else np.nanargmax(v)
         ax.barh(y, np.nan_to_num(v), color=[GREEN if i == best else BLUE for i in range(n)], height=0.6)
         finite = v[np.isfinite(v)]
-        if lower:  # an error (ECE): from 0
+        if lower:  # an error (ECE, RMSE, Hamming loss): from 0
             ax.set_xlim(0, max(finite.max() * 1.35, 0.01))
-        else:
-            lo = max(0.0, np.floor((finite.min() - 0.05) * 20) / 20)
-            ax.set_xlim(lo, 1.0)
+        else:  # a score up to 1; R² and correlations can be negative
+            lo = np.floor((finite.min() - 0.05) * 20) / 20
+            ax.set_xlim(max(0.0, lo) if finite.min() >= 0 else lo, 1.0)
         for yi, x in zip(y, v):
             if np.isfinite(x):
                 ax.text(x, yi, f" {x:.3f}", va="center", fontsize=7.5)
@@ -601,8 +809,8 @@ def compare_confusions(runs: list[dict], split: str):
 
 
 @_styled
-def compare_curves(runs: list[dict]):
-    """Validation loss and accuracy per epoch, one line per run."""
+def compare_curves(runs: list[dict], metric: str = "accuracy"):
+    """Validation loss and `metric` (the task's first headline metric) per epoch, one line per run."""
     have = [r for r in runs if any(h.get("type") == "eval" for h in r["history"])]
     if not have:
         return None
@@ -613,8 +821,9 @@ def compare_curves(runs: list[dict]):
         x = [h.get("epoch", h["step"]) for h in ev]
         name = short_label(r["name"], 30)
         ax_l.plot(x, [h.get("loss", np.nan) for h in ev], marker="o", ms=3.5, color=f"C{i % 10}", label=name)
-        ax_a.plot(x, [h.get("accuracy", np.nan) for h in ev], marker="o", ms=3.5, color=f"C{i % 10}", label=name)
+        ax_a.plot(x, [h.get(metric, np.nan) for h in ev], marker="o", ms=3.5, color=f"C{i % 10}", label=name)
     ax_l.set(title="Validation loss", xlabel="epoch", ylabel="loss")
-    ax_a.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    shown = metric_info(metric).name
+    ax_a.set(title=f"Validation {shown}", xlabel="epoch", ylabel=shown)
     fig.legend(*ax_a.get_legend_handles_labels(), loc="outside right upper")
     return fig
