@@ -37,7 +37,7 @@ def test_yaml_then_overrides(tmp_path):
     ("lora.r=abc", "lora.r"),
     ("model.method=qlora", "'model.method' must be one of"),
     ("train.epochs=0", "train.epochs must be > 0"),
-    ("train.metric=speed", "train.metric must be one of"),
+    ("train.metric=speed", "train.metric must be auto or one of"),
     ("train.class_weights=sometimes", "class_weights"),
     ("nonsense", "section.field=value"),
     ("train.compile=fast", "'train.compile' must be one of false, true, reduce-overhead, max-autotune"),

@@ -79,6 +79,9 @@ def golden():
 
 @pytest.mark.parametrize("name,arch,extra", CASES, ids=[c[0] for c in CASES])
 def test_metrics_equal_the_recorded_behaviour(name, arch, extra, golden, tiny_models, synth_dir, tmp_path):
+    # Calibration (issue 13) is off here: it rescales probabilities after training by design, so ECE
+    # and loss would move; tests/test_tasks.py and test_run.py cover it. Everything else must not move.
+    extra = {"train.calibrate": "none", **extra}
     run = loraclf.train(None, tiny_overrides(tiny_models[arch], synth_dir, tmp_path, **extra), quiet=True)
     got = json.loads(json.dumps(_numbers(run.metrics, run.history)))
     if WRITE:

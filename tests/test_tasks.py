@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from loraclf.config import TrainConfig
+from loraclf.config import Config, TrainConfig
 from loraclf.errors import ConfigError
 from loraclf.tasks import SingleLabel, class_weights, make_task
 
@@ -25,8 +25,8 @@ def test_balanced_weights_are_inverse_train_frequency():
 def test_class_weights_of_the_wrong_length_are_refused_with_the_labels():
     task = make_task("single-label", LABELS)
     with pytest.raises(ConfigError, match=r"2 values but there are 3 labels \(neg, neu, pos\)"):
-        task.check_config(TrainConfig(class_weights=[1.0, 2.0]))
-    task.check_config(TrainConfig(class_weights=[1.0, 2.0, 3.0]))
+        task.check_config(Config(train=TrainConfig(class_weights=[1.0, 2.0])))
+    task.check_config(Config(train=TrainConfig(class_weights=[1.0, 2.0, 3.0])))
 
 
 def test_loss_function_applies_weights_and_smoothing():

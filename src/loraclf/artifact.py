@@ -140,7 +140,7 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
     meta = read_meta(art)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = load_tokenizer(str(art))
-    task = make_task(meta.get("task", "single-label"), meta["labels"])
+    task = make_task(meta.get("task", "single-label"), meta["labels"], meta.get("task_state"))
     with _loading(art):
         head = HEADS[meta.get("head", "classifier")].load(art, meta, tok, task, base_model, merge)
     head.model.to(dev).eval()

@@ -50,7 +50,12 @@ class DataConfig:
     text_column: Union[str, list] = _f(
         "text", "Text column, or a list of columns joined with the tokenizer's separator (pairs)."
     )
-    label_column: str = _f("label", "Label column: strings, or integers (see label_names).")
+    label_column: str = _f(
+        "label", "Label column: strings, or integers (see label_names); multi-label: label lists (JSON lists or "
+        "names joined by label_separator, empty for none); regression: numbers.")
+    label_separator: str = _f(";", "Multi-label: the separator of label names joined in one string.")
+    label_columns: Optional[list] = _f(
+        None, "Multi-label: several 0/1 columns, one per label (their names are the labels), instead of label_column.")
     label_names: Optional[list] = _f(
         None, "Names for integer labels, in id order. Default: names as they appear (sorted)."
     )
@@ -156,7 +161,25 @@ class TrainConfig:
         "auto", "auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.", ("auto", "fp32", "fp16", "bf16")
     )
     eval_steps: Optional[int] = _f(None, "Evaluate every N optimizer steps; null: every epoch.")
-    metric: str = _f("accuracy", "Validation metric used for model selection and early stopping.")
+    metric: str = _f(
+        "auto", "Validation metric used for model selection and early stopping; auto: accuracy (single-label), "
+        "average_precision (multi-label, threshold-free), rmse (regression).")
+    calibrate: str = _f(
+        "auto", "Single-label: fit a temperature on validation after training and apply it to every probability "
+        "(accuracy is unchanged). auto: keep it only if it lowers validation NLL; temperature: always; none: off.",
+        ("auto", "temperature", "none"))
+    pos_weight: Optional[Union[str, list]] = _f(
+        None, "Multi-label: weight of each label's positive texts in the loss; null, 'balanced' (negatives / "
+        "positives in train, capped at 100), or a list in label order.")
+    thresholds: str = _f(
+        "per-label", "Multi-label decision thresholds, chosen on validation after training: per-label, one global "
+        "threshold, or fixed at 0.5.", ("per-label", "global", "fixed"))
+    threshold_objective: str = _f(
+        "macro_f1", "Multi-label: what the tuned thresholds maximise on validation.", ("macro_f1", "micro_f1"))
+    regression_loss: str = _f("mse", "Regression loss.", ("mse", "huber"))
+    huber_delta: float = _f(1.0, "Huber loss delta, in normalised target units.")
+    normalize_target: bool = _f(
+        True, "Regression: train on the target standardised with train's mean and std; outputs are mapped back.")
     early_stopping_patience: Optional[int] = _f(
         None, "Stop after this many evaluations without improvement; the best weights are kept either way."
     )
@@ -228,6 +251,10 @@ class Config:
     name: Optional[str] = _f(None, "Run name; default {data}-{model}-{method}-{timestamp}.")
     output_dir: str = _f("runs", "Parent folder of run directories.")
     seed: int = _f(42, "One seed for sampling, splits, initialisation and batch order.")
+    task: str = _f(
+        "auto", "single-label, multi-label or regression. auto: multi-label when data.label_columns is set or the "
+        "label column holds lists (said on the console), else single-label; regression is never guessed.",
+        ("auto", "single-label", "multi-label", "regression"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -544,9 +571,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.class_weights must be null, 'balanced' or a list of numbers")
     from .metrics import METRIC_DIRECTIONS
 
-    if t.metric not in METRIC_DIRECTIONS:
-        raise ConfigError(f"train.metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {t.metric!r}")
+    if t.metric != "auto" and t.metric not in METRIC_DIRECTIONS:
+        raise ConfigError(f"train.metric must be auto or one of {', '.join(METRIC_DIRECTIONS)}; got {t.metric!r}")
+    _validate_task_options(cfg)
     _validate_report(cfg.report)
+
+
+def _validate_task_options(cfg: "Config") -> None:
+    t, d = cfg.train, cfg.data
+    if isinstance(t.pos_weight, str) and t.pos_weight != "balanced":
+        raise ConfigError("train.pos_weight must be null, 'balanced' or a list of numbers")
+    if isinstance(t.pos_weight, list) and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in t.pos_weight):
+        raise ConfigError("train.pos_weight must be 'balanced' or a list of positive numbers")
+    if not t.huber_delta > 0:
+        raise ConfigError(f"train.huber_delta must be positive; got {t.huber_delta}")
+    if not d.label_separator or d.label_separator.strip() != d.label_separator:
+        raise ConfigError("data.label_separator must be a non-empty string without surrounding spaces")
+    if d.label_columns is not None:
+        if not d.label_columns or not all(isinstance(c, str) and c for c in d.label_columns):
+            raise ConfigError("data.label_columns must be a non-empty list of column names")
+        if len(set(d.label_columns)) != len(d.label_columns):
+            raise ConfigError("data.label_columns names a column twice")
+        if cfg.task not in ("auto", "multi-label"):
+            raise ConfigError(f"data.label_columns gives one 0/1 column per label: that is a multi-label task, "
+                              f"not task={cfg.task}")
 
 
 def reference() -> str:

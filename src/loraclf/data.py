@@ -2,7 +2,8 @@
 
 Local files are read with pandas so that errors can name the file, row and field; hub datasets
 (``hf:<id>``) go through ``datasets``. The result is a small in-memory structure: a list of texts
-and an int array of label ids per split, plus a :class:`LabelSet`.
+and a label array per split (ids, a 0/1 matrix for multi-label, or scores; see labels.py), plus a
+:class:`LabelSet`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class LabelSet:
 
 @dataclass
 class Split:
-    """One split: texts (and optional second texts for pair tasks) with integer labels."""
+    """One split: texts (and optional second texts for pair tasks) with their labels (ids, a 0/1
+    label matrix, or float scores, by task)."""
 
     texts: list[str]
     labels: np.ndarray
@@ -82,6 +84,7 @@ class Data:
     splits: dict[str, Split]
     labels: LabelSet
     notes: list[str] = field(default_factory=list)
+    task: str = "single-label"
 
     def sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.splits.items()}
@@ -375,12 +378,23 @@ def _label_names(df, col: str, names: Optional[list[str]], where: str) -> list[s
     return out
 
 
-def _labelled_rows(df, cols: list[str], label_column: str, names: Optional[list[str]], where: str,
-                   what: str) -> tuple[list[list[str]], list[str]]:
-    """Text columns and label names of a labelled table that must not be empty (`what` names it)."""
+def _row_labels(kind: str, df, cfg: DataConfig, names: Optional[list[str]], where: str) -> list:
+    """Every row's label as the task reads it: a name, a list of names, or a number."""
+    from . import labels as lb
+
+    if kind == "regression":
+        return lb.scores(df, cfg.label_column, where)
+    if kind == "multi-label":
+        return lb.label_sets(df, cfg, names, where, _normalise_label)
+    return _label_names(df, cfg.label_column, names, where)
+
+
+def _labelled_rows(df, cols: list[str], cfg: DataConfig, names: Optional[list[str]], where: str,
+                   what: str, kind: str = "single-label") -> tuple[list[list[str]], list]:
+    """Text columns and labels of a labelled table that must not be empty (`what` names it)."""
     if len(df) == 0:
         raise DataError(f"{where}: {what} has no rows")
-    return read_texts(df, cols, where), _label_names(df, label_column, names, where)
+    return read_texts(df, cols, where), _row_labels(kind, df, cfg, names, where)
 
 
 def _text_columns(cfg: DataConfig) -> list[str]:
@@ -390,6 +404,17 @@ def _text_columns(cfg: DataConfig) -> list[str]:
     return cols
 
 
+def _strata(labels: np.ndarray) -> Optional[np.ndarray]:
+    """What a sample is stratified on: the class (single-label), a quantile bin of the score
+    (regression), or nothing (multi-label: label sets are too many to stratify on)."""
+    if labels.ndim == 2:
+        return None
+    if labels.dtype.kind == "f":
+        edges = np.unique(np.quantile(labels, np.linspace(0, 1, 11)[1:-1]))
+        return np.digitize(labels, edges)
+    return labels
+
+
 def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a seeded, label-stratified sample of size n (sorted, so order is kept)."""
     if n >= len(labels):
@@ -397,16 +422,18 @@ def _stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
+    strata = _strata(labels)
     try:
-        keep, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
-    except ValueError:  # a class too small to stratify: fall back to a plain seeded sample
+        if strata is None:
+            raise ValueError("nothing to stratify on")
+        keep, _ = train_test_split(idx, train_size=n, stratify=strata, random_state=seed)
+    except ValueError:  # a class too small to stratify (or multi-label): a plain seeded sample
         keep = np.random.default_rng(seed).choice(idx, size=n, replace=False)
     return np.sort(keep)
 
 
-def load_data(cfg: DataConfig, seed: int = 42) -> Data:
-    """Read, validate and label-encode all splits named by the config."""
-    cols = _text_columns(cfg)
+def _read_frames(cfg: DataConfig) -> tuple[dict[str, tuple[object, str]], Optional[list]]:
+    """Every split's table and where it came from, plus label names a hub dataset declares."""
     frames: dict[str, tuple[object, str]] = {}
     hub_names = None
     if cfg.path and cfg.path.startswith("hf:"):
@@ -416,70 +443,110 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Data:
             hub_names = hub_names or df.attrs.get("label_names")
     for split, path in find_files(cfg).items():
         frames[split] = (read_table(path, cfg.format), str(path))
+    return frames, hub_names
 
-    names_cfg = list(cfg.label_names) if cfg.label_names else hub_names
-    keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
-    raw: dict[str, tuple[list[list[str]], list[str], str]] = {}
-    for split, (df, where) in frames.items():
-        texts, labels = _labelled_rows(df, cols, cfg.label_column, names_cfg, where, f"the {split} split")
-        if keep is not None:
-            rows = [i for i, lab in enumerate(labels) if lab in keep]
-            if not rows:
-                raise DataError(f"{where}: no rows left after data.include_labels={keep}")
-            texts = [[col[i] for i in rows] for col in texts]
-            labels = [labels[i] for i in rows]
-        raw[split] = (texts, labels, where)
 
-    train_labels = raw["train"][1]
-    present = sorted(set(train_labels))
+def _kept(kind: str, texts: list[list[str]], labels: list, keep: list[str], where: str):
+    """data.include_labels: single-label keeps the rows with those labels; multi-label keeps every
+    row and drops the other labels from its set (a row may be left with none, which is valid)."""
+    if kind == "multi-label":
+        return texts, [[lab for lab in row if lab in keep] for row in labels]
+    rows = [i for i, lab in enumerate(labels) if lab in keep]
+    if not rows:
+        raise DataError(f"{where}: no rows left after data.include_labels={keep}")
+    return [[col[i] for i in rows] for col in texts], [labels[i] for i in rows]
+
+
+def _label_set(kind: str, cfg: DataConfig, train: list, names_cfg: Optional[list], keep, where: str) -> LabelSet:
+    """The labels a run learns, checked against train: every label must occur there."""
+    if kind == "regression":
+        if len(set(train)) < 2:
+            raise DataError(f"{where}: every train score is {train[0]}; regression needs at least two values")
+        return LabelSet([cfg.label_column])
+    seen = {lab for row in train for lab in row} if kind == "multi-label" else set(train)
+    if cfg.label_columns:
+        names_cfg = list(cfg.label_columns)
     if keep is not None and names_cfg is not None:
         names_cfg = [n for n in names_cfg if str(n) in keep]
     if names_cfg is not None:
         names = [str(n) for n in names_cfg]
-        unknown = sorted(set(train_labels) - set(names))
+        unknown = sorted(seen - set(names))
         if unknown:
-            raise DataError(f"{raw['train'][2]}: labels {unknown[:5]} are not in data.label_names {names}")
-        unseen = [n for n in names if n not in set(train_labels)]
+            raise DataError(f"{where}: labels {unknown[:5]} are not in data.label_names {names}")
+        unseen = [n for n in names if n not in seen]
         if unseen:  # a class that train never shows cannot be learned, only predicted at random
-            raise DataError(f"{raw['train'][2]}: label {unseen[0]!r} of data.label_names never occurs in train; "
-                            "drop it from data.label_names (or data.include_labels)")
+            raise DataError(f"{where}: label {unseen[0]!r} never occurs in train; drop it from data.label_names "
+                            "(or data.include_labels)")
     else:
-        names = present
-    if len(present) < 2:
-        raise DataError(
-            f"{raw['train'][2]}: train has a single class ({present[0]!r}); classification needs at least two"
-        )
-    labels = LabelSet(names)
+        names = sorted(seen)
+    if kind == "single-label" and len(seen) < 2:
+        raise DataError(f"{where}: train has a single class ({next(iter(seen))!r}); classification needs at least two")
+    if kind == "multi-label" and not names:
+        raise DataError(f"{where}: no train row has a label; multi-label training needs some")
+    return LabelSet(names)
 
-    splits: dict[str, Split] = {}
-    for split, (texts, labs, where) in raw.items():
-        for i, lab in enumerate(labs):
-            if lab not in labels.to_id:
-                what = "train lacks it" if split != "train" else "not in data.label_names"
-                raise DataError(f"{where}: row {i + 1} has label {lab!r}, which {what} (labels: {', '.join(names)})")
-        splits[split] = Split(
-            texts[0],
-            np.array([labels.to_id[lab] for lab in labs], dtype=np.int64),
-            texts[1] if len(texts) > 1 else None,
-            where,
-        )
 
-    notes = []
+def _label_array(kind: str, labs: list, labels: LabelSet, where: str, split: str) -> np.ndarray:
+    """A split's labels as the loop batches them: ids, a 0/1 matrix, or float scores."""
+    from .labels import multi_hot
+
+    if kind == "regression":
+        return np.asarray(labs, dtype=np.float32)
+    if kind == "multi-label":
+        return multi_hot(labs, labels.to_id, where, split)
+    for i, lab in enumerate(labs):
+        if lab not in labels.to_id:
+            what = "train lacks it" if split != "train" else "not in data.label_names"
+            raise DataError(f"{where}: row {i + 1} has label {lab!r}, which {what} (labels: {', '.join(labels.names)})")
+    return np.array([labels.to_id[lab] for lab in labs], dtype=np.int64)
+
+
+def _too_few_classes(labels: np.ndarray) -> bool:
+    return labels.ndim == 1 and labels.dtype.kind == "i" and len(np.unique(labels)) < 2
+
+
+def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
+    """Read, validate and encode the labels of all splits named by the config, for `task` (auto: see
+    :func:`labels.detect_task`; the resolved task is ``Data.task``)."""
+    from .labels import detect_task
+
+    cols = _text_columns(cfg)
+    frames, hub_names = _read_frames(cfg)
+    kind, detected = detect_task(task, cfg, *frames["train"])
+    if kind == "regression" and cfg.include_labels:
+        raise DataError("data.include_labels selects classes; a regression task has none")
+    names_cfg = list(cfg.label_names) if cfg.label_names else hub_names
+    keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
+    raw: dict[str, tuple[list[list[str]], list, str]] = {}
+    for split, (df, where) in frames.items():
+        texts, labels = _labelled_rows(df, cols, cfg, names_cfg, where, f"the {split} split", kind)
+        if keep is not None:
+            texts, labels = _kept(kind, texts, labels, keep, where)
+        raw[split] = (texts, labels, where)
+    labels = _label_set(kind, cfg, raw["train"][1], names_cfg, keep, raw["train"][2])
+    splits = {split: Split(texts[0], _label_array(kind, labs, labels, where, split),
+                           texts[1] if len(texts) > 1 else None, where)
+              for split, (texts, labs, where) in raw.items()}
+
+    notes = [detected] if detected else []
     if "validation" not in splits:
         splits["train"], splits["validation"] = carve_validation(splits["train"], cfg.validation_fraction, seed)
-        if len(np.unique(splits["train"].labels)) < 2:
+        if _too_few_classes(splits["train"].labels):
             raise DataError(f"{splits['train'].source}: after carving {len(splits['validation'])} row(s) for "
                             "validation, train holds a single class; give more rows or a validation file")
-        notes.append(f"validation carved from train: {cfg.validation_fraction:.0%}, stratified, seed {seed}")
+        notes.append(f"validation carved from train: {cfg.validation_fraction:.0%}, "
+                     f"{'stratified, ' if _strata(splits['train'].labels) is not None else ''}seed {seed}")
     caps = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_test_samples}
     for split, cap in caps.items():
         if cap is not None and split in splits and len(splits[split]) > cap:
             splits[split] = splits[split].take(_stratified_subset(splits[split].labels, cap, seed))
-            notes.append(f"{split} capped at {cap} rows (stratified, seed {seed})")
-    return Data(splits, labels, notes)
+            how = "stratified, " if _strata(splits[split].labels) is not None else ""
+            notes.append(f"{split} capped at {cap} rows ({how}seed {seed})")
+    return Data(splits, labels, notes, kind)
 
 
-def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str], Optional[list[str]], list[str], str]:
+def load_labelled_split(cfg: DataConfig, split: str = "test", kind: str = "single-label"
+                        ) -> tuple[list[str], Optional[list[str]], list, str]:
     """One labelled split as (texts, pairs, label names, source) for evaluating a trained model.
 
     `data.path` may be a single file (used whatever `split` says) or a folder; nothing is carved,
@@ -505,7 +572,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test") -> tuple[list[str]
         raise DataError("no data: give a dataset folder or file")
     if path is not None:
         df, where = read_table(path, cfg.format), str(path)
-    texts, labels = _labelled_rows(df, cols, cfg.label_column, names, where, "the file")
+    texts, labels = _labelled_rows(df, cols, cfg, names, where, "the file", kind)
     return texts[0], texts[1] if len(texts) > 1 else None, labels, where
 
 
@@ -560,7 +627,7 @@ def encode(tokenizer, texts: Sequence[str], labels, max_length: int, pairs: Opti
             ids[i] = [filler]
             if want_types:
                 types[i] = [0]
-    lab = np.asarray(labels if labels is not None else np.zeros(len(ids)), dtype=np.int64)
+    lab = np.asarray(labels) if labels is not None else np.zeros(len(ids), dtype=np.int64)
     return Encoded(ids, lab, types if want_types else None)
 
 

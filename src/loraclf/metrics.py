@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -30,9 +31,23 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("roc_auc", "ROC-AUC", "max"),
     Metric("ece", "ECE", "min"),
     Metric("loss", "loss", "min"),
+    # multi-label
+    Metric("micro_f1", "micro-F1", "max"),
+    Metric("samples_f1", "samples-F1", "max"),
+    Metric("subset_accuracy", "subset accuracy", "max"),
+    Metric("hamming_loss", "Hamming loss", "min"),
+    Metric("average_precision", "AP", "max"),
+    # regression
+    Metric("rmse", "RMSE", "min"),
+    Metric("mae", "MAE", "min"),
+    Metric("r2", "R²", "max"),
+    Metric("pearson", "Pearson r", "max"),
+    Metric("spearman", "Spearman ρ", "max"),
 )}
-# The metrics a split is summarised by, in display order (loss is logged, not headlined).
+# The metrics a split is summarised by, in display order (loss is logged, not headlined), per task.
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "macro_recall", "roc_auc", "ece")
+MULTI_LABEL_HEADLINE = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "roc_auc")
+REGRESSION_HEADLINE = ("rmse", "mae", "r2", "pearson", "spearman")
 # Metrics usable for model selection, and whether larger is better.
 METRIC_DIRECTIONS = {k: m.direction for k, m in METRICS.items()}
 
@@ -121,3 +136,97 @@ def is_better(metric: str, new: float, best: float | None) -> bool:
     if best is None:
         return True
     return new > best if METRIC_DIRECTIONS[metric] == "max" else new < best
+
+
+# ------------------------------------------------------------------------------------ multi-label
+
+
+def samples_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over texts of 2|gold ∩ predicted| / (|gold| + |predicted|); a text with no gold label and
+    no predicted label is right (1), not undefined."""
+    inter = (gold * pred).sum(axis=1)
+    size = gold.sum(axis=1) + pred.sum(axis=1)
+    return float(np.where(size > 0, 2 * inter / np.maximum(size, 1), 1.0).mean()) if len(gold) else float("nan")
+
+
+def multilabel_decisions(gold: np.ndarray, pred: np.ndarray) -> dict:
+    """The threshold-dependent metrics of 0/1 (n, k) gold and predictions."""
+    from sklearn.metrics import f1_score
+
+    return {
+        "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(gold, pred, average="weighted", zero_division=0)),
+        "samples_f1": samples_f1(gold, pred),
+        "subset_accuracy": float((gold == pred).all(axis=1).mean()) if len(gold) else float("nan"),
+        "hamming_loss": float((gold != pred).mean()) if len(gold) else float("nan"),
+    }
+
+
+def _ranking_scores(pos: np.ndarray, score: np.ndarray) -> tuple[Optional[float], Optional[float]]:
+    """(ROC-AUC, average precision) of one label; None where the split cannot define them."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if pos.sum() == 0:
+        return None, None
+    ap = float(average_precision_score(pos, score))
+    return (float(roc_auc_score(pos, score)) if pos.sum() < len(pos) else None), ap
+
+
+def _mean_defined(values) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, labels: Sequence[str],
+                       loss: Optional[float] = None) -> dict:
+    """Everything a multi-label run reports for one split: decisions at the tuned thresholds (and at
+    0.5, for comparison), threshold-free ranking scores, and per-label figures."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    gold = np.asarray(gold, dtype=np.int64)
+    pred = (probs >= thresholds[None, :]).astype(np.int64)
+    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0,
+                                                 labels=list(range(len(labels))))
+    ranking = [_ranking_scores(gold[:, j], probs[:, j]) for j in range(len(labels))]
+    out = {"n": int(len(gold)), **multilabel_decisions(gold, pred),
+           "roc_auc": _mean_defined(a for a, _ in ranking),
+           "average_precision": _mean_defined(ap for _, ap in ranking),
+           "label_cardinality": float(gold.sum(axis=1).mean()) if len(gold) else float("nan"),
+           "predicted_cardinality": float(pred.sum(axis=1).mean()) if len(gold) else float("nan"),
+           "empty_gold": int((gold.sum(axis=1) == 0).sum()),
+           "empty_predicted": int((pred.sum(axis=1) == 0).sum()),
+           "per_label": {name: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]),
+                                "support": int(s[j]), "roc_auc": ranking[j][0], "average_precision": ranking[j][1],
+                                "threshold": float(thresholds[j]), "predicted": int(pred[:, j].sum())}
+                         for j, name in enumerate(labels)},
+           "at_0.5": multilabel_decisions(gold, (probs >= 0.5).astype(np.int64))}
+    if loss is not None:
+        out["loss"] = float(loss)
+    return out
+
+
+# ------------------------------------------------------------------------------------ regression
+
+
+def _correlation(fn, a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return None  # undefined for a constant column: not a number to select a model by
+    return float(fn(a, b)[0])
+
+
+def regression_metrics(gold: np.ndarray, pred: np.ndarray) -> dict:
+    """RMSE, MAE, R², Pearson and Spearman of predicted against gold scores (in target units)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    gold, pred = np.asarray(gold, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    if len(gold) == 0:
+        return {"n": 0, **{k: None for k in ("rmse", "mae", "r2", "pearson", "spearman", "loss")}}
+    err = pred - gold
+    mse = float((err ** 2).mean())
+    var = float(gold.var())
+    return {"n": int(len(gold)), "loss": mse, "rmse": math.sqrt(mse), "mae": float(np.abs(err).mean()),
+            "r2": 1.0 - mse / var if var > 0 else None,
+            "pearson": _correlation(pearsonr, gold, pred), "spearman": _correlation(spearmanr, gold, pred),
+            "gold_mean": float(gold.mean()), "gold_std": float(gold.std()),
+            "pred_mean": float(pred.mean()), "pred_std": float(pred.std())}

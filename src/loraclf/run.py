@@ -22,11 +22,11 @@ import torch
 
 from .checkpoint import has_checkpoint
 from .config import Config, load_config
-from .data import Data, Encoded, load_data, token_lengths
+from .data import Data, Encoded, _too_few_classes, load_data, token_lengths
 from .errors import ConfigError, DataError, Interrupted, LoraclfError
 from .faults import fault
-from .loop import Trainer, TrainerState, evaluate, make_accelerator
-from .metrics import HEADLINE, METRICS
+from .loop import Trainer, TrainerState, make_accelerator, predict_logits
+from .metrics import METRICS
 from .rundir import RunLock, check_resume_overrides, on_main, open_new, refuse_existing
 from .tables import text_table
 
@@ -85,7 +85,7 @@ def _filter_train(data: Data, tok, cfg: Config) -> dict:
             dropped = int((~keep).sum())
             if keep.sum() == 0:
                 raise DataError(f"data.min_tokens/max_tokens removed every train row ({len(lengths)} rows)")
-            if len(np.unique(s.labels[keep])) < 2:
+            if _too_few_classes(s.labels[keep]):
                 raise DataError("data.min_tokens/max_tokens left a single class in train")
             data.splits[split] = s.take(np.flatnonzero(keep))
             lengths = lengths[keep]
@@ -95,19 +95,40 @@ def _filter_train(data: Data, tok, cfg: Config) -> dict:
     return stats
 
 
+def _fitted_line(metrics: dict) -> Optional[str]:
+    """What was fitted on validation after training, in one line."""
+    c, t = metrics.get("calibration"), metrics.get("thresholds")
+    if c:
+        state = "applied" if c["applied"] else "not applied"
+        return f"calibration: temperature {c['temperature']:.3f} ({state}: {c['reason']})"
+    if t:
+        vals = list(t["values"].values())
+        return (f"thresholds: {t['mode']} for {t['objective']} on validation "
+                f"({min(vals):.2f}-{max(vals):.2f})" if t["mode"] != "fixed" else "thresholds: fixed at 0.5")
+    return None
+
+
 def results_table(metrics: dict) -> str:
     """Plain-text summary of a run's metrics.json for the terminal."""
-    rows = [["split", "n"] + [METRICS[k].name for k in HEADLINE]]
+    from .tasks import HEADLINES
+
+    headline = HEADLINES[metrics.get("task", "single-label")]
+    rows = [["split", "n"] + [METRICS[k].name for k in headline]]
     for split in ("validation", "test"):
         m = metrics.get(split)
         if m:
-            rows.append([split, str(m["n"])] + [METRICS[k].format(m.get(k)) for k in HEADLINE])
+            rows.append([split, str(m["n"])] + [METRICS[k].format(m.get(k)) for k in headline])
     lines = text_table(rows, right_from=1)
     last = metrics.get("test") or metrics.get("validation")
-    if last:
+    per = last and (last.get("per_class") or last.get("per_label"))
+    if per:
         lines.append("")
-        lines.append("per class (" + ("test" if metrics.get("test") else "validation") + "): " + ", ".join(
-            f"{k} F1 {v['f1']:.3f}" for k, v in last["per_class"].items()))
+        lines.append(("per class" if "per_class" in last else "per label") + " ("
+                     + ("test" if metrics.get("test") else "validation") + "): " + ", ".join(
+                         f"{k} F1 {v['f1']:.3f}" for k, v in per.items()))
+    fitted = _fitted_line(metrics)
+    if fitted:
+        lines.append(fitted)
     p = metrics["params"]
     t = metrics["timing"]
     lines.append(f"trainable params: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.2f}%): "
@@ -153,8 +174,11 @@ def build_head(cfg: Config, data: Data, quiet: bool = False):
     from .models.heads import HEADS
     from .tasks import make_task
 
-    task = make_task("single-label", data.labels.names)
-    task.check_config(cfg.train)
+    task = make_task(data.task, data.labels.names)
+    cfg.task = task.name  # saved resolved, so a resumed run reads its labels the same way
+    if cfg.train.metric == "auto":
+        cfg.train.metric = task.default_metric
+    task.check_config(cfg)
     head, built, auto_lora = HEADS[cfg.model.head].build(cfg, data, task, quiet=quiet)
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
@@ -205,15 +229,24 @@ def _fit(cfg: Config, head, built, enc: dict[str, Encoded], accelerator, run_dir
 
 
 def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, quiet: bool):
-    """Metrics and probabilities of validation and test with the trained (best) weights."""
-    results: dict[str, dict] = {}
-    probs: dict[str, np.ndarray] = {}
+    """Metrics and outputs of validation and test with the trained (best) weights, after the task has
+    fitted what it chooses on validation (temperature, thresholds); and what it fitted."""
+    logits: dict[str, np.ndarray] = {}
+    stats: dict[str, dict] = {}
     progress = not quiet and accelerator.is_main_process
     for split in ("validation", "test"):
         if split in enc:
-            results[split], probs[split] = evaluate(head, enc[split], cfg.train.eval_batch_size, accelerator,
-                                                    progress=progress, desc=f"eval {split}")
-    return results, probs
+            head.start_evaluation()
+            logits[split] = predict_logits(head, enc[split], cfg.train.eval_batch_size, accelerator, progress,
+                                           f"eval {split}")
+            stats[split] = head.statistics()
+    fitted = head.task.fit(cfg.train, logits["validation"], enc["validation"].labels)
+    results: dict[str, dict] = {}
+    outputs: dict[str, np.ndarray] = {}
+    for split, lg in logits.items():
+        results[split], outputs[split] = head.task.evaluate(lg, enc[split].labels)
+        results[split].update(stats[split])
+    return results, outputs, fitted
 
 
 def _run_metrics(cfg: Config, built, head, data: Data, counts: dict, length_stats: dict, results: dict,
@@ -252,6 +285,7 @@ def _artifact_meta(cfg: Config, built, head, results: dict) -> dict:
             "model_type": built.model_type, "max_length": cfg.data.max_length, "text_column": cfg.data.text_column,
             "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
             "metrics": {s: {k: results[s][k] for k in head.task.headline[:2]} for s in results},
+            "task_state": head.task.state(),
             "base_shape": base_shape(built.model.config), **head.artifact_meta()}
 
 
@@ -271,7 +305,7 @@ def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, 
         (stage / "predictions").mkdir()
         for split, p in probs.items():
             s = data.splits[split]
-            head.task.write_predictions(stage / "predictions" / f"{split}.csv", s.texts, s.labels, p)
+            head.task.write_predictions(stage / "predictions" / f"{split}.csv", s.texts, s.labels, p, s.pairs)
         (stage / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for item in ("artifact", "predictions", "history.jsonl", "metrics.json"):
@@ -332,7 +366,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
     peak_mem = PeakMemory.start()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    data = load_data(cfg.data, cfg.seed)
+    data = load_data(cfg.data, cfg.seed, cfg.task)
     head, built, counts, auto_lora = build_head(cfg, data, quiet)
     train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
     length_stats = _filter_train(data, head.tokenizer, cfg)
@@ -349,7 +383,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
             tracker if callback is None else (lambda rec: (tracker(rec), callback(rec))))
         state = _fit(cfg, head, built, enc, accelerator, run_dir, resume, quiet, on_log)
         t_eval = time.perf_counter()
-        results, probs = _evaluate_splits(head, enc, cfg, accelerator, quiet)
+        results, probs, fitted = _evaluate_splits(head, enc, cfg, accelerator, quiet)
         eval_seconds = time.perf_counter() - t_eval
         accelerator.wait_for_everyone()
         if not main:
@@ -359,6 +393,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
                                enc["test" if "test" in enc else "validation"])
         if auto_lora:
             metrics["budget"] = auto_lora
+        if fitted:  # the temperature (single-label) or thresholds (multi-label) chosen on validation
+            metrics["calibration" if head.task.name == "single-label" else "thresholds"] = fitted
         _write_run(run_dir, head, _artifact_meta(cfg, built, head, results), metrics, probs, data, state.history)
         files = after_run(run_dir, cfg, quiet, train_texts)
         metrics = Run(run_dir).metrics  # with the report's error analysis
@@ -375,20 +411,19 @@ def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None,
                       batch_size: Optional[int] = None, quiet: bool = False) -> dict:
     """Metrics of a saved artifact on every row of one labelled file or split (data options as in a config)."""
     from .artifact import load
-    from .data import load_labelled_split
+    from .data import LabelSet, _label_array, load_labelled_split
 
     clf = load(path)
     overrides = list(data_cfg_overrides or [])
     if not any(o.startswith("data.text_column=") for o in overrides):
         overrides.append(f"data.text_column={clf.meta.get('text_column', 'text')}")
+    if clf.task.name == "regression" and not any(o.startswith("data.label_column=") for o in overrides):
+        overrides.append(f"data.label_column={clf.labels[0]}")
     cfg = load_config(None, overrides)
-    texts, pairs, gold_names, source = load_labelled_split(cfg.data, split)
-    gold = []
-    for i, name in enumerate(gold_names):
-        if name not in clf.labels:
-            raise DataError(
-                f"{source}: row {i + 1} has label {name!r}, unknown to the model (labels: {', '.join(clf.labels)})"
-            )
-        gold.append(clf.labels.index(name))
+    texts, pairs, gold_rows, source = load_labelled_split(cfg.data, split, clf.task.name)
+    try:
+        gold = _label_array(clf.task.name, gold_rows, LabelSet(clf.labels), source, split)
+    except DataError as e:  # the same check as training, worded for a model rather than a train split
+        raise DataError(str(e).replace(", which train lacks it", ", unknown to the model")) from None
     logits = clf.logits(texts, batch_size or cfg.train.eval_batch_size, pairs, progress=not quiet)
-    return clf.task.evaluate(logits, np.array(gold))[0]
+    return clf.task.evaluate(logits, gold)[0]

@@ -127,8 +127,8 @@ def load_models(specs: list[str], opts: ServeOptions, base_model: Optional[str] 
         else:
             peft_model = owner.clf.model
             peft_model.load_adapter(str(art), adapter_name=name)
-            head = ClassifierHead(peft_model, load_tokenizer(str(art)), make_task(meta.get("task", "single-label"),
-                                                                                    meta["labels"]))
+            task = make_task(meta.get("task", "single-label"), meta["labels"], meta.get("task_state"))
+            head = ClassifierHead(peft_model, load_tokenizer(str(art)), task)
             clf = Classifier(head, meta, owner.clf.device)
             clf.precision = opts.precision
             s = Served(name, clf, name)
@@ -285,14 +285,8 @@ def parse_request(body: bytes, models: dict[str, Served], opts: ServeOptions) ->
     return models[name], texts
 
 
-def results(served: Served, probs: np.ndarray) -> list[dict]:
-    labels = served.clf.labels
-    out = []
-    for row in probs:
-        best = int(row.argmax())
-        out.append({"label": labels[best], "score": float(row[best]),
-                    "probabilities": {lab: float(p) for lab, p in zip(labels, row)}})
-    return out
+def results(served: Served, outputs: np.ndarray) -> list[dict]:
+    return served.clf.task.records(outputs)
 
 
 # --------------------------------------------------------------------------- the app

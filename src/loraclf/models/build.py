@@ -99,7 +99,8 @@ def _add_lora(model, task_type, lora: LoraSection, targets, model_type: str, sho
                          f"{str(e).splitlines()[0][:200]}") from None
 
 
-def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet: bool = False):
+def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet: bool = False,
+              problem_type: str = "single_label_classification"):
     """Load the checkpoint with a sequence-classification head; report weights it had to create."""
     from transformers import AutoModelForSequenceClassification
 
@@ -109,7 +110,7 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
     mcfg.num_labels = num_labels
     mcfg.id2label = {int(k): v for k, v in id2label.items()}
     mcfg.label2id = {v: int(k) for k, v in id2label.items()}
-    mcfg.problem_type = "single_label_classification"
+    mcfg.problem_type = problem_type  # plain transformers picks the loss (and pipeline() the activation) from it
     # The head finds the last real token by the config's pad id: it must be the id batches are padded with.
     mcfg.pad_token_id = tok.pad_token_id
     kwargs: dict[str, Any] = dict(config=mcfg, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,

@@ -101,7 +101,8 @@ class ClassifierHead(Head):
         from .build import apply_method, load_base
 
         set_seed(cfg.seed)
-        model, tok, resolved, missing = load_base(cfg.model, len(task.labels), data.labels.id2label, quiet=quiet)
+        model, tok, resolved, missing = load_base(cfg.model, task.num_outputs, data.labels.id2label,
+                                                     problem_type=task.problem_type, quiet=quiet)
         with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
             auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
         built = apply_method(model, tok, resolved, cfg.model.method, cfg.lora, missing)
