@@ -255,3 +255,7 @@ def test_task_helpers():
     assert an.metric("rmse").direction == "min" and an.metric("pearson").name == "Pearson r"
     assert an.metric("accuracy") is an.METRICS["accuracy"]
     assert all(an.metric(k).key == k for t in an.TASKS for k in an.headline(t))
+    assert an.metric("no_such_metric").name == "no_such_metric"
+    from loraclf.tasks import HEADLINES  # imports torch: the report path reads analysis.HEADLINES instead
+
+    assert an.HEADLINES == HEADLINES and set(an.TASKS) == set(HEADLINES)

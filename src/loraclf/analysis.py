@@ -16,30 +16,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .metrics import HEADLINE, METRICS, Metric
+from .metrics import HEADLINE, METRICS, MULTI_LABEL_HEADLINE, REGRESSION_HEADLINE, Metric
 
 LENGTH_UNIT = "words"
 
 # ---------------------------------------------------------------- tasks
 
 TASKS = ("single-label", "multi-label", "regression")
-# The metric keys a split of each task is summarised by, in display order. Kept here, not imported
-# from tasks.py, so that reading a run (the report path) never imports torch; test_analysis checks
-# that the two agree.
-HEADLINES = {
-    "single-label": HEADLINE,
-    "multi-label": ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "roc_auc"),
-    "regression": ("rmse", "mae", "r2", "pearson", "spearman"),
-}
-# Display names of the multi-label and regression metrics, for metrics.METRICS versions without
-# them; metrics.METRICS wins wherever it has the key.
-_TASK_METRICS = (
-    Metric("micro_f1", "micro-F1", "max"), Metric("samples_f1", "samples-F1", "max"),
-    Metric("subset_accuracy", "subset accuracy", "max"), Metric("hamming_loss", "Hamming loss", "min"),
-    Metric("average_precision", "AP", "max"), Metric("rmse", "RMSE", "min"), Metric("mae", "MAE", "min"),
-    Metric("r2", "R²", "max"), Metric("pearson", "Pearson r", "max"), Metric("spearman", "Spearman ρ", "max"),
-)
-ALL_METRICS: dict[str, Metric] = {**{m.key: m for m in _TASK_METRICS}, **METRICS}
+# The metric keys a split of each task is summarised by, in display order: tasks.HEADLINES, built
+# here from metrics.py so that reading a run (the report path) never imports torch through tasks/
+# (test_analysis checks that the two agree).
+HEADLINES = {"single-label": HEADLINE, "multi-label": MULTI_LABEL_HEADLINE, "regression": REGRESSION_HEADLINE}
 
 
 def task_of(metrics: dict) -> str:
@@ -53,7 +40,7 @@ def headline(task: str) -> tuple[str, ...]:
 
 def metric(key: str) -> Metric:
     """The display row of a metric key (an unknown key is shown by its name, larger is better)."""
-    return ALL_METRICS.get(key) or Metric(key, key, "max")
+    return METRICS.get(key) or Metric(key, key, "max")
 
 
 def word_counts(texts: Sequence[str]) -> np.ndarray:
