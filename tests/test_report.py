@@ -21,7 +21,7 @@ from conftest import tiny_overrides
 from loraclf import report as R
 from loraclf.cli import main
 from loraclf.metrics import HEADLINE
-from reportdata import fake_run
+from reportdata import add_calibration, fake_multilabel_run, fake_regression_run, fake_run
 
 # ---------------------------------------------------------------- report of a (synthetic) run
 
@@ -129,6 +129,118 @@ def test_cli_report_and_compare(two_runs, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- multi-label, regression, calibration
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _sections(page: str) -> list[str]:
+    """The report's section titles (h2), in page order."""
+    return [h.split(">", 1)[1].split("<", 1)[0] for h in page.split("<h2")[1:]]
+
+
+def _plots(d: Path) -> set:
+    files = {f.name for f in (d / "plots").iterdir()}
+    assert all((d / "plots" / f).read_bytes()[:8] == PNG for f in files)
+    return files
+
+
+def test_multilabel_report(tmp_path):
+    d = fake_multilabel_run(tmp_path, n_test=500)
+    page = R.make_report(d).read_text()
+    m = json.loads((d / "metrics.json").read_text())
+    t, ea = m["test"], m["error_analysis"]["test"]
+    assert _plots(d) == {"loss.png", "learning_rate.png", "validation_metrics.png", "per_label.png", "pr.png",
+                         "mistake_cooccurrence.png", "lengths.png", "subset_accuracy_by_length.png"}
+    assert page.count('src="data:image/png;base64,') == 8
+    assert _sections(page) == ["Summary", "Findings", "Training", "Evaluation (test)", "Error analysis (test)",
+                               "Config and environment"]
+    assert 'href="#calibration"' not in page and "multi-label, 5 labels" in page
+    for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "roc_auc"):
+        assert f"data-metric='[\"test\", \"{k}\"]'>{t[k]:.4f}<" in page, k
+    assert f"data-metric='[\"test\", \"at_0.5\", \"macro_f1\"]'>{t['at_0.5']['macro_f1']:.4f}<" in page
+    for name, v in t["per_label"].items():
+        assert f"data-metric='[\"test\", \"per_label\", \"{name}\", \"threshold\"]'>{v['threshold']:.3f}<" in page
+    # the analysis: exact-set errors match the predictions file; the co-occurrence matrix is FN x FP
+    gold = np.array([[x in row["gold"].split(";") for x in m["labels"]] for row in _csv(d / "predictions/test.csv")])
+    pred = np.array([[x in row["predicted"].split(";") for x in m["labels"]]
+                     for row in _csv(d / "predictions/test.csv")])
+    assert ea["errors"] == int((gold != pred).any(axis=1).sum()) == round((1 - t["subset_accuracy"]) * t["n"])
+    np.testing.assert_array_equal(ea["mistake_cooccurrence"], (gold & ~pred).T.astype(int) @ (pred & ~gold))
+    assert ea["false_positives"][0]["probability"] == max(x["probability"] for x in ea["false_positives"])
+    assert "Labels missed and what was predicted instead" in page and "The surest wrong labels" in page
+    top = ea["cooccurrence_pairs"][0]
+    assert f"<td>{top['missed']}</td><td>{top['predicted']}</td><td class=n>{top['count']:,}</td>" in page
+    for f in m["error_analysis"]["findings"]:
+        assert f.replace("'", "&#39;") in page
+    assert any(f.startswith("The weakest labels by F1 are") for f in m["error_analysis"]["findings"])
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_regression_report(tmp_path):
+    d = fake_regression_run(tmp_path, n_test=300)
+    page = R.make_report(d).read_text()
+    m = json.loads((d / "metrics.json").read_text())
+    t, ea = m["test"], m["error_analysis"]["test"]
+    assert _plots(d) == {"loss.png", "learning_rate.png", "validation_metrics.png", "predicted_vs_gold.png",
+                         "residuals.png", "lengths.png", "errors_by_length.png"}
+    assert _sections(page) == ["Summary", "Findings", "Training", "Evaluation (test)", "Error analysis (test)",
+                               "Config and environment"]
+    assert "regression of score" in page and "<th>target</th>" in page
+    for k in ("rmse", "mae", "r2", "pearson", "spearman", "gold_std", "pred_std"):
+        assert f"data-metric='[\"test\", \"{k}\"]'>{t[k]:.4f}<" in page, k
+    rows = _csv(d / "predictions/test.csv")
+    err = np.array([float(r["predicted"]) - float(r["gold"]) for r in rows])
+    assert ea["mae"] == pytest.approx(np.abs(err).mean()) == pytest.approx(t["mae"], abs=1e-9)
+    worst = int(np.argmax(np.abs(err)))
+    assert ea["largest_errors"][0]["index"] == worst and f"{err[worst]:+.3f}" in page
+    assert sum(b["n"] for b in ea["by_length"]) == sum(b["n"] for b in ea["by_gold"]) == 300
+    assert "The 20 largest errors" in page and "Errors by gold value" in page
+    assert any(f.startswith("High scores are under-predicted") for f in m["error_analysis"]["findings"])
+    card = (d / "artifact" / "README.md").read_text()
+    assert "to predict a continuous score (`score`) for a text." in card
+
+
+def test_calibrated_report_shows_before_and_after(tmp_path):
+    d = add_calibration(fake_run(tmp_path, n_test=300))
+    page = R.make_report(d).read_text()
+    m = json.loads((d / "metrics.json").read_text())
+    assert "reliability_before_after.png" in _plots(d) and len(_plots(d)) == 13
+    cal = m["test"]["calibration"]
+    assert "<h3>Temperature scaling</h3>" in page and ">1.700<" in page
+    for k in ("nll_before", "nll_after", "ece_before", "ece_after"):
+        assert f"data-metric='[\"test\", \"calibration\", \"{k}\"]'>{cal[k]:.4f}<" in page
+    assert any("Temperature scaling (T=1.700" in f for f in m["error_analysis"]["findings"])
+    d2 = add_calibration(fake_run(tmp_path, name="kept-raw", n_test=100), applied=False)
+    page = R.make_report(d2).read_text()
+    assert "is <b>not</b> applied (would not lower validation NLL)" in page
+    assert "reliability_before_after.png" not in _plots(d2) and "NLL before" not in page
+
+
+def test_comparing_runs_of_different_tasks_is_refused(tmp_path):
+    a, b = fake_run(tmp_path, name="single"), fake_regression_run(tmp_path, name="reg")
+    with pytest.raises(loraclf.LoraclfError, match=r"^runs of different tasks do not compare: single \(single-label\), "
+                       r"reg \(regression\)$"):
+        R.compare_report([a, b], tmp_path / "x.html")
+
+
+def test_comparison_of_regression_runs(tmp_path):
+    runs = [fake_regression_run(tmp_path, name=f"sts-{i}", seed=i) for i in range(2)]
+    page = R.compare_report(runs, tmp_path / "cmp.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # no confusion matrices
+    assert "<th class=n>RMSE</th>" in page and "<th class=n>Spearman ρ</th>" in page and "accuracy" not in page
+    assert "RMSE against trainable parameters" in page
+    rmse = [json.loads((d / "metrics.json").read_text())["test"]["rmse"] for d in runs]
+    best = f"color:var(--good)\"><span data-metric='[\"test\", \"rmse\"]'>{min(rmse):.4f}<"
+    assert best in page  # lower is better
+
+
 # ---------------------------------------------------------------- a real training run
 
 
@@ -148,7 +260,9 @@ def test_training_writes_report_card_and_analysis(trained):
     assert {"test", "validation", "error_analysis", "params", "timing"} <= set(m)
     assert "train" in m["error_analysis"]["text_lengths"]["counts"]  # train texts for the length plot
     assert sum(m["error_analysis"]["text_lengths"]["counts"]["train"]) == 240
-    assert len(list((d / "plots").glob("*.png"))) == 12
+    scaled = bool(m["test"].get("calibration"))  # train.calibrate auto: kept when it lowers validation NLL
+    assert len(list((d / "plots").glob("*.png"))) == 12 + scaled
+    assert (d / "plots" / "reliability_before_after.png").exists() == scaled
     assert (d / "report.html").exists() and (d / "artifact" / "README.md").exists()
     clf = loraclf.load(d)  # the card does not disturb loading
     assert clf.labels == m["labels"]
@@ -264,11 +378,12 @@ def test_report_renders_in_chromium(trained, tmp_path):
     dom = DomReader()
     dom.feed(render(page, tmp_path))
     n_plots = len(list((trained / "plots").glob("*.png")))
+    metrics = json.loads((trained / "metrics.json").read_text())
     assert dom.body.get("data-ready") == "1", "the probe script did not run"
-    assert int(dom.body["data-images-total"]) == len(dom.images) == n_plots == 12
+    assert int(dom.body["data-images-total"]) == len(dom.images) == n_plots == 12 + bool(
+        metrics["test"].get("calibration"))
     assert int(dom.body["data-images-loaded"]) == n_plots, "some images did not load"
     assert not [i for i in dom.images if i.get("data-broken")]
-    metrics = json.loads((trained / "metrics.json").read_text())
     seen = check_numbers(dom, metrics)
     for split in ("test", "validation"):
         for k in HEADLINE:
@@ -277,6 +392,8 @@ def test_report_renders_in_chromium(trained, tmp_path):
     assert ("params", "trainable") in seen and ("data", "sizes", "train") in seen
     for label in metrics["labels"]:
         assert ("test", "per_class", label, "f1") in seen
+    if metrics["test"].get("calibration"):  # temperature scaling: NLL and ECE before and after, from the file
+        assert {("test", "calibration", "nll_before"), ("test", "calibration", "ece_after")} <= seen
 
 
 def test_comparison_renders_in_chromium(two_runs, tmp_path):

@@ -35,12 +35,28 @@ SPLITS = ("validation", "test")
 
 
 @dataclass
+class Predictions:
+    """One split's ``predictions/<split>.csv`` as arrays, by task:
+
+    - single-label: `gold` label ids (n,), `outputs` probabilities (n, k); `predicted` None (argmax);
+    - multi-label: `gold` and `predicted` (n, k) booleans (the run's own thresholds decided the
+      predicted sets), `outputs` one probability per label (n, k);
+    - regression: `gold` and `outputs` scores (n,) in the target's units; `predicted` None.
+    """
+
+    texts: list[str]
+    gold: np.ndarray
+    outputs: np.ndarray
+    predicted: Optional[np.ndarray] = None
+
+
+@dataclass
 class RunData:
     path: Path
     metrics: dict
     history: list[dict]
     config: dict
-    predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = field(default_factory=dict)
+    predictions: dict[str, Predictions] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -50,25 +66,43 @@ class RunData:
     def labels(self) -> list[str]:
         return list(self.metrics["labels"])
 
+    @property
+    def task(self) -> str:
+        return an.task_of(self.metrics)
 
-def read_predictions(path: Path, labels: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """texts, gold ids and probabilities from a predictions/<split>.csv."""
+
+def read_predictions(path: Path, labels: Sequence[str], task: str = "single-label") -> Predictions:
+    """The arrays of a predictions/<split>.csv written by a run of `task` (see :class:`Predictions`)."""
     import pandas as pd
 
     df = pd.read_csv(path, dtype={"text": str, "gold": str, "predicted": str}, keep_default_na=False,
                      na_values=[], engine="c")
-    cols = [f"p_{n}" for n in labels]
-    missing = [c for c in ["text", "gold", *cols] if c not in df.columns]
+    cols = [] if task == "regression" else [f"p_{n}" for n in labels]
+    need = ["text", "gold"] + ([] if task == "single-label" else ["predicted"]) + cols
+    missing = [c for c in need if c not in df.columns]
     if missing:
         raise LoraclfError(f"{path}: missing columns {missing}; is it a loraclf predictions file?")
+    texts = df["text"].tolist()
+    if task == "regression":
+        try:
+            return Predictions(texts, df["gold"].astype(np.float64).to_numpy(),
+                               df["predicted"].astype(np.float64).to_numpy())
+        except ValueError:
+            raise LoraclfError(f"{path}: gold and predicted must be numbers in a regression run") from None
+    probs = df[cols].to_numpy(dtype=np.float64)
+    if task == "multi-label":
+        try:
+            return Predictions(texts, an.label_matrix(df["gold"], labels), probs,
+                               an.label_matrix(df["predicted"], labels))
+        except ValueError as e:
+            raise LoraclfError(f"{path}: {e} {list(labels)}") from None
     index = {n: i for i, n in enumerate(labels)}
     try:
         y = df["gold"].map(index).to_numpy()
         y = y.astype(np.int64)
     except (ValueError, TypeError):
         raise LoraclfError(f"{path}: gold labels outside the run's labels {list(labels)}") from None
-    probs = df[cols].to_numpy(dtype=np.float64)
-    return df["text"].tolist(), y, probs
+    return Predictions(texts, y, probs)
 
 
 def read_run(run_dir: str | os.PathLike, predictions: bool = True) -> RunData:
@@ -91,7 +125,7 @@ def read_run(run_dir: str | os.PathLike, predictions: bool = True) -> RunData:
         for split in SPLITS:
             f = p / "predictions" / f"{split}.csv"
             if f.exists() and metrics.get(split):
-                run.predictions[split] = read_predictions(f, run.labels)
+                run.predictions[split] = read_predictions(f, run.labels, run.task)
     return run
 
 
@@ -133,9 +167,8 @@ def train_texts(config: dict) -> Optional[list[str]]:
 def error_analysis(run: RunData, opts: dict, train: Optional[list[str]] = None) -> dict:
     """The ``error_analysis`` block of metrics.json: per split, plus length histograms and findings."""
     out: dict[str, Any] = {"length_unit": an.LENGTH_UNIT}
-    for split, (texts, y, probs) in run.predictions.items():
-        out[split] = an.analyse_split(texts, y, probs, run.labels, opts["top_errors"], opts["length_buckets"],
-                                      opts["examples_per_confusion"])
+    for split, p in run.predictions.items():
+        out[split] = _analyse(run, p, opts)
     old = (run.metrics.get("error_analysis") or {}).get("text_lengths") or {}
     if train is None and "train" in (old.get("counts") or {}):
         out["text_lengths"] = old  # predictions never change; keep the train histogram from training time
@@ -143,8 +176,8 @@ def error_analysis(run: RunData, opts: dict, train: Optional[list[str]] = None) 
         lengths = {}
         if train is not None:
             lengths["train"] = an.word_counts(train)
-        for split, (texts, _, _) in run.predictions.items():
-            lengths[split] = an.word_counts(texts)
+        for split, p in run.predictions.items():
+            lengths[split] = an.word_counts(p.texts)
         out["text_lengths"] = an.length_histograms(lengths)
         dcfg = run.config.get("data") or {}
         if train is not None and (dcfg.get("min_tokens") or dcfg.get("max_tokens")):
@@ -152,6 +185,18 @@ def error_analysis(run: RunData, opts: dict, train: Optional[list[str]] = None) 
     split = an.primary_split(run.metrics)
     out["findings"] = an.findings(run.metrics, out, split) if split else []
     return out
+
+
+def _analyse(run: RunData, p: Predictions, opts: dict) -> dict:
+    """The error analysis of one split, by the run's task."""
+    if run.task == "multi-label":
+        thresholds = (run.metrics.get("thresholds") or {}).get("values")
+        return an.analyse_multilabel_split(p.texts, p.gold, p.predicted, p.outputs, run.labels, thresholds,
+                                           opts["top_errors"], opts["length_buckets"], opts["examples_per_confusion"])
+    if run.task == "regression":
+        return an.analyse_regression_split(p.texts, p.gold, p.outputs, opts["top_errors"], opts["length_buckets"])
+    return an.analyse_split(p.texts, p.gold, p.outputs, run.labels, opts["top_errors"], opts["length_buckets"],
+                            opts["examples_per_confusion"])
 
 
 def update_metrics(run_dir: Path, key: str, value: Any) -> dict:
@@ -174,10 +219,13 @@ class Plot:
     caption: str
 
 
+# What the loss curve's y axis is, by task (regression trains on the normalised target: see the caption).
+LOSS_LABELS = {"single-label": "cross-entropy loss", "multi-label": "binary cross-entropy loss", "regression": "loss"}
+
+
 def make_plots(run: RunData, ea: dict, out_dir: Path) -> list[Plot]:
     """Write every figure of a run into `out_dir`; returns those made, in report order."""
     from . import plots as pl
-    from .metrics import reliability_bins
 
     out_dir.mkdir(parents=True, exist_ok=True)
     made: list[Plot] = []
@@ -191,46 +239,115 @@ def make_plots(run: RunData, ea: dict, out_dir: Path) -> list[Plot]:
             made.append(Plot(file, section, title, caption))
 
     h = run.history
-    emit(pl.loss_curves(h, best.get("step")), "loss.png", "training", "Loss",
+    scores = tuple(k for k in an.headline(run.task) if an.metric(k).direction == "max")
+    selected = best.get("metric") or scores[0]
+    if selected not in scores and an.metric(selected).direction == "max":
+        scores += (selected,)  # e.g. multi-label's default, average precision: the thick line must be there
+    emit(pl.loss_curves(h, best.get("step"), LOSS_LABELS.get(run.task, "loss")), "loss.png", "training", "Loss",
          "Train loss (mean over each log interval) and validation loss at each evaluation. The dashed line "
-         "marks the evaluation whose weights were kept.")
+         "marks the evaluation whose weights were kept."
+         + (" Train loss is on the normalised target when data.normalize_target is on; validation loss is "
+            "the mean squared error in the target's units." if run.task == "regression" else ""))
     emit(pl.learning_rate(h), "learning_rate.png", "training", "Learning rate", "Learning rate per optimizer step.")
-    emit(pl.validation_metrics(h, best.get("step"), best.get("metric") or "accuracy"), "validation_metrics.png",
-         "training", "Validation metrics", "Validation metrics at each evaluation; the thick line is the metric "
-         "used to pick the best weights.")
+    emit(pl.validation_metrics(h, best.get("step"), selected, scores),
+         "validation_metrics.png", "training", "Validation metrics", "Validation metrics at each evaluation; the "
+         "thick line is the metric used to pick the best weights.")
     if split:
-        m = run.metrics[split]
-        labels = run.labels
-        emit(pl.confusion_matrix(m["confusion_matrix"], labels, False, f"Confusion matrix{suffix} (n={m['n']:,})"),
-             "confusion_matrix.png", "evaluation", "Confusion matrix",
-             "Counts: rows are true labels, columns predictions.")
-        emit(pl.confusion_matrix(m["confusion_matrix"], labels, True, f"Confusion matrix, normalised{suffix}"),
-             "confusion_matrix_normalized.png", "evaluation", "Confusion matrix, normalised",
-             "Each row sums to 1; the diagonal is each label's recall.")
-        emit(pl.per_class(m["per_class"], labels, f"Per-class precision, recall and F1{suffix}"), "per_class.png",
-             "evaluation", "Per-class scores", "Precision, recall and F1 per label, with its number of texts.")
-        if split in run.predictions:
-            _, y, probs = run.predictions[split]
-            conf = probs.max(axis=1)
-            correct = (probs.argmax(axis=1) == y).astype(float)
-            if len(np.unique(y)) >= 2:
-                emit(pl.roc_curves(y, probs, labels, suffix), "roc.png", "evaluation", "ROC curves",
-                     "True against false positive rate as the decision threshold moves." if len(labels) == 2 else
-                     "One-vs-rest ROC curve per label.")
-                emit(pl.pr_curves(y, probs, labels, suffix), "pr.png", "evaluation", "Precision-recall curves",
-                     "Precision against recall; AP is the average precision. Dotted lines: prevalence (chance).")
-            emit(pl.reliability(reliability_bins(conf, correct), m["ece"], suffix), "reliability.png", "calibration",
-                 "Reliability diagram", "Accuracy within each confidence bin against its mean confidence. Bars "
-                 "below the diagonal are over-confident. ECE is the count-weighted mean gap.")
-            emit(pl.confidence_hist(conf, correct, len(labels), suffix), "confidence.png", "calibration",
-                 "Confidence", "Confidence of the predicted label for correct and for wrong predictions.")
-        emit(pl.length_distribution(ea.get("text_lengths") or {}), "lengths.png", "errors", "Text length per split",
-             "Length in words of every split (train as loaded for training).")
-        if (ea.get(split) or {}).get("by_length"):
-            emit(pl.accuracy_by_length(ea[split]["by_length"], m["accuracy"], suffix), "accuracy_by_length.png",
-                 "errors", "Accuracy by length", "Accuracy per word-length bucket (about equal numbers of texts "
-                 "each) with 95% Wilson intervals; red: significantly below overall, green: above.")
+        plots_of_task = {"multi-label": _multilabel_plots, "regression": _regression_plots}
+        plots_of_task.get(run.task, _single_label_plots)(emit, run, ea, split, suffix)
     return made
+
+
+def _single_label_plots(emit, run: RunData, ea: dict, split: str, suffix: str) -> None:
+    from . import plots as pl
+    from .metrics import reliability_bins
+
+    m = run.metrics[split]
+    labels = run.labels
+    emit(pl.confusion_matrix(m["confusion_matrix"], labels, False, f"Confusion matrix{suffix} (n={m['n']:,})"),
+         "confusion_matrix.png", "evaluation", "Confusion matrix",
+         "Counts: rows are true labels, columns predictions.")
+    emit(pl.confusion_matrix(m["confusion_matrix"], labels, True, f"Confusion matrix, normalised{suffix}"),
+         "confusion_matrix_normalized.png", "evaluation", "Confusion matrix, normalised",
+         "Each row sums to 1; the diagonal is each label's recall.")
+    emit(pl.per_class(m["per_class"], labels, f"Per-class precision, recall and F1{suffix}"), "per_class.png",
+         "evaluation", "Per-class scores", "Precision, recall and F1 per label, with its number of texts.")
+    if split in run.predictions:
+        p = run.predictions[split]
+        y, probs = p.gold, p.outputs
+        conf = probs.max(axis=1)
+        correct = (probs.argmax(axis=1) == y).astype(float)
+        if len(np.unique(y)) >= 2:
+            emit(pl.roc_curves(y, probs, labels, suffix), "roc.png", "evaluation", "ROC curves",
+                 "True against false positive rate as the decision threshold moves." if len(labels) == 2 else
+                 "One-vs-rest ROC curve per label.")
+            emit(pl.pr_curves(y, probs, labels, suffix), "pr.png", "evaluation", "Precision-recall curves",
+                 "Precision against recall; AP is the average precision. Dotted lines: prevalence (chance).")
+        emit(pl.reliability(reliability_bins(conf, correct), m["ece"], suffix), "reliability.png", "calibration",
+             "Reliability diagram", "Accuracy within each confidence bin against its mean confidence. Bars "
+             "below the diagonal are over-confident. ECE is the count-weighted mean gap.")
+        emit(pl.confidence_hist(conf, correct, len(labels), suffix), "confidence.png", "calibration",
+             "Confidence", "Confidence of the predicted label for correct and for wrong predictions.")
+    cal = m.get("calibration") or {}
+    if cal.get("reliability_before") and cal.get("reliability_after"):
+        emit(pl.reliability_before_after(cal["reliability_before"], cal["ece_before"], cal["reliability_after"],
+                                         cal["ece_after"], (run.metrics.get("calibration") or {}).get("temperature"),
+                                         suffix), "reliability_before_after.png", "calibration",
+             "Temperature scaling", "Reliability of the model's raw probabilities (left) and of the temperature-"
+             "scaled ones the run reports (right); the predicted labels are the same.")
+    emit(pl.length_distribution(ea.get("text_lengths") or {}), "lengths.png", "errors", "Text length per split",
+         "Length in words of every split (train as loaded for training).")
+    if (ea.get(split) or {}).get("by_length"):
+        emit(pl.accuracy_by_length(ea[split]["by_length"], m["accuracy"], suffix), "accuracy_by_length.png",
+             "errors", "Accuracy by length", "Accuracy per word-length bucket (about equal numbers of texts "
+             "each) with 95% Wilson intervals; red: significantly below overall, green: above.")
+
+
+def _multilabel_plots(emit, run: RunData, ea: dict, split: str, suffix: str) -> None:
+    from . import plots as pl
+
+    m, a, labels = run.metrics[split], ea.get(split) or {}, run.labels
+    emit(pl.per_label(m["per_label"], labels, f"Per-label precision, recall and F1{suffix}"), "per_label.png",
+         "evaluation", "Per-label scores", "Precision, recall and F1 of each label at its decision threshold t, "
+         "worst F1 first, with its number of texts n.")
+    if split in run.predictions:
+        p = run.predictions[split]
+        emit(pl.multilabel_pr_curves(p.gold, p.outputs, labels, (run.metrics.get("thresholds") or {}).get("values"),
+                                     suffix), "pr.png", "evaluation", "Precision-recall curves per label",
+             "Each label's precision against recall as its threshold moves; AP is the average precision. The "
+             "dots are the thresholds the run uses.")
+    if a.get("mistake_cooccurrence"):
+        emit(pl.mistake_cooccurrence(a["mistake_cooccurrence"], labels, f"Mistake co-occurrence{suffix}"),
+             "mistake_cooccurrence.png", "errors", "Mistake co-occurrence",
+             "Texts where the row's label was missed while the column's label was predicted wrongly: which "
+             "label the model puts in place of the right one.")
+    emit(pl.length_distribution(ea.get("text_lengths") or {}), "lengths.png", "errors", "Text length per split",
+         "Length in words of every split (train as loaded for training).")
+    if a.get("by_length") and m.get("subset_accuracy") is not None:
+        emit(pl.accuracy_by_length(a["by_length"], m["subset_accuracy"], suffix, "subset accuracy"),
+             "subset_accuracy_by_length.png", "errors", "Subset accuracy by length",
+             "Share of texts whose predicted label set is exactly right, per word-length bucket, with 95% Wilson "
+             "intervals; red: significantly below overall, green: above.")
+
+
+def _regression_plots(emit, run: RunData, ea: dict, split: str, suffix: str) -> None:
+    from . import plots as pl
+
+    m, a, target = run.metrics[split], ea.get(split) or {}, run.labels[0]
+    if split in run.predictions:
+        p = run.predictions[split]
+        emit(pl.regression_scatter(p.gold, p.outputs, suffix, target), "predicted_vs_gold.png", "evaluation",
+             "Predicted against gold", "Each text's predicted score against its gold score; on the dashed "
+             "identity line the prediction is exact.")
+        emit(pl.residuals_by_gold(p.gold, p.outputs, suffix, target), "residuals.png", "evaluation",
+             "Residuals by gold value", "Predicted minus gold against gold, with the mean per gold bin: below 0 "
+             "on the right and above 0 on the left means the extremes are pulled toward the mean.")
+    emit(pl.length_distribution(ea.get("text_lengths") or {}), "lengths.png", "errors", "Text length per split",
+         "Length in words of every split (train as loaded for training).")
+    if a.get("by_length"):
+        emit(pl.errors_by_length(a["by_length"], m.get("mae"), suffix), "errors_by_length.png", "errors",
+             "Errors by length", "Mean absolute error and mean signed error per word-length bucket (about equal "
+             "numbers of texts each).")
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -244,9 +361,11 @@ def _replace_dir(new: Path, target: Path) -> None:
 # ---------------------------------------------------------------- HTML
 
 
-# Report sections in page order: (id, title in the navigation bar).
+# Report sections in page order: (id, title in the navigation bar). Only single-label outputs are
+# probabilities of one answer, so only its report has a calibration section.
 NAV = (("summary", "Summary"), ("findings", "Findings"), ("training", "Training"), ("evaluation", "Evaluation"),
        ("calibration", "Calibration"), ("errors", "Error analysis"), ("config", "Config"))
+NAV_NO_CALIBRATION = tuple(x for x in NAV if x[0] != "calibration")
 MAX_PAIRS = 30  # confusion pairs shown; the rarer ones stay in metrics.json
 
 
@@ -277,7 +396,7 @@ def _environment():
     env = jinja2.Environment(loader=jinja2.PackageLoader("loraclf", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters.update(number=_number, fmt=_fmt, seconds=_fmt_seconds)
-    env.globals.update(METRICS=METRICS, HEADLINE=HEADLINE)
+    env.globals.update(METRICS=METRICS, HEADLINE=HEADLINE, metric=an.metric)
     return env
 
 
@@ -295,6 +414,30 @@ def _per_class_rows(m: dict, split: str, ranking: dict) -> list[dict]:
             for c, v in sorted(s["per_class"].items(), key=lambda kv: kv[1]["f1"])]
 
 
+def _per_label_rows(m: dict, split: str, a: dict) -> list[dict]:
+    """The per-label table of a multi-label split, worst F1 first, with its missed and wrong counts."""
+    s = m[split]
+    errors = a.get("per_label_errors") or {}
+    return [{"name": c, **v, "low": v["f1"] < s["macro_f1"] - 0.1, **(errors.get(c) or {})}
+            for c, v in sorted(s["per_label"].items(), key=lambda kv: kv[1]["f1"])]
+
+
+def _task_context(run: RunData, ea: dict, split: Optional[str]) -> dict:
+    """What the templates need beyond the common context, by task."""
+    m, a = run.metrics, ((ea.get(split) or {}) if split else {})
+    if run.task == "multi-label":
+        th = m.get("thresholds") or {}
+        fixed = (m[split].get("at_0.5") or {}) if split else {}
+        return {"per_label": _per_label_rows(m, split, a) if split else [], "thresholds": th,
+                "at_05": [k for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+                          if k in fixed]}
+    if run.task == "regression":
+        return {"target": run.labels[0] if run.labels else "score"}
+    ranking = (a.get("per_class_ranking") or {}) if split else {}
+    return {"per_class": _per_class_rows(m, split, ranking) if split else [], "calibration": m.get("calibration"),
+            "calibration_splits": [s for s in SPLITS if (m.get(s) or {}).get("calibration")]}
+
+
 def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> str:
     """The self-contained report page (images embedded as data URIs), from templates/report.html.j2."""
     import yaml
@@ -309,13 +452,14 @@ def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> st
     by_section: dict[str, list] = {s: [] for s, _ in NAV}
     for p in plots:
         by_section[p.section].append((p, _data_uri(plot_dir / p.file)))
-    ranking = ((ea.get(split) or {}).get("per_class_ranking") or {}) if split else {}
+    headline = an.headline(run.task)
     return _environment().get_template("report.html.j2").render(
         name=run.name, model=m.get("model") or {}, labels=run.labels, trained=trained, version=__version__,
-        nav=NAV, m=m, split=split, headline=HEADLINE, split_columns=(*HEADLINE, "loss"),
+        nav=NAV if run.task == "single-label" else NAV_NO_CALIBRATION, m=m, split=split, task=run.task,
+        headline=headline, split_columns=(*headline, "loss"),
         splits=[s for s in SPLITS if m.get(s)], lora=run.config.get("lora") or {},
         data_path=(run.config.get("data") or {}).get("path"), findings=ea.get("findings") or [], plots=by_section,
-        per_class=_per_class_rows(m, split, ranking) if split else [], a=(ea.get(split) or {}) if split else {},
+        a=(ea.get(split) or {}) if split else {}, **_task_context(run, ea, split),
         max_pairs=MAX_PAIRS, config_path=str(run.path / "config.yaml"),
         config_text=yaml.safe_dump(run.config, sort_keys=False) if run.config else "(no config.yaml)",
         versions=(json.loads(meta_f.read_text()).get("versions") or {}) if meta_f.exists() else {})
@@ -392,16 +536,16 @@ def after_run(run_dir: Path, cfg, quiet: bool = False, train: Optional[list[str]
 # ---------------------------------------------------------------- comparison
 
 
-COMPARE_COLUMNS = HEADLINE  # the metric columns of the comparison table (best of each in green)
+COMPARE_COLUMNS = HEADLINE  # the metric columns of a single-label comparison table (best of each in green)
 
 
-def _best_values(runs: list[RunData], split: str) -> dict:
+def _best_values(runs: list[RunData], split: str, columns: Sequence[str] = COMPARE_COLUMNS) -> dict:
     """Each metric's best value over the runs, by the metric's direction."""
     best = {}
-    for k in COMPARE_COLUMNS:
+    for k in columns:
         vals = [v for v in ((r.metrics.get(split) or {}).get(k) for r in runs) if v is not None]
         if vals:
-            best[k] = max(vals) if METRICS[k].direction == "max" else min(vals)
+            best[k] = max(vals) if an.metric(k).direction == "max" else min(vals)
     return best
 
 
@@ -413,23 +557,25 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
 
     from . import __version__
     from . import plots as pl
-    from .compare import pick_split
+    from .compare import pick_split, same_task
 
     t0 = time.perf_counter()
     if len(run_dirs) < 2:
         raise LoraclfError("a comparison needs at least two run directories")
     runs = [read_run(d, predictions=False) for d in run_dirs]
+    columns = an.headline(same_task([r.metrics for r in runs], [r.name for r in runs]))
+    first = an.metric(columns[0])
     split = pick_split([r.metrics for r in runs], split)
     missing = [r.name for r in runs if not r.metrics.get(split)]
     if missing:
         raise LoraclfError(f"no {split} metrics in run(s) {', '.join(missing)}; use --split validation")
     as_dicts = [{"name": r.name, "metrics": r.metrics, "history": r.history} for r in runs]
     figs = [Plot("compare_metrics.png", "", "Metrics by run", ""),
-            Plot("compare_params.png", "", "Accuracy against trainable parameters", ""),
+            Plot("compare_params.png", "", f"{first.name[0].upper()}{first.name[1:]} against trainable parameters", ""),
             Plot("compare_curves.png", "", "Validation curves", ""),
             Plot("compare_confusion.png", "", "Confusion matrices", "")]
-    made = [pl.compare_metrics(as_dicts, split), pl.compare_params(as_dicts, split), pl.compare_curves(as_dicts),
-            pl.compare_confusions(as_dicts, split)]
+    made = [pl.compare_metrics(as_dicts, split, columns), pl.compare_params(as_dicts, split, first.key),
+            pl.compare_curves(as_dicts, first.key), pl.compare_confusions(as_dicts, split)]
     images = []
     with tempfile.TemporaryDirectory() as tmp:
         for p, fig in zip(figs, made):
@@ -439,7 +585,7 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
         runs=[{"name": r.name, "path": str(r.path), "metrics": r.metrics,
                "report": (r.path / "report.html").resolve().as_uri() if (r.path / "report.html").exists() else None}
               for r in runs],
-        split=split, columns=COMPARE_COLUMNS, best=_best_values(runs, split), plots=images, version=__version__)
+        split=split, columns=columns, best=_best_values(runs, split, columns), plots=images, version=__version__)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out, page)
