@@ -96,3 +96,49 @@ def test_card_without_evaluation_or_with_hub_data(tmp_path):
     card = ModelCard(model_card(metrics, config, meta))
     assert "model-index" not in card.data.to_dict() and card.data.eval_results is None
     assert "## Evaluation" in card.text and "Per label" not in card.text
+
+
+def test_multilabel_card(tmp_path):
+    from loraclf.metrics import MULTI_LABEL_HEADLINE
+    from reportdata import fake_multilabel_run
+
+    d = fake_multilabel_run(tmp_path)
+    metrics, config, meta = _inputs(d)
+    meta["task_state"] = {"thresholds": metrics["thresholds"]["values"]}
+    card = ModelCard(model_card(metrics, config, meta))
+    results = card.data.eval_results
+    t = metrics["test"]
+    assert [r.metric_name for r in results] == [METRICS[k].name for k in MULTI_LABEL_HEADLINE]
+    assert all(r.metric_value == round(t[k], METRICS[k].digits) for k, r in zip(MULTI_LABEL_HEADLINE, results))
+    by_name = {r.metric_name: r for r in results}
+    assert (by_name["micro-F1"].metric_type, by_name["micro-F1"].metric_args) == ("f1", {"average": "micro"})
+    assert by_name["subset accuracy"].metric_type == "exact_match" and results[0].task_name.startswith("Multi-label")
+    assert "multi-label-classification" in card.data.tags
+    text = card.text
+    assert "to tag text with any of 5 labels (several, or none): `joy`, `anger`" in text
+    assert f"micro-F1 **{t['micro_f1']:.4f}** and macro-F1 **{t['macro_f1']:.4f}**" in text
+    joy = t["per_label"]["joy"]
+    cells = [f"{joy['threshold']:.3f}", f"{joy['precision']:.4f}", f"{joy['recall']:.4f}", f"{joy['f1']:.4f}"]
+    assert "| `joy` | " + " | ".join(cells) + " |" in text
+    assert "probs = logits.sigmoid()[0]" in text and "It always answers with one of these labels" not in text
+
+
+def test_regression_card(tmp_path):
+    from loraclf.metrics import REGRESSION_HEADLINE
+    from reportdata import fake_regression_run
+
+    d = fake_regression_run(tmp_path)
+    metrics, config, meta = _inputs(d)
+    meta["task_state"] = {"target_mean": 2.5, "target_std": 1.4}
+    card = ModelCard(model_card(metrics, config, meta))
+    results = card.data.eval_results
+    assert [r.metric_name for r in results] == [METRICS[k].name for k in REGRESSION_HEADLINE]
+    by_name = {r.metric_name: r for r in results}
+    assert (by_name["RMSE"].metric_type, by_name["RMSE"].metric_args) == ("mse", {"squared": False})
+    assert by_name["Pearson r"].metric_type == "pearsonr" and by_name["R²"].metric_type == "r_squared"
+    assert card.data.metrics == ["mse", "mae", "r_squared", "pearsonr", "spearmanr"]
+    text = card.text
+    assert "## Target" in text and "## Labels" not in text and "train mean 2.5, standard deviation 1.4" in text
+    assert "print(logits[0, 0].item() * 1.4 + 2.5)" in text and "Per label" not in text
+    row = "| test | 400 | " + " | ".join(METRICS[k].format(metrics["test"][k]) for k in REGRESSION_HEADLINE) + " |"
+    assert row in text

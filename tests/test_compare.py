@@ -113,3 +113,38 @@ def test_accuracy_plot_of_rows(runs, tmp_path):
     assert png == tmp_path / "p.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     failed = [{**rows[0], "accuracy": None, "status": "failed: x"}]
     assert C.plot_accuracy_vs_params(failed, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_regression_rows_and_tables(tmp_path, capsys):
+    from reportdata import fake_regression_run
+
+    runs = [fake_regression_run(tmp_path, name=f"sts-{i}", seed=3, n_test=60) for i in range(2)]  # same texts
+    rows = C.compare_rows(runs)
+    m = json.loads((runs[0] / "metrics.json").read_text())["test"]
+    assert rows[0]["task"] == "regression" and rows[0]["per_class_f1"] == {}
+    assert {k: rows[0][k] for k in ("rmse", "mae", "pearson", "spearman")} == {k: m[k] for k in
+                                                                             ("rmse", "mae", "pearson", "spearman")}
+    assert "accuracy" not in rows[0]
+    md = C.markdown_table(rows)
+    assert "| RMSE (test) | MAE | Pearson r | Spearman ρ |" in md
+    assert main(["compare", *map(str, runs), "--examples", "2", "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "confusion matrices" not in out and "(wrong)" not in out and out.count("gold: ") == 2
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    C.write_csv(rows, tmp_path / "r.csv")
+    with open(tmp_path / "r.csv", newline="") as fh:
+        assert float(next(csv.DictReader(fh))["rmse"]) == m["rmse"]
+
+
+def test_multilabel_rows_and_mixed_tasks(runs, tmp_path):
+    from reportdata import fake_multilabel_run
+
+    ml = [fake_multilabel_run(tmp_path, name=f"ml-{i}", seed=i, n_test=80) for i in range(2)]
+    rows = C.compare_rows(ml)
+    m = json.loads((ml[0] / "metrics.json").read_text())["test"]
+    assert rows[0]["micro_f1"] == m["micro_f1"] and rows[0]["subset_accuracy"] == m["subset_accuracy"]
+    assert rows[0]["per_class_f1"] == {k: v["f1"] for k, v in m["per_label"].items()}
+    assert "| micro-F1 (test) | macro-F1 | subset accuracy | F1 joy |" in C.markdown_table(rows)
+    with pytest.raises(LoraclfError, match=r"^runs of different tasks do not compare: lora-r4 \(single-label\), "
+                                           r"ml-0 \(multi-label\)$"):
+        C.compare_rows([runs[0], ml[0]])

@@ -13,15 +13,25 @@ import functools
 from pathlib import Path
 from typing import Optional
 
-from .analysis import primary_split
-from .metrics import HEADLINE, METRICS
+from .analysis import headline as task_headline
+from .analysis import metric, primary_split, task_of
 from .tables import markdown_table
 
 TASK = ("text-classification", "Text Classification")
-# How the Hub's model-index names each headline metric: (metric type, its arguments).
+# The model-index task of each loraclf task: the Hub files all three under text-classification (its
+# pipeline serves them, config.problem_type choosing softmax, sigmoid or no activation).
+TASK_NAMES = {"single-label": "Text Classification", "multi-label": "Multi-label Text Classification",
+              "regression": "Text Regression"}
+TASK_TAGS = {"single-label": [], "multi-label": ["multi-label-classification"], "regression": ["regression"]}
+# How the Hub's model-index names each headline metric: (metric type, its arguments), the metric
+# types being Hugging Face `evaluate` metric ids (RMSE is its "mse" with squared=False).
 HUB_METRICS = {"accuracy": ("accuracy", None), "macro_f1": ("f1", {"average": "macro"}),
                "weighted_f1": ("f1", {"average": "weighted"}), "macro_recall": ("recall", {"average": "macro"}),
-               "roc_auc": ("roc_auc", None), "ece": ("ece", None)}
+               "roc_auc": ("roc_auc", None), "ece": ("ece", None),
+               "micro_f1": ("f1", {"average": "micro"}), "samples_f1": ("f1", {"average": "samples"}),
+               "subset_accuracy": ("exact_match", None), "hamming_loss": ("hamming_loss", None),
+               "rmse": ("mse", {"squared": False}), "mae": ("mae", None), "r2": ("r_squared", None),
+               "pearson": ("pearsonr", None), "spearman": ("spearmanr", None)}
 
 
 def _dataset_name(config: dict, metrics: dict) -> tuple[str, Optional[str]]:
@@ -44,15 +54,17 @@ def eval_results(metrics: dict, config: dict) -> list:
     if not split:
         return []
     name, hub = _dataset_name(config, metrics)
+    task = task_of(metrics)
     out = []
-    for key in HEADLINE:
+    for key in task_headline(task):
         value = metrics[split].get(key)
         if value is None:
             continue  # e.g. ROC-AUC of a split with one class
-        metric_type, args = HUB_METRICS[key]
-        out.append(EvalResult(task_type=TASK[0], task_name=TASK[1], dataset_type=hub or name, dataset_name=name,
-                              dataset_split=split, metric_type=metric_type, metric_name=METRICS[key].name,
-                              metric_value=round(float(value), METRICS[key].digits), metric_args=args))
+        metric_type, args = HUB_METRICS.get(key, (key, None))
+        out.append(EvalResult(task_type=TASK[0], task_name=TASK_NAMES.get(task, TASK[1]), dataset_type=hub or name,
+                              dataset_name=name, dataset_split=split, metric_type=metric_type,
+                              metric_name=metric(key).name, metric_value=round(float(value), metric(key).digits),
+                              metric_args=args))
     return out
 
 
@@ -67,7 +79,8 @@ def card_data(metrics: dict, config: dict, meta: dict):
         base_model=meta.get("base_model_hub_id") or (metrics.get("model") or {}).get("hub_id"),
         library_name="peft" if method == "lora" else "transformers",
         pipeline_tag=TASK[0],
-        tags=["loraclf", TASK[0]] + (["lora", "peft"] if method == "lora" else [method]),
+        tags=["loraclf", TASK[0]] + TASK_TAGS.get(task_of(metrics), []) + (["lora", "peft"] if method == "lora"
+                                                                             else [method]),
         datasets=[ds_hub] if ds_hub else None,
         metrics=list(dict.fromkeys(r.metric_type for r in results)) or None,
         model_name=(metrics.get("run") or "loraclf-model") if results else None,
@@ -145,13 +158,21 @@ def _procedure_table(metrics: dict, config: dict, meta: dict, base: str) -> str:
 
 
 def _eval_tables(metrics: dict, split: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    """The headline metrics of every split, and the per-label scores of `split`."""
-    rows = [[s, f"{metrics[s]['n']:,}"] + [METRICS[k].format(metrics[s].get(k)) for k in HEADLINE]
+    """The headline metrics of every split, and the per-label scores of `split` (none for regression)."""
+    keys = task_headline(task_of(metrics))
+    rows = [[s, f"{metrics[s]['n']:,}"] + [metric(k).format(metrics[s].get(k)) for k in keys]
             for s in ("validation", "test") if metrics.get(s)]
-    splits = markdown_table(["split", "texts"] + [METRICS[k].name for k in HEADLINE], rows) if rows else None
+    splits = markdown_table(["split", "texts"] + [metric(k).name for k in keys], rows) if rows else None
     if not split:
         return splits, None
+    if task_of(metrics) == "multi-label":
+        pl = metrics[split].get("per_label") or {}
+        return splits, markdown_table(["label", "threshold", "precision", "recall", "F1", "support"], [
+            [f"`{c}`", f"{v.get('threshold', 0.5):.3f}", f"{v['precision']:.4f}", f"{v['recall']:.4f}",
+             f"{v['f1']:.4f}", f"{v['support']:,}"] for c, v in pl.items()])
     pc = metrics[split].get("per_class") or {}
+    if not pc:
+        return splits, None
     per_label = markdown_table(["label", "precision", "recall", "F1", "support"], [
         [f"`{c}`", f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
         for c, v in pc.items()])
@@ -166,14 +187,16 @@ def card_body(metrics: dict, config: dict, meta: dict, findings: Optional[list[s
     base = meta.get("base_model_hub_id") or model.get("hub_id") or model.get("resolved") or model.get("name")
     split = primary_split(metrics)
     d = config.get("data") or {}
+    task = task_of(metrics)
     headline = None
     if split:
         m = metrics[split]
         headline = {"n": f"{m['n']:,}", "text": " and ".join(
-            f"{METRICS[k].name} **{METRICS[k].format(m[k])}**" for k in HEADLINE[:2])}
+            f"{metric(k).name} **{metric(k).format(m.get(k))}**" for k in task_headline(task)[:2])}
     eval_table, per_label_table = _eval_tables(metrics, split)
     return _environment().get_template("model_card.md.j2").render(
-        run=metrics.get("run") or "model", method=model.get("method") or meta.get("method"), base=base,
+        run=metrics.get("run") or "model", method=model.get("method") or meta.get("method"), base=base, task=task,
+        task_state=meta.get("task_state") or {},
         prompted=head != "classifier",  # decoders that answer a prompt (label words or generation)
         how={"verbalizer": "scores each label's word(s) as the next tokens after a prompt",
              "generate": "generates an answer to a prompt, parsed into a label"}.get(head, ""),

@@ -16,12 +16,32 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from . import tables
+from .analysis import task_of
 from .errors import LoraclfError
 from .metrics import METRICS
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
-# The headline metrics a comparison row (and results.csv) carries, besides F1 per label.
+# The headline metrics a comparison row (and results.csv) carries, besides F1 per label, by task.
 ROW_METRICS = ("accuracy", "macro_f1")
+TASK_ROW_METRICS = {"single-label": ROW_METRICS, "multi-label": ("micro_f1", "macro_f1", "subset_accuracy"),
+                    "regression": ("rmse", "mae", "pearson", "spearman")}
+
+
+def row_metrics(rows_or_task) -> tuple[str, ...]:
+    """The metric columns of comparison rows (or of a task name): the first row's task decides, since
+    :func:`same_task` keeps tasks from mixing."""
+    task = rows_or_task if isinstance(rows_or_task, str) else next(
+        (r.get("task") for r in rows_or_task if r.get("task")), "single-label")
+    return TASK_ROW_METRICS.get(task, ROW_METRICS)
+
+
+def same_task(metrics_list: Sequence[dict], names: Sequence[str]) -> str:
+    """The task all these runs share; a LoraclfError when they differ (their metrics do not compare)."""
+    tasks = [task_of(m) for m in metrics_list]
+    if len(set(tasks)) > 1:
+        raise LoraclfError("runs of different tasks do not compare: "
+                           + ", ".join(f"{n} ({t})" for n, t in zip(names, tasks)))
+    return tasks[0] if tasks else "single-label"
 
 
 def dotted(tree: dict, key: str) -> Any:
@@ -82,6 +102,7 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
     cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").exists() else {}
     split = pick_split([m], split)
     sm = m.get(split) or {}
+    task = task_of(m)
     model = m.get("model", {})
     method = model.get("method") or dotted(cfg, "model.method")
     head = model.get("head") or dotted(cfg, "model.head") or "classifier"
@@ -105,12 +126,13 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
         "trainable": params.get("trainable"),
         "total": params.get("total"),
         "trainable_pct": params.get("trainable_pct"),
+        "task": task,
         "split": split,
         "n": sm.get("n"),
-        **{k: sm.get(k) for k in ROW_METRICS},
-        "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or {}).items()},
+        **{k: sm.get(k) for k in row_metrics(task)},
+        "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or sm.get("per_label") or {}).items()},
         "confusion_matrix": sm.get("confusion_matrix"),
-        "labels": m.get("labels") or list((sm.get("per_class") or {}).keys()),
+        "labels": m.get("labels") or list((sm.get("per_class") or sm.get("per_label") or {}).keys()),
         "validation_best": (m.get("best") or {}).get("value"),
         "train_seconds": timing.get("train_seconds"),
         "peak_memory_mb": timing.get("peak_memory_mb"),
@@ -127,6 +149,7 @@ def compare_rows(paths: Sequence[str | Path], split: Optional[str] = None) -> li
     names = [p.name for p in runs]
     if len(set(names)) < len(names):  # same folder names from different sweeps: use more of the path
         names = [str(Path(*p.parts[-2:])) for p in runs]
+    same_task(metrics, names)
     return [summarize_run(p, split, n, metrics=m) for p, n, m in zip(runs, names, metrics)]
 
 
@@ -188,7 +211,7 @@ def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
         ("trainable params", lambda r: _num(r.get("trainable"))),
         ("% of total", lambda r: _num(r.get("trainable_pct"), "{:.2f}%")),
     ]
-    for i, k in enumerate(ROW_METRICS):  # the first is named with the split the numbers are from
+    for i, k in enumerate(row_metrics(rows)):  # the first is named with the split the numbers are from
         m = METRICS[k]
         cols.append((f"{m.name} ({split})" if i == 0 else m.name,
                      lambda r, m=m: _num(r.get(m.key), f"{{:.{m.digits}f}}")))
@@ -213,7 +236,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 def csv_fields(rows: Sequence[dict]) -> list[str]:
     return (["run", "status", "model", "method", "targets", "r", "alpha"] + _extra_keys(rows)
-            + ["trainable_params", "total_params", "trainable_pct", "split", "n", *ROW_METRICS]
+            + ["trainable_params", "total_params", "trainable_pct", "split", "n", *row_metrics(rows)]
             + [f"f1_{lab}" for lab in _labels(rows)]
             + ["validation_best", "train_seconds", "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path"])
 
@@ -226,7 +249,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
         w.writeheader()
         for r in rows:
             rec = {k: r.get(k) for k in ("run", "status", "model", "method", "targets", "r", "alpha", "split", "n",
-                                         *ROW_METRICS, "trainable_pct", "validation_best", "train_seconds",
+                                         *row_metrics(rows), "trainable_pct", "validation_best", "train_seconds",
                                          "peak_memory_mb", "artifact_bytes", "full_model_bytes", "path")}
             rec["trainable_params"], rec["total_params"] = r.get("trainable"), r.get("total")
             for k in _extra_keys(rows):
@@ -237,20 +260,22 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
 
 
 def plot_accuracy_vs_params(rows: Sequence[dict], path: str | Path, title: Optional[str] = None) -> Optional[Path]:
-    """Accuracy against trainable parameters for comparison rows (see :func:`summarize_run`), as a
-    PNG at `path`; None when no row has both numbers. Drawn by :func:`loraclf.plots.compare_params`."""
+    """The rows' first metric (accuracy; micro-F1 or RMSE for other tasks) against trainable
+    parameters (see :func:`summarize_run`), as a PNG at `path`; None when no row has both numbers.
+    Drawn by :func:`loraclf.plots.compare_params`."""
     from . import plots
 
     split = next((r["split"] for r in rows if r.get("split")), "test")
-    fig = plots.compare_params([_as_run(r, split) for r in rows], split, title=title)
+    key = row_metrics(rows)[0]
+    fig = plots.compare_params([_as_run(r, split, key) for r in rows], split, key, title=title)
     return None if fig is None else plots.save(fig, Path(path))
 
 
-def _as_run(row: dict, split: str) -> dict:
+def _as_run(row: dict, split: str, key: str = "accuracy") -> dict:
     """A comparison row in the shape the plots take: a name and a metrics.json-like dict."""
     return {"name": row["run"], "metrics": {"params": {"trainable": row.get("trainable")},
                                             "model": {"method": str(row.get("method"))},
-                                            split: {"accuracy": row.get("accuracy")}}}
+                                            split: {key: row.get(key)}}}
 
 
 # ----------------------------------------------------------------------------- loraclf compare (terminal)
@@ -320,13 +345,14 @@ def sample_examples(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
 
 def format_examples(rows: Sequence[dict], examples: list[dict], width: int = 110) -> str:
     names = [r["run"] for r in rows]
+    scores = row_metrics(rows) == TASK_ROW_METRICS["regression"]  # a score is never exactly right: no "(wrong)"
     out = []
     for k, ex in enumerate(examples, 1):
         text = " ".join(ex["text"].split())
         if len(text) > width:
             text = text[: width - 3] + "..."
         out.append(f"[{k}] {text}")
-        parts = [f"gold: {ex['gold']}"] + [f"{n}: {p}{'' if p == ex['gold'] else ' (wrong)'}"
+        parts = [f"gold: {ex['gold']}"] + [f"{n}: {p}{'' if scores or p == ex['gold'] else ' (wrong)'}"
                                            for n, p in zip(names, ex["predictions"])]
         out.append("    " + " | ".join(parts))
     return "\n".join(out)
@@ -335,8 +361,10 @@ def format_examples(rows: Sequence[dict], examples: list[dict], width: int = 110
 def compare_text(rows: Sequence[dict], examples: int = 0, seed: int = 0) -> str:
     """What `loraclf compare` prints for :func:`compare_rows`: the side-by-side table, confusion
     matrices, and sample predictions."""
-    parts = [side_by_side_table(rows), "", f"confusion matrices ({rows[0]['split']}; rows: gold, columns: predicted)",
-             "", side_by_side_confusion(rows)]
+    parts = [side_by_side_table(rows)]
+    if any(r.get("confusion_matrix") for r in rows):  # single-label only: other tasks have no such matrix
+        parts += ["", f"confusion matrices ({rows[0]['split']}; rows: gold, columns: predicted)", "",
+                  side_by_side_confusion(rows)]
     if examples > 0:
         exs = sample_examples(rows, examples, seed)
         parts += ["", f"examples ({rows[0]['split']}; texts the runs disagree on first, then mistakes, then others; "
