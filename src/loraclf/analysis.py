@@ -502,7 +502,7 @@ def _multilabel_findings(metrics: dict, analysis: dict, split: str) -> list[str]
     if gold_c and pred_c is not None and abs(pred_c - gold_c) > 0.1 * gold_c:
         out.append(f"It {'over' if pred_c > gold_c else 'under'}-predicts: {pred_c:.2f} labels per text on average "
                    f"against {gold_c:.2f} in gold" + (f"; {a['empty_predicted']:,} texts get no label at all."
-                                                        if a.get("empty_predicted") else "."))
+                                                        if a.get("empty_predicted") and pred_c < gold_c else "."))
     pairs = a.get("cooccurrence_pairs") or []
     if pairs:
         p = pairs[0]
