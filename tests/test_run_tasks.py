@@ -121,7 +121,8 @@ def test_multi_label_lora_flow(tiny_models, tagged_dir, tmp_path, capsys):
     assert sum(bool(r["labels"]) for r in _rows(tmp_path / "hi.csv")) < sum(bool(r["labels"]) for r in out)
     (tmp_path / "bad.json").write_text(json.dumps({"negative": 0.5}))
     capsys.readouterr()
-    assert main(["predict", str(run.path), "-i", str(tmp_path / "in.csv"), "--thresholds", str(tmp_path / "bad.json")]) == 2
+    bad = ["predict", str(run.path), "-i", str(tmp_path / "in.csv"), "--thresholds", str(tmp_path / "bad.json")]
+    assert main(bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exactly the model's labels" in err[0]
 
