@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .artifact import artifact_dir, load, read_meta
-    from .predict import check_output, input_chunks, predict_csv
+    from .predict import check_output, input_chunks, predict_csv, read_thresholds
 
     if args.batch_size < 1:
         raise LoraclfError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -42,8 +42,11 @@ def _predict(args: argparse.Namespace) -> int:
         cols = [c.strip() for c in args.text_column.split(",")]
     else:
         cols = [trained] if isinstance(trained, str) else list(trained)
+    thresholds = read_thresholds(args.thresholds, meta) if args.thresholds else None
     chunks = input_chunks(args.input, args.format, cols, args.id_column)  # reads the first chunk: fails early
     clf = load(args.artifact, base_model=args.base_model, precision=args.precision)
+    if thresholds is not None:
+        clf.task.set_thresholds(thresholds)
     n = predict_csv(clf, chunks, args.output, args.id_column, args.batch_size, progress=not args.quiet)
     if args.output and not args.quiet:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
@@ -249,6 +252,8 @@ def _add_predict(sub) -> None:
     pr.add_argument("--text-column", help="input column(s), comma-separated for pairs; default: the columns "
                     "the model was trained on")
     pr.add_argument("--id-column", help="write a Kaggle-style <id>,label file using this column")
+    pr.add_argument("--thresholds", help="multi-label: a JSON file mapping every label to its decision threshold "
+                    "(or a run's metrics.json), instead of those tuned on validation")
     pr.add_argument("--format", default=default("data.format"), help="input format if the extension does not tell")
     pr.add_argument("--batch-size", type=int, default=default("train.eval_batch_size"))
     pr.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")

@@ -475,7 +475,8 @@ def _label_set(kind: str, cfg: DataConfig, train: list, names_cfg: Optional[list
             raise DataError(f"{where}: labels {unknown[:5]} are not in data.label_names {names}")
         unseen = [n for n in names if n not in seen]
         if unseen:  # a class that train never shows cannot be learned, only predicted at random
-            raise DataError(f"{where}: label {unseen[0]!r} never occurs in train; drop it from data.label_names "
+            source = "data.label_columns" if cfg.label_columns else "data.label_names"
+            raise DataError(f"{where}: label {unseen[0]!r} of {source} never occurs in train; drop it from {source} "
                             "(or data.include_labels)")
     else:
         names = sorted(seen)

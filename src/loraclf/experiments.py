@@ -55,6 +55,7 @@ from .config import (
 )
 from .errors import ConfigError, LoraclfError, import_extra
 from .rundir import RunLock
+from .tasks import HEADLINES
 
 log = logging.getLogger("loraclf")
 
@@ -569,7 +570,9 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
     spec = read_spec(path, SearchFile, "search")
     tree = base_tree(spec, path, sets)
     _check_space(spec.space, str(path))
-    metric = spec.metric or dotted(tree, "train.metric") or "accuracy"
+    metric = spec.metric or dotted(tree, "train.metric") or "auto"
+    if metric == "auto":
+        metric = _default_metric(tree, str(path))
     if metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"{path}: metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {metric!r}")
     tree = with_overrides(tree, {"train.metric": metric})
@@ -589,6 +592,22 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
                   str(spec.study_name or path.stem), metric,
                   "maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
                   spec.pruner, spec.sampler, spec.split, (spec.description or "").strip())
+
+
+def _default_metric(tree: dict, where: str) -> str:
+    """`metric: auto` of a search: the task's own selection metric (reading the data when the task is
+    `auto`, since the label column decides it)."""
+    from .data import load_data
+    from .tasks import TASKS
+
+    task = dotted(tree, "task") or "auto"
+    if task == "auto":
+        try:
+            cfg = config_from_dict(tree)
+            task = load_data(cfg.data, cfg.seed).task
+        except LoraclfError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return TASKS[task].default_metric
 
 
 def _optuna():
@@ -710,8 +729,8 @@ def _objective(search: Search, quiet: bool, echo: Callable[[str], None]) -> Call
         m = run.metrics
         for split in ("validation", "test"):
             if m.get(split):
-                trial.set_user_attr(f"{split}_accuracy", m[split]["accuracy"])
-                trial.set_user_attr(f"{split}_macro_f1", m[split]["macro_f1"])
+                for key in HEADLINES[m.get("task", "single-label")][:2]:
+                    trial.set_user_attr(f"{split}_{key}", m[split][key])
         trial.set_user_attr("trainable_params", m["params"]["trainable"])
         value = m["best"]["value"]
         if value is None:

@@ -84,11 +84,41 @@ def _write_hf(clf: Classifier, art: Path, dest: Path) -> None:
     meta = _export_meta(clf.meta, "hf", merged=clf.meta.get("method") == "lora")
     # pipeline() truncates to the tokenizer's model_max_length: make it the length loraclf trained with
     clf.tokenizer.model_max_length = clf.max_length
-    cfg = getattr(clf.model, "config", None)
-    if cfg is not None and clf.meta.get("head", "classifier") == "classifier":
-        cfg.problem_type = "single_label_classification"  # pipeline() applies softmax, as loraclf does
+    if clf.meta.get("head", "classifier") == "classifier":
+        fold_task_output(clf, meta)
+        # pipeline() picks softmax, sigmoid or none from problem_type, as the task does
+        clf.model.config.problem_type = clf.task.problem_type
     save_artifact(clf.head, dest, meta)
     _copy_card(art, dest)
+
+
+def output_layer(model: torch.nn.Module, n_outputs: int) -> torch.nn.Linear:
+    """The linear layer that produces the logits: the last one named like a classification head."""
+    found = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == n_outputs
+             and any(k in name.split(".")[-1] or k in name for k in ("classifier", "score", "out_proj"))]
+    if not found:
+        raise LoraclfError("cannot find the model's output layer to fold the task's output scale into")
+    return found[-1]
+
+
+def fold_task_output(clf: Classifier, meta: dict) -> None:
+    """Fold what the task does to raw logits (temperature, regression target scale) into the last
+    layer's weights, so plain transformers, pipeline() and onnxruntime give loraclf's outputs; the
+    export's loraclf.json then records the neutral state."""
+    affine = clf.task.output_affine()
+    if affine is None:
+        return
+    scale, shift = affine
+    layer = output_layer(clf.model, clf.task.num_outputs)
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        if layer.bias is not None:
+            layer.bias.mul_(scale).add_(shift)
+        elif shift:
+            raise LoraclfError(f"the output layer of {meta.get('model_type')} has no bias to hold the regression "
+                               "target's mean; train with train.normalize_target=false to export it")
+    meta["task_state"] = clf.task.folded_state()
+    meta["export"]["folded"] = {"scale": scale, "shift": shift}
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -137,6 +167,8 @@ def _example_batch(clf: Classifier, names: list[str]) -> tuple[torch.Tensor, ...
 
 def _write_onnx(clf: Classifier, art: Path, dest: Path, quantize: Optional[str], opset: int) -> None:
     names = onnx_input_names(clf)
+    meta = _export_meta(clf.meta, "onnx", inputs=names, opset=opset, quantize=quantize, file=ONNX_FILE)
+    fold_task_output(clf, meta)
     wrapper = _LogitsOnly(clf.model, names).eval()
     fp32 = dest / ONNX_FILE if quantize is None else dest / "model.fp32.onnx"
     axes = {**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}}
@@ -152,8 +184,8 @@ def _write_onnx(clf: Classifier, art: Path, dest: Path, quantize: Optional[str],
     clf.tokenizer.save_pretrained(str(dest))
     cfg = getattr(clf.model, "config", None)
     if cfg is not None:
+        cfg.problem_type = clf.task.problem_type
         cfg.save_pretrained(str(dest))  # labels and architecture, for readers of the folder
-    meta = _export_meta(clf.meta, "onnx", inputs=names, opset=opset, quantize=quantize, file=ONNX_FILE)
     meta.update({"head": "onnx", "format": "onnx"})
     from .artifact import FORMAT_VERSION, versions
 

@@ -49,11 +49,22 @@ def detect_task(task: str, cfg, df, where: str) -> tuple[str, Optional[str]]:
             return "multi-label", (f"task: multi-label, detected: the label column holds lists (e.g. {str(v)[:40]!r}); "
                                    "set task: multi-label to confirm, or task: single-label if "
                                    f"{cfg.label_separator!r} belongs to label names")
-    scores = [v for v in values if isinstance(v, (float, np.floating)) and not float(v).is_integer()]
+    scores = [v for v in values if _fractional(v)]
     if scores and not cfg.label_names:
         raise DataError(f"{where}: labels look like continuous scores (e.g. {scores[0]}); set task: regression "
                         "(or task: single-label to treat each value as a class)")
     return "single-label", None
+
+
+def _fractional(v) -> bool:
+    """A number with a fractional part (3.8, "0.25"): a score rather than a class id."""
+    if isinstance(v, bool):
+        return False
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(x)) and not x.is_integer()
 
 
 def _flag(v, col: str, where: str, row: int) -> int:

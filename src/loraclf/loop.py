@@ -404,8 +404,9 @@ class Trainer:
         value = metrics.get(t.metric)
         improved = is_better(t.metric, value, s.best_metric)
         epoch = s.micro / self.per_process
+        logged = dict.fromkeys(("loss", *self.head.task.headline, t.metric))  # the selection metric too (pruning)
         self._log({"type": "eval", "step": s.step, "epoch": round(epoch, 4), "split": "validation",
-                   **{k: metrics[k] for k in ("loss", *self.head.task.headline)}, "improved": improved})
+                   **{k: metrics[k] for k in logged}, "improved": improved})
         if improved:
             s.best_metric, s.best_step, s.bad_evals = value, s.step, 0
             self.best_weights = trainable_state(self.acc.unwrap_model(self.model))

@@ -135,3 +135,25 @@ def predict_csv(clf, chunks: Iterator[Chunk], output: Optional[str], id_column: 
             tmp.unlink(missing_ok=True)
     finally:
         bar.close()
+
+
+def read_thresholds(path: str, meta: dict) -> dict:
+    """`predict --thresholds`: a JSON object {label: threshold}, or a metrics.json whose `thresholds`
+    block holds one; checked against the model's labels before the model is loaded."""
+    import json
+
+    from .tasks import make_task
+
+    task = meta.get("task", "single-label")
+    if task != "multi-label":
+        raise LoraclfError(f"--thresholds applies to multi-label models; this one is {task}")
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LoraclfError(f"--thresholds {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise LoraclfError(f"--thresholds {path}: not a JSON file") from None
+    if isinstance(values, dict) and isinstance(values.get("thresholds"), dict):
+        values = values["thresholds"].get("values", values["thresholds"])
+    make_task("multi-label", meta["labels"]).set_thresholds(values)  # refuses a file that does not fit
+    return values

@@ -44,6 +44,15 @@ class Task:
         """What the task fitted (temperature, thresholds, target scale), for loraclf.json."""
         return {}
 
+    def output_affine(self) -> Optional[tuple[float, float]]:
+        """(scale, shift) the task applies to raw logits before its activation, when it applies one
+        (a temperature, a target scale): an export folds it into the model's last layer."""
+        return None
+
+    def folded_state(self) -> dict:
+        """The state once :meth:`output_affine` is folded into the weights."""
+        return self.state()
+
     def check_config(self, cfg) -> None:
         """Refuse options that do not fit this task or its labels, before anything is written."""
         t = cfg.train

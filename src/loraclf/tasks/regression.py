@@ -35,6 +35,12 @@ class Regression(Task):
     def state(self) -> dict:
         return {"target_mean": self.mean, "target_std": self.std}
 
+    def output_affine(self) -> Optional[tuple[float, float]]:
+        return (self.std, self.mean) if (self.std, self.mean) != (1.0, 0.0) else None
+
+    def folded_state(self) -> dict:
+        return {"target_mean": 0.0, "target_std": 1.0}
+
     def check_config(self, cfg) -> None:
         super().check_config(cfg)
         refuse_single_label_options(cfg, self.name)

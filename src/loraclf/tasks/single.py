@@ -30,6 +30,12 @@ class SingleLabel(Task):
     def state(self) -> dict:
         return {"temperature": self.temperature} if self.temperature is not None else {}
 
+    def output_affine(self) -> Optional[tuple[float, float]]:
+        return (1.0 / self.temperature, 0.0) if self.temperature else None
+
+    def folded_state(self) -> dict:
+        return {}
+
     def check_config(self, cfg) -> None:
         super().check_config(cfg)
         w = cfg.train.class_weights
@@ -115,6 +121,7 @@ def calibration_effect(raw: np.ndarray, calibrated: np.ndarray, gold: np.ndarray
     """NLL, ECE and reliability bins of one split before and after the temperature."""
     out = {}
     for when, probs in (("before", raw), ("after", calibrated)):
+        probs = probs.astype(np.float64)  # as compute_metrics reads them: the "after" figures equal the split's
         conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == gold).astype(np.float64)
         out[f"nll_{when}"] = nll(probs, gold)
         out[f"ece_{when}"] = expected_calibration_error(conf, correct)
