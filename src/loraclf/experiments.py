@@ -335,7 +335,11 @@ def write_results(sweep: Sweep, statuses: dict[str, str], title: Optional[str] =
             for p in sweep.points]
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, sweep.out_dir / "results.csv")
-    title = title or f"{sweep.path.stem}: {split} accuracy against trainable parameters"
+    from .compare import row_metrics
+    from .metrics import METRICS
+
+    shown = METRICS[row_metrics(rows)[0]].name  # accuracy; micro-F1 or RMSE for other tasks
+    title = title or f"{sweep.path.stem}: {split} {shown} against trainable parameters"
     png = plot_accuracy_vs_params(rows, sweep.out_dir / "accuracy_vs_params.png", title)
     from . import __version__
 
@@ -347,7 +351,7 @@ def write_results(sweep: Sweep, statuses: dict[str, str], title: Optional[str] =
               f"**{split}** split. Written by loraclf {__version__} on "
               f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.", "", markdown_table(rows), ""]
     if png is not None:
-        lines += ["![accuracy against trainable parameters](accuracy_vs_params.png)", ""]
+        lines += [f"![{shown} against trainable parameters](accuracy_vs_params.png)", ""]
     lines += ["Trainable params count the LoRA weights, the head and any weights the checkpoint lacks. "
               "Artifact: the weight files in `artifact/` (LoRA: the adapter incl. head; head/full: a whole "
               "checkpoint). Full model: the base model's weights in fp32. Peak memory: peak RSS on CPU, "

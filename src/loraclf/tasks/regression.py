@@ -66,7 +66,10 @@ class Regression(Task):
     def evaluate(self, logits: np.ndarray, gold: np.ndarray) -> tuple[dict, np.ndarray]:
         check_finite(logits)
         scores = self.probabilities(logits)
-        return regression_metrics(gold, scores), scores
+        metrics = regression_metrics(gold, scores)
+        if metrics["n"]:  # the loss as training sees it: MSE on the standardised target (RMSE is in its units)
+            metrics["loss"] = float(np.mean(((scores - np.asarray(gold, dtype=np.float64)) / self.std) ** 2))
+        return metrics, scores
 
     def predicted(self, scores: np.ndarray) -> list[str]:
         return [f"{v:.4f}" for v in scores]
