@@ -103,6 +103,11 @@ class ModelConfig:
     fallback_label: Optional[str] = _f(
         None, "Label used when a generated answer names no label; null: the most frequent train label."
     )
+    shared_prefix: bool = _f(
+        True, "Prompt heads: run the prompt's common prefix (chat header, instruction, few-shot examples) once per "
+        "batch and reuse its key/value cache for every text; evaluation keeps it across batches. Same scores; "
+        "training uses it only without dropout (lora.dropout: 0) or gradient checkpointing (docs/decoders.md).",
+    )
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `name` is a hub id.")
     trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask.")
     attn_implementation: Optional[str] = _f(

@@ -183,7 +183,7 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
         fallback = labels[int(np.bincount(np.asarray(train_labels), minlength=len(labels)).argmax())]
     elif fallback not in labels:
         raise ModelError(f"model.fallback_label {fallback!r} is not a label ({', '.join(labels)})")
-    model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback)
+    model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback, cfg.shared_prefix)
     return Built(model, tok, resolved, model_type, targets, [], [])
 
 

@@ -174,7 +174,8 @@ class VerbalizerHead(Head):
 
     def artifact_meta(self) -> dict:
         return {"prompt": self.formatter.spec.to_dict(), "max_new_tokens": self.model.max_new_tokens,
-                "fallback_label": self.model.labels[self.model.fallback]}
+                "fallback_label": self.model.labels[self.model.fallback],
+                "shared_prefix": self.model.prefix is not None}
 
     def run_info(self, example: Encoded) -> dict:
         return {"prompt": {**self.formatter.spec.to_dict(), "chat": self.formatter.chat,
@@ -221,7 +222,7 @@ class VerbalizerHead(Head):
         greedy_generation(lm)
         formatter = PromptFormatter(tokenizer, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
         model = PromptClassifier(lm, formatter, meta["labels"], cls.name, meta.get("max_new_tokens", 8),
-                                 meta.get("fallback_label"))
+                                 meta.get("fallback_label"), meta.get("shared_prefix", True))
         return cls(model, tokenizer, task)
 
 
