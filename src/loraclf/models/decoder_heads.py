@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .prefix import SharedPrefix, has_active_dropout
+from .prefix import SharedPrefix, checkpointing, has_active_dropout
 from .prompting import PromptFormatter
 
 log = logging.getLogger("loraclf")
@@ -82,7 +82,7 @@ class PromptClassifier(nn.Module):
         if p is None or p.broken:
             return None
         if self.training and torch.is_grad_enabled() and (
-                self._train_random or getattr(self.lm, "is_gradient_checkpointing", False)):
+                self._train_random or checkpointing(self.lm)):
             return None
         return p.split(input_ids, attention_mask)
 

@@ -51,6 +51,12 @@ def cache_kwarg(lm: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def checkpointing(lm: torch.nn.Module) -> bool:
+    """Whether gradient (activation) checkpointing is on; the property was renamed in transformers 5.x."""
+    on = getattr(lm, "is_activation_checkpointing", None)
+    return bool(getattr(lm, "is_gradient_checkpointing", False) if on is None else on)
+
+
 class SharedPrefix:
     """The prompt prefix of one formatter and, outside training, its cached keys and values."""
 
