@@ -108,6 +108,16 @@ class ModelConfig:
     fallback_label: Optional[str] = _f(
         None, "Label used when a generated answer names no label; null: the most frequent train label."
     )
+    shared_prefix: bool = _f(
+        True, "Prompt heads: run the prompt's common prefix (chat header, instruction, few-shot examples) once per "
+        "batch and reuse its key/value cache for every text; evaluation keeps it across batches. Same scores; "
+        "training uses it only without dropout (lora.dropout: 0) or gradient checkpointing (docs/decoders.md).",
+    )
+    quantize: Optional[str] = _f(
+        None, "Load the frozen base weights quantized with bitsandbytes (pip install 'loraclf[quantize]'): 4bit "
+        "(NF4) or 8bit; LoRA adapters and the classification head stay full precision. null: no quantization.",
+        ("4bit", "8bit"),
+    )
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `name` is a hub id.")
     trust_remote_code: bool = _f(False, "Allow custom model code from the hub. Off unless you ask.")
     attn_implementation: Optional[str] = _f(
@@ -200,6 +210,9 @@ class TrainConfig:
         "the rank and targets are chosen to fit).")
     log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.")
     num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.")
+    gradient_checkpointing: bool = _f(
+        False, "Recompute the base model's layer activations in the backward pass instead of keeping them: less "
+        "memory, slower steps (methods lora and full).")
 
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -563,6 +576,12 @@ def validate(cfg: Config) -> None:
         )
     if m.few_shot < 0 or m.max_new_tokens < 1:
         raise ConfigError("model.few_shot must be >= 0 and model.max_new_tokens >= 1")
+    if m.quantize is not None and m.method == "full":
+        raise ConfigError(f"model.quantize={m.quantize} freezes the base weights; model.method=full trains them "
+                          "(use lora or head)")
+    if t.gradient_checkpointing and m.method not in ("lora", "full"):
+        raise ConfigError(f"train.gradient_checkpointing saves memory in layers trained through; with "
+                          f"model.method={m.method} none is (turn it off)")
     _validate_auto_rank(cfg)
     if isinstance(t.class_weights, list) and not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in t.class_weights):

@@ -99,8 +99,60 @@ def _add_lora(model, task_type, lora: LoraSection, targets, model_type: str, sho
                          f"{str(e).splitlines()[0][:200]}") from None
 
 
+def quantization_config(quantize: Optional[str], skip: Sequence[str] = ()):
+    """transformers' BitsAndBytesConfig for `model.quantize` (None: full precision). `skip` names modules
+    kept in full precision because they are trained whole (the classification head, modules_to_save)."""
+    if quantize is None:
+        return None
+    from ..errors import ConfigError
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"model.quantize={quantize} needs bitsandbytes: pip install 'loraclf[quantize]'") from None
+    except Exception as e:  # a build without a backend for this machine fails at import
+        raise ConfigError(f"model.quantize={quantize}: bitsandbytes cannot run here "
+                          f"({str(e).splitlines()[0][:150]})") from None
+    from transformers import BitsAndBytesConfig
+
+    skip = list(dict.fromkeys(list(skip) + ["lm_head"]))
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=skip,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if cuda_bf16 else torch.float32)
+
+
+def _quantized_kwargs(cfg: ModelConfig, skip: Sequence[str] = ()) -> dict:
+    q = quantization_config(cfg.quantize, skip)
+    return {} if q is None else {"quantization_config": q}
+
+
+def prepare_quantized(model, quantize: Optional[str]):
+    """A quantized base made ready for adapters: PEFT freezes it, keeps norms in fp32 and lets
+    gradients reach the inputs (gradient checkpointing is train.gradient_checkpointing's business)."""
+    if quantize is None:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """train.gradient_checkpointing on the base model under any PEFT wrapper. Non-reentrant
+    checkpointing, and input embeddings that require grad so the frozen base still passes gradients
+    back to the adapters inside the recomputed layers."""
+    from ..errors import ConfigError
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"train.gradient_checkpointing: {type(base).__name__} does not support it (turn it off)")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
+
+
 def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet: bool = False,
-              problem_type: str = "single_label_classification"):
+              modules_to_save: Optional[Sequence[str]] = None, problem_type: str = "single_label_classification"):
     """Load the checkpoint with a sequence-classification head; report weights it had to create."""
     from transformers import AutoModelForSequenceClassification
 
@@ -114,7 +166,8 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
     # The head finds the last real token by the config's pad id: it must be the id batches are padded with.
     mcfg.pad_token_id = tok.pad_token_id
     kwargs: dict[str, Any] = dict(config=mcfg, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                  output_loading_info=True)
+                                  output_loading_info=True,
+                                  **_quantized_kwargs(cfg, HEAD_NAMES + ["pooler"] + list(modules_to_save or [])))
     try:
         with quiet_hf():  # we report newly initialised weights ourselves
             try:
@@ -129,7 +182,7 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
         raise ModelError(f"cannot load model {cfg.name}: {str(e).splitlines()[0][:300]}") from None
     missing = set(info.get("missing_keys", []))
     missing.update(_untrained_pooler_params(model))
-    return model, tok, resolved, sorted(missing)
+    return prepare_quantized(model, cfg.quantize), tok, resolved, sorted(missing)
 
 
 def _untrained_pooler_params(model) -> list[str]:
@@ -167,10 +220,12 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
         with quiet_hf():
             lm = AutoModelForCausalLM.from_pretrained(resolved.path, revision=cfg.revision,
                                                       trust_remote_code=cfg.trust_remote_code,
-                                                      attn_implementation=cfg.attn_implementation)
+                                                      attn_implementation=cfg.attn_implementation,
+                                                      **_quantized_kwargs(cfg))
     except (OSError, ValueError) as e:
         raise ModelError(f"head {cfg.head} needs a causal LM; cannot load {cfg.name} as one: "
                          f"{str(e).splitlines()[0][:200]}") from None
+    lm = prepare_quantized(lm, cfg.quantize)
     greedy_generation(lm)
     model_type = lm.config.model_type
     spec = PromptSpec(cfg.prompt or DEFAULT_PROMPT, label_words_from(cfg.label_words, labels), cfg.chat_template,
@@ -184,7 +239,7 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
         fallback = labels[int(np.bincount(np.asarray(train_labels), minlength=len(labels)).argmax())]
     elif fallback not in labels:
         raise ModelError(f"model.fallback_label {fallback!r} is not a label ({', '.join(labels)})")
-    model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback)
+    model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback, cfg.shared_prefix)
     return Built(model, tok, resolved, model_type, targets, [], [])
 
 

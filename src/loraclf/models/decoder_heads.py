@@ -9,11 +9,13 @@
   gold label word's tokens), as the reference notebooks did.
 
 Inputs are left-padded and positions are computed from the attention mask, so a padded batch
-scores exactly like each text alone.
+scores exactly like each text alone. With ``shared_prefix`` (the default), the prompt's common
+prefix is run once and its key/value cache reused for every row (models/prefix.py).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Optional, Sequence
 
@@ -21,7 +23,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .prefix import SharedPrefix, checkpointing, has_active_dropout
 from .prompting import PromptFormatter
+
+log = logging.getLogger("loraclf")
 
 
 def greedy_generation(lm: nn.Module) -> None:
@@ -37,7 +42,7 @@ def greedy_generation(lm: nn.Module) -> None:
 
 class PromptClassifier(nn.Module):
     def __init__(self, lm: nn.Module, formatter: PromptFormatter, labels: Sequence[str], head: str = "verbalizer",
-                 max_new_tokens: int = 8, fallback_label: Optional[str] = None):
+                 max_new_tokens: int = 8, fallback_label: Optional[str] = None, shared_prefix: bool = True):
         super().__init__()
         self.lm = lm
         self.formatter = formatter
@@ -57,19 +62,59 @@ class PromptClassifier(nn.Module):
         self.generate_at_eval = head == "generate"
         self.config = getattr(lm, "config", None)
         self._keep_ok = True
+        self.prefix = SharedPrefix(formatter.prefix_ids).bind(lm) if shared_prefix else None
+        self._train_random = True  # dropout active while training: known once train() is called
+
+    def train(self, mode: bool = True):
+        # weights change in training: a prefix cached for evaluation must be recomputed afterwards
+        super().train(mode)
+        if self.prefix is not None:
+            self.prefix.invalidate()
+            self._train_random = mode and has_active_dropout(self.lm)
+        return self
+
+    def _prefix_split(self, input_ids, attention_mask):
+        """The batch without its shared prefix (models/prefix.py), or None to score full prompts:
+        switched off, a row not starting with the prefix, or a training forward that is random
+        (dropout) or checkpointed (a cache written inside a checkpointed layer would be written
+        again when backward replays it)."""
+        p = self.prefix
+        if p is None or p.broken:
+            return None
+        if self.training and torch.is_grad_enabled() and (
+                self._train_random or checkpointing(self.lm)):
+            return None
+        return p.split(input_ids, attention_mask)
+
+    def _prefix_cache(self, rest: torch.Tensor):
+        try:
+            return self.prefix.cache(self.lm, rest.shape[0], rest.device)
+        except (TypeError, AttributeError, ValueError) as e:  # a model that takes no DynamicCache
+            self.prefix.broken = True
+            log.warning("shared prefix off for this model (%s); scoring full prompts", str(e).splitlines()[0])
+            return None
 
     # ------------------------------------------------------------------ scoring
-    def _lm(self, input_ids, attention_mask, keep: int = 1):
-        """Logits of the last `keep` positions only: the LM head over a 50k vocabulary at every
-        position would cost as much as the rest of a small model."""
-        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    def _call(self, input_ids, attention_mask, pos, keep: int, **extra):
         if self._keep_ok:
             try:
                 return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                               logits_to_keep=keep).logits
+                               logits_to_keep=keep, **extra).logits
             except TypeError:  # an architecture without logits_to_keep
                 self._keep_ok = False
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits[:, -keep:]
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                       **extra).logits[:, -keep:]
+
+    def _lm(self, input_ids, attention_mask, keep: int = 1):
+        """Logits of the last `keep` positions only: the LM head over a 50k vocabulary at every
+        position would cost as much as the rest of a small model."""
+        split = self._prefix_split(input_ids, attention_mask)
+        past = self._prefix_cache(split[0]) if split is not None else None
+        if past is not None:
+            rest, mask, pos = split
+            return self._call(rest, mask, pos, keep, use_cache=True, **{self.prefix.kwarg: past})
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self._call(input_ids, attention_mask, pos, keep)
 
     def word_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[batch, n_words] log p(word | prompt), summing over each word's tokens."""
@@ -110,8 +155,17 @@ class PromptClassifier(nn.Module):
     def generate_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
         tok = self.formatter.tok
         lm = self.lm
+        extra = {}
+        split = self._prefix_split(input_ids, attention_mask)
+        past = self._prefix_cache(split[0]) if split is not None else None
+        if past is not None:
+            # [prefix][pads][text + suffix]: generate skips the tokens the cache already holds and
+            # counts positions from the attention mask, as the scoring path does
+            rest, attention_mask, _ = split
+            input_ids = torch.cat([self.prefix.ids.to(rest.device).expand(rest.shape[0], -1), rest], dim=1)
+            extra[self.prefix.kwarg] = past
         gen = lm.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens,
-                          do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                          do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)
         texts = tok.batch_decode(gen[:, input_ids.shape[1]:], skip_special_tokens=True)
         out = []
         for t in texts:

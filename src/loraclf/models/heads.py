@@ -37,6 +37,7 @@ class Head:
     def __init__(self, model: torch.nn.Module, tokenizer, task: Task):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self._loss: Optional[torch.nn.Module] = None
+        self.quantize: Optional[str] = None  # model.quantize the base was loaded with (rebuilt the same way)
 
     @classmethod
     def build(cls, cfg, data, task: Task, quiet: bool = False) -> tuple["Head", Any, Optional[dict]]:
@@ -55,6 +56,14 @@ class Head:
     # ---------------------------------------------------------------- training
     def prepare_training(self, tcfg, train_labels: np.ndarray, device) -> None:
         self._loss = self.task.loss_function(tcfg, train_labels, device)
+        if getattr(tcfg, "gradient_checkpointing", False):
+            from .build import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(self.base_model())
+
+    def base_model(self) -> torch.nn.Module:
+        """The transformers model (under any PEFT wrapper) that memory levers apply to."""
+        return self.model
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """The training loss of one batch; `model` is the prepared (DDP, compiled) handle on self.model."""
@@ -74,7 +83,7 @@ class Head:
     # ---------------------------------------------------------------- artifact
     def artifact_meta(self) -> dict:
         """What loraclf.json must hold, beyond labels and base model, to rebuild this head."""
-        return {}
+        return {"quantize": self.quantize} if self.quantize else {}
 
     def run_info(self, example: Encoded) -> dict:
         """Extra top-level entries for metrics.json."""
@@ -101,12 +110,15 @@ class ClassifierHead(Head):
         from .build import apply_method, load_base
 
         set_seed(cfg.seed)
-        model, tok, resolved, missing = load_base(cfg.model, task.num_outputs, data.labels.id2label,
-                                                     problem_type=task.problem_type, quiet=quiet)
+        model, tok, resolved, missing = load_base(cfg.model, task.num_outputs, data.labels.id2label, quiet=quiet,
+                                                  modules_to_save=cfg.lora.modules_to_save,
+                                                  problem_type=task.problem_type)
         with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
             auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
         built = apply_method(model, tok, resolved, cfg.model.method, cfg.lora, missing)
-        return cls(built.model, built.tokenizer, task), built, auto_lora
+        head = cls(built.model, built.tokenizer, task)
+        head.quantize = cfg.model.quantize
+        return head, built, auto_lora
 
     def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
         return encode(self.tokenizer, texts, labels, max_length, pairs)
@@ -133,15 +145,18 @@ class ClassifierHead(Head):
             resolved = resolve(base_model or meta["base_model"])
             check_base(meta, resolved.path, base_model)
             config = AutoConfig.from_pretrained(str(art))
-            base, info = AutoModelForSequenceClassification.from_pretrained(resolved.path, config=config,
-                                                                            output_loading_info=True)
+            base, info = AutoModelForSequenceClassification.from_pretrained(
+                resolved.path, config=config, output_loading_info=True,
+                **quantized(meta, ["classifier", "score", "pooler"] + list(meta.get("modules_to_save") or [])))
             check_loaded(meta, info, base_model or meta["base_model"])
             model = PeftModel.from_pretrained(base, str(art))
-            if merge:
+            if merge and not meta.get("quantize"):  # merging into 4/8-bit weights would round the adapter away
                 model = model.merge_and_unload()
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(art))
-        return cls(model, tokenizer, task)
+        head = cls(model, tokenizer, task)
+        head.quantize = meta.get("quantize")
+        return head
 
 
 class VerbalizerHead(Head):
@@ -162,11 +177,16 @@ class VerbalizerHead(Head):
         if tr.pairs is not None:
             raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
         built = build_prompt_model(cfg.model, cfg.lora, task.labels, tr.texts, tr.labels, cfg.seed, quiet=quiet)
-        return cls(built.model, built.tokenizer, task), built, auto_lora
+        head = cls(built.model, built.tokenizer, task)
+        head.quantize = cfg.model.quantize
+        return head, built, auto_lora
 
     @property
     def formatter(self):
         return self.model.formatter
+
+    def base_model(self) -> torch.nn.Module:
+        return self.model.lm
 
     def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
         if pairs is not None:
@@ -174,8 +194,10 @@ class VerbalizerHead(Head):
         return self.formatter.encode(list(texts), labels, max_length)
 
     def artifact_meta(self) -> dict:
-        return {"prompt": self.formatter.spec.to_dict(), "max_new_tokens": self.model.max_new_tokens,
-                "fallback_label": self.model.labels[self.model.fallback]}
+        return {**super().artifact_meta(), "prompt": self.formatter.spec.to_dict(),
+                "max_new_tokens": self.model.max_new_tokens,
+                "fallback_label": self.model.labels[self.model.fallback],
+                "shared_prefix": self.model.prefix is not None}
 
     def run_info(self, example: Encoded) -> dict:
         return {"prompt": {**self.formatter.spec.to_dict(), "chat": self.formatter.chat,
@@ -211,19 +233,21 @@ class VerbalizerHead(Head):
         else:
             path = resolve(base_model or meta["base_model"]).path
             check_base(meta, path, base_model)
-            lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+            lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **quantized(meta))
             check_loaded(meta, info, base_model or meta["base_model"])
             if meta["method"] == "lora":
                 from peft import PeftModel
 
                 lm = PeftModel.from_pretrained(lm, str(art))
-                if merge:
+                if merge and not meta.get("quantize"):  # merging into 4/8-bit weights would round the adapter away
                     lm = lm.merge_and_unload()
         greedy_generation(lm)
         formatter = PromptFormatter(tokenizer, PromptSpec.from_dict(meta["prompt"]), meta["labels"])
         model = PromptClassifier(lm, formatter, meta["labels"], cls.name, meta.get("max_new_tokens", 8),
-                                 meta.get("fallback_label"))
-        return cls(model, tokenizer, task)
+                                 meta.get("fallback_label"), meta.get("shared_prefix", True))
+        head = cls(model, tokenizer, task)
+        head.quantize = meta.get("quantize")
+        return head
 
 
 class GenerateHead(VerbalizerHead):
@@ -261,6 +285,14 @@ BASE_SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_h
 
 def base_shape(config) -> dict:
     return {k: getattr(config, k, None) for k in BASE_SHAPE}
+
+
+def quantized(meta: dict, skip=()) -> dict:
+    """from_pretrained keywords that load the base quantized as the artifact was trained on it."""
+    from .build import quantization_config
+
+    q = quantization_config(meta.get("quantize"), skip)
+    return {} if q is None else {"quantization_config": q}
 
 
 def check_weights(art: Path, meta: dict) -> None:
