@@ -71,6 +71,10 @@ def test_hf_export_is_plain_transformers_and_matches_loraclf(arch, runs, tmp_pat
     again = loraclf.load(dest)
     np.testing.assert_allclose(again.predict_proba(TEXTS), want, atol=1e-4)
     meta = json.loads((dest / "loraclf.json").read_text())
+    source = json.loads((run / "artifact" / "loraclf.json").read_text())["task_state"]
+    folded = meta["export"].pop("folded", None)  # the temperature fitted on validation, now in the weights
+    assert folded == ({"scale": 1 / source["temperature"], "shift": 0.0} if source else None)
+    assert meta["task_state"] == {}
     assert meta["method"] == "full" and meta["export"] == {"format": "hf", "source_method": "lora",
                                                           "source_head": "classifier", "merged": True}
     assert meta["labels"] == ["negative", "positive"] and meta["max_length"] == 32

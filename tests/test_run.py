@@ -63,7 +63,9 @@ def test_lora_flow(arch, tiny_models, synth_dir, tmp_path):
     with torch.no_grad():
         enc = tok(texts[:8], padding=True, truncation=True, max_length=32, return_tensors="pt")
         enc.pop("token_type_ids", None) if arch in ("llama", "qwen2", "distilbert", "modernbert") else None
-        probs = plain(**enc).logits.softmax(-1).numpy()
+        # the artifact's logits come before the temperature fitted on validation (loraclf.json), as documented
+        t = json.loads((art / "loraclf.json").read_text())["task_state"].get("temperature") or 1.0
+        probs = (plain(**enc).logits / t).softmax(-1).numpy()
     np.testing.assert_allclose(probs, saved[:8], atol=2e-5)
     assert plain.config.id2label[int(probs[0].argmax())] == labels[int(saved[0].argmax())]
     meta = json.loads((art / "loraclf.json").read_text())

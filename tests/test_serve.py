@@ -32,7 +32,7 @@ class Failing:
     """A served classifier that fails any batch holding the text "boom" (a model that raises)."""
 
     def __init__(self, clf):
-        self.clf, self.labels, self.model = clf, clf.labels, clf.model
+        self.clf, self.labels, self.model, self.task = clf, clf.labels, clf.model, clf.task
 
     def predict_proba(self, texts, batch_size):
         if "boom" in texts:

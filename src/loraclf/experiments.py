@@ -575,9 +575,7 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
     tree = base_tree(spec, path, sets)
     _check_space(spec.space, str(path))
     metric = spec.metric or dotted(tree, "train.metric") or "auto"
-    if metric == "auto":
-        metric = _default_metric(tree, str(path))
-    if metric not in METRIC_DIRECTIONS:
+    if metric != "auto" and metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"{path}: metric must be one of {', '.join(METRIC_DIRECTIONS)}; got {metric!r}")
     tree = with_overrides(tree, {"train.metric": metric})
     # The whole config must hold at both ends of every range (cross-field checks such as lora.dropout < 1).
@@ -592,6 +590,9 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
     storage = spec.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     if spec.trials < 1:
         raise ConfigError(f"{path}: trials must be >= 1")
+    if metric == "auto":  # last: it may read the data to learn the task
+        metric = _default_metric(tree, str(path))
+        tree = with_overrides(tree, {"train.metric": metric})
     return Search(path, tree, spec.space, out_dir, spec.trials, spec.timeout, storage,
                   str(spec.study_name or path.stem), metric,
                   "maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
@@ -754,6 +755,7 @@ def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir
     to choose. Validation metrics at each evaluation feed the pruner, so set train.eval_steps for
     pruning finer than once per epoch.
     """
+    _optuna()  # a missing extra is named before any data is read
     if not isinstance(search, Search):
         search = load_search(search, sets, output_dir)
     for key, value in (("trials", trials), ("timeout", timeout), ("storage", storage), ("study_name", study_name)):

@@ -401,10 +401,11 @@ class Trainer:
         """Score validation, keep the weights if they are the best so far; True when training should stop."""
         s, t = self.state, self.tcfg
         metrics, _ = evaluate(self.head, self.val, t.eval_batch_size, self.acc)
-        value = metrics.get(t.metric)
-        improved = is_better(t.metric, value, s.best_metric)
+        metric = self.head.task.default_metric if t.metric == "auto" else t.metric  # run.train resolves it first
+        value = metrics.get(metric)
+        improved = is_better(metric, value, s.best_metric)
         epoch = s.micro / self.per_process
-        logged = dict.fromkeys(("loss", *self.head.task.headline, t.metric))  # the selection metric too (pruning)
+        logged = dict.fromkeys(("loss", *self.head.task.headline, metric))  # the selection metric too (pruning)
         self._log({"type": "eval", "step": s.step, "epoch": round(epoch, 4), "split": "validation",
                    **{k: metrics[k] for k in logged}, "improved": improved})
         if improved:
@@ -416,7 +417,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             shown = "n/a" if value is None else f"{value:.4f}"
-            tqdm.write(f"eval step {s.step} epoch {epoch:.2f}: {t.metric}={shown} loss={metrics['loss']:.4f}"
+            tqdm.write(f"eval step {s.step} epoch {epoch:.2f}: {metric}={shown} loss={metrics['loss']:.4f}"
                        + (" *" if improved else ""))
         return t.early_stopping_patience is not None and s.bad_evals >= t.early_stopping_patience
 

@@ -50,7 +50,8 @@ class ServeOptions:
 
 @dataclass
 class Served:
-    """One model clients can name. `clf` has ``labels`` and ``predict_proba(texts, batch_size=)``;
+    """One model clients can name. `clf` has ``labels``, ``task`` (which words its answers) and
+    ``predict_proba(texts, batch_size=)``;
     `adapter` is the PEFT adapter to activate first when several classifiers share one base."""
 
     name: str
