@@ -226,3 +226,56 @@ def test_options_that_do_not_fit_the_task_exit_2(task, sets, needle, tiny_models
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_onnx_export_and_the_server_answer_each_task(tiny_models, tagged_dir, scored_dir, tmp_path):
+    """The server words answers by task (a label set with probabilities; a score), and an ONNX export
+    of a regression model gives the scores (its target scale folded into the graph)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from loraclf.serve import ServeOptions, create_app, load_models, serving
+
+    multi = loraclf.train(None, tiny_overrides(tiny_models["bert"], tagged_dir, tmp_path / "m",
+                                               **{**MULTI, "train.epochs": 1}), quiet=True).path
+    reg = loraclf.train(None, tiny_overrides(tiny_models["bert"], scored_dir, tmp_path / "r",
+                                             **{**REG, "train.epochs": 1}), quiet=True).path
+    assert main(["export", str(reg), "-o", str(tmp_path / "onnx"), "--format", "onnx", "-q"]) == 0
+    texts = ["good film", "bad and boring", "the plot"]
+    want = {"multi": loraclf.load(multi), "reg": loraclf.load(reg)}
+    np.testing.assert_allclose(loraclf.load(tmp_path / "onnx").predict_proba(texts),
+                               want["reg"].predict_proba(texts), atol=1e-4)
+
+    opts = ServeOptions(max_batch_size=8, max_wait_ms=5)
+    models = load_models([f"multi={multi}", f"reg={reg}", f"reg-onnx={tmp_path / 'onnx'}"], opts)
+    with serving(create_app(models, opts)) as url, httpx.Client(base_url=url, timeout=30.0) as client:
+        got = client.post("/v1/classify", json={"model": "multi", "input": texts}).json()["results"]
+        probs = want["multi"].predict_proba(texts)
+        assert [r["labels"] for r in got] == [p.split(";") if p else [] for p in want["multi"].predict(texts)]
+        np.testing.assert_allclose([[r["probabilities"][n] for n in want["multi"].labels] for r in got], probs,
+                                   atol=1e-5)
+        for name in ("reg", "reg-onnx"):
+            got = client.post("/v1/classify", json={"model": name, "input": texts}).json()["results"]
+            np.testing.assert_allclose([r["score"] for r in got], want["reg"].predict_proba(texts), atol=1e-4)
+
+
+def test_a_regression_sweep_tabulates_its_own_metrics(tiny_models, scored_dir, tmp_path):
+    import yaml
+
+    from loraclf.experiments import run_sweep
+
+    tree: dict = {}
+    for item in tiny_overrides(tiny_models["bert"], scored_dir, tmp_path, **{**REG, "train.epochs": 1}):
+        k, v = item.split("=", 1)
+        sec, _, field = k.partition(".")
+        (tree.setdefault(sec, {}).__setitem__(field, yaml.safe_load(v)) if field else tree.__setitem__(sec, v))
+    spec = {"config": tree, "points": [{"model.method": "head"}, {"model.method": "lora", "lora.r": 2}],
+            "output_dir": str(tmp_path / "study")}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    res = run_sweep(str(tmp_path / "sweep.yaml"), isolate=False, quiet=True)
+    rows = list(csv.DictReader(open(res.out_dir / "results.csv", newline="")))
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    for r in rows:
+        m = json.loads((res.out_dir / r["run"] / "metrics.json").read_text())
+        assert float(r["rmse"]) == pytest.approx(m["test"]["rmse"]) and "accuracy" not in r
+    assert "RMSE against trainable parameters" in (res.out_dir / "results.md").read_text()
