@@ -227,16 +227,22 @@ def _matrix_size(k: int, names: Sequence[str]) -> tuple[float, float, float]:
     return min(max(side + label_in + 2.2, 5.6), 22), min(max(side + label_in + 1.6, 4.2), 22), cell
 
 
+def _matrix_figure(labels: Sequence[str]):
+    """A square figure sized for a labels x labels heatmap: (figure, axes, short names, cell inches)."""
+    names = short_labels(labels)
+    w, h, cell = _matrix_size(len(labels), names)
+    fig = _figure(w, h)
+    ax = fig.subplots()
+    ax.grid(False)
+    return fig, ax, names, cell
+
+
 @_styled
 def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str], normalize: bool, title: str = ""):
     """Confusion matrix, counts or rows normalised to 1 (each row's diagonal is that class's recall)."""
     cm = np.asarray(cm, dtype=float)
     k = len(labels)
-    names = short_labels(labels)
-    w, h, cell = _matrix_size(k, names)
-    fig = _figure(w, h)
-    ax = fig.subplots()
-    ax.grid(False)
+    fig, ax, names, cell = _matrix_figure(labels)
     if normalize:
         rows = cm.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -561,11 +567,7 @@ def mistake_cooccurrence(matrix: Sequence[Sequence[int]], labels: Sequence[str],
     predicted wrongly in the same text (counts; the diagonal cannot happen and stays blank)."""
     data = np.asarray(matrix, dtype=float)
     k = len(labels)
-    names = short_labels(labels)
-    w, h, cell = _matrix_size(k, names)
-    fig = _figure(w, h)
-    ax = fig.subplots()
-    ax.grid(False)
+    fig, ax, names, cell = _matrix_figure(labels)
     data[np.eye(k, dtype=bool)] = np.nan
     im = ax.imshow(data, cmap="Reds", vmin=0, vmax=max(np.nanmax(data) if k > 1 else 0, 1))
     if k <= 30:
