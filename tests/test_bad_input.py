@@ -73,6 +73,17 @@ DATA_CASES = {
                               "after carving 1 row(s) for validation, train holds a single class"),
     "train file is a folder": (lambda t: (t / "folder.csv").mkdir() or _data(t, train=ROWS),
                                [], None),
+    "multi-label name outside label_names": (lambda t: _data(t, train=b"text,labels\ngood,joy;fear\nbad,anger\n"),
+                                             ["task=multi-label", "data.label_column=labels",
+                                              "data.label_names=[joy, fear]"], "not in data.label_names"),
+    "multi-label bad JSON list": (lambda t: _data(t, train=b'text,labels\ngood,"[""joy"""\nbad,anger\n'),
+                                  ["task=multi-label", "data.label_column=labels"], "not a valid JSON list"),
+    "score not a number": (lambda t: _data(t, train=b"text,score\ngood,1.5\nbad,high\nok,2\n"),
+                           ["task=regression", "data.label_column=score"], "row 2 has 'high' in 'score'"),
+    "score missing": (lambda t: _data(t, train=b"text,score\ngood,1.5\nbad,\nok,2\n"),
+                      ["task=regression", "data.label_column=score"], "row 2 has no 'score' value"),
+    "scores taken for classes": (lambda t: _data(t, train=b"text,label\ngood,0.5\nbad,3.8\nok,1.2\n"), [],
+                                 "set task: regression"),
 }
 
 

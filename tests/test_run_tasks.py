@@ -109,6 +109,11 @@ def test_multi_label_lora_flow(tiny_models, tagged_dir, tmp_path, capsys):
     assert config.problem_type == "multi_label_classification"
     np.testing.assert_allclose(torch.sigmoid(torch.tensor(logits)).numpy(), saved[:8], atol=2e-5)
 
+    assert main(["evaluate", str(run.path), "--data", str(tagged_dir / "test.csv"), "-o", str(tmp_path / "e.json"),
+                 "-q"]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["macro_f1"] == pytest.approx(m["test"]["macro_f1"]) and evaluated["n"] == len(rows)
+
     # predict writes the label set and every probability; --thresholds replaces the tuned ones
     (tmp_path / "in.csv").write_text("text\n" + "\n".join(texts[:6]) + "\n")
     assert main(["predict", str(run.path), "-i", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "-q"]) == 0
@@ -170,6 +175,11 @@ def test_regression_flow_and_hf_export_folds_the_target_scale(method, tiny_model
     logits, config = _plain_logits(run.path / "artifact", tiny_models["bert"], texts[:8], lora=method == "lora")
     assert config.problem_type == "regression" and logits.shape == (8, 1)
     np.testing.assert_allclose(logits[:, 0] * state["target_std"] + state["target_mean"], saved[:8], atol=2e-4)
+
+    assert main(["evaluate", str(run.path), "--data", str(scored_dir / "test.csv"), "-o", str(tmp_path / "e.json"),
+                 "-q"]) == 0  # the label column is the artifact's own
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["task"] == "regression" and evaluated["rmse"] == pytest.approx(m["test"]["rmse"], rel=1e-4)
 
     assert main(["export", str(run.path), "-o", str(tmp_path / "hf"), "--format", "hf", "-q"]) == 0
     exported, _ = _plain_logits(tmp_path / "hf", None, texts[:8], lora=False)

@@ -60,9 +60,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
         Path(args.output).write_text(json.dumps(m, indent=2))
-    from .metrics import HEADLINE, METRICS
+    from .metrics import METRICS
+    from .tasks import HEADLINES
 
-    print(f"{args.split}: n={m['n']} " + " ".join(f"{k}={METRICS[k].format(m.get(k))}" for k in HEADLINE))
+    print(f"{args.split}: n={m['n']} " + " ".join(f"{k}={METRICS[k].format(m.get(k))}" for k in HEADLINES[m["task"]]))
     return 0
 
 

@@ -283,6 +283,8 @@ def _artifact_meta(cfg: Config, built, head, results: dict) -> dict:
     return {"labels": head.task.labels, "task": head.task.name, "base_model": built.resolved.portable,
             "base_model_hub_id": built.resolved.hub_id, "method": cfg.model.method, "head": head.name,
             "model_type": built.model_type, "max_length": cfg.data.max_length, "text_column": cfg.data.text_column,
+            "label_column": cfg.data.label_column, "label_columns": cfg.data.label_columns,
+            "label_separator": cfg.data.label_separator,
             "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
             "metrics": {s: {k: results[s][k] for k in head.task.headline[:2]} for s in results},
             "task_state": head.task.state(),
@@ -415,10 +417,11 @@ def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None,
 
     clf = load(path)
     overrides = list(data_cfg_overrides or [])
-    if not any(o.startswith("data.text_column=") for o in overrides):
-        overrides.append(f"data.text_column={clf.meta.get('text_column', 'text')}")
-    if clf.task.name == "regression" and not any(o.startswith("data.label_column=") for o in overrides):
-        overrides.append(f"data.label_column={clf.labels[0]}")
+    for key, fallback in (("text_column", "text"), ("label_column", "label"), ("label_columns", None),
+                          ("label_separator", ";")):  # as the model was trained, unless given
+        value = clf.meta.get(key, fallback)
+        if value is not None and not any(o.startswith(f"data.{key}=") for o in overrides):
+            overrides.append(f"data.{key}={json.dumps(value)}")
     cfg = load_config(None, overrides)
     texts, pairs, gold_rows, source = load_labelled_split(cfg.data, split, clf.task.name)
     try:
@@ -426,4 +429,4 @@ def evaluate_artifact(path: str, data_cfg_overrides: Optional[list[str]] = None,
     except DataError as e:  # the same check as training, worded for a model rather than a train split
         raise DataError(str(e).replace(", which train lacks it", ", unknown to the model")) from None
     logits = clf.logits(texts, batch_size or cfg.train.eval_batch_size, pairs, progress=not quiet)
-    return clf.task.evaluate(logits, gold)[0]
+    return {"task": clf.task.name, **clf.task.evaluate(logits, gold)[0]}
