@@ -76,7 +76,8 @@ def artifact_dir(path: str | Path) -> Path:
 
 
 class Classifier:
-    """A loaded classifier: ``predict`` returns label names, ``predict_proba`` probabilities."""
+    """A loaded classifier: ``predict`` returns the answers (label names; label lists for multi-label;
+    scores for regression), ``predict_proba`` the outputs they come from (probabilities, or scores)."""
 
     def __init__(self, head, meta: dict, device: torch.device):
         self.head, self.meta, self.device = head, meta, device
@@ -120,7 +121,7 @@ class Classifier:
 
     def predict(self, texts: Sequence[str], batch_size: int = BATCH_SIZE, pairs: Optional[Sequence[str]] = None,
                 progress: bool = False) -> list[str]:
-        return self.task.predicted(self.predict_proba(texts, batch_size, pairs, progress))
+        return self.task.values(self.predict_proba(texts, batch_size, pairs, progress))
 
 
 def load(path: str | Path, base_model: Optional[str] = None, device: Optional[str] = None,

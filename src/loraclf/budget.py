@@ -271,16 +271,19 @@ def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False
 def num_labels_for(cfg: Config, explicit: Optional[int] = None) -> tuple[int, str]:
     """How many labels to count the head for, and where that number came from."""
     if explicit is not None:
-        if explicit < 2:
-            raise ConfigError("--num-labels must be >= 2")
+        if explicit < 1:
+            raise ConfigError("--num-labels must be >= 1 (1: a regression head)")
         return explicit, "--num-labels"
+    if cfg.task == "regression":
+        return 1, "task: regression (one output)"
     if cfg.data.label_names:
         return len(cfg.data.label_names), "data.label_names"
     if cfg.data.path or cfg.data.train:
         from .data import load_data
+        from .tasks import make_task
 
-        data = load_data(cfg.data, cfg.seed)
-        return len(data.labels), f"the labels of {cfg.data.path or cfg.data.train}"
+        data = load_data(cfg.data, cfg.seed, cfg.task)
+        return make_task(data.task, data.labels.names).num_outputs, f"the labels of {cfg.data.path or cfg.data.train}"
     return 2, "default (no data configured; use --num-labels)"
 
 

@@ -484,6 +484,9 @@ def _label_set(kind: str, cfg: DataConfig, train: list, names_cfg: Optional[list
         raise DataError(f"{where}: train has a single class ({next(iter(seen))!r}); classification needs at least two")
     if kind == "multi-label" and not names:
         raise DataError(f"{where}: no train row has a label; multi-label training needs some")
+    joined = [n for n in names if ";" in n] if kind == "multi-label" else []
+    if joined:  # label sets are written joined by ';' (predictions, `loraclf predict`)
+        raise DataError(f"{where}: label {joined[0]!r} contains ';', which separates labels in loraclf's outputs")
     return LabelSet(names)
 
 

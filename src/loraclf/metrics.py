@@ -149,14 +149,29 @@ def samples_f1(gold: np.ndarray, pred: np.ndarray) -> float:
     return float(np.where(size > 0, 2 * inter / np.maximum(size, 1), 1.0).mean()) if len(gold) else float("nan")
 
 
+def _ratio(num, den):
+    """num / den, 0 where den is 0 (scikit-learn's zero_division=0)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def label_counts(gold: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, false positives and false negatives per label of 0/1 (n, k) arrays. Counted
+    here rather than by scikit-learn, which reads a one-label (n, 1) array as a binary column and
+    would score the *absence* of the label too."""
+    gold, pred = np.asarray(gold) > 0, np.asarray(pred) > 0
+    return (gold & pred).sum(axis=0), (~gold & pred).sum(axis=0), (gold & ~pred).sum(axis=0)
+
+
 def multilabel_decisions(gold: np.ndarray, pred: np.ndarray) -> dict:
     """The threshold-dependent metrics of 0/1 (n, k) gold and predictions."""
-    from sklearn.metrics import f1_score
-
+    tp, fp, fn = label_counts(gold, pred)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    support = tp + fn
     return {
-        "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(gold, pred, average="weighted", zero_division=0)),
+        "micro_f1": float(_ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
+        "macro_f1": float(f1.mean()) if len(f1) else float("nan"),
+        "weighted_f1": float(_ratio((f1 * support).sum(), support.sum())),
         "samples_f1": samples_f1(gold, pred),
         "subset_accuracy": float((gold == pred).all(axis=1).mean()) if len(gold) else float("nan"),
         "hamming_loss": float((gold != pred).mean()) if len(gold) else float("nan"),
@@ -182,12 +197,10 @@ def multilabel_metrics(gold: np.ndarray, probs: np.ndarray, thresholds: np.ndarr
                        loss: Optional[float] = None) -> dict:
     """Everything a multi-label run reports for one split: decisions at the tuned thresholds (and at
     0.5, for comparison), threshold-free ranking scores, and per-label figures."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     gold = np.asarray(gold, dtype=np.int64)
     pred = (probs >= thresholds[None, :]).astype(np.int64)
-    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0,
-                                                 labels=list(range(len(labels))))
+    tp, fp, fn = label_counts(gold, pred)
+    p, r, f, s = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn), tp + fn
     ranking = [_ranking_scores(gold[:, j], probs[:, j]) for j in range(len(labels))]
     out = {"n": int(len(gold)), **multilabel_decisions(gold, pred),
            "roc_auc": _mean_defined(a for a, _ in ranking),

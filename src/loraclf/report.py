@@ -153,8 +153,8 @@ def train_texts(config: dict) -> Optional[list[str]]:
     from .data import load_data
 
     try:
-        cfg = config_from_dict({k: v for k, v in config.items() if k in ("seed", "data")})
-        data = load_data(cfg.data, cfg.seed)
+        cfg = config_from_dict({k: v for k, v in config.items() if k in ("seed", "data", "task")})
+        data = load_data(cfg.data, cfg.seed, cfg.task)
         return list(data.splits["train"].texts)
     except Exception as e:  # the report must not fail because the data moved
         log.info("train texts not available for the length plot: %s", e)
@@ -246,8 +246,8 @@ def make_plots(run: RunData, ea: dict, out_dir: Path) -> list[Plot]:
     emit(pl.loss_curves(h, best.get("step"), LOSS_LABELS.get(run.task, "loss")), "loss.png", "training", "Loss",
          "Train loss (mean over each log interval) and validation loss at each evaluation. The dashed line "
          "marks the evaluation whose weights were kept."
-         + (" Train loss is on the normalised target when data.normalize_target is on; validation loss is "
-            "the mean squared error in the target's units." if run.task == "regression" else ""))
+         + (" Both are on the standardised target when train.normalize_target is on (validation: its mean "
+            "squared error; train: the chosen loss, MSE or Huber)." if run.task == "regression" else ""))
     emit(pl.learning_rate(h), "learning_rate.png", "training", "Learning rate", "Learning rate per optimizer step.")
     emit(pl.validation_metrics(h, best.get("step"), selected, scores),
          "validation_metrics.png", "training", "Validation metrics", "Validation metrics at each evaluation; the "

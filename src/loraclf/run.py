@@ -322,8 +322,11 @@ def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, 
 
 def _announce(cfg: Config, built, data: Data, counts: dict, run_dir: Path) -> None:
     sizes = ", ".join(f"{k} {v:,}" for k, v in data.sizes().items())
-    print(f"loraclf: {cfg.model.name} ({built.model_type}, {cfg.model.method}) on {sizes}; "
-          f"labels: {', '.join(data.labels.names)}; trainable {counts['trainable']:,} params -> {run_dir}")
+    what = "target" if data.task == "regression" else "labels"
+    print(f"loraclf: {cfg.model.name} ({built.model_type}, {cfg.model.method}) on {sizes}; {data.task}, "
+          f"{what}: {', '.join(data.labels.names)}; trainable {counts['trainable']:,} params -> {run_dir}")
+    for note in data.notes:  # e.g. a task found from the labels, caps and carving
+        print(f"loraclf: {note}")
 
 
 def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,

@@ -51,6 +51,14 @@ def test_metrics_match_scikit_learn_and_hand_counts():
     assert m["per_label"]["joy"]["roc_auc"] == 1.0 and m["loss"] == 0.1
 
 
+def test_one_label_is_scored_as_that_label_not_as_a_binary_column():
+    gold = np.array([[1], [0], [0], [0], [1]])
+    probs = np.array([[0.9], [0.6], [0.1], [0.2], [0.3]])  # tp 1, fp 1, fn 1, tn 2
+    m = multilabel_metrics(gold, probs, np.full(1, 0.5), ["toxic"])
+    assert m["micro_f1"] == m["macro_f1"] == m["weighted_f1"] == pytest.approx(0.5)  # 2*1 / (2*1 + 1 + 1)
+    assert m["per_label"]["toxic"] == {**m["per_label"]["toxic"], "precision": 0.5, "recall": 0.5, "support": 2}
+
+
 def test_an_empty_gold_and_empty_prediction_is_right():
     gold = np.zeros((2, 3), dtype=int)
     assert samples_f1(gold, gold) == 1.0
@@ -101,6 +109,10 @@ def test_a_thresholds_file_must_fit_the_labels():
 
 def test_single_label_options_are_refused():
     task = MultiLabel(LABELS)
+    with pytest.raises(ConfigError, match=r"train.regression_loss=huber applies to regression tasks"):
+        task.check_config(Config(train=TrainConfig(regression_loss="huber")))
+    with pytest.raises(ConfigError, match=r"train.calibrate=temperature applies to single-label tasks"):
+        task.check_config(Config(train=TrainConfig(calibrate="temperature")))
     with pytest.raises(ConfigError, match="uses train.pos_weight"):
         task.check_config(Config(train=TrainConfig(class_weights="balanced")))
     with pytest.raises(ConfigError, match="does not score a multi-label task"):

@@ -13,6 +13,18 @@ from ..errors import ConfigError, TrainingDiverged
 
 LABEL_JOIN = ";"  # how a label set is written in predictions files and `loraclf predict` output
 
+# Options that belong to some tasks: (section, field) -> (the tasks it applies to, values any task accepts).
+# Setting one for another task is refused rather than silently ignored.
+TASK_OPTIONS = {
+    ("train", "thresholds"): ({"multi-label"}, ("per-label",)),
+    ("train", "threshold_objective"): ({"multi-label"}, ("macro_f1",)),
+    ("train", "regression_loss"): ({"regression"}, ("mse",)),
+    ("train", "huber_delta"): ({"regression"}, (1.0,)),
+    ("train", "normalize_target"): ({"regression"}, (True,)),
+    ("train", "calibrate"): ({"single-label"}, ("auto", "none")),
+    ("data", "label_names"): ({"single-label", "multi-label"}, (None,)),
+}
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
@@ -59,6 +71,11 @@ class Task:
         if t.metric != "auto" and t.metric not in self.selectable:
             raise ConfigError(f"train.metric={t.metric} does not score a {self.name} task; use one of "
                               f"{', '.join(self.selectable)}")
+        for (section, field), (tasks, neutral) in TASK_OPTIONS.items():
+            value = getattr(getattr(cfg, section), field)
+            if self.name not in tasks and value not in neutral:
+                raise ConfigError(f"{section}.{field}={value} applies to {' and '.join(sorted(tasks))} tasks; "
+                                  f"this run is {self.name}")
         if cfg.model.head != "classifier" and self.name != "single-label":
             raise ConfigError(f"model.head={cfg.model.head} scores one label word per class: it needs task "
                               f"single-label, not {self.name}; use model.head=classifier")
@@ -91,6 +108,10 @@ class Task:
     def answers(self, outputs: np.ndarray) -> list[list]:
         """One row of those columns per text."""
         raise NotImplementedError
+
+    def values(self, outputs: np.ndarray) -> list:
+        """The answer per row as Python values (`Classifier.predict`): a label name, a list of names, a float."""
+        return self.predicted(outputs)
 
     def records(self, outputs: np.ndarray) -> list[dict]:
         """One JSON object per text, as the HTTP server answers."""

@@ -89,6 +89,9 @@ class MultiLabel(Task):
     def predicted(self, probs: np.ndarray) -> list[str]:
         return [LABEL_JOIN.join(self.labels[j] for j in np.flatnonzero(row)) for row in self.decisions(probs)]
 
+    def values(self, probs: np.ndarray) -> list:
+        return [[self.labels[j] for j in np.flatnonzero(row)] for row in self.decisions(probs)]
+
     def answer_columns(self) -> list[str]:
         return ["labels"] + [f"p_{n}" for n in self.labels]
 
@@ -120,10 +123,14 @@ def positive_weights(spec, train: np.ndarray) -> Optional[torch.Tensor]:
 
 
 def _f1_grid(gold: np.ndarray, probs: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per label and candidate threshold: true positives, predicted positives, gold positives."""
-    pred = probs[:, :, None] >= grid[None, None, :]  # (n, k, g)
-    tp = (pred & (gold[:, :, None] > 0)).sum(axis=0)
-    return tp, pred.sum(axis=0), np.broadcast_to(gold.sum(axis=0)[:, None], tp.shape)
+    """Per label and candidate threshold: true positives, predicted positives, gold positives.
+    One label at a time, so memory stays (texts x grid) however many labels there are."""
+    k = gold.shape[1]
+    tp, pp = np.zeros((k, len(grid)), dtype=np.int64), np.zeros((k, len(grid)), dtype=np.int64)
+    for j in range(k):
+        pred = probs[:, j, None] >= grid[None, :]
+        tp[j], pp[j] = (pred & (gold[:, j, None] > 0)).sum(axis=0), pred.sum(axis=0)
+    return tp, pp, np.broadcast_to(gold.sum(axis=0)[:, None], tp.shape)
 
 
 def _best(scores: np.ndarray, grid: np.ndarray) -> float:

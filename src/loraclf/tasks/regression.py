@@ -74,6 +74,9 @@ class Regression(Task):
     def predicted(self, scores: np.ndarray) -> list[str]:
         return [f"{v:.4f}" for v in scores]
 
+    def values(self, scores: np.ndarray) -> list:
+        return [float(v) for v in scores]
+
     def answer_columns(self) -> list[str]:
         return [self.labels[0]]
 
