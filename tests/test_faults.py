@@ -28,8 +28,10 @@ ENV.pop("LORACLF_FAULT", None)
 
 def _cli(args: list[str], fault: str | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**ENV, "LORACLF_FAULT": fault} if fault else ENV
+    # Ctrl-C as a terminal delivers it: a shell that starts jobs in the background (`cmd &`) leaves
+    # SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
     return subprocess.run([sys.executable, "-m", "loraclf", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _train(tiny_models, synth_dir, out: Path, name: str, fault: str | None = None) -> subprocess.CompletedProcess:
