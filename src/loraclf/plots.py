@@ -494,6 +494,13 @@ def length_distribution(hist: dict):
     return fig
 
 
+def _bucket_figure(n: int):
+    """A by-length figure: the measure per bucket above, the number of texts per bucket below."""
+    fig = _figure(6.4, 4.2)
+    ax, axn = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    return fig, ax, axn, np.arange(n)
+
+
 @_styled
 def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = "", name: str = "accuracy"):
     """Accuracy per word-length bucket with 95% intervals, and the number of texts per bucket
@@ -501,9 +508,7 @@ def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = 
     buckets = [b for b in buckets if b["n"]]
     if not buckets:
         return None
-    fig = _figure(6.4, 4.2)
-    ax, axn = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    x = np.arange(len(buckets))
+    fig, ax, axn, x = _bucket_figure(len(buckets))
     acc = np.array([b["accuracy"] for b in buckets])
     lo = np.array([b["ci95"][0] for b in buckets])
     hi = np.array([b["ci95"][1] for b in buckets])
@@ -656,9 +661,7 @@ def errors_by_length(buckets: list[dict], overall_mae: Optional[float] = None, t
     buckets = [b for b in buckets if b["n"]]
     if not buckets:
         return None
-    fig = _figure(6.4, 4.2)
-    ax, axn = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    x = np.arange(len(buckets))
+    fig, ax, axn, x = _bucket_figure(len(buckets))
     mae = np.array([b["mae"] for b in buckets])
     ax.plot(x, mae, color=BLUE, marker="o", ms=6, lw=1.4, label="MAE")
     ax.plot(x, [b["mean_error"] for b in buckets], color=ORANGE, marker="s", ms=4, lw=1, ls=":",
