@@ -501,6 +501,15 @@ def _bucket_figure(n: int):
     return fig, ax, axn, np.arange(n)
 
 
+def _bucket_counts(axn, x, buckets: list[dict]) -> None:
+    """The lower panel of a by-length figure: texts per bucket, labelled with its word range."""
+    axn.bar(x, [b["n"] for b in buckets], color=GREY, width=0.55)
+    axn.set(ylabel="texts", xlabel="length in words")
+    axn.grid(axis="x", visible=False)
+    axn.set_xticks(x)
+    axn.set_xticklabels([b["range"] for b in buckets])
+
+
 @_styled
 def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = "", name: str = "accuracy"):
     """Accuracy per word-length bucket with 95% intervals, and the number of texts per bucket
@@ -521,11 +530,7 @@ def accuracy_by_length(buckets: list[dict], overall: float, title_suffix: str = 
     ax.set(title=f"{name.capitalize()} by text length" + title_suffix, ylabel=f"{name} (95% CI)")
     ax.set_ylim(max(0.0, min(lo.min(), overall) - 0.05), min(1.0, max(hi.max(), overall) + 0.03) + 0.001)
     ax.legend(loc="lower right")
-    axn.bar(x, [b["n"] for b in buckets], color=GREY, width=0.55)
-    axn.set(ylabel="texts", xlabel="length in words")
-    axn.grid(axis="x", visible=False)
-    axn.set_xticks(x)
-    axn.set_xticklabels([b["range"] for b in buckets])
+    _bucket_counts(axn, x, buckets)
     return fig
 
 
@@ -673,11 +678,7 @@ def errors_by_length(buckets: list[dict], overall_mae: Optional[float] = None, t
     ax.axhline(0, color="#c3c7ce", lw=0.8)
     ax.set(title="Errors by text length" + title_suffix, ylabel="error")
     ax.legend(loc="best")
-    axn.bar(x, [b["n"] for b in buckets], color=GREY, width=0.55)
-    axn.set(ylabel="texts", xlabel="length in words")
-    axn.grid(axis="x", visible=False)
-    axn.set_xticks(x)
-    axn.set_xticklabels([b["range"] for b in buckets])
+    _bucket_counts(axn, x, buckets)
     return fig
 
 
