@@ -1,6 +1,6 @@
 """Zero-shot verbalizer throughput with the shared prompt prefix off and on, in one process.
 
-    .venv/bin/python benchmarks/prefix_speed.py [--n 432] [--few-shot 0 4] [--model smollm2-135m]
+    .venv/bin/python benchmarks/prefix_speed.py [--n 432] [--few-shot 0 4] [--model smollm2-135m] [--threads 1]
 
 Scores the same N test texts (a seeded stratified sample) with `model.shared_prefix` off, then on,
 for each few-shot setting, through `loop.predict_logits` (what evaluation and `loraclf predict`
@@ -64,8 +64,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--few-shot", type=int, nargs="+", default=[0, 4])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); pin with taskset on a shared machine")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = [_setting(args, k) for k in args.few_shot]
     print("| few_shot | N | prefix tokens | prefix share | off samples/s | on samples/s | ratio | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
