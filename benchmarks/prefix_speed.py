@@ -64,7 +64,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--few-shot", type=int, nargs="+", default=[0, 4])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); pin with taskset on a shared machine")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's); pin with taskset")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.threads:

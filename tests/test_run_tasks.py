@@ -12,6 +12,7 @@ import torch
 import loraclf
 from conftest import NEG, NEUTRAL, POS, tiny_overrides, write_csv
 from loraclf.cli import main
+from loraclf.report import make_report
 
 TAGS = {"positive": POS, "negative": NEG}
 
@@ -203,12 +204,16 @@ def test_regression_on_sentence_pairs(tiny_models, tmp_path):
     assert run.metrics["test"]["pearson"] > 0.7  # both sentences count: the pair reaches the model
 
 
-def test_calibration_is_stored_reported_and_folded_by_export(tiny_models, synth_dir, tmp_path):
+@pytest.mark.parametrize("method", ["temperature", "bias"])
+def test_calibration_is_stored_reported_and_folded_by_export(method, tiny_models, synth_dir, tmp_path):
     run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path,
-                                             **{"train.calibrate": "temperature", "train.epochs": 1}), quiet=True)
+                                             **{"train.calibrate": method, "train.epochs": 1}), quiet=True)
     m = run.metrics
     t = m["calibration"]["temperature"]
     assert m["calibration"]["applied"] and t != 1.0
+    b = np.array([m["calibration"]["bias"][n] for n in m["labels"]]) if method == "bias" else 0.0
+    heading = "Temperature and class-bias correction" if method == "bias" else "Temperature scaling"
+    assert f"<h3>{heading}</h3>" in make_report(run.path).read_text()
     for split in ("validation", "test"):
         c = m[split]["calibration"]
         assert c["ece_after"] == pytest.approx(m[split]["ece"]) and c["nll_after"] == pytest.approx(m[split]["loss"])
@@ -219,7 +224,7 @@ def test_calibration_is_stored_reported_and_folded_by_export(tiny_models, synth_
     texts = [r["text"] for r in rows][:8]
     saved = np.array([[float(r[f"p_{n}"]) for n in m["labels"]] for r in rows])[:8]
     logits, _ = _plain_logits(run.path / "artifact", tiny_models["bert"], texts, lora=True)
-    np.testing.assert_allclose(torch.softmax(torch.tensor(logits) / t, -1).numpy(), saved, atol=2e-5)
+    np.testing.assert_allclose(torch.softmax(torch.tensor(logits / t + b), -1).numpy(), saved, atol=2e-5)
     assert main(["export", str(run.path), "-o", str(tmp_path / "hf"), "--format", "hf", "-q"]) == 0
     exported, _ = _plain_logits(tmp_path / "hf", None, texts, lora=False)
     np.testing.assert_allclose(torch.softmax(torch.tensor(exported), -1).numpy(), saved, atol=2e-5)

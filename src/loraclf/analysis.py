@@ -409,7 +409,8 @@ def _truncation(metrics: dict, split: str, n: int) -> list[str]:
 
 
 def _calibration_findings(metrics: dict, split: str) -> list[str]:
-    """What temperature scaling did (single-label runs calibrated on validation)."""
+    """What temperature scaling (and, with train.calibrate: bias, the class biases) did (single-label runs
+    calibrated on validation)."""
     cal = metrics.get("calibration") or {}
     before_after = (metrics.get(split) or {}).get("calibration") or {}
     if not cal:
@@ -418,6 +419,14 @@ def _calibration_findings(metrics: dict, split: str) -> list[str]:
     head = f"Temperature scaling (T={t:.3f}, fitted on validation)" if t is not None else "Temperature scaling"
     if not cal.get("applied"):
         return [f"{head} was not applied: {cal.get('reason') or 'no reason recorded'}."]
+    if cal.get("method") == "bias":
+        head = head.replace("Temperature scaling (", "A temperature and per-class biases (")
+        if before_after.get("accuracy_before") is None:
+            return [f"{head} were applied to the probabilities."]
+        return [f"{head} change {split} accuracy from {_fmt(before_after['accuracy_before'])} to "
+                f"{_fmt(before_after['accuracy_after'])} and macro-F1 from {_fmt(before_after['macro_f1_before'])} to "
+                f"{_fmt(before_after['macro_f1_after'])}, NLL from {_fmt(before_after['nll_before'])} to "
+                f"{_fmt(before_after['nll_after'])}."]
     if before_after.get("nll_before") is None:
         return [f"{head} was applied to the probabilities."]
     return [f"{head} changes {split} NLL from {_fmt(before_after['nll_before'])} to {_fmt(before_after['nll_after'])} "

@@ -176,8 +176,10 @@ class TrainConfig:
         "average_precision (multi-label, threshold-free), rmse (regression).")
     calibrate: str = _f(
         "auto", "Single-label: fit a temperature on validation after training and apply it to every probability "
-        "(accuracy is unchanged). auto: keep it only if it lowers validation NLL; temperature: always; none: off.",
-        ("auto", "temperature", "none"))
+        "(accuracy is unchanged). auto: keep it only if it lowers validation NLL; temperature: always; bias: a "
+        "temperature plus one bias per class, which moves predictions (corrects a zero-shot LLM's lean towards "
+        "some labels); none: off.",
+        ("auto", "temperature", "bias", "none"))
     pos_weight: Optional[Union[str, list]] = _f(
         None, "Multi-label: weight of each label's positive texts in the loss; null, 'balanced' (negatives / "
         "positives in train, capped at 100), or a list in label order.")

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .artifact import META_FILE, Classifier, artifact_dir, load, read_meta, save_artifact
@@ -112,9 +113,9 @@ def fold_task_output(clf: Classifier, meta: dict) -> None:
     layer = output_layer(clf.model, clf.task.num_outputs)
     with torch.no_grad():
         layer.weight.mul_(scale)
-        if layer.bias is not None:
-            layer.bias.mul_(scale).add_(shift)
-        elif shift:
+        if layer.bias is not None:  # shift: a number (regression mean) or one per class (calibrate: bias)
+            layer.bias.mul_(scale).add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))
+        elif any(np.atleast_1d(shift)):
             raise LoraclfError(f"the output layer of {meta.get('model_type')} has no bias to hold the regression "
                                "target's mean; train with train.normalize_target=false to export it")
     meta["task_state"] = clf.task.folded_state()

@@ -293,8 +293,11 @@ def _single_label_plots(emit, run: RunData, ea: dict, split: str, suffix: str) -
         emit(pl.reliability_before_after(cal["reliability_before"], cal["ece_before"], cal["reliability_after"],
                                          cal["ece_after"], (run.metrics.get("calibration") or {}).get("temperature"),
                                          suffix), "reliability_before_after.png", "calibration",
-             "Temperature scaling", "Reliability of the model's raw probabilities (left) and of the temperature-"
-             "scaled ones the run reports (right); the predicted labels are the same.")
+             *(("Temperature and class-bias correction", "Reliability of the model's raw probabilities (left) and "
+                "of the corrected ones the run reports (right); the biases move some predictions.")
+               if cal.get("accuracy_before") is not None else
+               ("Temperature scaling", "Reliability of the model's raw probabilities (left) and of the temperature-"
+                "scaled ones the run reports (right); the predicted labels are the same.")))
     emit(pl.length_distribution(ea.get("text_lengths") or {}), "lengths.png", "errors", "Text length per split",
          "Length in words of every split (train as loaded for training).")
     if (ea.get(split) or {}).get("by_length"):

@@ -100,7 +100,8 @@ def _fitted_line(metrics: dict) -> Optional[str]:
     c, t = metrics.get("calibration"), metrics.get("thresholds")
     if c:
         state = "applied" if c["applied"] else "not applied"
-        return f"calibration: temperature {c['temperature']:.3f} ({state}: {c['reason']})"
+        bias = "" if c.get("bias") is None else ", bias " + " ".join(f"{k} {v:+.2f}" for k, v in c["bias"].items())
+        return f"calibration: temperature {c['temperature']:.3f}{bias} ({state}: {c['reason']})"
     if t:
         vals = list(t["values"].values())
         return (f"thresholds: {t['mode']} for {t['objective']} on validation "

@@ -23,13 +23,13 @@ from typing import Optional, Sequence
 from .base import LABEL_JOIN, Task, check_finite, sigmoid, softmax
 from .multilabel import MultiLabel
 from .regression import Regression
-from .single import SingleLabel, class_weights, fit_temperature, nll
+from .single import SingleLabel, class_weights, fit_temperature, fit_temperature_bias, nll
 
 TASKS = {t.name: t for t in (SingleLabel, MultiLabel, Regression)}
 HEADLINES = {name: t.headline for name, t in TASKS.items()}
 
 __all__ = ["LABEL_JOIN", "HEADLINES", "TASKS", "MultiLabel", "Regression", "SingleLabel", "Task", "check_finite",
-           "class_weights", "fit_temperature", "make_task", "nll", "sigmoid", "softmax"]
+           "class_weights", "fit_temperature", "fit_temperature_bias", "make_task", "nll", "sigmoid", "softmax"]
 
 
 def make_task(name: str, labels: Sequence[str], state: Optional[dict] = None) -> Task:

@@ -21,7 +21,7 @@ TASK_OPTIONS = {
     ("train", "regression_loss"): ({"regression"}, ("mse",)),
     ("train", "huber_delta"): ({"regression"}, (1.0,)),
     ("train", "normalize_target"): ({"regression"}, (True,)),
-    ("train", "calibrate"): ({"single-label"}, ("auto", "none")),
+    ("train", "calibrate"): ({"single-label"}, ("auto", "none")),  # temperature and bias: single-label only
     ("data", "label_names"): ({"single-label", "multi-label"}, (None,)),
 }
 

@@ -1,4 +1,4 @@
-"""Single-label classification, with temperature calibration."""
+"""Single-label classification, with temperature calibration and, on request, per-class bias correction."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from .base import Task, check_finite, softmax
 
 class SingleLabel(Task):
     """One class per text: softmax over the classes, cross-entropy, classification metrics, and an
-    optional temperature fitted on validation (divides the logits; argmax, hence accuracy, is unchanged)."""
+    optional temperature fitted on validation (divides the logits; argmax, hence accuracy, is unchanged).
+    `train.calibrate: bias` also fits one additive bias per class, which does move the argmax: it undoes
+    a model's lean towards some answers (a zero-shot LLM that says "positive" to everything)."""
 
     name = "single-label"
     headline = HEADLINE
@@ -26,12 +28,24 @@ class SingleLabel(Task):
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
         self.temperature: Optional[float] = (state or {}).get("temperature")
+        bias = (state or {}).get("bias")
+        self.bias: Optional[np.ndarray] = None if bias is None else np.asarray(bias, dtype=np.float64)
 
     def state(self) -> dict:
-        return {"temperature": self.temperature} if self.temperature is not None else {}
+        out = {"temperature": self.temperature} if self.temperature is not None else {}
+        if self.bias is not None:
+            out["bias"] = [float(b) for b in self.bias]
+        return out
 
-    def output_affine(self) -> Optional[tuple[float, float]]:
-        return (1.0 / self.temperature, 0.0) if self.temperature else None
+    def output_affine(self) -> Optional[tuple[float, object]]:
+        if not self.temperature:
+            return None
+        return (1.0 / self.temperature, [float(b) for b in self.bias] if self.bias is not None else 0.0)
+
+    def adjusted(self, logits: np.ndarray) -> np.ndarray:
+        """The logits the probabilities come from: divided by the temperature, plus the class biases."""
+        z = logits / self.temperature if self.temperature else logits
+        return z + self.bias if self.bias is not None else z
 
     def folded_state(self) -> dict:
         return {}
@@ -52,22 +66,32 @@ class SingleLabel(Task):
                                          label_smoothing=tcfg.label_smoothing)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits / self.temperature if self.temperature else logits)
+        return softmax(self.adjusted(logits))
 
     def evaluate(self, logits: np.ndarray, gold: np.ndarray) -> tuple[dict, np.ndarray]:
         check_finite(logits)
         probs = self.probabilities(logits)
         metrics = compute_metrics(gold, probs, self.labels, loss=nll(probs, gold))
         if self.temperature is not None:
-            metrics["calibration"] = calibration_effect(softmax(logits), probs, gold)
+            metrics["calibration"] = calibration_effect(softmax(logits), probs, gold,
+                                                        self.labels if self.bias is not None else None)
         return metrics, probs
 
     def fit(self, tcfg, logits: np.ndarray, gold: np.ndarray) -> Optional[dict]:
         """Temperature scaling (Guo et al., 2017): the T minimising validation NLL of softmax(logits / T).
-        With `auto` it is kept only when it lowers validation NLL; `temperature` keeps it regardless."""
-        self.temperature = None
+        With `auto` it is kept only when it lowers validation NLL; `temperature` keeps it regardless.
+        `bias` fits T and one bias per class together (softmax(logits / T + b), the same NLL) and keeps
+        them: the user asked for predictions to move."""
+        self.temperature, self.bias = None, None
         if tcfg.calibrate == "none" or len(gold) == 0:
             return None
+        if tcfg.calibrate == "bias":
+            t, b = fit_temperature_bias(logits, gold)
+            before, after = nll(softmax(logits), gold), nll(softmax(logits / t + b), gold)
+            self.temperature, self.bias = t, b
+            return {"method": "bias", "temperature": t, "bias": dict(zip(self.labels, map(float, b))),
+                    "applied": True, "reason": "train.calibrate: bias",
+                    "validation_nll_before": before, "validation_nll_after": after}
         t = fit_temperature(logits, gold)
         before, after = nll(softmax(logits), gold), nll(softmax(logits / t), gold)
         applied = tcfg.calibrate == "temperature" or after < before
@@ -117,8 +141,37 @@ def fit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
-def calibration_effect(raw: np.ndarray, calibrated: np.ndarray, gold: np.ndarray) -> dict:
-    """NLL, ECE and reliability bins of one split before and after the temperature."""
+def fit_temperature_bias(logits: np.ndarray, gold: np.ndarray) -> tuple[float, np.ndarray]:
+    """argmin over (T, b) of the NLL of softmax(logits / T + b), with b[0] = 0 (adding a constant to
+    every class changes nothing). Starts from the temperature alone; L-BFGS on (log T, b[1:]) with the
+    exact gradient. T stays in [0.05, 20] as in :func:`fit_temperature`."""
+    from scipy.optimize import minimize
+
+    z = logits.astype(np.float64)
+    n, k = z.shape
+    onehot = np.eye(k)[gold]
+
+    def loss(x):
+        t = math.exp(x[0])
+        b = np.concatenate([[0.0], x[1:]])
+        p = softmax(z / t + b)
+        r = (p - onehot) / n  # d NLL / d adjusted logits
+        grad_b = r.sum(axis=0)[1:]
+        grad_lt = float((r * (-z / t)).sum())  # d(z / T) / d log T = -z / T
+        return nll(p, gold), np.concatenate([[grad_lt], grad_b])
+
+    x0 = np.concatenate([[math.log(fit_temperature(z, gold))], np.zeros(k - 1)])
+    res = minimize(loss, x0, jac=True, method="L-BFGS-B",
+                   bounds=[(math.log(0.05), math.log(20.0))] + [(-50.0, 50.0)] * (k - 1))
+    return float(math.exp(res.x[0])), np.concatenate([[0.0], res.x[1:]])
+
+
+def calibration_effect(raw: np.ndarray, calibrated: np.ndarray, gold: np.ndarray,
+                       labels: Optional[Sequence[str]] = None) -> dict:
+    """NLL, ECE and reliability bins of one split before and after the temperature; with `labels` (a
+    bias correction, which moves predictions) accuracy and macro-F1 before and after too."""
+    from sklearn.metrics import f1_score
+
     out = {}
     for when, probs in (("before", raw), ("after", calibrated)):
         probs = probs.astype(np.float64)  # as compute_metrics reads them: the "after" figures equal the split's
@@ -126,6 +179,10 @@ def calibration_effect(raw: np.ndarray, calibrated: np.ndarray, gold: np.ndarray
         out[f"nll_{when}"] = nll(probs, gold)
         out[f"ece_{when}"] = expected_calibration_error(conf, correct)
         out[f"reliability_{when}"] = reliability_bins(conf, correct)
+        if labels is not None:
+            out[f"accuracy_{when}"] = float(correct.mean())
+            out[f"macro_f1_{when}"] = float(f1_score(gold, probs.argmax(axis=1), labels=list(range(len(labels))),
+                                                     average="macro", zero_division=0))
     return out
 
 
