@@ -34,5 +34,5 @@ fi
 if [ "$HALF" = all ] || [ "$HALF" = 1 ]; then
   run 3class-lora-classifier $CFG
   run binary-lora-classifier $CFG "${BIN[@]}"
-  run 3class-lora-verbalizer $CFG --set model.head=verbalizer
+  run 3class-lora-verbalizer $CFG --set model.head=verbalizer --set train.epochs=2  # 2: time-bound, see docs
 fi
