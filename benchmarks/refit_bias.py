@@ -24,12 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def _split(run: Path, split: str, labels: list[str], temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def _split(run: Path, split: str, labels: list[str], temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with open(run / "predictions" / f"{split}.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     probs = np.array([[float(r[f"p_{n}"]) for n in labels] for r in rows])
     gold = np.array([labels.index(r["gold"]) for r in rows])
-    return np.log(np.clip(probs, 1e-12, None)) * temperature, gold
+    pred = np.array([labels.index(r["predicted"]) for r in rows])
+    if (probs < 1e-4).any():  # the files keep 6 decimals: below this a logit keeps few digits
+        print(f"warning: {run.name}/{split}: {(probs < 1e-4).sum()} probabilities below 1e-4 lose precision "
+              "in the 6-decimal predictions file; the rebuilt logits are approximate", file=sys.stderr)
+    return np.log(np.clip(probs, 1e-12, None)) * temperature, gold, pred
 
 
 def refit(run: Path) -> dict:
@@ -43,10 +47,10 @@ def refit(run: Path) -> dict:
     if cal.get("method") == "bias":
         raise SystemExit(f"{run}: already calibrated with biases")
     t_applied = cal["temperature"] if cal.get("applied") else 1.0
-    val_z, val_y = _split(run, "validation", labels, t_applied)
-    test_z, test_y = _split(run, "test", labels, t_applied)
+    val_z, val_y, _ = _split(run, "validation", labels, t_applied)
+    test_z, test_y, before = _split(run, "test", labels, t_applied)
     t, b = fit_temperature_bias(val_z, val_y)
-    before, after = test_z.argmax(1), softmax(test_z / t + b).argmax(1)
+    after = softmax(test_z / t + b).argmax(1)
     ks = list(range(len(labels)))
     return {"run": run.name, "n_validation": len(val_y), "n_test": len(test_y), "temperature": t,
             "bias": dict(zip(labels, map(float, b))),

@@ -295,3 +295,20 @@ def test_a_regression_sweep_tabulates_its_own_metrics(tiny_models, scored_dir, t
         m = json.loads((res.out_dir / r["run"] / "metrics.json").read_text())
         assert float(r["rmse"]) == pytest.approx(m["test"]["rmse"]) and "accuracy" not in r
     assert "RMSE against trainable parameters" in (res.out_dir / "results.md").read_text()
+
+
+def test_class_biases_of_a_decoder_classifier_survive_export(tiny_models, synth_dir, tmp_path):
+    """A decoder's score layer has no bias: export folds the temperature and keeps the class biases in
+    loraclf.json, so loraclf gives the same probabilities from the export as from the run."""
+    run = loraclf.train(None, tiny_overrides(tiny_models["llama"], synth_dir, tmp_path,
+                                             **{"train.calibrate": "bias", "train.epochs": 1}), quiet=True)
+    bias = [run.metrics["calibration"]["bias"][n] for n in run.metrics["labels"]]
+    make_report(run.path)  # writes the model card into the artifact
+    card = (run.path / "artifact" / "README.md").read_text()
+    assert "bias = torch.tensor(" in card and "import torch\nfrom peft import PeftModel" in card
+    texts = ["a great film", "an awful film", "it was fine"]
+    want = loraclf.load(run.path / "artifact").predict_proba(texts)
+    assert main(["export", str(run.path), "-o", str(tmp_path / "hf"), "--format", "hf", "-q"]) == 0
+    meta = json.loads((tmp_path / "hf" / "loraclf.json").read_text())
+    assert meta["task_state"] == {"bias": pytest.approx(bias)} and meta["export"]["folded"]["shift"] == 0.0
+    np.testing.assert_allclose(loraclf.load(tmp_path / "hf").predict_proba(texts), want, atol=2e-5)

@@ -111,14 +111,19 @@ def fold_task_output(clf: Classifier, meta: dict) -> None:
         return
     scale, shift = affine
     layer = output_layer(clf.model, clf.task.num_outputs)
-    with torch.no_grad():
-        layer.weight.mul_(scale)
-        if layer.bias is not None:  # shift: a number (regression mean) or one per class (calibrate: bias)
-            layer.bias.mul_(scale).add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))
-        elif any(np.atleast_1d(shift)):
+    state = clf.task.folded_state()
+    per_class = isinstance(shift, list)  # calibrate: bias (a number is a regression target's mean)
+    if layer.bias is None and any(np.atleast_1d(shift)):
+        if not per_class:
             raise LoraclfError(f"the output layer of {meta.get('model_type')} has no bias to hold the regression "
                                "target's mean; train with train.normalize_target=false to export it")
-    meta["task_state"] = clf.task.folded_state()
+        # decoder score layers have no bias: fold the temperature, keep the class biases in loraclf.json
+        state, shift = {"bias": shift}, 0.0
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        if layer.bias is not None:
+            layer.bias.mul_(scale).add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))
+    meta["task_state"] = state
     meta["export"]["folded"] = {"scale": scale, "shift": shift}
 
 

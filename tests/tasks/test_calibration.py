@@ -112,3 +112,13 @@ def test_calibrate_bias_moves_predictions_and_round_trips():
     np.testing.assert_allclose(reloaded.probabilities(logits[test]), probs)
     assert task.fit(TrainConfig(calibrate="auto"), logits[val], gold[val])["method"] == "temperature"
     assert task.bias is None  # refitting without bias drops it
+
+
+def test_calibrate_bias_is_refused_for_the_generate_head():
+    from loraclf.config import Config, ModelConfig
+    from loraclf.errors import ConfigError
+
+    task = SingleLabel(["neg", "pos"])
+    task.check_config(Config(model=ModelConfig(head="verbalizer"), train=TrainConfig(calibrate="bias")))
+    with pytest.raises(ConfigError, match=r"train.calibrate=bias needs class scores"):
+        task.check_config(Config(model=ModelConfig(head="generate"), train=TrainConfig(calibrate="bias")))

@@ -56,6 +56,9 @@ class SingleLabel(Task):
         if isinstance(w, list) and len(w) != len(self.labels):
             raise ConfigError(f"train.class_weights has {len(w)} values but there are {len(self.labels)} labels "
                               f"({', '.join(self.labels)})")
+        if cfg.train.calibrate == "bias" and cfg.model.head == "generate":
+            raise ConfigError("train.calibrate=bias needs class scores; the generate head's scores are its parsed "
+                              "answer, so biases would only remap labels: use the verbalizer head")
         if cfg.train.pos_weight is not None:
             raise ConfigError("train.pos_weight weighs positives of each label in a multi-label task; "
                               "for single-label use train.class_weights")
@@ -153,17 +156,18 @@ def fit_temperature_bias(logits: np.ndarray, gold: np.ndarray) -> tuple[float, n
 
     def loss(x):
         t = math.exp(x[0])
-        b = np.concatenate([[0.0], x[1:]])
-        p = softmax(z / t + b)
-        r = (p - onehot) / n  # d NLL / d adjusted logits
-        grad_b = r.sum(axis=0)[1:]
+        a = z / t + np.concatenate([[0.0], x[1:]])
+        a = a - a.max(axis=1, keepdims=True)
+        logp = a - np.log(np.exp(a).sum(axis=1, keepdims=True))  # exact, unclipped: it matches the gradient
+        r = (np.exp(logp) - onehot) / n  # d NLL / d adjusted logits
         grad_lt = float((r * (-z / t)).sum())  # d(z / T) / d log T = -z / T
-        return nll(p, gold), np.concatenate([[grad_lt], grad_b])
+        return float(-logp[np.arange(n), gold].mean()), np.concatenate([[grad_lt], r.sum(axis=0)[1:]])
 
     x0 = np.concatenate([[math.log(fit_temperature(z, gold))], np.zeros(k - 1)])
     res = minimize(loss, x0, jac=True, method="L-BFGS-B",
                    bounds=[(math.log(0.05), math.log(20.0))] + [(-50.0, 50.0)] * (k - 1))
-    return float(math.exp(res.x[0])), np.concatenate([[0.0], res.x[1:]])
+    x = res.x if loss(res.x)[0] <= loss(x0)[0] else x0  # never worse than the temperature alone
+    return float(math.exp(x[0])), np.concatenate([[0.0], x[1:]])
 
 
 def calibration_effect(raw: np.ndarray, calibrated: np.ndarray, gold: np.ndarray,
