@@ -416,11 +416,11 @@ def _calibration_findings(metrics: dict, split: str) -> list[str]:
     if not cal:
         return []
     t = cal.get("temperature")
-    head = f"Temperature scaling (T={t:.3f}, fitted on validation)" if t is not None else "Temperature scaling"
+    what = "A temperature and per-class biases" if cal.get("method") == "bias" else "Temperature scaling"
+    head = f"{what} (T={t:.3f}, fitted on validation)" if t is not None else what
     if not cal.get("applied"):
         return [f"{head} was not applied: {cal.get('reason') or 'no reason recorded'}."]
     if cal.get("method") == "bias":
-        head = head.replace("Temperature scaling (", "A temperature and per-class biases (")
         if before_after.get("accuracy_before") is None:
             return [f"{head} were applied to the probabilities."]
         return [f"{head} change {split} accuracy from {_fmt(before_after['accuracy_before'])} to "
