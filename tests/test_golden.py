@@ -60,7 +60,11 @@ def _assert_close(got, want, where="") -> None:
         for i, (g, w) in enumerate(zip(got, want)):
             _assert_close(g, w, f"{where}[{i}]")
     elif isinstance(want, float) and not isinstance(want, bool):
-        assert isinstance(got, float) and (math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-7)
+        # The tiny random models score many texts within float rounding of each other; which of two such
+        # texts ranks first depends on the CPU's rounding (AMD EPYC here against the recording machine),
+        # and one flipped pair of 30 x 30 moves ROC-AUC by 1/1800. Every other number holds at 1e-6.
+        abs_tol = 2e-3 if where.endswith(".roc_auc") else 1e-7
+        assert isinstance(got, float) and (math.isclose(got, want, rel_tol=1e-6, abs_tol=abs_tol)
                                            or (math.isnan(got) and math.isnan(want))), f"{where}: {got} != {want}"
     else:
         assert got == want, f"{where}: {got!r} != {want!r}"
