@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import loraclf  # noqa: E402
-from loraclf.export import export  # noqa: E402
+from loraclf.deploy.export import export  # noqa: E402
 
 VARIANTS = ("pytorch-fp32", "onnx-fp32", "onnx-int8")
 
@@ -59,7 +59,7 @@ def weights_mb(path: Path, meta: dict) -> float:
 
 def child(variant: str, path: Path, data: Path, rows: int, batch: int) -> dict:
     """Memory and accuracy of one variant, in a fresh process: load, score the test split, predict `rows`."""
-    from loraclf.memory import PeakMemory
+    from loraclf.training.memory import PeakMemory
 
     mem = PeakMemory.start()
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def child(variant: str, path: Path, data: Path, rows: int, batch: int) -> dict:
     pred = clf.predict(test_texts, batch_size=batch)
     accuracy = sum(p == g for p, g in zip(pred, gold)) / len(gold)
     clf.predict_proba(corpus(data, rows), batch_size=batch)
-    art = loraclf.artifact.artifact_dir(path)
+    art = loraclf.schema.artifact_dir(path)
     return {"variant": variant, "load_s": round(load_s, 2), "peak_rss_mb": mem.read()["peak_rss_mb"],
             "weights_mb": round(weights_mb(art, clf.meta), 1), "test_accuracy": round(accuracy, 4),
             "test_n": len(gold)}

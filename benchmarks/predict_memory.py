@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build_tiny("bert", root / "bert")
         write_csv(root / "data" / "train.csv", synthetic_rows(240, 1))
         write_csv(root / "data" / "validation.csv", synthetic_rows(60, 2))
-        from loraclf.run import train
+        from loraclf.training.run import train
 
         run = train(None, tiny_overrides(model, root / "data", root / "runs", **{"train.epochs": 1}), quiet=True)
         rows = []

@@ -26,15 +26,14 @@ def _setting(args, few_shot: int) -> dict:
 
     from loraclf.config import load_config
     from loraclf.data import load_data
-    from loraclf.loop import predict_logits
-    from loraclf.models.heads import VerbalizerHead
-    from loraclf.tasks import make_task
+    from loraclf.training.loop import predict_logits
+    from loraclf.training.run import build_head
 
     cfg = load_config(None, {"data.path": args.data, "data.max_test_samples": args.n, "model.name": args.model,
                              "model.method": "zero-shot", "model.head": "verbalizer", "model.few_shot": few_shot,
                              "data.max_length": args.max_length, "train.eval_batch_size": args.batch})
     data = load_data(cfg.data, cfg.seed)
-    head, _, _ = VerbalizerHead.build(cfg, data, make_task("single-label", data.labels.names), quiet=True)
+    cfg, head, _, _, _ = build_head(cfg, data, quiet=True)
     test = data.splits["test"]
     enc = head.encode(test.texts, test.labels, cfg.data.max_length)
     warm = head.encode(test.texts[:4], test.labels[:4], cfg.data.max_length)

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="exit 1 when the first case's in-process median exceeds this")
     args = ap.parse_args()
-    from loraclf.report import make_report
+    from loraclf.evaluation.report import make_report
 
     cases = [("binary, short texts (SST-2-like, median ~14 words)", dict(labels=["negative", "positive"])),
              ("binary, long texts (IMDB-like, median ~150 words)",

@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import loraclf  # noqa: E402
 from loraclf.config import DataConfig  # noqa: E402
 from loraclf.data import load_data  # noqa: E402
-from loraclf.memory import PeakMemory  # noqa: E402
 from loraclf.models import resolve  # noqa: E402
 from loraclf.models.targets import default_targets  # noqa: E402
+from loraclf.training.memory import PeakMemory  # noqa: E402
 
 # Real architectures' sizes, for speed rows from random weights (vocabulary from --tokenizer; by
 # default the bundled model of the same family: MiniLM's BERT vocabulary for encoders, SmolLM2's own).

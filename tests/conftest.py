@@ -162,7 +162,7 @@ def tiny_overrides(model_path: Path, data: Path, out: Path, **extra) -> list[str
         "model.name": str(model_path), "data.path": str(data), "output_dir": str(out), "name": "run",
         "train.epochs": 2, "train.batch_size": 16, "train.lr": 5e-3, "train.eval_batch_size": 64,
         "data.max_length": 32, "model.attn_implementation": "eager",
-        # plots and report.html cost ~2 s a run; tests/test_report.py turns them on where it checks them
+        # plots and report.html cost ~2 s a run; tests/evaluation/test_report.py turns them on where it checks them
         "report.enabled": False,
     }
     base.update(extra)

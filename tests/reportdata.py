@@ -1,6 +1,6 @@
 """Synthetic finished run directories for report tests and the report speed benchmark: any number
 of rows and classes, realistic-looking probabilities (short texts are harder), a training history,
-metrics computed by loraclf.metrics, and an artifact loraclf.json (for the model card)."""
+metrics computed by loraclf.evaluation.metrics, and an artifact loraclf.json (for the model card)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def fake_run(root: Path, n_test: int = 600, labels: Optional[Sequence[str]] = No
              name: str = "fake", n_val: Optional[int] = None, long_texts: bool = False, method: str = "lora",
              trainable: int = 150_000) -> Path:
     """Write a complete run directory under root/name and return its path."""
-    from loraclf.config import Config
-    from loraclf.metrics import compute_metrics
+    from loraclf.config import Config, DataConfig, ModelConfig
+    from loraclf.evaluation.metrics import compute_metrics
 
     labels = list(labels or ["negative", "positive"])
     k = len(labels)
@@ -72,10 +72,8 @@ def fake_run(root: Path, n_test: int = 600, labels: Optional[Sequence[str]] = No
                             "loss": 0.3 + 0.1 / s, "accuracy": 0.8 + s / 1000, "macro_f1": 0.79 + s / 1000,
                             "weighted_f1": 0.8, "macro_recall": 0.8, "roc_auc": 0.9, "ece": 0.05, "improved": True})
     (d / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    cfg = Config()
-    cfg.name = name
-    cfg.data.path = "synthetic-data-that-does-not-exist"
-    cfg.model.method = method
+    cfg = Config(name=name, data=DataConfig(path="synthetic-data-that-does-not-exist"),
+                 model=ModelConfig(method=method))
     cfg.save(d / "config.yaml")
     metrics.update({
         "model": {"name": "minilm", "resolved": "minilm", "hub_id": "sentence-transformers/all-MiniLM-L6-v2",
@@ -103,12 +101,10 @@ def fake_run(root: Path, n_test: int = 600, labels: Optional[Sequence[str]] = No
 def _common_meta(d: Path, name: str, method: str, labels, task: str) -> dict:
     """config.yaml, history.jsonl and artifact/loraclf.json of a synthetic run, and the metrics.json
     keys every run has (model, params, data, best, timing, environment)."""
-    from loraclf.config import Config
+    from loraclf.config import Config, DataConfig, ModelConfig
 
-    cfg = Config()
-    cfg.name = name
-    cfg.data.path = "synthetic-data-that-does-not-exist"
-    cfg.model.method = method
+    cfg = Config(name=name, data=DataConfig(path="synthetic-data-that-does-not-exist"),
+                 model=ModelConfig(method=method))
     cfg.save(d / "config.yaml")
     (d / "artifact" / "loraclf.json").write_text(json.dumps({
         "labels": list(labels), "task": task, "base_model": "minilm",
@@ -140,8 +136,8 @@ def _history(d: Path, eval_metrics: dict, steps: int = 60) -> None:
 def fake_multilabel_run(root: Path, n_test: int = 400, labels: Optional[Sequence[str]] = None, seed: int = 0,
                         name: str = "multi", thresholds: str = "per-label") -> Path:
     """A finished multi-label run: label sets (some texts with none), sigmoid-like probabilities that
-    rank them, thresholds per label, metrics by loraclf.metrics.multilabel_metrics."""
-    from loraclf.metrics import multilabel_metrics
+    rank them, thresholds per label, metrics by loraclf.evaluation.metrics.multilabel_metrics."""
+    from loraclf.evaluation.metrics import multilabel_metrics
 
     labels = list(labels or ["joy", "anger", "fear", "surprise", "love"])
     k = len(labels)
@@ -183,8 +179,8 @@ def fake_multilabel_run(root: Path, n_test: int = 400, labels: Optional[Sequence
 def fake_regression_run(root: Path, n_test: int = 400, seed: int = 0, name: str = "sts", target: str = "score",
                         pairs: bool = True) -> Path:
     """A finished regression run on 0-5 similarity scores (STS-B-like, two text columns): predictions
-    pulled toward the mean, metrics by loraclf.metrics.regression_metrics."""
-    from loraclf.metrics import regression_metrics
+    pulled toward the mean, metrics by loraclf.evaluation.metrics.regression_metrics."""
+    from loraclf.evaluation.metrics import regression_metrics
 
     rng = np.random.default_rng(seed)
     d = Path(root) / name
@@ -215,7 +211,7 @@ def fake_regression_run(root: Path, n_test: int = 400, seed: int = 0, name: str 
 def add_calibration(run_dir: Path, temperature: float = 1.7, applied: bool = True) -> Path:
     """Make a fake_run single-label run look temperature-scaled: its probabilities are the calibrated
     ones; the 'raw' ones before scaling are recovered as softmax(log p * T)."""
-    from loraclf.metrics import expected_calibration_error, reliability_bins
+    from loraclf.evaluation.metrics import expected_calibration_error, reliability_bins
 
     m = json.loads((run_dir / "metrics.json").read_text())
     labels = m["labels"]

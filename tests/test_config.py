@@ -121,7 +121,7 @@ def test_set_dotted_and_flatten_are_inverse():
 def test_a_named_tracker_need_not_be_installed_to_load(monkeypatch, tmp_path):
     """Reading a config never checks the machine: a W&B run's config.yaml loads without wandb
     (tracking.check_installed does that when a run starts)."""
-    from loraclf import tracking
+    from loraclf.training import tracking
 
     monkeypatch.setattr(tracking, "tracker_installed", lambda name: False)
     cfg = load_config(None, ["report.trackers=[wandb, mlflow]"])

@@ -7,9 +7,11 @@ import re
 import pytest
 
 from conftest import REPO
-from loraclf.budget import num_labels_for, param_report
 from loraclf.config import config_from_dict, load_config
-from loraclf.experiments import file_kind, load_search, load_sweep
+from loraclf.models.budget import num_labels_for, param_report
+from loraclf.studies.search import load_search
+from loraclf.studies.specs import file_kind
+from loraclf.studies.sweep import load_sweep
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 # Every YAML file the project ships, wherever it lies under recipes/ and examples/.

@@ -6,24 +6,19 @@
     clf.predict(["a gripping, funny film"])               # -> ["positive"]
 """
 
-__version__ = "0.1.0"
+import importlib
 
-from .errors import LoraclfError  # noqa: E402
+from ._version import __version__
+from .errors import LoraclfError
+
+# The public API, by the module that holds it: importing loraclf stays fast, torch loads on first use.
+_API = {"train": "training.run", "Run": "training.run", "evaluate_artifact": "evaluation.evaluate",
+        "load": "deploy.artifact", "Classifier": "deploy.artifact", "load_config": "config", "Config": "config"}
 
 
-def __getattr__(name):  # lazy: importing loraclf stays fast, torch loads on first use
-    if name in ("train", "Run", "evaluate_artifact"):
-        from . import run
-
-        return getattr(run, name)
-    if name in ("load", "Classifier"):
-        from . import artifact
-
-        return getattr(artifact, name)
-    if name in ("load_config", "Config"):
-        from . import config
-
-        return getattr(config, name)
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
     raise AttributeError(name)
 
 

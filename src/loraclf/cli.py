@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from .config import choices, default
+from .console import setup_process
 from .errors import Interrupted, LoraclfError
 
 EXIT_USER_ERROR = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .run import train
+    from .training.run import train
 
     sets = list(args.set or [])
     for flag, key in (("data", "data.path"), ("model", "model.name"), ("method", "model.method"),
@@ -30,8 +29,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .artifact import artifact_dir, load, read_meta
-    from .predict import check_output, input_chunks, predict_csv, read_thresholds
+    from .deploy.artifact import load
+    from .deploy.predict import check_output, input_chunks, predict_csv, read_thresholds
+    from .schema import artifact_dir, read_meta
 
     if args.batch_size < 1:
         raise LoraclfError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -54,16 +54,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .run import evaluate_artifact
+    from .evaluation.evaluate import evaluate_artifact
 
     sets = [f"data.path={args.data}"] + list(args.set or [])
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
         Path(args.output).write_text(json.dumps(m, indent=2))
-    from .metrics import METRICS
-    from .tasks import HEADLINES
+    from .evaluation.metrics import METRICS
+    from .tasks import task_class
 
-    print(f"{args.split}: n={m['n']} " + " ".join(f"{k}={METRICS[k].format(m.get(k))}" for k in HEADLINES[m["task"]]))
+    print(f"{args.split}: n={m['n']} " + " ".join(f"{k}={METRICS[k].format(m.get(k))}"
+                                                    for k in task_class(m["task"]).headline))
     return 0
 
 
@@ -94,8 +95,8 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .compare import expand_run_paths
-    from .report import compare_report, make_report
+    from .evaluation.report import compare_report, make_report
+    from .studies.compare import expand_run_paths
 
     runs = expand_run_paths(args.runs)
     if len(runs) == 1:
@@ -106,8 +107,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .compare import markdown_table
-    from .experiments import load_sweep, point_status, run_sweep
+    from .studies.compare import markdown_table
+    from .studies.sweep import load_sweep, point_status, run_sweep
 
     sweep = load_sweep(args.sweep, args.set, args.output_dir)
     if args.dry_run:
@@ -128,7 +129,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .experiments import run_search
+    from .studies.search import run_search
 
     res = run_search(args.search, args.set, args.output_dir, trials=args.trials, timeout=args.timeout,
                      storage=args.storage, study_name=args.study_name, quiet=args.quiet)
@@ -146,9 +147,9 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from .budget import format_param_report, num_labels_for, param_report
     from .config import load_config
-    from .experiments import file_kind
+    from .models.budget import format_param_report, num_labels_for, param_report
+    from .studies.specs import file_kind
 
     sets = list(args.set or [])
     for flag, key in (("model", "model.name"), ("method", "model.method")):
@@ -156,7 +157,7 @@ def _params(args: argparse.Namespace) -> int:
             sets.append(f"{key}={getattr(args, flag)}")
     kind = file_kind(args.config) if args.config else "config"
     if kind == "sweep":  # every point
-        from .experiments import load_sweep
+        from .studies.sweep import load_sweep
 
         sweep = load_sweep(args.config, sets)
         reports = []
@@ -173,13 +174,13 @@ def _params(args: argparse.Namespace) -> int:
                          "-" if tg is None else (tg if isinstance(tg, str) else "+".join(tg)), f"{r['trainable']:,}",
                          f"{r['trainable_pct']:.2f}%", f"{r['lora']:,}", f"{r['head']:,}",
                          "-" if r["artifact_bytes"] is None else f"{r['artifact_bytes'] / 1e6:.2f} MB"))
-        from .tables import text_table
+        from .evaluation.tables import text_table
 
         print("\n".join(text_table(rows, right_from=4)))
         return 0
     if kind == "search":  # its base config
         from .config import config_from_dict
-        from .experiments import load_search
+        from .studies.search import load_search
 
         cfg = config_from_dict(load_search(args.config, sets).tree)
     else:
@@ -192,7 +193,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare_rows, compare_text, markdown_table, plot_accuracy_vs_params, write_csv
+    from .studies.compare import compare_rows, compare_text, markdown_table, plot_accuracy_vs_params, write_csv
 
     rows = compare_rows(args.runs, args.split)
     print(compare_text(rows, examples=args.examples, seed=args.seed))
@@ -206,9 +207,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .deploy.export import export
 
-    out = export(args.artifact, args.output, args.format, quantize=args.quantize, base_model=args.base_model,
+    out = export(args.artifact, args.output, args.format, base_model=args.base_model, quantize=args.quantize,
                  opset=args.opset)
     if not args.quiet:
         print(f"exported {args.format}{' ' + args.quantize if args.quantize else ''} to {out}", file=sys.stderr)
@@ -216,7 +217,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import ServeOptions, run_server
+    from .deploy.serve import ServeOptions, run_server
 
     opts = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                         max_wait_ms=args.max_wait_ms, max_texts=args.max_texts, max_chars=args.max_chars,
@@ -236,7 +237,7 @@ def _add_train(sub) -> None:
     _set_flag(t)
     t.add_argument("--data", help="shortcut for --set data.path=...")
     t.add_argument("--model", help="shortcut for --set model.name=...")
-    t.add_argument("--method", choices=["lora", "head", "full"], help="shortcut for --set model.method=...")
+    t.add_argument("--method", choices=choices("model.method"), help="shortcut for --set model.method=...")
     t.add_argument("--name", help="run name (folder under output_dir)")
     t.add_argument("--output-dir", help=f"parent folder of run directories (default {default('output_dir')})")
     t.add_argument("--seed", type=int)
@@ -352,21 +353,28 @@ def _add_report(sub) -> None:
 
 
 def _add_export(sub) -> None:
+    from .deploy.exporters import EXPORTERS
+
     ex = sub.add_parser("export", help="write a deployable model: a plain transformers checkpoint or ONNX")
     ex.add_argument("artifact", help="run directory or its artifact/ folder")
     ex.add_argument("--output", "-o", required=True, help="new folder to write (must not exist or be empty)")
-    ex.add_argument("--format", "-f", default="hf", choices=["hf", "onnx"],
-                    help="hf: LoRA merged into the base, loads with transformers alone; onnx: model.onnx for "
-                         "onnxruntime (classifier heads)")
-    ex.add_argument("--quantize", choices=["int8"], help="onnx only: int8 weights by onnxruntime's dynamic quantizer")
-    ex.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    ex.add_argument("--format", "-f", default="hf", choices=list(EXPORTERS),
+                    help="; ".join(f"{e.name}: {e.help}" for e in EXPORTERS.values()))
+    for option, what in (("quantize", "weights quantized by onnxruntime's dynamic quantizer"),
+                         ("opset", "ONNX opset version")):
+        formats = [e for e in EXPORTERS.values() if option in e.options]
+        choices = next((e.options[option] for e in formats if e.options[option]), None)
+        default = next((e.defaults.get(option) for e in formats if e.defaults.get(option) is not None), None)
+        ex.add_argument(f"--{option}", choices=choices, type=None if choices else int,
+                        help=f"{'/'.join(e.name for e in formats)} only: {what}"
+                        + (f" (default {default})" if default is not None else ""))
     ex.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
     ex.add_argument("--quiet", "-q", action="store_true")
     ex.set_defaults(func=_export)
 
 
 def _add_serve(sub) -> None:
-    from .serve import ServeOptions as D
+    from .deploy.serve import ServeOptions as D
 
     sv = sub.add_parser("serve", help="HTTP server for trained classifiers and exports (FastAPI + uvicorn)")
     sv.add_argument("models", nargs="+", metavar="[NAME=]ARTIFACT",
@@ -405,7 +413,7 @@ SUBCOMMANDS = (_add_train, _add_predict, _add_evaluate, _add_models, _add_sweep,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = argparse.ArgumentParser(prog="loraclf",
                                 description="LoRA fine-tuning for text classification, honestly reported.")
@@ -414,21 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS:
         add(sub)
     return p
-
-
-def setup_process(quiet: bool = False) -> None:
-    """Logging, environment and warning filters for a loraclf process: the CLI and each sweep
-    point's child process (python -m loraclf.experiments) set themselves up the same way."""
-    logging.basicConfig(level=logging.WARNING, format="loraclf: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    if quiet:
-        logging.getLogger("loraclf").setLevel(logging.ERROR)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

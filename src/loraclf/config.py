@@ -13,25 +13,81 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
+from .data.batching import LENGTH_GROUP_BATCHES
 from .errors import ConfigError
 
-LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (train.length_group_batches)
 
-
-def _f(default: Any, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
-    meta = {"help": help}
+def _f(default: Any, help: str, choices: tuple | Callable[[], tuple] | None = None,  # noqa: A002 - argparse's name
+       range: str | None = None):  # noqa: A002
+    """A config field: its default, its help (the config reference), its choices (a tuple, or a function
+    returning a registry's names), and the range a number must lie in (see :class:`Range`)."""
+    meta: dict[str, Any] = {"help": help}
     if choices:
         meta["choices"] = choices
+    if range:
+        meta["range"] = Range.parse(range)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric field's value may lie, written once next to the field: ">0", ">=1", "[0,1)",
+    "(0,1)" or "[0,4294967295]"."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "Range":
+        s = spec.replace(" ", "")
+        for op, open_ in ((">=", False), (">", True)):
+            if s.startswith(op):
+                return cls(lo=float(s[len(op):]), lo_open=open_)
+        lo, hi = s[1:-1].split(",")
+        return cls(float(lo), float(hi), s[0] == "(", s[-1] == ")")
+
+    def holds(self, v: float) -> bool:
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def describe(self, integer: bool) -> str:
+        def show(x: float) -> str:
+            return f"{x:g}" if abs(x) < 1e6 else str(int(x))
+
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {show(self.lo)}"
+        if integer and not (self.lo_open or self.hi_open):
+            return f"an integer from {show(self.lo)} to {show(self.hi)}"
+        return f"in {'(' if self.lo_open else '['}{show(self.lo)}, {show(self.hi)}{')' if self.hi_open else ']'}"
+
+
+def _task_names() -> tuple:
+    from .tasks import TASKS
+
+    return ("auto", *TASKS)
+
+
+def _method_names() -> tuple:
+    from .models.methods import METHODS
+
+    return tuple(METHODS)
+
+
+def _head_names() -> tuple:
+    from .models.heads import HEADS
+
+    return tuple(HEADS)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     path: Optional[str] = _f(
         None,
@@ -64,33 +120,33 @@ class DataConfig:
         "sentiment into binary). Applied before caps and carving.",
     )
     validation_fraction: float = _f(
-        0.1, "Fraction of train carved (stratified, seeded) when there is no validation split."
-    )
-    max_train_samples: Optional[int] = _f(None, "Cap on train rows (a seeded stratified sample).")
-    max_eval_samples: Optional[int] = _f(None, "Cap on validation rows (seeded stratified sample).")
-    max_test_samples: Optional[int] = _f(None, "Cap on test rows (seeded stratified sample).")
-    max_length: int = _f(128, "Truncation length in tokens. Batches are padded to their longest member, not to this.")
-    min_tokens: Optional[int] = _f(None, "Drop train rows shorter than this many tokens.")
+        0.1, "Fraction of train carved (stratified, seeded) when there is no validation split.", range="(0,1)")
+    max_train_samples: Optional[int] = _f(None, "Cap on train rows (a seeded stratified sample).", range=">=1")
+    max_eval_samples: Optional[int] = _f(None, "Cap on validation rows (seeded stratified sample).", range=">=1")
+    max_test_samples: Optional[int] = _f(None, "Cap on test rows (seeded stratified sample).", range=">=1")
+    max_length: int = _f(128, "Truncation length in tokens. Batches are padded to their longest member, not to this.",
+        range=">=2")
+    min_tokens: Optional[int] = _f(None, "Drop train rows shorter than this many tokens.", range=">=1")
     max_tokens: Optional[int] = _f(
-        None, "Drop train rows longer than this many tokens (before truncation). Eval splits are never filtered."
-    )
+        None, "Drop train rows longer than this many tokens (before truncation). Eval splits are never filtered.",
+        range=">=1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = _f("minilm", "Base model: alias (see `loraclf models`), hub id, or local path.")
     method: str = _f(
         "lora",
         "lora: LoRA adapters + trained head; head: frozen encoder, train only the head; full: all weights; "
         "zero-shot: no training, evaluate the base model (decoders with head verbalizer or generate).",
-        ("lora", "head", "full", "zero-shot"),
+        _method_names,
     )
     head: str = _f(
         "classifier",
         "How a label is produced. classifier: a classification head (encoders; decoders pool the last real "
         "token); verbalizer: a decoder's next-token scores of each label's word(s) after a prompt; generate: "
         "free generation parsed into a label.",
-        ("classifier", "verbalizer", "generate"),
+        _head_names,
     )
     prompt: Optional[str] = _f(
         None,
@@ -103,8 +159,9 @@ class ModelConfig:
     )
     chat_template: bool = _f(True, "Use the tokenizer's chat template (when it has one) for prompt heads.")
     system_prompt: Optional[str] = _f(None, "System message for prompt heads (chat models) or a preamble.")
-    few_shot: int = _f(0, "Number of examples drawn from train (seeded, round-robin over classes) put in the prompt.")
-    max_new_tokens: int = _f(8, "Tokens generated per text by the generate head.")
+    few_shot: int = _f(0, "Number of examples drawn from train (seeded, round-robin over classes) put in the prompt.",
+        range=">=0")
+    max_new_tokens: int = _f(8, "Tokens generated per text by the generate head.", range=">=1")
     fallback_label: Optional[str] = _f(
         None, "Label used when a generated answer names no label; null: the most frequent train label."
     )
@@ -125,15 +182,15 @@ class ModelConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraSection:
     r: Union[int, str] = _f(
         8,
         "LoRA rank, or 'auto': the largest candidate (lora.auto_ranks x lora.auto_targets) whose trainable "
         "parameters fit train.max_trainable_params; the choice is printed and stored in metrics.json (budget).",
-    )
+        range=">=1")
     alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = _f(0.1, "Dropout on the LoRA input.")
+    dropout: float = _f(0.1, "Dropout on the LoRA input.", range="[0,1)")
     target_modules: Optional[Union[str, list]] = _f(
         None, "Modules to adapt: a list of names, 'all-linear', or null for the per-architecture default."
     )
@@ -152,25 +209,26 @@ class LoraSection:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = _f(3, "Number of passes over train (fractions allowed).")
-    batch_size: int = _f(32, "Train batch size per device.")
-    eval_batch_size: int = _f(128, "Batch size for evaluation and prediction.")
-    lr: float = _f(5e-4, "Peak learning rate (AdamW).")
+    epochs: float = _f(3, "Number of passes over train (fractions allowed).", range=">0")
+    batch_size: int = _f(32, "Train batch size per device.", range=">=1")
+    eval_batch_size: int = _f(128, "Batch size for evaluation and prediction.", range=">=1")
+    lr: float = _f(5e-4, "Peak learning rate (AdamW).", range=">0")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).")
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
-    warmup_ratio: float = _f(0.06, "Fraction of optimizer steps spent warming up linearly.")
-    label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.")
+    warmup_ratio: float = _f(0.06, "Fraction of optimizer steps spent warming up linearly.", range="[0,1)")
+    label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.", range="[0,1)")
     class_weights: Optional[Union[str, list]] = _f(
         None, "null, 'balanced' (inverse train frequency), or a list of weights in label-id order."
     )
-    grad_accum_steps: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x this x devices).")
+    grad_accum_steps: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x this x devices).",
+        range=">=1")
     max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm; null disables clipping.")
     precision: str = _f(
         "auto", "auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.", ("auto", "fp32", "fp16", "bf16")
     )
-    eval_steps: Optional[int] = _f(None, "Evaluate every N optimizer steps; null: every epoch.")
+    eval_steps: Optional[int] = _f(None, "Evaluate every N optimizer steps; null: every epoch.", range=">=1")
     metric: str = _f(
         "auto", "Validation metric used for model selection and early stopping; auto: accuracy (single-label), "
         "average_precision (multi-label, threshold-free), rmse (regression).")
@@ -189,28 +247,29 @@ class TrainConfig:
     threshold_objective: str = _f(
         "macro_f1", "Multi-label: what the tuned thresholds maximise on validation.", ("macro_f1", "micro_f1"))
     regression_loss: str = _f("mse", "Regression loss.", ("mse", "huber"))
-    huber_delta: float = _f(1.0, "Huber loss delta, in normalised target units.")
+    huber_delta: float = _f(1.0, "Huber loss delta, in normalised target units.", range=">0")
     normalize_target: bool = _f(
         True, "Regression: train on the target standardised with train's mean and std; outputs are mapped back.")
     early_stopping_patience: Optional[int] = _f(
-        None, "Stop after this many evaluations without improvement; the best weights are kept either way."
-    )
+        None, "Stop after this many evaluations without improvement; the best weights are kept either way.",
+        range=">=1")
     group_by_length: bool = _f(True, "Batch texts of similar length together (less padding, faster).")
     length_group_batches: int = _f(
         LENGTH_GROUP_BATCHES,
         "With group_by_length: how many batches' worth of shuffled texts are sorted by length together. "
-        "More pads less (faster); fewer keeps batches closer to random (see docs/benchmarks.md).")
+        "More pads less (faster); fewer keeps batches closer to random (see docs/benchmarks.md).", range=">=1")
     compile: Union[bool, str] = _f(
         False, "torch.compile the model for training: false; true (Inductor); reduce-overhead (Inductor plus CUDA "
         "graphs, GPU only); max-autotune (slow to compile; also CUDA graphs on GPU).",
         (False, True, "reduce-overhead", "max-autotune"))
     pad_to_multiple_of: Optional[int] = _f(
         None, "Round each batch's padded length up to a multiple of this, never past data.max_length (few distinct "
-        "shapes for compile, tensor-core sizes on GPU); null: 16 when compiling, 8 on GPU, else 1 (no rounding).")
+        "shapes for compile, tensor-core sizes on GPU); null: 16 when compiling, 8 on GPU, else 1 (no rounding).",
+        range=">=1")
     max_trainable_params: Optional[int] = _f(
         None, "Fail before training if the config trains more parameters than this (with lora.r: auto, the budget "
         "the rank and targets are chosen to fit).")
-    log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.")
+    log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.", range=">=1")
     num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.")
     gradient_checkpointing: bool = _f(
         False, "Recompute the base model's layer activations in the backward pass instead of keeping them: less "
@@ -220,7 +279,7 @@ class TrainConfig:
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportConfig:
     enabled: bool = _f(
         True,
@@ -242,9 +301,9 @@ class ReportConfig:
         "offline", "W&B mode: offline writes to the run's wandb/ (upload later with `wandb sync`); online uploads.",
         ("offline", "online"),
     )
-    top_errors: int = _f(20, "Most confident mistakes listed in the report and metrics.json.")
-    length_buckets: int = _f(5, "Word-length buckets (equal counts) for accuracy by length.")
-    examples_per_confusion: int = _f(3, "Example texts kept per (gold, predicted) confusion pair.")
+    top_errors: int = _f(20, "Most confident mistakes listed in the report and metrics.json.", range=">=0")
+    length_buckets: int = _f(5, "Word-length buckets (equal counts) for accuracy by length.", range=">=1")
+    examples_per_confusion: int = _f(3, "Example texts kept per (gold, predicted) confusion pair.", range=">=0")
 
 
 def _validate_report(r: "ReportConfig") -> None:
@@ -256,20 +315,17 @@ def _validate_report(r: "ReportConfig") -> None:
                                   f"{', '.join(TRACKERS)}")
     # Whether a named tracker is installed is checked when a run starts (tracking.check_installed),
     # not here: a W&B run's config.yaml must load on a machine without wandb.
-    if r.top_errors < 0 or r.length_buckets < 1 or r.examples_per_confusion < 0:
-        raise ConfigError("report.top_errors and report.examples_per_confusion must be >= 0, "
-                          "report.length_buckets >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     name: Optional[str] = _f(None, "Run name; default {data}-{model}-{method}-{timestamp}.")
     output_dir: str = _f("runs", "Parent folder of run directories.")
-    seed: int = _f(42, "One seed for sampling, splits, initialisation and batch order.")
+    seed: int = _f(42, "One seed for sampling, splits, initialisation and batch order.", range="[0,4294967295]")
     task: str = _f(
         "auto", "single-label, multi-label or regression. auto: multi-label when data.label_columns is set or the "
         "label column holds lists (said on the console), else single-label; regression is never guessed.",
-        ("auto", "single-label", "multi-label", "regression"))
+        _task_names)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -303,7 +359,7 @@ def default(dotted: str) -> Any:
 
 def choices(dotted: str) -> tuple:
     """The allowed values of a field with a fixed set (e.g. "model.method"); () for free fields."""
-    return tuple(_declared(dotted).metadata.get("choices", ()))
+    return _choices_of(_declared(dotted))
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
@@ -313,66 +369,74 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 def _coerce(value: Any, tp: Any, what: str) -> Any:
     """Coerce a YAML value to the declared field type, or raise ConfigError naming the field
     (`what`, e.g. "config field 'train.lr'")."""
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            if len(args) < len(typing.get_args(tp)):
-                return None
-            raise ConfigError(f"{what} must not be null")
-        for a in args:
-            try:
-                return _coerce(value, a, what)
-            except ConfigError:
-                pass
-        names = " or ".join(_TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
-        raise ConfigError(f"{what} must be {names}, got {value!r}")
+    if typing.get_origin(tp) is Union:
+        return _coerce_union(value, tp, what)
     if value is None:
         raise ConfigError(f"{what} must not be null")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{what} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{what} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
-                pass
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{what} must be a number, got {value!r}")
+    coerce = _SCALARS.get(tp)
+    if coerce is None:
+        return value
+    out = coerce(value)
+    if out is _NO:
+        raise ConfigError(f"{what} must be {_TYPE_NAMES[tp]}, got {value!r}")
+    if tp is float and not math.isfinite(out):  # .inf epochs never end; an infinite lr trains NaNs
+        raise ConfigError(f"{what} must be a finite number, got {value!r}")
+    return out
+
+
+def _coerce_union(value: Any, tp: Any, what: str) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+        if len(args) < len(typing.get_args(tp)):
+            return None
+        raise ConfigError(f"{what} must not be null")
+    for a in args:
         try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{what} must be a number, got {value!r}") from None
-        if not math.isfinite(number):  # .inf epochs never end; an infinite lr trains NaNs
-            raise ConfigError(f"{what} must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{what} must be a string, got {value!r}")
-    if tp is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ConfigError(f"{what} must be a list, got {value!r}")
-    if tp is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"{what} must be a mapping, got {value!r}")
-    return value
+            return _coerce(value, a, what)
+        except ConfigError:
+            pass
+    names = " or ".join(_TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
+    raise ConfigError(f"{what} must be {names}, got {value!r}")
+
+
+_NO = object()  # a value the type does not take
+
+
+def _to_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return v.lower() in ("true", "yes", "1")
+    return _NO
+
+
+def _to_int(v: Any) -> Any:
+    if isinstance(v, bool):
+        return _NO
+    if isinstance(v, int):
+        return v
+    try:
+        f = float(v) if isinstance(v, (float, str)) else None
+    except ValueError:
+        return _NO
+    return int(f) if f is not None and f.is_integer() else _NO
+
+
+def _to_float(v: Any) -> Any:
+    if isinstance(v, bool):
+        return _NO
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return _NO
+
+
+_SCALARS = {
+    bool: _to_bool, int: _to_int, float: _to_float,
+    str: lambda v: str(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else _NO,
+    list: lambda v: list(v) if isinstance(v, (list, tuple)) else _NO,
+    dict: lambda v: dict(v) if isinstance(v, dict) else _NO,
+}
 
 
 def _show(choice: Any) -> str:
@@ -402,11 +466,32 @@ def _build(cls: type, values: dict, prefix: str, kind: str = "config field") -> 
             continue
         what = f"{kind} '{prefix}{key}'"
         v = _coerce(value, hints[key], what)
-        choices = f.metadata.get("choices")
-        if choices and v is not None and v not in choices:
-            raise ConfigError(f"{what} must be one of {', '.join(map(_show, choices))}; got {v!r}")
+        allowed = _choices_of(f)
+        if allowed and v is not None and v not in allowed:
+            raise ConfigError(f"{what} must be one of {', '.join(map(_show, allowed))}; got {v!r}")
+        _check_range(f, v, f"{prefix}{key}")
         kwargs[key] = v
     return cls(**kwargs)
+
+
+def _choices_of(f: dataclasses.Field) -> tuple:
+    """A field's allowed values: a tuple, or a registry's names (tasks, heads, methods) at the time of asking."""
+    c = f.metadata.get("choices") or ()
+    return tuple(c() if callable(c) else c)
+
+
+def _check_range(f: dataclasses.Field, v: Any, dotted: str) -> None:
+    rng = f.metadata.get("range")
+    if rng is None or isinstance(v, (str, bool)) or not isinstance(v, (int, float)) or rng.holds(v):
+        return
+    optional = type(None) in typing.get_args(typing.get_type_hints(_owner(dotted))[dotted.rpartition(".")[2]])
+    raise ConfigError(f"{dotted} must be {rng.describe(isinstance(v, int))}{' or null' if optional else ''}, "
+                      f"got {v!r}")
+
+
+def _owner(dotted: str) -> type:
+    section = dotted.rpartition(".")[0]
+    return SECTIONS[section] if section else Config
 
 
 def build_typed(cls: type, values: dict, kind: str = "config field") -> Any:
@@ -506,8 +591,17 @@ def config_from_dict(tree: dict) -> Config:
     return cfg
 
 
+def replace_fields(cfg: Config, values: dict[str, Any]) -> Config:
+    """A new Config: `cfg` with dotted fields replaced (e.g. what a run resolved for each `auto`), checked
+    like any config. Configs are frozen: nothing changes the one a caller holds."""
+    tree = cfg.to_dict()
+    for key, value in values.items():
+        set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
 def _validate_auto_rank(cfg: Config) -> None:
-    """`lora.r: auto` needs a budget and well-formed candidates (see loraclf.budget)."""
+    """`lora.r: auto` needs a budget and well-formed candidates (see loraclf.models.budget)."""
     lo = cfg.lora
     if not lo.auto_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in lo.auto_ranks):
         raise ConfigError(f"lora.auto_ranks must be a non-empty list of integers >= 1, got {lo.auto_ranks!r}")
@@ -520,7 +614,11 @@ def _validate_auto_rank(cfg: Config) -> None:
                 raise ConfigError(
                     f"lora.auto_targets: each entry must be a list of module names or 'all-linear', got {t!r}"
                 )
-    if lo.r == "auto" and cfg.model.method == "lora" and cfg.train.max_trainable_params is None:
+    from .models.methods import METHODS
+
+    if isinstance(lo.r, str) and lo.r != "auto":
+        raise ConfigError(f"lora.r must be an integer >= 1 or 'auto', got {lo.r!r}")
+    if lo.r == "auto" and METHODS[cfg.model.method].adapters and cfg.train.max_trainable_params is None:
         raise ConfigError("lora.r: auto needs train.max_trainable_params (the budget it chooses the rank to fit)")
 
 
@@ -536,66 +634,41 @@ def check_run_name(name: Optional[str]) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    t, d, lo = cfg.train, cfg.data, cfg.lora
+    """Cross-field checks that types, choices and ranges (declared with each field) cannot express."""
     check_run_name(cfg.name)
-    checks = [
-        (0 <= cfg.seed < 2**32, f"seed must be an integer from 0 to {2**32 - 1}, got {cfg.seed}"),
-        (t.epochs > 0, "train.epochs must be > 0"),
-        (t.batch_size >= 1, "train.batch_size must be >= 1"),
-        (t.pad_to_multiple_of is None or t.pad_to_multiple_of >= 1, "train.pad_to_multiple_of must be >= 1 or null"),
-        (t.length_group_batches >= 1, "train.length_group_batches must be >= 1"),
-        (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
-        (t.lr > 0, "train.lr must be > 0"),
-        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-        (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
-        (t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
-        (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps must be >= 1 or null"),
-        (t.early_stopping_patience is None or t.early_stopping_patience >= 1,
-         "train.early_stopping_patience must be >= 1"),
-        (t.log_every >= 1, "train.log_every must be >= 1"),
-        (lo.r == "auto" or (isinstance(lo.r, int) and lo.r >= 1),
-         f"lora.r must be an integer >= 1 or 'auto', got {lo.r!r}"),
-        (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
-        (0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)"),
-        (d.max_length >= 2, "data.max_length must be >= 2"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    for k in ("max_train_samples", "max_eval_samples", "max_test_samples", "min_tokens", "max_tokens"):
-        v = getattr(d, k)
-        if v is not None and v < 1:
-            raise ConfigError(f"data.{k} must be >= 1 or null")
-    m = cfg.model
-    if m.method == "zero-shot" and m.head == "classifier":
-        raise ConfigError(
-            "model.method=zero-shot needs model.head verbalizer or generate (a classifier head is untrained)"
-        )
-    if m.method == "head" and m.head != "classifier":
-        raise ConfigError(
-            f"model.method=head trains a classification head; with model.head={m.head} use lora, full or zero-shot"
-        )
-    if m.few_shot < 0 or m.max_new_tokens < 1:
-        raise ConfigError("model.few_shot must be >= 0 and model.max_new_tokens >= 1")
-    if m.quantize is not None and m.method == "full":
-        raise ConfigError(f"model.quantize={m.quantize} freezes the base weights; model.method=full trains them "
-                          "(use lora or head)")
-    if t.gradient_checkpointing and m.method not in ("lora", "full"):
-        raise ConfigError(f"train.gradient_checkpointing saves memory in layers trained through; with "
-                          f"model.method={m.method} none is (turn it off)")
+    _validate_method(cfg)
     _validate_auto_rank(cfg)
+    t = cfg.train
     if isinstance(t.class_weights, list) and not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in t.class_weights):
         raise ConfigError("train.class_weights must be 'balanced' or a list of non-negative numbers")
     if isinstance(t.class_weights, str) and t.class_weights != "balanced":
         raise ConfigError("train.class_weights must be null, 'balanced' or a list of numbers")
-    from .metrics import METRIC_DIRECTIONS
+    from .evaluation.metrics import METRIC_DIRECTIONS
 
     if t.metric != "auto" and t.metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"train.metric must be auto or one of {', '.join(METRIC_DIRECTIONS)}; got {t.metric!r}")
     _validate_task_options(cfg)
     _validate_report(cfg.report)
+
+
+def _validate_method(cfg: Config) -> None:
+    """The method must suit the head, and the memory levers the method (capabilities, not names)."""
+    from .models.heads import HEADS
+    from .models.methods import METHODS
+
+    m = cfg.model
+    head, method = HEADS[m.head], METHODS[m.method]
+    if m.method not in head.methods:
+        fits = [n for n, h in HEADS.items() if m.method in h.methods]
+        raise ConfigError(f"model.method={m.method} needs model.head {' or '.join(fits)} (model.head={m.head} "
+                          f"trains with {', '.join(head.methods)})")
+    if m.quantize is not None and method.trains_base:
+        raise ConfigError(f"model.quantize={m.quantize} freezes the base weights; model.method={m.method} trains "
+                          "them (use a method that trains adapters or the head)")
+    if cfg.train.gradient_checkpointing and not method.backprop_through_base:
+        raise ConfigError(f"train.gradient_checkpointing saves memory in layers trained through; with "
+                          f"model.method={m.method} none is (turn it off)")
 
 
 def _validate_task_options(cfg: "Config") -> None:
@@ -605,8 +678,6 @@ def _validate_task_options(cfg: "Config") -> None:
     if isinstance(t.pos_weight, list) and not all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in t.pos_weight):
         raise ConfigError("train.pos_weight must be 'balanced' or a list of positive numbers")
-    if not t.huber_delta > 0:
-        raise ConfigError(f"train.huber_delta must be positive; got {t.huber_delta}")
     if not d.label_separator or d.label_separator.strip() != d.label_separator:
         raise ConfigError("data.label_separator must be a non-empty string without surrounding spaces")
     if d.label_columns is not None:
@@ -621,7 +692,7 @@ def _validate_task_options(cfg: "Config") -> None:
 
 def reference() -> str:
     """Markdown table of every config field, its default and its meaning (for the README)."""
-    from .tables import markdown_table
+    from .evaluation.tables import markdown_table
 
     rows: list[list[str]] = []
 
@@ -631,8 +702,11 @@ def reference() -> str:
                 continue
             value = default(f"{prefix}{f.name}")
             help_ = f.metadata.get("help", "")
-            if f.metadata.get("choices"):
-                help_ += " One of: " + ", ".join(f"`{_show(c)}`" for c in f.metadata["choices"]) + "."
+            if _choices_of(f):
+                help_ += " One of: " + ", ".join(f"`{_show(c)}`" for c in _choices_of(f)) + "."
+            if f.metadata.get("range"):
+                integer = typing.get_type_hints(cls)[f.name] is not float
+                help_ += f" Range: {f.metadata['range'].describe(integer)}."
             shown = yaml.safe_dump(value).strip().removesuffix('...').strip()
             rows.append([f"`{prefix}{f.name}`", f"`{shown}`", help_])
 

@@ -115,10 +115,15 @@ def test_calibrate_bias_moves_predictions_and_round_trips():
 
 
 def test_calibrate_bias_is_refused_for_the_generate_head():
+    """A head whose scores are a parsed answer (no class scores) refuses class biases; the task itself allows them."""
     from loraclf.config import Config, ModelConfig
     from loraclf.errors import ConfigError
+    from loraclf.models.heads import head_class
 
     task = SingleLabel(["neg", "pos"])
-    task.check_config(Config(model=ModelConfig(head="verbalizer"), train=TrainConfig(calibrate="bias")))
+    for head in ("verbalizer", "generate"):
+        cfg = Config(model=ModelConfig(head=head), train=TrainConfig(calibrate="bias"))
+        task.check_config(cfg)
+    head_class("verbalizer").check_config(cfg, task)
     with pytest.raises(ConfigError, match=r"train.calibrate=bias needs class scores"):
-        task.check_config(Config(model=ModelConfig(head="generate"), train=TrainConfig(calibrate="bias")))
+        head_class("generate").check_config(cfg, task)

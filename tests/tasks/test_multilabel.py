@@ -7,7 +7,7 @@ from sklearn.metrics import f1_score
 
 from loraclf.config import Config, TrainConfig
 from loraclf.errors import ConfigError
-from loraclf.metrics import multilabel_metrics, samples_f1
+from loraclf.evaluation.metrics import multilabel_metrics, samples_f1
 from loraclf.tasks import MultiLabel, make_task
 from loraclf.tasks.multilabel import positive_weights, tune_thresholds
 

@@ -7,7 +7,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from loraclf.config import Config, ModelConfig, TrainConfig
 from loraclf.errors import ConfigError
-from loraclf.metrics import regression_metrics
+from loraclf.evaluation.metrics import regression_metrics
 from loraclf.tasks import Regression, make_task
 
 
@@ -60,7 +60,9 @@ def test_classification_options_and_prompt_heads_are_refused():
     task = Regression(["score"])
     with pytest.raises(ConfigError, match="has no classes"):
         task.check_config(Config(train=TrainConfig(class_weights="balanced")))
-    with pytest.raises(ConfigError, match="needs task single-label, not regression"):
-        task.check_config(Config(model=ModelConfig(head="verbalizer")))
+    from loraclf.models.heads import head_class
+
+    with pytest.raises(ConfigError, match="needs task single-label, not regression"):  # the head declares its tasks
+        head_class("verbalizer").check_config(Config(model=ModelConfig(head="verbalizer")), task)
     with pytest.raises(ConfigError, match="does not score a regression task"):
         task.check_config(Config(train=TrainConfig(metric="macro_f1")))

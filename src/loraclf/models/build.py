@@ -6,14 +6,17 @@ import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from ..config import LoraSection, ModelConfig
 from ..errors import BudgetError, ModelError
+from .methods import METHODS
 from .registry import Resolved, resolve
 from .targets import DECODER_TYPES, DEFAULT_TARGETS, default_targets
+
+if TYPE_CHECKING:
+    from ..config import LoraSection, ModelConfig
 
 log = logging.getLogger("loraclf")
 
@@ -244,16 +247,16 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
 
 
 def apply_prompt_method(lm, method: str, lora: LoraSection) -> tuple[Any, Optional[list[str] | str]]:
-    """A causal LM for a prompt head: LoRA adapters (`lora`), everything trained (`full`) or nothing
-    (`zero-shot`). Returns the model and the LoRA targets (None without LoRA)."""
-    if method == "lora":
+    """A causal LM for a prompt head, as the method says: LoRA adapters, every weight trained, or
+    nothing trained. Returns the model and the LoRA targets (None without LoRA)."""
+    if METHODS[method].adapters:
         from peft import TaskType
 
         model_type = lm.config.model_type
         targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
         return _add_lora(lm, TaskType.CAUSAL_LM, lora, targets, model_type), targets
     for p in lm.parameters():
-        p.requires_grad = method == "full"
+        p.requires_grad = METHODS[method].trains_base
     return lm, None
 
 
@@ -276,24 +279,23 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
     to_save = list(dict.fromkeys(extra + list(lora.modules_to_save or [])))
 
     targets: Optional[list[str] | str] = None
-    if method == "lora":
+    how = METHODS.get(method)
+    if how is None or not how.trains:
+        raise ModelError(f"method {method!r} trains nothing through a classification head "
+                         f"(methods: {', '.join(m for m, x in METHODS.items() if x.trains)})")
+    if how.adapters:
         from peft import TaskType
 
         targets = lora.target_modules if lora.target_modules is not None else default_targets(model_type)
         expanded = _expand_all_linear(model, HEAD_NAMES + to_save) if targets == "all-linear" else targets
         model = _add_lora(model, TaskType.SEQ_CLS, lora, expanded, model_type, shown=targets,
                           modules_to_save=list(to_save) or None)  # a copy: PEFT appends to it
-    elif method == "head":
+    else:  # the head (and weights the checkpoint lacked) alone, or every weight
         names = HEAD_NAMES + to_save
         for n, p in model.named_parameters():
-            p.requires_grad = _covered(_module_of(n), names)
+            p.requires_grad = how.trains_base or _covered(_module_of(n), names)
         if not any(p.requires_grad for p in model.parameters()):
-            raise ModelError(f"no classification head found in {type(model).__name__} for method 'head'")
-    elif method == "full":
-        for p in model.parameters():
-            p.requires_grad = True
-    else:
-        raise ModelError(f"unknown method {method!r} (lora, head, full)")
+            raise ModelError(f"no classification head found in {type(model).__name__} for method {method!r}")
     return Built(model, tokenizer, resolved, model_type, targets,
                  list(dict.fromkeys(HEAD_NAMES + to_save)), sorted(missing))
 

@@ -1,27 +1,35 @@
 """Heads: one protocol for every way a model produces a label.
 
 A head owns how texts become model inputs, which loss trains it, where logits come from at
-evaluation, its own statistics, and what its artifact must hold to be rebuilt. What the logits
-mean after that (probabilities, metrics, the predictions file) belongs to its :class:`~loraclf.tasks.Task`.
-The run, the loop, the artifact and prediction call these methods and never test what kind of head
-they hold. A new head subclasses :class:`Head` and registers in :data:`HEADS` (budget.py, which
-counts parameters on the meta device without building a head, still needs its model class).
+evaluation, its own statistics, how its parameters are counted, and what its artifact must hold to
+be rebuilt. What the logits mean after that (probabilities, metrics, the predictions file) belongs
+to its :class:`~loraclf.tasks.Task`. A head also declares what it can do (the methods and tasks it
+trains for, the export formats it supports, whether adapters can share its base in the server), so
+that the run, the loop, the artifact, the budget, export, the server and the model card read those
+capabilities and never test which head they hold. A new head subclasses :class:`Head` and is one
+:func:`register_head` line.
+
+This module imports without torch: the model code is imported by the methods that build or load.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 from ..data import Encoded, encode
-from ..errors import DataError
-from ..tasks import Task
+from ..errors import ConfigError, DataError, ModelError
+from ..tasks import TASKS, Task
+from .methods import method_of
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ChooseRank = Callable[..., Optional[dict]]  # lora.r: auto -> the choice (models.budget.resolve_auto_lora)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -30,18 +38,52 @@ def model_inputs(batch: dict) -> dict:
 
 
 class Head:
-    """The protocol. `model` is the module that is trained and saved; `tokenizer` pads its batches."""
+    """The protocol. `model` is the module that is trained and saved; `tokenizer` pads its batches.
+    Class attributes declare its capabilities."""
 
     name = ""
+    prompted = False  # answers a prompt (label words or generation) from a causal LM
+    how = ""  # what it does, in a phrase for the model card ("scores each label's word(s) ...")
+    methods: Sequence[str] = ("lora", "full")  # model.method choices it trains with
+    tasks: Optional[Sequence[str]] = None  # tasks it can produce (and their subclasses); None: every task
+    class_scores = True  # its logits score every class (a generated answer is one-hot: no temperature or bias)
+    export_formats: Sequence[str] = ("hf",)  # loraclf export --format choices for its artifacts
+    shares_base = False  # LoRA adapters of this head can share one base model in the server
+    folds_output = False  # an export can fold the task's output scale into its last layer
+    counts_missing_weights = False  # a checkpoint may lack weights of its model (trained too, so counted)
+    transformers_class = "AutoModelForCausalLM"  # what its model is built as (parameter counts on the meta device)
 
-    def __init__(self, model: torch.nn.Module, tokenizer, task: Task):
+    @classmethod
+    def check_config(cls, cfg, task: Task) -> None:
+        """Refuse a task, or a task option, this head cannot serve, before anything is loaded."""
+        if cls.tasks is not None and not any(isinstance(task, TASKS[n]) for n in cls.tasks if n in TASKS):
+            raise ConfigError(f"model.head={cls.name} scores one label word per class: it needs task "
+                              f"{' or '.join(cls.tasks)}, not {task.name}; use model.head="
+                              f"{' or '.join(n for n, h in HEADS.items() if h.tasks is None)}")
+        if cfg.train.calibrate == "bias" and not cls.class_scores:
+            better = [n for n, h in HEADS.items() if h.prompted and h.class_scores]
+            raise ConfigError(f"train.calibrate=bias needs class scores; the {cls.name} head's scores are its parsed "
+                              f"answer, so biases would only remap labels: use the {' or '.join(better)} head")
+
+    @classmethod
+    def count_model(cls, model, method: str, lora, missing: Sequence[str] = ()) -> dict:
+        """Trainable-parameter breakdown of `method` on a model built as :attr:`transformers_class` (on the
+        meta device, by models.budget), with the LoRA targets and the modules trained whole."""
+        from .build import apply_prompt_method, count_parameters
+
+        model, targets = apply_prompt_method(model, method, lora)
+        return {**count_parameters(model, []), "target_modules": targets, "modules_to_save": []}
+
+    def __init__(self, model: "torch.nn.Module", tokenizer, task: Task):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self._loss: Optional[torch.nn.Module] = None
         self.quantize: Optional[str] = None  # model.quantize the base was loaded with (rebuilt the same way)
 
     @classmethod
-    def build(cls, cfg, data, task: Task, quiet: bool = False) -> tuple["Head", Any, Optional[dict]]:
-        """The head on a freshly built model for `cfg`: (head, models.Built, the `lora.r: auto` choice)."""
+    def build(cls, cfg, data, task: Task, choose_rank: ChooseRank, quiet: bool = False
+              ) -> tuple["Head", Any, Optional[dict]]:
+        """The head on a freshly built model for `cfg`: (head, models.Built, the `lora.r: auto` choice).
+        `choose_rank(cfg, id2label, quiet=, base=)` makes that choice (models.budget.resolve_auto_lora)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- inputs
@@ -61,16 +103,16 @@ class Head:
 
             enable_gradient_checkpointing(self.base_model())
 
-    def base_model(self) -> torch.nn.Module:
+    def base_model(self) -> "torch.nn.Module":
         """The transformers model (under any PEFT wrapper) that memory levers apply to."""
         return self.model
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def loss(self, model, batch: dict) -> "torch.Tensor":
         """The training loss of one batch; `model` is the prepared (DDP, compiled) handle on self.model."""
         return self._loss(self.logits(model, batch).float(), batch["labels"])
 
     # ---------------------------------------------------------------- evaluation
-    def logits(self, model, batch: dict) -> torch.Tensor:
+    def logits(self, model, batch: dict) -> "torch.Tensor":
         return model(**model_inputs(batch)).logits
 
     def start_evaluation(self) -> None:
@@ -101,12 +143,28 @@ class ClassifierHead(Head):
     """A sequence-classification head on the model (encoders; decoders pool the last real token)."""
 
     name = "classifier"
+    methods = ("lora", "head", "full")
+    export_formats = ("hf", "onnx")
+    shares_base = True
+    folds_output = True
+    counts_missing_weights = True
+    transformers_class = "AutoModelForSequenceClassification"
 
     @classmethod
-    def build(cls, cfg, data, task, quiet=False):
+    def count_model(cls, model, method: str, lora, missing: Sequence[str] = ()) -> dict:
+        from .build import apply_method, count_parameters
+
+        built = apply_method(model, None, None, method, lora, missing)
+        names = [n for n, _ in built.model.named_modules()]
+        present = [m for m in built.modules_to_save if any(n == m or n.endswith("." + m) for n in names)]
+        return {**count_parameters(built.model, built.modules_to_save), "target_modules": built.target_modules,
+                "modules_to_save": present}
+
+    @classmethod
+    def build(cls, cfg, data, task, choose_rank, quiet=False):
+        import torch
         from accelerate.utils import set_seed
 
-        from ..budget import resolve_auto_lora
         from .build import apply_method, load_base
 
         set_seed(cfg.seed)
@@ -114,8 +172,8 @@ class ClassifierHead(Head):
                                                   modules_to_save=cfg.lora.modules_to_save,
                                                   problem_type=task.problem_type)
         with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
-            auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
-        built = apply_method(model, tok, resolved, cfg.model.method, cfg.lora, missing)
+            auto_lora = choose_rank(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
+        built = apply_method(model, tok, resolved, cfg.model.method, with_choice(cfg.lora, auto_lora), missing)
         head = cls(built.model, built.tokenizer, task)
         head.quantize = cfg.model.quantize
         return head, built, auto_lora
@@ -139,7 +197,7 @@ class ClassifierHead(Head):
         from .registry import resolve
 
         check_weights(art, meta)
-        if meta["method"] == "lora":
+        if method_of(meta["method"]).adapters:
             from peft import PeftModel
 
             resolved = resolve(base_model or meta["base_model"])
@@ -163,20 +221,24 @@ class VerbalizerHead(Head):
     """A decoder's next-token scores of each label's word(s) after a prompt (models/decoder_heads.py)."""
 
     name = "verbalizer"
+    prompted = True
+    how = "scores each label's word(s) as the next tokens after a prompt"
+    methods = ("lora", "full", "zero-shot")
+    tasks = ("single-label",)
 
     @classmethod
-    def build(cls, cfg, data, task, quiet=False):
+    def build(cls, cfg, data, task, choose_rank, quiet=False):
         from accelerate.utils import set_seed
 
-        from ..budget import resolve_auto_lora
         from .build import build_prompt_model
 
-        auto_lora = resolve_auto_lora(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
+        auto_lora = choose_rank(cfg, data.labels.id2label, quiet=quiet)  # lora.r: auto -> a rank
         set_seed(cfg.seed)
         tr = data.splits["train"]
         if tr.pairs is not None:
             raise DataError("text pairs need model.head=classifier (prompt heads take one text column)")
-        built = build_prompt_model(cfg.model, cfg.lora, task.labels, tr.texts, tr.labels, cfg.seed, quiet=quiet)
+        built = build_prompt_model(cfg.model, with_choice(cfg.lora, auto_lora), task.labels, tr.texts, tr.labels,
+                                   cfg.seed, quiet=quiet)
         head = cls(built.model, built.tokenizer, task)
         head.quantize = cfg.model.quantize
         return head, built, auto_lora
@@ -185,7 +247,7 @@ class VerbalizerHead(Head):
     def formatter(self):
         return self.model.formatter
 
-    def base_model(self) -> torch.nn.Module:
+    def base_model(self) -> "torch.nn.Module":
         return self.model.lm
 
     def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
@@ -211,7 +273,7 @@ class VerbalizerHead(Head):
             save_adapter(lm, dest, meta)
             config = lm.get_base_model().config
         else:
-            if meta["method"] == "full":
+            if method_of(meta["method"]).weights_file:  # a whole checkpoint (nothing for zero-shot)
                 lm.save_pretrained(str(dest))
             config = lm.config
         config.id2label = dict(enumerate(meta["labels"]))
@@ -228,14 +290,15 @@ class VerbalizerHead(Head):
 
         tokenizer.padding_side = "left"
         check_weights(art, meta)
-        if meta["method"] == "full":
+        method = method_of(meta["method"])
+        if method.weights_file and not method.adapters:  # a whole checkpoint
             lm = AutoModelForCausalLM.from_pretrained(str(art))
         else:
             path = resolve(base_model or meta["base_model"]).path
             check_base(meta, path, base_model)
             lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **quantized(meta))
             check_loaded(meta, info, base_model or meta["base_model"])
-            if meta["method"] == "lora":
+            if method.adapters:
                 from peft import PeftModel
 
                 lm = PeftModel.from_pretrained(lm, str(art))
@@ -254,8 +317,10 @@ class GenerateHead(VerbalizerHead):
     """Free generation parsed into a label; trained as supervised fine-tuning on the label word."""
 
     name = "generate"
+    how = "generates an answer to a prompt, parsed into a label"
+    class_scores = False
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def loss(self, model, batch: dict) -> "torch.Tensor":
         # full-vocabulary likelihood of the gold label word, not cross-entropy over the classes
         return model(**model_inputs(batch), labels=batch["labels"]).loss
 
@@ -266,7 +331,33 @@ class GenerateHead(VerbalizerHead):
         return {"generation": self.model.generation_stats()}
 
 
-HEADS: dict[str, type[Head]] = {h.name: h for h in (ClassifierHead, VerbalizerHead, GenerateHead)}
+HEADS: dict[str, type[Head]] = {}
+
+
+def with_choice(lora, choice: Optional[dict]):
+    """The LoRA section that trains what `lora.r: auto` chose (`lora` itself when nothing was chosen)."""
+    import dataclasses
+
+    if choice is None:
+        return lora
+    return dataclasses.replace(lora, r=choice["chosen"]["r"], target_modules=choice["chosen"]["target_modules"])
+
+
+def register_head(cls: type[Head]) -> type[Head]:
+    """Make `cls` a choice of `model.head`."""
+    HEADS[cls.name] = cls
+    return cls
+
+
+for _cls in (ClassifierHead, VerbalizerHead, GenerateHead):
+    register_head(_cls)
+
+
+def head_class(name: str) -> type[Head]:
+    """The head an artifact or config names."""
+    if name not in HEADS:
+        raise ModelError(f"head {name!r} is not known to this loraclf (heads: {', '.join(HEADS)})")
+    return HEADS[name]
 
 
 def save_adapter(model, dest: Path, meta: dict) -> None:
@@ -297,10 +388,11 @@ def quantized(meta: dict, skip=()) -> dict:
 
 def check_weights(art: Path, meta: dict) -> None:
     """The weight file an artifact's method writes must be there (else PEFT looks for a hub repo)."""
-    from ..errors import ModelError
-
-    needed = "adapter_model.safetensors" if meta["method"] == "lora" else (
-        None if meta["method"] == "zero-shot" else "model.safetensors")
+    method = method_of(meta.get("method"))
+    if method is None:
+        raise ModelError(f"artifact {art} was trained with method {meta.get('method')!r}, which this loraclf "
+                         "does not know")
+    needed = method.weights_file
     if needed and not (art / needed).is_file() and not list(art.glob("model-*.safetensors")):
         raise ModelError(f"artifact {art} has no {needed}: its trained weights are missing")
 
@@ -313,8 +405,6 @@ def check_base(meta: dict, path: str, override: Optional[str]) -> None:
         return
     from transformers import AutoConfig
 
-    from ..errors import ModelError
-
     got = base_shape(AutoConfig.from_pretrained(path))
     diff = [f"{k} {got.get(k)} (needs {v})" for k, v in expected.items() if got.get(k) != v]
     if diff:
@@ -325,7 +415,6 @@ def check_base(meta: dict, path: str, override: Optional[str]) -> None:
 def check_loaded(meta: dict, info: dict, base: str) -> None:
     """Every base weight must come from the checkpoint; only the head and the modules the adapter
     carries (modules_to_save) may be new."""
-    from ..errors import ModelError
     from .build import _covered, _module_of
 
     carried = list(meta.get("modules_to_save") or [])
@@ -334,7 +423,3 @@ def check_loaded(meta: dict, info: dict, base: str) -> None:
         raise ModelError(f"base model {base} lacks {len(missing)} weight(s) this artifact needs (e.g. {missing[0]}); "
                          "pass the base model it was trained on")
 
-
-# ONNX exports (loraclf export --format onnx) register their head, "onnx", in HEADS when this import
-# runs; onnxruntime itself is imported only when an export is loaded.
-from . import onnx_head  # noqa: E402,F401  (it subclasses ClassifierHead above)

@@ -1,28 +1,42 @@
-"""The Task protocol and what every task shares."""
+"""The Task protocol, and what every task shares.
+
+A task owns both sides of a run. The training side: the loss, how logits become outputs, the
+metrics, what is fitted on validation. The reading side: how its label column is read, how its
+predictions file is written and parsed, its error analysis and findings, its plots and report
+sections, its model-card text, its comparison columns and how the server describes it. Nothing
+outside ``tasks/`` compares task names; it asks the task.
+
+Task modules import without torch (torch is imported inside the functions that train), so reading a
+run directory, reporting, comparing and validating a config never load it.
+"""
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, DataError, TrainingDiverged
+from ..evaluation.metrics import Metric
+from .labels import LabelSet
+
+if TYPE_CHECKING:
+    import torch
 
 LABEL_JOIN = ";"  # how a label set is written in predictions files and `loraclf predict` output
 
-# Options that belong to some tasks: (section, field) -> (the tasks it applies to, values any task accepts).
-# Setting one for another task is refused rather than silently ignored.
+# Options that belong to some tasks (each task declares those it takes, Task.options), with the values
+# every task accepts. Setting one for a task that does not take it is refused rather than silently ignored.
 TASK_OPTIONS = {
-    ("train", "thresholds"): ({"multi-label"}, ("per-label",)),
-    ("train", "threshold_objective"): ({"multi-label"}, ("macro_f1",)),
-    ("train", "regression_loss"): ({"regression"}, ("mse",)),
-    ("train", "huber_delta"): ({"regression"}, (1.0,)),
-    ("train", "normalize_target"): ({"regression"}, (True,)),
-    ("train", "calibrate"): ({"single-label"}, ("auto", "none")),  # temperature and bias: single-label only
-    ("data", "label_names"): ({"single-label", "multi-label"}, (None,)),
+    "train.thresholds": ("per-label",),
+    "train.threshold_objective": ("macro_f1",),
+    "train.regression_loss": ("mse",),
+    "train.huber_delta": (1.0,),
+    "train.normalize_target": (True,),
+    "train.calibrate": ("auto", "none"),  # temperature and bias
+    "data.label_names": (None,),
 }
 
 
@@ -36,27 +50,96 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits))  # no overflow warnings for large |logits|
 
 
+@dataclasses.dataclass
+class Predictions:
+    """One split's ``predictions/<split>.csv`` as arrays, as its task reads it back: `gold` in the
+    task's label format (ids, a 0/1 matrix, scores), `outputs` what the model gave (probabilities or
+    scores), `predicted` the decided answers where outputs alone do not give them (multi-label sets)."""
+
+    texts: list[str]
+    gold: np.ndarray
+    outputs: np.ndarray
+    predicted: Optional[np.ndarray] = None
+
+
+# The registry of tasks by name (filled by loraclf.tasks.register_task).
+TASKS: dict[str, type["Task"]] = {}
+
+# A report figure sink: emit(figure, file, section, title, caption) (see evaluation.report.make_plots).
+Emit = Callable[[Any, str, str, str, str], None]
+
+
 class Task:
-    """The protocol every task implements."""
+    """The protocol every task implements. Class attributes declare what readers need to know."""
 
     name: str = ""
-    headline: Sequence[str] = ()  # metric keys a split is summarised by (history records, artifact meta)
+    headline: Sequence[str] = ()  # metric keys a split is summarised by (tables, history, artifact meta)
     selectable: Sequence[str] = ()  # metric keys usable as train.metric
     default_metric: str = ""  # train.metric: auto
     problem_type: str = ""  # transformers' config.problem_type: plain transformers reloads the model the same way
+    metric_rows: Sequence[Metric] = ()  # metrics this task adds to evaluation.metrics.METRICS when registered
+    row_metrics: Sequence[str] = ()  # columns of a comparison table (besides F1 per label)
+    label_noun: str = "labels"  # what the report and console call the label column's values
+    fitted_key: Optional[str] = None  # metrics.json key of what :meth:`fit` chose on validation
+    exact_answers: bool = True  # an answer is right or wrong (a score never is exactly right)
+    decision_thresholds: bool = False  # answers are decided by thresholds a user may replace (predict --thresholds)
+    fixed_outputs: Optional[int] = None  # model outputs whatever the labels (regression: one)
+    loss_name: str = "loss"  # the loss curve's axis
+    report_template: str = ""  # templates/ file with this task's report sections (evaluation, errors, ...)
+    report_sections: Sequence[tuple[str, str]] = (("evaluation", "Evaluation"), ("errors", "Error analysis"))
+    card_template: str = ""  # templates/ file with this task's model-card macros
+    card_task_name: str = "Text Classification"  # the Hub model-index task name
+    card_tags: Sequence[str] = ()
+    options: frozenset = frozenset()  # the TASK_OPTIONS this task takes
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         self.labels = list(labels)
 
     @property
     def num_outputs(self) -> int:
-        return len(self.labels)
+        return self.fixed_outputs or len(self.labels)
 
+    # ---------------------------------------------------------------- reading the label column
+    @classmethod
+    def read_labels(cls, df, cfg, names: Optional[list[str]], where: str) -> list:
+        """Every row's label as this task reads it (a name, a list of names, a number); errors name the row."""
+        raise NotImplementedError
+
+    @classmethod
+    def keep_labels(cls, texts: list[list[str]], labels: list, keep: list[str], where: str):
+        """data.include_labels: the rows whose label is kept (a task may keep rows and drop labels)."""
+        rows = [i for i, lab in enumerate(labels) if lab in keep]
+        if not rows:
+            raise DataError(f"{where}: no rows left after data.include_labels={keep}")
+        return [[col[i] for i in rows] for col in texts], [labels[i] for i in rows]
+
+    @classmethod
+    def label_set(cls, cfg, train: list, names_cfg: Optional[list], keep: Optional[list[str]],
+                  where: str) -> LabelSet:
+        """The labels a run learns, checked against train: every label must occur there."""
+        raise NotImplementedError
+
+    @classmethod
+    def label_array(cls, rows: list, labels: LabelSet, where: str, split: str) -> np.ndarray:
+        """A split's labels as the loop batches them: ids, a 0/1 matrix, or float scores."""
+        raise NotImplementedError
+
+    @classmethod
+    def strata(cls, labels: np.ndarray) -> Optional[np.ndarray]:
+        """What a sample of rows is stratified on (None: a plain seeded sample)."""
+        return None
+
+    @classmethod
+    def single_class(cls, labels: np.ndarray) -> bool:
+        """Train labels this task cannot learn from (one class of a classification)."""
+        return False
+
+    # ---------------------------------------------------------------- training
     def state(self) -> dict:
         """What the task fitted (temperature, thresholds, target scale), for loraclf.json."""
         return {}
 
-    def output_affine(self) -> Optional[tuple[float, float]]:
+    def output_affine(self) -> Optional[tuple[float, Any]]:
         """(scale, shift) the task applies to raw logits before its activation, when it applies one
         (a temperature, a target scale): an export folds it into the model's last layer."""
         return None
@@ -71,16 +154,14 @@ class Task:
         if t.metric != "auto" and t.metric not in self.selectable:
             raise ConfigError(f"train.metric={t.metric} does not score a {self.name} task; use one of "
                               f"{', '.join(self.selectable)}")
-        for (section, field), (tasks, neutral) in TASK_OPTIONS.items():
+        for option, neutral in TASK_OPTIONS.items():
+            section, field = option.split(".")
             value = getattr(getattr(cfg, section), field)
-            if self.name not in tasks and value not in neutral:
-                raise ConfigError(f"{section}.{field}={value} applies to {' and '.join(sorted(tasks))} tasks; "
-                                  f"this run is {self.name}")
-        if cfg.model.head != "classifier" and self.name != "single-label":
-            raise ConfigError(f"model.head={cfg.model.head} scores one label word per class: it needs task "
-                              f"single-label, not {self.name}; use model.head=classifier")
+            if option not in self.options and value not in neutral:
+                takers = sorted(n for n, t in TASKS.items() if option in t.options)
+                raise ConfigError(f"{option}={value} applies to {' and '.join(takers)} tasks; this run is {self.name}")
 
-    def loss_function(self, tcfg, train_labels: np.ndarray, device) -> torch.nn.Module:
+    def loss_function(self, tcfg, train_labels: np.ndarray, device) -> "torch.nn.Module":
         """The training loss over (logits, labels) batches, built once per run."""
         raise NotImplementedError
 
@@ -94,9 +175,18 @@ class Task:
 
     def fit(self, tcfg, logits: np.ndarray, gold: np.ndarray) -> Optional[dict]:
         """After training, fit what the task chooses on validation (never on test); returns what
-        metrics.json records about it (None: nothing to fit)."""
+        metrics.json records about it under :attr:`fitted_key` (None: nothing to fit)."""
         return None
 
+    def fitted_line(self, fitted: dict) -> Optional[str]:
+        """What :meth:`fit` chose, in one line for the console."""
+        return None
+
+    def set_thresholds(self, values: dict) -> None:
+        """Decision thresholds from a user's file (`loraclf predict --thresholds`), for tasks that have them."""
+        raise ConfigError(f"a {self.name} task has no decision thresholds")
+
+    # ---------------------------------------------------------------- answers
     def predicted(self, outputs: np.ndarray) -> list[str]:
         """The answer per row, as users read it."""
         raise NotImplementedError
@@ -117,6 +207,11 @@ class Task:
         """One JSON object per text, as the HTTP server answers."""
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """What the server's /v1/models says about a model of this task."""
+        return {"task": self.name, "labels": self.labels}
+
+    # ---------------------------------------------------------------- predictions files
     def gold_names(self, gold: np.ndarray) -> list[str]:
         """The gold answer per row, written as :meth:`predicted` writes answers."""
         raise NotImplementedError
@@ -125,23 +220,62 @@ class Task:
         """The predictions file's last fixed column: right (1/0) or, for scores, the signed error."""
         raise NotImplementedError
 
-    def prediction_columns(self) -> list[str]:
-        return ["correct"] + [f"p_{n}" for n in self.labels]
-
-    def output_cells(self, outputs: np.ndarray) -> list[list[str]]:
-        return [[f"{p:.6f}" for p in row] for row in outputs]
+    def prediction_columns(self, gold: np.ndarray, outputs: np.ndarray) -> dict[str, list]:
+        """The predictions file's columns after text, gold and predicted: right or wrong, every output."""
+        cols: dict[str, list] = {"correct": self.correct(gold, outputs)}
+        for j, n in enumerate(self.labels):
+            cols[f"p_{n}"] = [f"{p:.6f}" for p in outputs[:, j]]
+        return cols
 
     def write_predictions(self, path: Path, texts: Sequence[str], gold: np.ndarray, outputs: np.ndarray,
                           pairs: Optional[Sequence[str]] = None) -> None:
-        """predictions/<split>.csv: text (and its pair), gold, predicted, right or error, every output."""
-        cells = self.output_cells(outputs)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["text"] + (["text_pair"] if pairs is not None else []) + ["gold", "predicted"]
-                       + self.prediction_columns())
-            for i, (g, p, c) in enumerate(zip(self.gold_names(gold), self.predicted(outputs),
-                                              self.correct(gold, outputs))):
-                w.writerow([texts[i]] + ([pairs[i]] if pairs is not None else []) + [g, p, c] + cells[i])
+        """predictions/<split>.csv (the layout is the run directory's: see loraclf.schema)."""
+        from ..schema import write_predictions
+
+        write_predictions(path, texts, pairs, self.gold_names(gold), self.predicted(outputs),
+                          self.prediction_columns(gold, outputs))
+
+    def parse_predictions(self, table, path: Path) -> Predictions:
+        """A predictions file read back (loraclf.schema.read_predictions) as this task's arrays."""
+        raise NotImplementedError
+
+    def _output_matrix(self, table, path: Path):
+        from ..errors import LoraclfError
+
+        cols = [f"p_{n}" for n in self.labels]
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise LoraclfError(f"{path}: missing columns {missing}; is it a loraclf predictions file?")
+        return table[cols].to_numpy(dtype=np.float64)
+
+    # ---------------------------------------------------------------- the report
+    def analyse(self, p: Predictions, metrics: dict, opts: dict) -> dict:
+        """The error analysis of one split (metrics.json's error_analysis[split])."""
+        raise NotImplementedError
+
+    def findings(self, metrics: dict, analysis: dict, split: str) -> list[str]:
+        """Plain-language observations backed by the numbers, each only when the data supports it."""
+        return []
+
+    def plots(self, emit: Emit, run, ea: dict, split: str, suffix: str) -> None:
+        """This task's figures of the report's split, through `emit`."""
+
+    def loss_note(self) -> str:
+        """What the loss curve's caption must add for this task."""
+        return ""
+
+    def subtitle(self) -> str:
+        """What the report's header says about the labels."""
+        return f"{len(self.labels)} labels"
+
+    def report_context(self, run, ea: dict, split: Optional[str]) -> dict:
+        """What this task's report template needs beyond the common context."""
+        return {}
+
+    # ---------------------------------------------------------------- the model card
+    def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
+        """The card's per-label scores of `split` (Markdown), or None."""
+        return None
 
 
 def refuse_single_label_options(cfg, task: str) -> None:
@@ -157,3 +291,26 @@ def check_finite(logits: np.ndarray) -> None:
     if not np.isfinite(logits).all():
         raise TrainingDiverged("the model's outputs are not finite numbers (NaN or inf): training diverged; "
                                "lower train.lr (or set train.max_grad_norm)")
+
+
+def check_label_names(cfg, seen: set, names_cfg: Optional[list], keep: Optional[list[str]], where: str) -> list[str]:
+    """The label names of a classification task: data.label_columns, data.label_names (each must occur in
+    train, and train must hold no other), or the names train holds, sorted."""
+    if cfg.label_columns:
+        names_cfg = list(cfg.label_columns)
+    if keep is not None and names_cfg is not None:
+        names_cfg = [n for n in names_cfg if str(n) in keep]
+    if names_cfg is None:
+        return sorted(seen)
+    names = [str(n) for n in names_cfg]
+    unknown = sorted(seen - set(names))
+    if unknown:
+        raise DataError(f"{where}: labels {unknown[:5]} are not in data.label_names {names}")
+    unseen = [n for n in names if n not in seen]
+    if unseen:  # a class that train never shows cannot be learned, only predicted at random
+        source = "data.label_columns" if cfg.label_columns else "data.label_names"
+        raise DataError(f"{where}: label {unseen[0]!r} of {source} never occurs in train; drop it from {source} "
+                        "(or data.include_labels)")
+    return names
+
+

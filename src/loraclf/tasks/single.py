@@ -1,16 +1,25 @@
-"""Single-label classification, with temperature calibration and, on request, per-class bias correction."""
+"""Single-label classification, with temperature calibration and, on request, per-class bias correction.
+
+Both sides of the task live here: training (cross-entropy, temperature and bias fitted on validation)
+and reading (label names, the predictions file, the error analysis, findings, plots, report sections
+in templates/single_label.html.j2 and the model card's macros in templates/card_single_label.md.j2).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
-import torch
 
-from ..errors import ConfigError
-from ..metrics import HEADLINE, compute_metrics, expected_calibration_error, reliability_bins
-from .base import Task, check_finite, softmax
+from ..errors import ConfigError, DataError, LoraclfError
+from ..evaluation import analysis as an
+from ..evaluation.metrics import HEADLINE, compute_metrics, expected_calibration_error, reliability_bins
+from .base import Predictions, Task, check_finite, check_label_names, softmax
+from .labels import LabelSet, label_names, unknown_label
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SingleLabel(Task):
@@ -24,12 +33,49 @@ class SingleLabel(Task):
     selectable = ("accuracy", "macro_f1", "weighted_f1", "macro_recall", "roc_auc", "ece", "loss")
     default_metric = "accuracy"
     problem_type = "single_label_classification"
+    row_metrics = ("accuracy", "macro_f1")
+    fitted_key = "calibration"
+    loss_name = "cross-entropy loss"
+    options = frozenset({"train.calibrate", "data.label_names"})
+    report_template = "single_label.html.j2"
+    # Only single-label outputs are probabilities of one answer, so only this report has a calibration section.
+    report_sections = (("evaluation", "Evaluation"), ("calibration", "Calibration"), ("errors", "Error analysis"))
+    card_template = "card_single_label.md.j2"
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
         self.temperature: Optional[float] = (state or {}).get("temperature")
         bias = (state or {}).get("bias")
         self.bias: Optional[np.ndarray] = None if bias is None else np.asarray(bias, dtype=np.float64)
+
+    @classmethod
+    def read_labels(cls, df, cfg, names: Optional[list[str]], where: str) -> list:
+        return label_names(df, cfg.label_column, names, where)
+
+    @classmethod
+    def label_set(cls, cfg, train: list, names_cfg: Optional[list], keep: Optional[list[str]],
+                  where: str) -> LabelSet:
+        seen = set(train)
+        names = check_label_names(cfg, seen, names_cfg, keep, where)
+        if len(seen) < 2:
+            raise DataError(f"{where}: train has a single class ({next(iter(seen))!r}); classification needs "
+                            "at least two")
+        return LabelSet(names)
+
+    @classmethod
+    def label_array(cls, rows: list, labels: LabelSet, where: str, split: str) -> np.ndarray:
+        for i, lab in enumerate(rows):
+            if lab not in labels.to_id:
+                raise unknown_label(where, i + 1, lab, split, labels.names)
+        return np.array([labels.to_id[lab] for lab in rows], dtype=np.int64)
+
+    @classmethod
+    def strata(cls, labels: np.ndarray) -> Optional[np.ndarray]:
+        return labels
+
+    @classmethod
+    def single_class(cls, labels: np.ndarray) -> bool:
+        return len(np.unique(labels)) < 2
 
     def state(self) -> dict:
         out = {"temperature": self.temperature} if self.temperature is not None else {}
@@ -56,14 +102,13 @@ class SingleLabel(Task):
         if isinstance(w, list) and len(w) != len(self.labels):
             raise ConfigError(f"train.class_weights has {len(w)} values but there are {len(self.labels)} labels "
                               f"({', '.join(self.labels)})")
-        if cfg.train.calibrate == "bias" and cfg.model.head == "generate":
-            raise ConfigError("train.calibrate=bias needs class scores; the generate head's scores are its parsed "
-                              "answer, so biases would only remap labels: use the verbalizer head")
         if cfg.train.pos_weight is not None:
             raise ConfigError("train.pos_weight weighs positives of each label in a multi-label task; "
                               "for single-label use train.class_weights")
 
-    def loss_function(self, tcfg, train_labels: np.ndarray, device) -> torch.nn.Module:
+    def loss_function(self, tcfg, train_labels: np.ndarray, device) -> "torch.nn.Module":
+        import torch
+
         weights = class_weights(tcfg.class_weights, train_labels, len(self.labels))
         return torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
                                          label_smoothing=tcfg.label_smoothing)
@@ -125,6 +170,183 @@ class SingleLabel(Task):
 
     def correct(self, gold: np.ndarray, probs: np.ndarray) -> list:
         return (probs.argmax(axis=1) == gold).astype(int).tolist()
+
+    def fitted_line(self, fitted: dict) -> Optional[str]:
+        state = "applied" if fitted["applied"] else "not applied"
+        bias = "" if fitted.get("bias") is None else ", bias " + " ".join(f"{k} {v:+.2f}"
+                                                                           for k, v in fitted["bias"].items())
+        return f"calibration: temperature {fitted['temperature']:.3f}{bias} ({state}: {fitted['reason']})"
+
+    # ---------------------------------------------------------------- reading a run
+    def parse_predictions(self, table, path) -> Predictions:
+        probs = self._output_matrix(table, path)
+        index = {n: i for i, n in enumerate(self.labels)}
+        try:
+            y = table["gold"].map(index).to_numpy().astype(np.int64)
+        except (ValueError, TypeError):
+            raise LoraclfError(f"{path}: gold labels outside the run's labels {self.labels}") from None
+        return Predictions(table["text"].tolist(), y, probs)
+
+    def analyse(self, p: Predictions, metrics: dict, opts: dict) -> dict:
+        return an.analyse_split(p.texts, p.gold, p.outputs, self.labels, opts["top_errors"], opts["length_buckets"],
+                                opts["examples_per_confusion"])
+
+    def findings(self, metrics: dict, analysis: dict, split: str) -> list[str]:
+        m, a = metrics[split], analysis[split]
+        acc = m["accuracy"]
+        out = an.length_findings(a.get("by_length", []), acc, "accuracy") + an.length_shift(analysis, split)
+        pairs = a.get("confusions") or []
+        if pairs:
+            p = pairs[0]
+            out.append(f"The most common mistake is {p['gold']!r} predicted as {p['predicted']!r}: {p['count']} of "
+                       f"{a['errors']} errors ({p['share_of_errors']:.0%}), {p['rate_of_gold']:.1%} of all "
+                       f"{p['gold']!r} texts.")
+        per_class = m.get("per_class") or {}
+        if len(per_class) >= 3:
+            weakest = min(per_class, key=lambda c: per_class[c]["f1"])
+            partner = next((p["predicted"] for p in pairs if p["gold"] == weakest), None)
+            out.append(f"{weakest!r} has the lowest F1 ({an.fmt3(per_class[weakest]['f1'])})"
+                       + (f"; it is most often mistaken for {partner!r}." if partner else "."))
+        out += _confidence_findings(m, acc) + _calibration_findings(metrics, split) + _skew_findings(m, per_class)
+        return out + an.truncation(metrics, split, m["n"])
+
+    def plots(self, emit, run, ea: dict, split: str, suffix: str) -> None:
+        from ..evaluation import plots as pl
+
+        m, labels = run.metrics[split], self.labels
+        emit(pl.confusion_matrix(m["confusion_matrix"], labels, False, f"Confusion matrix{suffix} (n={m['n']:,})"),
+             "confusion_matrix.png", "evaluation", "Confusion matrix",
+             "Counts: rows are true labels, columns predictions.")
+        emit(pl.confusion_matrix(m["confusion_matrix"], labels, True, f"Confusion matrix, normalised{suffix}"),
+             "confusion_matrix_normalized.png", "evaluation", "Confusion matrix, normalised",
+             "Each row sums to 1; the diagonal is each label's recall.")
+        emit(pl.per_class(m["per_class"], labels, f"Per-class precision, recall and F1{suffix}"), "per_class.png",
+             "evaluation", "Per-class scores", "Precision, recall and F1 per label, with its number of texts.")
+        if split in run.predictions:
+            _prediction_plots(emit, run.predictions[split], labels, m, suffix)
+        _calibration_plot(emit, m.get("calibration") or {}, run.metrics.get("calibration") or {}, suffix)
+        emit(pl.length_distribution(ea.get("text_lengths") or {}), "lengths.png", "errors", "Text length per split",
+             "Length in words of every split (train as loaded for training).")
+        if (ea.get(split) or {}).get("by_length"):
+            emit(pl.accuracy_by_length(ea[split]["by_length"], m["accuracy"], suffix), "accuracy_by_length.png",
+                 "errors", "Accuracy by length", "Accuracy per word-length bucket (about equal numbers of texts "
+                 "each) with 95% Wilson intervals; red: significantly below overall, green: above.")
+
+    def report_context(self, run, ea: dict, split: Optional[str]) -> dict:
+        m = run.metrics
+        ranking = ((ea.get(split) or {}).get("per_class_ranking") or {}) if split else {}
+        return {"per_class": _per_class_rows(m, split, ranking) if split else [], "calibration": m.get("calibration"),
+                "calibration_splits": [s for s in ("validation", "test") if (m.get(s) or {}).get("calibration")]}
+
+    def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
+        from ..evaluation.tables import markdown_table
+
+        pc = metrics[split].get("per_class") or {}
+        if not pc:
+            return None
+        return markdown_table(["label", "precision", "recall", "F1", "support"], [
+            [f"`{c}`", f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
+            for c, v in pc.items()])
+
+
+def _per_class_rows(m: dict, split: str, ranking: dict) -> list[dict]:
+    """The per-label table of the report's split, worst F1 first."""
+    s = m[split]
+    pred = s.get("predicted_distribution") or {}
+    return [{"name": c, **v, "low": v["f1"] < s["macro_f1"] - 0.1, "predicted": pred.get(c, 0),
+             "roc_auc": (ranking.get(c) or {}).get("roc_auc"),
+             "average_precision": (ranking.get(c) or {}).get("average_precision")}
+            for c, v in sorted(s["per_class"].items(), key=lambda kv: kv[1]["f1"])]
+
+
+def _prediction_plots(emit, p: Predictions, labels: list[str], m: dict, suffix: str) -> None:
+    """ROC and PR curves, reliability and confidence: the figures that need every text's probabilities."""
+    from ..evaluation import plots as pl
+
+    y, probs = p.gold, p.outputs
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(float)
+    if len(np.unique(y)) >= 2:
+        emit(pl.roc_curves(y, probs, labels, suffix), "roc.png", "evaluation", "ROC curves",
+             "True against false positive rate as the decision threshold moves." if len(labels) == 2 else
+             "One-vs-rest ROC curve per label.")
+        emit(pl.pr_curves(y, probs, labels, suffix), "pr.png", "evaluation", "Precision-recall curves",
+             "Precision against recall; AP is the average precision. Dotted lines: prevalence (chance).")
+    emit(pl.reliability(reliability_bins(conf, correct), m["ece"], suffix), "reliability.png", "calibration",
+         "Reliability diagram", "Accuracy within each confidence bin against its mean confidence. Bars "
+         "below the diagonal are over-confident. ECE is the count-weighted mean gap.")
+    emit(pl.confidence_hist(conf, correct, len(labels), suffix), "confidence.png", "calibration",
+         "Confidence", "Confidence of the predicted label for correct and for wrong predictions.")
+
+
+def _calibration_plot(emit, cal: dict, fitted: dict, suffix: str) -> None:
+    """Reliability before and after the temperature (and class biases) fitted on validation."""
+    from ..evaluation import plots as pl
+
+    if not (cal.get("reliability_before") and cal.get("reliability_after")):
+        return
+    moved = cal.get("accuracy_before") is not None
+    emit(pl.reliability_before_after(cal["reliability_before"], cal["ece_before"], cal["reliability_after"],
+                                     cal["ece_after"], fitted.get("temperature"), suffix),
+         "reliability_before_after.png", "calibration",
+         *(("Temperature and class-bias correction", "Reliability of the model's raw probabilities (left) and "
+            "of the corrected ones the run reports (right); the biases move some predictions.") if moved else
+           ("Temperature scaling", "Reliability of the model's raw probabilities (left) and of the temperature-"
+            "scaled ones the run reports (right); the predicted labels are the same.")))
+
+
+def _confidence_findings(m: dict, acc: float) -> list[str]:
+    conf = m.get("confidence") or {}
+    if conf.get("mean") is None:
+        return []
+    gap = conf["mean"] - acc
+    if gap > 0.02:
+        sure = conf.get("wrong_above_0.9") or 0
+        return [f"The model is over-confident: mean confidence {an.fmt3(conf['mean'])} against accuracy "
+                f"{an.fmt3(acc)} (ECE {an.fmt3(m['ece'])})"
+                + (f"; {sure:,} mistakes have confidence above 0.9." if sure else ".")]
+    if gap < -0.02:
+        return [f"The model is under-confident: mean confidence {an.fmt3(conf['mean'])} against accuracy "
+                f"{an.fmt3(acc)} (ECE {an.fmt3(m['ece'])})."]
+    return []
+
+
+def _skew_findings(m: dict, per_class: dict) -> list[str]:
+    dist = m.get("predicted_distribution") or {}
+    if not (dist and per_class):
+        return []
+    n = max(m["n"], 1)
+    skew = max(dist, key=lambda c: abs(dist[c] - per_class[c]["support"]) / n)
+    diff = (dist[skew] - per_class[skew]["support"]) / n
+    if abs(diff) < 0.05:
+        return []
+    return [f"It predicts {skew!r} for {dist[skew] / n:.0%} of texts, though {per_class[skew]['support'] / n:.0%} "
+            f"are {skew!r}."]
+
+
+def _calibration_findings(metrics: dict, split: str) -> list[str]:
+    """What temperature scaling (and, with train.calibrate: bias, the class biases) did, fitted on validation."""
+    cal = metrics.get("calibration") or {}
+    before_after = (metrics.get(split) or {}).get("calibration") or {}
+    if not cal:
+        return []
+    t, fmt = cal.get("temperature"), an.fmt3
+    what = "A temperature and per-class biases" if cal.get("method") == "bias" else "Temperature scaling"
+    head = f"{what} (T={t:.3f}, fitted on validation)" if t is not None else what
+    if not cal.get("applied"):
+        return [f"{head} was not applied: {cal.get('reason') or 'no reason recorded'}."]
+    if cal.get("method") == "bias":
+        if before_after.get("accuracy_before") is None:
+            return [f"{head} were applied to the probabilities."]
+        return [f"{head} change {split} accuracy from {fmt(before_after['accuracy_before'])} to "
+                f"{fmt(before_after['accuracy_after'])} and macro-F1 from {fmt(before_after['macro_f1_before'])} to "
+                f"{fmt(before_after['macro_f1_after'])}, NLL from {fmt(before_after['nll_before'])} to "
+                f"{fmt(before_after['nll_after'])}."]
+    if before_after.get("nll_before") is None:
+        return [f"{head} was applied to the probabilities."]
+    return [f"{head} changes {split} NLL from {fmt(before_after['nll_before'])} to {fmt(before_after['nll_after'])} "
+            f"and ECE from {fmt(before_after['ece_before'])} to {fmt(before_after['ece_after'])}; the "
+            "predicted labels stay the same."]
 
 
 def nll(probs: np.ndarray, gold: np.ndarray) -> float:
@@ -190,9 +412,11 @@ def calibration_effect(raw: np.ndarray, calibrated: np.ndarray, gold: np.ndarray
     return out
 
 
-def class_weights(spec, labels: np.ndarray, k: int) -> Optional[torch.Tensor]:
+def class_weights(spec, labels: np.ndarray, k: int) -> Optional["torch.Tensor"]:
     """train.class_weights as a tensor: None, 'balanced' (scikit-learn's inverse frequency) or a list
     (its length is checked by :meth:`SingleLabel.check_config`)."""
+    import torch
+
     if spec is None:
         return None
     if spec == "balanced":

@@ -1,0 +1,206 @@
+"""Data: read and validate the splits a config names, as texts and label arrays, with a LabelSet.
+
+The task reads the label column (tasks/); everything here is the same for every task: finding and
+reading files (files.py), validation carving and caps (seeded, stratified as the task says), and
+tokenisation and batching (batching.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from ..tasks import Task, task_class
+from ..tasks.labels import LabelSet, detect_task
+from .batching import LENGTH_GROUP_BATCHES, Collator, Encoded, encode, eval_batches, token_lengths, train_batches
+from .files import (
+    CHUNK_ROWS,
+    DATASETS_ENV,
+    SPLITS,
+    _explicit_file,
+    _find_split_file,
+    _hf_load,
+    datasets_root,
+    find_files,
+    iter_table,
+    read_table,
+    read_texts,
+    resolve_path,
+)
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+__all__ = ["CHUNK_ROWS", "DATASETS_ENV", "LENGTH_GROUP_BATCHES", "SPLITS", "Collator", "Data", "Encoded", "LabelSet",
+           "Split", "carve_validation", "datasets_root", "encode", "eval_batches", "find_files", "iter_table",
+           "load_data", "load_labelled_split", "read_table", "read_texts", "resolve_path", "token_lengths",
+           "train_batches"]
+
+
+@dataclass
+class Split:
+    """One split: texts (and optional second texts for pair tasks) with their labels (ids, a 0/1
+    label matrix, or float scores, by task)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    pairs: Optional[list[str]] = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx: Sequence[int]) -> "Split":
+        idx = list(idx)
+        return Split(
+            [self.texts[i] for i in idx],
+            self.labels[idx],
+            [self.pairs[i] for i in idx] if self.pairs is not None else None,
+            self.source,
+        )
+
+
+@dataclass
+class Data:
+    splits: dict[str, Split]
+    labels: LabelSet
+    notes: list[str] = field(default_factory=list)
+    task: str = "single-label"
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}
+
+
+def _labelled_rows(df, cols: list[str], cfg: DataConfig, names: Optional[list[str]], where: str,
+                   what: str, task: type[Task]) -> tuple[list[list[str]], list]:
+    """Text columns and labels (as `task` reads them) of a labelled table that must not be empty (`what` names it)."""
+    if len(df) == 0:
+        raise DataError(f"{where}: {what} has no rows")
+    return read_texts(df, cols, where), task.read_labels(df, cfg, names, where)
+
+
+def _text_columns(cfg: DataConfig) -> list[str]:
+    cols = [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+    if not 1 <= len(cols) <= 2:
+        raise DataError("data.text_column: give one column, or two for sentence-pair tasks")
+    return cols
+
+
+def _stratified_subset(labels: np.ndarray, n: int, seed: int, task: type[Task]) -> np.ndarray:
+    """Indices of a seeded sample of size n, stratified as the task says (sorted, so order is kept)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    strata = task.strata(labels)
+    try:
+        if strata is None:
+            raise ValueError("nothing to stratify on")
+        keep, _ = train_test_split(idx, train_size=n, stratify=strata, random_state=seed)
+    except ValueError:  # a class too small to stratify (or multi-label): a plain seeded sample
+        keep = np.random.default_rng(seed).choice(idx, size=n, replace=False)
+    return np.sort(keep)
+
+
+def _read_frames(cfg: DataConfig) -> tuple[dict[str, tuple[object, str]], Optional[list]]:
+    """Every split's table and where it came from, plus label names a hub dataset declares."""
+    frames: dict[str, tuple[object, str]] = {}
+    hub_names = None
+    if cfg.path and cfg.path.startswith("hf:"):
+        hub = _hf_load(cfg.path[3:])
+        for split, df in hub.items():
+            frames[split] = (df, f"{cfg.path}[{split}]")
+            hub_names = hub_names or df.attrs.get("label_names")
+    for split, path in find_files(cfg).items():
+        frames[split] = (read_table(path, cfg.format), str(path))
+    return frames, hub_names
+
+
+def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
+    """Read, validate and encode the labels of all splits named by the config, for `task` (auto: see
+    :func:`loraclf.tasks.labels.detect_task`; the resolved task is ``Data.task``). The task reads the
+    label column; everything here is the same for every task."""
+    cols = _text_columns(cfg)
+    frames, hub_names = _read_frames(cfg)
+    name, detected = detect_task(task, cfg, *frames["train"])
+    kind = task_class(name)
+    names_cfg = list(cfg.label_names) if cfg.label_names else hub_names
+    keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
+    raw: dict[str, tuple[list[list[str]], list, str]] = {}
+    for split, (df, where) in frames.items():
+        texts, labels = _labelled_rows(df, cols, cfg, names_cfg, where, f"the {split} split", kind)
+        if keep is not None:
+            texts, labels = kind.keep_labels(texts, labels, keep, where)
+        raw[split] = (texts, labels, where)
+    labels = kind.label_set(cfg, raw["train"][1], names_cfg, keep, raw["train"][2])
+    splits = {split: Split(texts[0], kind.label_array(labs, labels, where, split),
+                           texts[1] if len(texts) > 1 else None, where)
+              for split, (texts, labs, where) in raw.items()}
+    notes = [detected] if detected else []
+    _carve_and_cap(splits, cfg, seed, kind, notes)
+    return Data(splits, labels, notes, name)
+
+
+def _carve_and_cap(splits: dict[str, Split], cfg: DataConfig, seed: int, kind: type[Task], notes: list[str]) -> None:
+    """A validation split carved from train when there is none, then each split's cap (seeded samples)."""
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = carve_validation(splits["train"], cfg.validation_fraction, seed, kind)
+        if kind.single_class(splits["train"].labels):
+            raise DataError(f"{splits['train'].source}: after carving {len(splits['validation'])} row(s) for "
+                            "validation, train holds a single class; give more rows or a validation file")
+        notes.append(f"validation carved from train: {cfg.validation_fraction:.0%}, "
+                     f"{'stratified, ' if kind.strata(splits['train'].labels) is not None else ''}seed {seed}")
+    caps = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples, "test": cfg.max_test_samples}
+    for split, cap in caps.items():
+        if cap is not None and split in splits and len(splits[split]) > cap:
+            splits[split] = splits[split].take(_stratified_subset(splits[split].labels, cap, seed, kind))
+            how = "stratified, " if kind.strata(splits[split].labels) is not None else ""
+            notes.append(f"{split} capped at {cap} rows ({how}seed {seed})")
+
+
+def load_labelled_split(cfg: DataConfig, split: str = "test", task: Optional[type[Task]] = None
+                        ) -> tuple[list[str], Optional[list[str]], list, str]:
+    """One labelled split as (texts, pairs, label names, source) for evaluating a trained model.
+
+    `data.path` may be a single file (used whatever `split` says) or a folder; nothing is carved,
+    capped or filtered, so every row of the file is scored.
+    """
+    cols = _text_columns(cfg)
+    explicit = getattr(cfg, split, None)
+    names = list(cfg.label_names) if cfg.label_names else None
+    if explicit:
+        path: Optional[Path] = _explicit_file(explicit, split)
+    elif cfg.path and cfg.path.startswith("hf:"):
+        hub = _hf_load(cfg.path[3:])
+        if split not in hub:
+            raise DataError(f"{cfg.path}: the dataset has no {split} split (splits: {', '.join(hub)})")
+        path, df, where = None, hub[split], f"{cfg.path}[{split}]"
+        names = names or df.attrs.get("label_names")
+    elif cfg.path:
+        root = resolve_path(cfg.path)
+        path = root if root.is_file() else _find_split_file(root, split)
+        if path is None:
+            raise DataError(f"{root}: no {split} file found (expected {split}.csv, {split}.jsonl, ...)")
+    else:
+        raise DataError("no data: give a dataset folder or file")
+    if path is not None:
+        df, where = read_table(path, cfg.format), str(path)
+    texts, labels = _labelled_rows(df, cols, cfg, names, where, "the file", task or task_class(None))
+    return texts[0], texts[1] if len(texts) > 1 else None, labels, where
+
+
+def carve_validation(train: Split, fraction: float, seed: int, task: Optional[type[Task]] = None
+                     ) -> tuple[Split, Split]:
+    """Stratified (as the task says; a single-label task by default), seeded hold-out of `fraction` of train."""
+    task = task or task_class(None)
+    n_val = max(1, int(round(len(train) * fraction)))
+    if n_val >= len(train):
+        raise DataError(f"{train.source}: too few rows ({len(train)}) to carve a validation split")
+    val_idx = set(_stratified_subset(train.labels, n_val, seed + 1, task).tolist())
+    tr = [i for i in range(len(train)) if i not in val_idx]
+    return train.take(tr), train.take(sorted(val_idx))

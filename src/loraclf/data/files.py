@@ -1,0 +1,275 @@
+"""Finding and reading data files: split folders, CSV/TSV/JSONL/JSON/Parquet (compressed too), hub
+datasets, and the one reader of text columns. Every way a file can be bad is one DataError that names
+the file, row and field."""
+
+from __future__ import annotations
+
+import lzma
+import os
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import numpy as np
+
+from ..errors import DataError
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
+
+SPLITS = ("train", "validation", "test")
+
+
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
+
+
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+
+
+DATASETS_ENV = "LORACLF_DATASETS"
+
+
+DEFAULT_DATASETS_ROOT = "../shared/datasets"
+
+
+def datasets_root() -> Path:
+    """Where bare dataset names are looked up: $LORACLF_DATASETS, default ../shared/datasets."""
+    return Path(os.environ.get(DATASETS_ENV, DEFAULT_DATASETS_ROOT))
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in EXTENSIONS:
+        return EXTENSIONS[suffixes[-1]]
+    raise DataError(
+        f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)"
+    )
+
+
+def _find_split_file(folder: Path, split: str) -> Optional[Path]:
+    for stem in SPLIT_ALIASES[split]:
+        for p in sorted(folder.glob(f"{stem}.*")):
+            try:
+                _format_of(p, "auto")
+            except DataError:
+                continue
+            return p
+    return None
+
+
+def resolve_path(path: str) -> Path:
+    """A path as given, or a bare dataset name under the datasets root."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    alt = datasets_root() / path
+    if alt.exists():
+        return alt
+    raise DataError(
+        f"data path not found: {path} (also looked in {datasets_root()}; set ${DATASETS_ENV} to change that)"
+    )
+
+
+def _explicit_file(explicit: str, split: str) -> Path:
+    """A per-split option (data.train, data.test, ...): looked up like data.path, as given or under
+    the datasets root."""
+    try:
+        return resolve_path(explicit)
+    except DataError:
+        raise DataError(f"data.{split}: file not found: {Path(explicit).expanduser()}") from None
+
+
+def find_files(cfg: DataConfig) -> dict[str, Path]:
+    """Map split name to file from data.path and/or the explicit per-split options."""
+    files: dict[str, Path] = {}
+    if cfg.path and not cfg.path.startswith("hf:"):
+        root = resolve_path(cfg.path)
+        if root.is_dir():
+            for split in SPLITS:
+                f = _find_split_file(root, split)
+                if f is not None:
+                    files[split] = f
+            if "train" not in files and not cfg.train:
+                raise DataError(f"{root}: no train file found (expected train.csv, train.jsonl, train.parquet, ...)")
+        else:
+            files["train"] = root
+    for split in SPLITS:
+        explicit = getattr(cfg, split)
+        if explicit:
+            files[split] = _explicit_file(explicit, split)
+    if "train" not in files and not (cfg.path or "").startswith("hf:"):
+        raise DataError("no training data: set data.path (folder, file or hf:<id>) or data.train")
+    return files
+
+
+def _bad_bytes_location(path: Path) -> str:
+    """Find the line of the first byte sequence that is not UTF-8 (for an error message)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {lineno}, byte {e.start}"
+    return "unknown line"
+
+
+CHUNK_ROWS = 8192  # rows read, predicted and written at a time by streaming prediction
+
+
+def _open_text(path: Path):
+    """A text handle on a plain or gzip/bz2/xz-compressed file, UTF-8 (a BOM is dropped)."""
+    import bz2
+    import gzip
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    return opener(path, "rt", encoding="utf-8-sig", newline="")
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """Two columns of one name would be read as 'text' and 'text.1', and training would use the first."""
+    import csv
+
+    with _open_text(path) as fh:
+        header = next(csv.reader(fh, delimiter=sep), [])
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise DataError(f"{path}: the header names column {dupes[0]!r} {header.count(dupes[0])} times; "
+                        "rename the columns so each name is used once")
+
+
+def _jsonl_frames(path: Path, chunk_rows: Optional[int]) -> Iterator:
+    """JSON Lines, one object a line; a bad line is named by its number, not a byte offset."""
+    import json
+
+    import pandas as pd
+
+    rows: list[dict] = []
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(obj).__name__})")
+            rows.append(obj)
+            if chunk_rows and len(rows) == chunk_rows:
+                yield pd.DataFrame(rows)
+                rows = []
+    if rows or not chunk_rows:
+        yield pd.DataFrame(rows)
+
+
+def _frames(path: Path, kind: str, chunk_rows: Optional[int]) -> Iterator:
+    import pandas as pd
+
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        _check_header(path, sep)
+        read = pd.read_csv(path, sep=sep, encoding="utf-8", keep_default_na=False, na_values=[""], dtype=str,
+                           chunksize=chunk_rows)
+        yield from (read if chunk_rows else [read])
+    elif kind == "jsonl":
+        yield from _jsonl_frames(path, chunk_rows)
+    elif kind == "json":
+        yield pd.read_json(path, encoding="utf-8", dtype=False)
+    elif chunk_rows:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+    else:
+        yield pd.read_parquet(path)
+
+
+def iter_table(path: Path, fmt: str = "auto", chunk_rows: Optional[int] = CHUNK_ROWS) -> Iterator:
+    """A CSV/TSV/JSONL/JSON/Parquet file (optionally compressed) as DataFrames of at most
+    `chunk_rows` rows (None: one frame); every way the file can be bad is one DataError."""
+    import pandas as pd
+
+    kind = _format_of(path, fmt)
+    try:
+        yield from _frames(path, kind, chunk_rows)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8 text at {_bad_bytes_location(path)}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except ImportError as e:
+        raise DataError(f"{path}: reading it needs an optional package ({e.name or e}); pip install it") from None
+    except (EOFError, zlib.error, lzma.LZMAError) as e:
+        raise DataError(f"{path}: the compressed file is damaged or truncated ({type(e).__name__})") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot parse as {kind}: {first}") from None
+
+
+def read_table(path: Path, fmt: str = "auto"):
+    """A whole file as one DataFrame (see :func:`iter_table`)."""
+    return next(iter_table(path, fmt, chunk_rows=None))
+
+
+def _hf_load(ident: str):
+    """Load a hub dataset as {split: DataFrame}. Needs network unless cached."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a core dependency
+        raise DataError("hf: datasets need the 'datasets' package") from None
+    try:
+        dd = datasets.load_dataset(ident)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types
+        raise DataError(
+            f"hf:{ident}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    out = {}
+    for split in SPLITS:
+        for name in SPLIT_ALIASES[split]:
+            if name in dd:
+                ds = dd[name]
+                df = ds.to_pandas()
+                feat = ds.features.get("label")
+                if feat is not None and hasattr(feat, "names"):
+                    df.attrs["label_names"] = list(feat.names)
+                out[split] = df
+                break
+    if "train" not in out:
+        raise DataError(f"hf:{ident}: the dataset has no train split (splits: {list(dd)})")
+    return out
+
+
+def read_texts(df, cols: list[str], where: str, hint: str = "set data.text_column",
+               first_row: int = 1) -> list[list[str]]:
+    """The text columns of a table, every value a non-empty string; errors name the file, row
+    (counted from `first_row`) and column. The one reader of texts for training, evaluation and prediction."""
+    import pandas as pd
+
+    out = []
+    for col in cols:
+        if col not in df.columns:
+            raise DataError(f"{where}: no column '{col}' (columns: {', '.join(map(str, df.columns))}); {hint}")
+        values = df[col].tolist()
+        for i, v in enumerate(values):
+            if v is None or (isinstance(v, float) and np.isnan(v)) or (v is pd.NA):
+                raise DataError(f"{where}: row {i + first_row} has an empty '{col}' (NaN/missing)")
+            if not isinstance(v, str):
+                v = str(v)
+                values[i] = v
+            if "\x00" in v:  # a binary file, or a damaged line that would read as a missing label
+                raise DataError(f"{where}: row {i + first_row} has a NUL byte in '{col}'; is it a text file?")
+            if not v.strip():
+                raise DataError(f"{where}: row {i + first_row} has an empty '{col}'")
+        out.append(values)
+    return out

@@ -1,0 +1,1 @@
+"""Deployment: artifacts, prediction, export (hf, ONNX) and the HTTP server."""

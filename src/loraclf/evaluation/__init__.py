@@ -1,0 +1,1 @@
+"""Evaluation: metrics, error analysis, plots, the HTML report and the model card."""

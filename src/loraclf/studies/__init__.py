@@ -1,0 +1,1 @@
+"""Studies: sweeps, Optuna searches and comparisons of runs."""

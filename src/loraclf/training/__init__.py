@@ -1,0 +1,1 @@
+"""Training: the run (config -> run directory), the loop, checkpoints and run guards."""
