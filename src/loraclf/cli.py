@@ -35,7 +35,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise LoraclfError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_output(args.output)
+    check_output(args.output, [args.input])
     meta = read_meta(artifact_dir(args.artifact))
     trained = meta.get("text_column", "text")
     if args.text_column:
@@ -44,7 +44,8 @@ def _predict(args: argparse.Namespace) -> int:
         cols = [trained] if isinstance(trained, str) else list(trained)
     thresholds = read_thresholds(args.thresholds, meta) if args.thresholds else None
     chunks = input_chunks(args.input, args.format, cols, args.id_column)  # reads the first chunk: fails early
-    clf = load(args.artifact, base_model=args.base_model, precision=args.precision)
+    clf = load(args.artifact, base_model=args.base_model, precision=args.precision,
+               allow_other_base=args.allow_other_base)
     if thresholds is not None:
         clf.task.set_thresholds(thresholds)
     n = predict_csv(clf, chunks, args.output, args.id_column, args.batch_size, progress=not args.quiet)
@@ -54,12 +55,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .deploy.predict import check_output, write_atomic
     from .evaluation.evaluate import evaluate_artifact
 
+    check_output(args.output, [args.data])  # before the model loads and the data is scored
     sets = [f"data.path={args.data}"] + list(args.set or [])
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
-        Path(args.output).write_text(json.dumps(m, indent=2))
+        write_atomic(args.output, json.dumps(m, indent=2))
     from .evaluation.metrics import METRICS
     from .tasks import task_class
 
@@ -209,8 +212,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .deploy.export import export
 
-    out = export(args.artifact, args.output, args.format, base_model=args.base_model, quantize=args.quantize,
-                 opset=args.opset)
+    out = export(args.artifact, args.output, args.format, base_model=args.base_model,
+                 allow_other_base=args.allow_other_base, quantize=args.quantize, opset=args.opset)
     if not args.quiet:
         print(f"exported {args.format}{' ' + args.quantize if args.quantize else ''} to {out}", file=sys.stderr)
     return 0
@@ -222,9 +225,24 @@ def _serve(args: argparse.Namespace) -> int:
     opts = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                         max_wait_ms=args.max_wait_ms, max_texts=args.max_texts, max_chars=args.max_chars,
                         max_body_bytes=args.max_body_bytes, device=args.device, precision=args.precision,
-                        share_base=not args.no_share_base)
+                        share_base=not args.no_share_base, allow_other_base=args.allow_other_base)
     run_server(args.models, opts, base_model=args.base_model, quiet=args.quiet)
     return 0
+
+
+def _base_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    parser.add_argument("--allow-other-base", action="store_true",
+                        help="accept a base model whose weights differ from the one the artifact was trained on "
+                             "(refused by default: its predictions would be worse without a word)")
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
 
 
 def _set_flag(parser: argparse.ArgumentParser, help: str = "override a field, e.g. train.lr=3e-4 (repeatable)"):
@@ -250,15 +268,17 @@ def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="label texts with a trained artifact")
     pr.add_argument("artifact", help="run directory or its artifact/ folder")
     pr.add_argument("--input", "-i", help="CSV/TSV/JSONL/Parquet file; default: one text per line on stdin")
-    pr.add_argument("--output", "-o", help="output CSV (default stdout)")
+    pr.add_argument("--output", "-o", help="output CSV (default stdout); an existing file is replaced, whole, once "
+                    "every text is labelled (never the input itself)")
     pr.add_argument("--text-column", help="input column(s), comma-separated for pairs; default: the columns "
                     "the model was trained on")
     pr.add_argument("--id-column", help="write a Kaggle-style <id>,label file using this column")
     pr.add_argument("--thresholds", help="multi-label: a JSON file mapping every label to its decision threshold "
                     "(or a run's metrics.json), instead of those tuned on validation")
-    pr.add_argument("--format", default=default("data.format"), help="input format if the extension does not tell")
+    pr.add_argument("--format", default=default("data.format"), choices=choices("data.format"),
+                    help="input format if the extension does not tell")
     pr.add_argument("--batch-size", type=int, default=default("train.eval_batch_size"))
-    pr.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    _base_model_flags(pr)
     pr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                     help="autocast on a GPU (fp32 matches the run's metrics exactly; bf16 is faster); CPU uses fp32")
     pr.add_argument("--quiet", "-q", action="store_true")
@@ -272,7 +292,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
     _set_flag(e, "data options, e.g. data.text_column=sentence")
     e.add_argument("--batch-size", type=int, default=default("train.eval_batch_size"))
-    e.add_argument("--output", "-o", help="write the metrics as JSON here")
+    e.add_argument("--output", "-o", help="write the metrics as JSON here; an existing file is replaced, whole")
     e.add_argument("--quiet", "-q", action="store_true")
     e.set_defaults(func=_evaluate)
 
@@ -365,10 +385,10 @@ def _add_export(sub) -> None:
         formats = [e for e in EXPORTERS.values() if option in e.options]
         choices = next((e.options[option] for e in formats if e.options[option]), None)
         default = next((e.defaults.get(option) for e in formats if e.defaults.get(option) is not None), None)
-        ex.add_argument(f"--{option}", choices=choices, type=None if choices else int,
+        ex.add_argument(f"--{option}", choices=choices, type=type(choices[0]) if choices else int,
                         help=f"{'/'.join(e.name for e in formats)} only: {what}"
                         + (f" (default {default})" if default is not None else ""))
-    ex.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    _base_model_flags(ex)
     ex.add_argument("--quiet", "-q", action="store_true")
     ex.set_defaults(func=_export)
 
@@ -381,7 +401,7 @@ def _add_serve(sub) -> None:
                     help="run directory, artifact or export; NAME= sets the model name clients use "
                          "(default: the folder name)")
     sv.add_argument("--host", default=D.host, help="address to bind; the default serves this machine only")
-    sv.add_argument("--port", type=int, default=D.port)
+    sv.add_argument("--port", type=_port, default=D.port, help="0 picks a free port")
     sv.add_argument("--max-batch-size", type=int, default=D.max_batch_size,
                     help="texts per inference batch; concurrent requests for one model are batched up to it")
     sv.add_argument("--max-wait-ms", type=float, default=D.max_wait_ms,
@@ -395,7 +415,7 @@ def _add_serve(sub) -> None:
     sv.add_argument("--no-share-base", action="store_true",
                     help="load every LoRA classifier merged into its own copy of the base (faster per request, "
                          "more memory)")
-    sv.add_argument("--base-model", help="where to load the base weights from (alias, path or hub id)")
+    _base_model_flags(sv)
     sv.add_argument("--quiet", "-q", action="store_true", help="no access log")
     sv.set_defaults(func=_serve)
 

@@ -19,6 +19,7 @@ import yaml
 
 from .data.batching import LENGTH_GROUP_BATCHES
 from .errors import ConfigError
+from .yamlio import load_yaml
 
 
 def _f(default: Any, help: str, choices: tuple | Callable[[], tuple] | None = None,  # noqa: A002 - argparse's name
@@ -121,6 +122,9 @@ class DataConfig:
     )
     validation_fraction: float = _f(
         0.1, "Fraction of train carved (stratified, seeded) when there is no validation split.", range="(0,1)")
+    max_labels: Optional[int] = _f(
+        1000, "Refuse data with more labels than this, before anything is written (a classifier over 100,000 "
+        "labels needs gigabytes for its confusion matrix alone); null: no limit.", range=">=1")
     max_train_samples: Optional[int] = _f(None, "Cap on train rows (a seeded stratified sample).", range=">=1")
     max_eval_samples: Optional[int] = _f(None, "Cap on validation rows (seeded stratified sample).", range=">=1")
     max_test_samples: Optional[int] = _f(None, "Cap on test rows (seeded stratified sample).", range=">=1")
@@ -188,8 +192,8 @@ class LoraSection:
         8,
         "LoRA rank, or 'auto': the largest candidate (lora.auto_ranks x lora.auto_targets) whose trainable "
         "parameters fit train.max_trainable_params; the choice is printed and stored in metrics.json (budget).",
-        range=">=1")
-    alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r).")
+        range="[1,65536]")
+    alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r).", range=">0")
     dropout: float = _f(0.1, "Dropout on the LoRA input.", range="[0,1)")
     target_modules: Optional[Union[str, list]] = _f(
         None, "Modules to adapt: a list of names, 'all-linear', or null for the per-architecture default."
@@ -214,8 +218,9 @@ class TrainConfig:
     epochs: float = _f(3, "Number of passes over train (fractions allowed).", range=">0")
     batch_size: int = _f(32, "Train batch size per device.", range=">=1")
     eval_batch_size: int = _f(128, "Batch size for evaluation and prediction.", range=">=1")
-    lr: float = _f(5e-4, "Peak learning rate (AdamW).", range=">0")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).")
+    # Past 10 an AdamW step moves every weight by about lr: nothing trains, and float32 overflows near 1e38.
+    lr: float = _f(5e-4, "Peak learning rate (AdamW).", range="(0,10]")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).", range=">=0")
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
     warmup_ratio: float = _f(0.06, "Fraction of optimizer steps spent warming up linearly.", range="[0,1)")
     label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.", range="[0,1)")
@@ -224,7 +229,8 @@ class TrainConfig:
     )
     grad_accum_steps: int = _f(1, "Gradient accumulation steps (effective batch = batch_size x this x devices).",
         range=">=1")
-    max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm; null disables clipping.")
+    # A negative norm would flip every clipped gradient: training would climb the loss.
+    max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm; null disables clipping.", range=">0")
     precision: str = _f(
         "auto", "auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.", ("auto", "fp32", "fp16", "bf16")
     )
@@ -268,9 +274,9 @@ class TrainConfig:
         range=">=1")
     max_trainable_params: Optional[int] = _f(
         None, "Fail before training if the config trains more parameters than this (with lora.r: auto, the budget "
-        "the rank and targets are chosen to fit).")
+        "the rank and targets are chosen to fit).", range=">=1")
     log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.", range=">=1")
-    num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.")
+    num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.", range="[1,1024]")
     gradient_checkpointing: bool = _f(
         False, "Recompute the base model's layer activations in the backward pass instead of keeping them: less "
         "memory, slower steps (methods lora and full).")
@@ -541,8 +547,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override '{key}'") if raw.strip() != "" else None
+    except ConfigError as e:
+        if "invalid YAML" not in str(e):  # a bomb or a self-containing alias is refused, not taken as text
+            raise
         value = raw
     # YAML reads '3e-4' as a string (no dot); try a float.
     if isinstance(value, str):
@@ -558,10 +566,7 @@ def read_yaml_mapping(path: str | os.PathLike, kind: str, not_mapping: str) -> d
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{kind} file not found: {p}")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    tree = load_yaml(p.read_bytes(), str(p)) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: {not_mapping}")
     return tree
@@ -603,8 +608,10 @@ def replace_fields(cfg: Config, values: dict[str, Any]) -> Config:
 def _validate_auto_rank(cfg: Config) -> None:
     """`lora.r: auto` needs a budget and well-formed candidates (see loraclf.models.budget)."""
     lo = cfg.lora
-    if not lo.auto_ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in lo.auto_ranks):
-        raise ConfigError(f"lora.auto_ranks must be a non-empty list of integers >= 1, got {lo.auto_ranks!r}")
+    if not lo.auto_ranks or any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 65536
+                                for r in lo.auto_ranks):
+        raise ConfigError(f"lora.auto_ranks must be a non-empty list of integers from 1 to 65536, got "
+                          f"{lo.auto_ranks!r}")
     if lo.auto_targets is not None:
         if not lo.auto_targets:
             raise ConfigError("lora.auto_targets must be null or a non-empty list of target-module lists")
@@ -622,6 +629,9 @@ def _validate_auto_rank(cfg: Config) -> None:
         raise ConfigError("lora.r: auto needs train.max_trainable_params (the budget it chooses the rank to fit)")
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux and macOS file systems)
+
+
 def check_run_name(name: Optional[str]) -> None:
     """A run name is one folder under output_dir: never a path that could reach outside it."""
     if name is None:
@@ -631,6 +641,9 @@ def check_run_name(name: Optional[str]) -> None:
     if bad:
         raise ConfigError(f"name {name!r} must be a plain folder name (no '/', '\\', '..' or leading '.'); "
                           "the run directory is output_dir/name")
+    if len(name.encode("utf-8")) > NAME_MAX:
+        raise ConfigError(f"name is {len(name.encode('utf-8'))} bytes; a folder name is at most {NAME_MAX} "
+                          "(the file system's limit)")
 
 
 def validate(cfg: Config) -> None:

@@ -95,9 +95,12 @@ class RunDir:
 
     def read_config_tree(self) -> dict:
         """config.yaml as a plain mapping ({} when it is missing): what reports and comparisons show."""
-        import yaml
+        from .yamlio import load_yaml
 
-        return (yaml.safe_load(self.config_path.read_text()) or {}) if self.config_path.exists() else {}
+        if not self.config_path.exists():
+            return {}
+        tree = load_yaml(self.config_path.read_bytes(), str(self.config_path))
+        return tree if isinstance(tree, dict) else {}
 
     def write_config(self, cfg) -> None:
         cfg.save(self.config_path)

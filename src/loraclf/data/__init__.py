@@ -138,6 +138,9 @@ def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
             texts, labels = kind.keep_labels(texts, labels, keep, where)
         raw[split] = (texts, labels, where)
     labels = kind.label_set(cfg, raw["train"][1], names_cfg, keep, raw["train"][2])
+    if cfg.max_labels is not None and len(labels) > cfg.max_labels:
+        raise DataError(f"{raw['train'][2]}: train has {len(labels):,} labels, more than data.max_labels="
+                        f"{cfg.max_labels:,} (for {len(raw['train'][1]):,} rows); set data.max_labels=null to allow it")
     splits = {split: Split(texts[0], kind.label_array(labs, labels, where, split),
                            texts[1] if len(texts) > 1 else None, where)
               for split, (texts, labs, where) in raw.items()}

@@ -149,6 +149,20 @@ def _check_header(path: Path, sep: str) -> None:
                         "rename the columns so each name is used once")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different: {"text": "a", "text": "b"} would silently keep "b"
+    (as a CSV with two `text` columns is refused, so is this)."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def _jsonl_frames(path: Path, chunk_rows: Optional[int]) -> Iterator:
     """JSON Lines, one object a line; a bad line is named by its number, not a byte offset."""
     import json
@@ -161,9 +175,14 @@ def _jsonl_frames(path: Path, chunk_rows: Optional[int]) -> Iterator:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}: line {lineno} is nested too deeply to be a row of text and label") from None
+            except _DuplicateKey as e:
+                raise DataError(f"{path}: line {lineno} gives the key {e.args[0]!r} twice; give each field once") \
+                    from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(obj).__name__})")
             rows.append(obj)
@@ -172,6 +191,27 @@ def _jsonl_frames(path: Path, chunk_rows: Optional[int]) -> Iterator:
                 rows = []
     if rows or not chunk_rows:
         yield pd.DataFrame(rows)
+
+
+def _json_frame(path: Path):
+    """A JSON file (records, or pandas' column layout) as a DataFrame; a key given twice in an object, or
+    nesting too deep for a table, is refused as in JSON Lines."""
+    import io
+    import json
+
+    import pandas as pd
+
+    with _open_text(path) as fh:
+        text = fh.read()
+    try:
+        json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be a table of texts and labels") from None
+    except _DuplicateKey as e:
+        raise DataError(f"{path}: an object gives the key {e.args[0]!r} twice; give each field once") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    return pd.read_json(io.StringIO(text), dtype=False)
 
 
 def _frames(path: Path, kind: str, chunk_rows: Optional[int]) -> Iterator:
@@ -186,7 +226,7 @@ def _frames(path: Path, kind: str, chunk_rows: Optional[int]) -> Iterator:
     elif kind == "jsonl":
         yield from _jsonl_frames(path, chunk_rows)
     elif kind == "json":
-        yield pd.read_json(path, encoding="utf-8", dtype=False)
+        yield _json_frame(path)
     elif chunk_rows:
         import pyarrow.parquet as pq
 

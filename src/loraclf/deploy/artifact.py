@@ -77,11 +77,13 @@ class Classifier:
 
 
 def load(path: str | Path, base_model: Optional[str] = None, device: Optional[str] = None,
-         merge: bool = True, precision: str = "fp32") -> Classifier:
+         merge: bool = True, precision: str = "fp32", allow_other_base: bool = False) -> Classifier:
     """Load an artifact (or a run directory) for prediction.
 
-    `base_model` overrides where the base weights come from; LoRA weights are merged into the base
-    unless ``merge=False``; ``precision`` ("fp32", "bf16", "fp16") is the autocast used on GPU.
+    `base_model` overrides where the base weights come from; a base of the same shape but other
+    weights than the artifact was trained on is refused unless ``allow_other_base``. LoRA weights are
+    merged into the base unless ``merge=False``; ``precision`` ("fp32", "bf16", "fp16") is the
+    autocast used on GPU.
     """
     from ..models.build import load_tokenizer
     from ..tasks import make_task
@@ -94,7 +96,7 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
     tok = load_tokenizer(str(art))
     task = make_task(meta["task"], meta["labels"], meta["task_state"])
     with _loading(art):
-        head = runtime_head(meta).load(art, meta, tok, task, base_model, merge)
+        head = runtime_head(meta).load(art, meta, tok, task, base_model, merge, allow_other_base)
     head.model.to(dev).eval()
     clf = Classifier(head, meta, dev)
     clf.precision = precision
@@ -106,15 +108,15 @@ def _loading(art: Path):
     """transformers kept quiet, and a failed load as a one-line ModelError naming the artifact."""
     from safetensors import SafetensorError
 
-    from ..models.build import quiet_hf
+    from ..models.build import LOAD_ERRORS, load_error, quiet_hf
 
     try:
         with quiet_hf():
             yield
     except LoraclfError:
         raise
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # SafetensorError: a truncated weight file
-        raise ModelError(f"cannot load artifact {art}: {str(e).splitlines()[0][:300]}") from None
+    except (*LOAD_ERRORS, RuntimeError, SafetensorError) as e:  # SafetensorError: a truncated weight file
+        raise load_error(f"cannot load artifact {art}", e) from None
 
 
 def runtime_head(meta: dict):

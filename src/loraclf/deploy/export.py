@@ -33,7 +33,7 @@ def _options(exporter: Exporter, fmt: str, given: dict) -> dict:
 
 
 def export(source: str | Path, out: str | Path, fmt: str = "hf", base_model: Optional[str] = None,
-           **options) -> Path:
+           allow_other_base: bool = False, **options) -> Path:
     """Export the artifact (or run directory) `source` into the new folder `out`; returns `out`."""
     from ..schema import artifact_dir, read_meta
     from .artifact import load
@@ -47,11 +47,9 @@ def export(source: str | Path, out: str | Path, fmt: str = "hf", base_model: Opt
     if meta["format"] in EXPORTERS:
         raise LoraclfError(f"{art} is already an {EXPORTERS[meta['format']].title} export; export the run or "
                            "artifact it came from")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LoraclfError(f"{out} already exists and is not empty; choose another --output or remove it")
+    out = _check_output(Path(out))
     exporter.check(meta, opts)  # a missing extra or an unsupported head fails before any weights load
-    clf = load(art, base_model=base_model, device="cpu", merge=True)
+    clf = load(art, base_model=base_model, device="cpu", merge=True, allow_other_base=allow_other_base)
     stage = out.parent / f".partial-export-{os.getpid()}-{out.name}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -65,3 +63,16 @@ def export(source: str | Path, out: str | Path, fmt: str = "hf", base_model: Opt
     return out
 
 
+def _check_output(out: Path) -> Path:
+    """The export's folder: new or empty, not a link (the export would land wherever it points), and
+    under a folder (not under a file), checked before any weights load."""
+    if out.is_symlink():
+        raise LoraclfError(f"--output {out} is a symbolic link; give a plain folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LoraclfError(f"{out} already exists and is not empty; choose another --output or remove it")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LoraclfError(f"--output {out}: {parent} is a file, not a folder")
+    return out

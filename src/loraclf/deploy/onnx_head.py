@@ -65,7 +65,7 @@ class OnnxHead(ClassifierHead):
         raise LoraclfError("an ONNX export is saved by `loraclf export --format onnx`, not as an artifact")
 
     @classmethod
-    def load(cls, art, meta, tokenizer, task, base_model, merge) -> "OnnxHead":
+    def load(cls, art, meta, tokenizer, task, base_model, merge, allow_other_base=False) -> "OnnxHead":
         ort = import_extra("onnxruntime", "onnx")
         export = meta.get("export", {})
         path = Path(art) / export.get("file", "model.onnx")

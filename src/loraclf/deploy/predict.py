@@ -27,8 +27,9 @@ class Chunk:
     ids: Optional[list] = None
 
 
-def check_output(path: Optional[str]) -> None:
-    """An output file that can be written, checked before any work is done."""
+def check_output(path: Optional[str], inputs: Sequence[Optional[str]] = ()) -> None:
+    """An output file that can be written, checked before any work is done: never one of the inputs
+    (through a link or another spelling of its path), never a folder, in a folder that exists."""
     if path is None:
         return
     p = Path(path)
@@ -39,6 +40,21 @@ def check_output(path: Optional[str]) -> None:
         raise LoraclfError(f"--output: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LoraclfError(f"--output: no permission to write in {parent}")
+    for given in inputs:
+        if given and Path(given).exists() and p.exists() and os.path.samefile(given, p):
+            raise LoraclfError(f"--output {p} is the input {given}: writing it would destroy the texts being read; "
+                               "choose another output file")
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """A file that appears whole or not at all (a temporary name beside it, then a rename)."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _file_chunks(path: Path, fmt: str, cols: Sequence[str], id_column: Optional[str]) -> Iterator[Chunk]:

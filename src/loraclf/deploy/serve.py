@@ -46,6 +46,7 @@ class ServeOptions:
     device: Optional[str] = None
     precision: str = "fp32"
     share_base: bool = True
+    allow_other_base: bool = False  # accept a base whose weights differ from the one an artifact was trained on
 
 
 @dataclass
@@ -109,7 +110,8 @@ def _share_key(meta: dict, art: Path, base_model: Optional[str]) -> Optional[tup
     if not (method and method.adapters and head and head.shares_base):
         return None
     acfg = json.loads((art / "adapter_config.json").read_text())
-    return (base_model or meta["base_model"], len(meta["labels"]), tuple(sorted(acfg.get("modules_to_save") or ())))
+    return (base_model or meta["base_model"], meta.get("base_fingerprint"), len(meta["labels"]),
+            tuple(sorted(acfg.get("modules_to_save") or ())))
 
 
 def load_models(specs: list[str], opts: ServeOptions, base_model: Optional[str] = None) -> dict[str, Served]:
@@ -127,7 +129,8 @@ def load_models(specs: list[str], opts: ServeOptions, base_model: Optional[str] 
         key = _share_key(meta, art, base_model) if opts.share_base else None
         owner = groups.get(key) if key is not None else None
         if owner is None:
-            clf = load(art, base_model=base_model, device=opts.device, merge=key is None, precision=opts.precision)
+            clf = load(art, base_model=base_model, device=opts.device, merge=key is None, precision=opts.precision,
+                       allow_other_base=opts.allow_other_base)
             s = Served(name, clf, "default" if key is not None else None)
             if key is not None:
                 groups[key] = s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -21,6 +22,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("loraclf")
 
 HEAD_NAMES = ["classifier", "score"]  # PEFT's SEQ_CLS defaults, suffix-matched like PEFT does
+# What a checkpoint that cannot be loaded raises: a missing or unreadable file, a bad config, or a pickled
+# weights file that holds more than tensors (torch refuses to run it: weights_only).
+LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
+
+
+def load_error(what: str, e: BaseException) -> ModelError:
+    """A failed load as one line; a refused pickle says why instead of quoting torch's advice to trust it."""
+    if isinstance(e, pickle.UnpicklingError):
+        return ModelError(f"{what}: its weights file is a pickle that holds more than tensors; it is not loaded "
+                          "(that could run code): convert the checkpoint to safetensors")
+    return ModelError(f"{what}: {str(e).splitlines()[0][:300]}")
 
 
 @dataclass
@@ -32,6 +44,36 @@ class Built:
     target_modules: Optional[list[str] | str]
     modules_to_save: list[str]
     newly_initialised: list[str] = field(default_factory=list)
+    base_fingerprint: Optional[str] = None  # of the frozen base weights (see weights_fingerprint)
+
+
+FINGERPRINT_VALUES = 64  # values read from each end of every tensor
+
+
+def weights_fingerprint(model: torch.nn.Module, skip: Sequence[str] = ()) -> str:
+    """A short id of a base model's weights: a hash of every tensor's name, shape and first and last
+    values, leaving out the modules in `skip` (the head and what is trained whole, which training
+    replaces). Two bases of one shape but other weights differ in it; reading it costs microseconds."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if _covered(_module_of(name), list(skip)):
+            continue
+        flat = p.detach().reshape(-1)
+        ends = flat if flat.numel() <= 2 * FINGERPRINT_VALUES else torch.cat([flat[:FINGERPRINT_VALUES],
+                                                                           flat[-FINGERPRINT_VALUES:]])
+        h.update(f"{name}:{tuple(p.shape)}:".encode())
+        h.update(ends.to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_skip(missing: Sequence[str], modules_to_save: Optional[Sequence[str]]) -> list[str]:
+    """The modules a classifier base's fingerprint leaves out: the head, the weights the checkpoint lacks
+    (trained, so the artifact carries them) and what the user trains whole; the artifact's
+    modules_to_save, as loraclf.json records it."""
+    extra = [m for m in sorted({_module_of(k) for k in missing}) if not _covered(m, HEAD_NAMES)]
+    return list(dict.fromkeys(HEAD_NAMES + extra + list(modules_to_save or [])))
 
 
 def load_tokenizer(path: str, revision: Optional[str] = None, trust_remote_code: bool = False):
@@ -93,6 +135,7 @@ def _add_lora(model, task_type, lora: LoraSection, targets, model_type: str, sho
             if not any(n == t or n.endswith("." + t) for n in names):
                 raise ModelError(f"lora.target_modules: {t!r} matches no module of this {model_type} model "
                                  f"(`loraclf models --targets` lists the defaults)")
+    _check_rank(model, targets, lora.r)
     pcfg = LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=targets, bias=lora.bias, **extra)
     try:
@@ -100,6 +143,18 @@ def _add_lora(model, task_type, lora: LoraSection, targets, model_type: str, sho
     except ValueError as e:
         raise ModelError(f"lora.target_modules {shown or targets!r} do not fit {model_type}: "
                          f"{str(e).splitlines()[0][:200]}") from None
+
+
+def _check_rank(model, targets, r: int) -> None:
+    """A LoRA update of a layer has rank at most its smaller dimension; a larger lora.r only allocates
+    (a rank of 1e9 would ask for terabytes)."""
+    from ..errors import ConfigError
+
+    dims = [min(m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and (targets == "all-linear" or any(n == t or n.endswith("." + t) for t in (targets or [])))]
+    if dims and r > min(dims):
+        raise ConfigError(f"lora.r={r} is larger than the smallest targeted layer allows ({min(dims)}): a LoRA "
+                          f"update of a layer has rank at most its smaller dimension; use lora.r <= {min(dims)}")
 
 
 def quantization_config(quantize: Optional[str], skip: Sequence[str] = ()):
@@ -181,8 +236,8 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
                     model, info = AutoModelForSequenceClassification.from_pretrained(resolved.path, **kwargs)
                 else:
                     raise
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model {cfg.name}: {str(e).splitlines()[0][:300]}") from None
+    except LOAD_ERRORS as e:
+        raise load_error(f"cannot load model {cfg.name}", e) from None
     missing = set(info.get("missing_keys", []))
     missing.update(_untrained_pooler_params(model))
     return prepare_quantized(model, cfg.quantize), tok, resolved, sorted(missing)
@@ -225,9 +280,9 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
                                                       trust_remote_code=cfg.trust_remote_code,
                                                       attn_implementation=cfg.attn_implementation,
                                                       **_quantized_kwargs(cfg))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"head {cfg.head} needs a causal LM; cannot load {cfg.name} as one: "
-                         f"{str(e).splitlines()[0][:200]}") from None
+    except LOAD_ERRORS as e:
+        raise load_error(f"head {cfg.head} needs a causal LM; cannot load {cfg.name} as one", e) from None
+    base_id = weights_fingerprint(lm)
     lm = prepare_quantized(lm, cfg.quantize)
     greedy_generation(lm)
     model_type = lm.config.model_type
@@ -243,7 +298,7 @@ def build_prompt_model(cfg: ModelConfig, lora: LoraSection, labels: list[str], t
     elif fallback not in labels:
         raise ModelError(f"model.fallback_label {fallback!r} is not a label ({', '.join(labels)})")
     model = PromptClassifier(lm, formatter, labels, cfg.head, cfg.max_new_tokens, fallback, cfg.shared_prefix)
-    return Built(model, tok, resolved, model_type, targets, [], [])
+    return Built(model, tok, resolved, model_type, targets, [], [], base_id)
 
 
 def apply_prompt_method(lm, method: str, lora: LoraSection) -> tuple[Any, Optional[list[str] | str]]:

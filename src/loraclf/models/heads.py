@@ -14,6 +14,7 @@ This module imports without torch: the model code is imported by the methods tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -135,7 +136,8 @@ class Head:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, art: Path, meta: dict, tokenizer, task: Task, base_model: Optional[str], merge: bool) -> "Head":
+    def load(cls, art: Path, meta: dict, tokenizer, task: Task, base_model: Optional[str], merge: bool,
+             allow_other_base: bool = False) -> "Head":
         raise NotImplementedError
 
 
@@ -165,7 +167,7 @@ class ClassifierHead(Head):
         import torch
         from accelerate.utils import set_seed
 
-        from .build import apply_method, load_base
+        from .build import apply_method, fingerprint_skip, load_base, weights_fingerprint
 
         set_seed(cfg.seed)
         model, tok, resolved, missing = load_base(cfg.model, task.num_outputs, data.labels.id2label, quiet=quiet,
@@ -173,7 +175,9 @@ class ClassifierHead(Head):
                                                   problem_type=task.problem_type)
         with torch.random.fork_rng(devices=[]):  # choosing a rank leaves the seeded stream as it was
             auto_lora = choose_rank(cfg, data.labels.id2label, quiet=quiet, base=(model.config, missing))
+        base_id = weights_fingerprint(model, fingerprint_skip(missing, cfg.lora.modules_to_save))
         built = apply_method(model, tok, resolved, cfg.model.method, with_choice(cfg.lora, auto_lora), missing)
+        built.base_fingerprint = base_id
         head = cls(built.model, built.tokenizer, task)
         head.quantize = cfg.model.quantize
         return head, built, auto_lora
@@ -191,7 +195,7 @@ class ClassifierHead(Head):
             self.model.save_pretrained(str(dest))
 
     @classmethod
-    def load(cls, art, meta, tokenizer, task, base_model, merge) -> "ClassifierHead":
+    def load(cls, art, meta, tokenizer, task, base_model, merge, allow_other_base=False) -> "ClassifierHead":
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         from .registry import resolve
@@ -203,10 +207,12 @@ class ClassifierHead(Head):
             resolved = resolve(base_model or meta["base_model"])
             check_base(meta, resolved.path, base_model)
             config = AutoConfig.from_pretrained(str(art))
-            base, info = AutoModelForSequenceClassification.from_pretrained(
-                resolved.path, config=config, output_loading_info=True,
-                **quantized(meta, ["classifier", "score", "pooler"] + list(meta.get("modules_to_save") or [])))
+            with base_loading(base_model or meta["base_model"]):
+                base, info = AutoModelForSequenceClassification.from_pretrained(
+                    resolved.path, config=config, output_loading_info=True,
+                    **quantized(meta, ["classifier", "score", "pooler"] + list(meta.get("modules_to_save") or [])))
             check_loaded(meta, info, base_model or meta["base_model"])
+            check_fingerprint(meta, base, meta.get("modules_to_save") or [], base_model, allow_other_base)
             model = PeftModel.from_pretrained(base, str(art))
             if merge and not meta.get("quantize"):  # merging into 4/8-bit weights would round the adapter away
                 model = model.merge_and_unload()
@@ -281,7 +287,7 @@ class VerbalizerHead(Head):
         config.save_pretrained(str(dest))
 
     @classmethod
-    def load(cls, art, meta, tokenizer, task, base_model, merge) -> "VerbalizerHead":
+    def load(cls, art, meta, tokenizer, task, base_model, merge, allow_other_base=False) -> "VerbalizerHead":
         from transformers import AutoModelForCausalLM
 
         from .decoder_heads import PromptClassifier, greedy_generation
@@ -296,8 +302,10 @@ class VerbalizerHead(Head):
         else:
             path = resolve(base_model or meta["base_model"]).path
             check_base(meta, path, base_model)
-            lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **quantized(meta))
+            with base_loading(base_model or meta["base_model"]):
+                lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **quantized(meta))
             check_loaded(meta, info, base_model or meta["base_model"])
+            check_fingerprint(meta, lm, [], base_model, allow_other_base)
             if method.adapters:
                 from peft import PeftModel
 
@@ -410,6 +418,32 @@ def check_base(meta: dict, path: str, override: Optional[str]) -> None:
     if diff:
         raise ModelError(f"base model {override or meta['base_model']} does not fit this artifact: {', '.join(diff)}; "
                          f"it was trained on {meta.get('base_model_hub_id') or meta['base_model']}")
+
+
+@contextlib.contextmanager
+def base_loading(name: str):
+    """A base model that fails to load is named as the base, not as the artifact."""
+    from .build import LOAD_ERRORS, load_error
+
+    try:
+        yield
+    except LOAD_ERRORS as e:
+        raise load_error(f"cannot load base model {name}", e) from None
+
+
+def check_fingerprint(meta: dict, base, skip: Sequence[str], override: Optional[str], allow_other: bool) -> None:
+    """Refuse a base of the right shape but other weights than the artifact was trained on: its adapter
+    would load without a word and predict worse (artifacts from before fingerprints pass)."""
+    from .build import weights_fingerprint
+
+    want = meta.get("base_fingerprint")
+    if not want or allow_other:
+        return
+    got = weights_fingerprint(base, skip)
+    if got != want:
+        raise ModelError(f"base model {override or meta['base_model']} has other weights than the one this artifact "
+                         f"was trained on (fingerprint {got}, needs {want}); pass that base, or --allow-other-base "
+                         "(loraclf.load(..., allow_other_base=True)) if you mean it")
 
 
 def check_loaded(meta: dict, info: dict, base: str) -> None:

@@ -134,6 +134,11 @@ def label_sets(df, cfg, names: Optional[list[str]], where: str) -> list[list[str
     return out
 
 
+# Targets train in float32 and are standardised with their mean and spread: scores past 1e30 would overflow
+# to infinity there (float32 ends at 3.4e38, and squares of the spread come first).
+SCORE_LIMIT = 1e30
+
+
 def scores(df, col: str, where: str) -> list[float]:
     """Every row's target as a finite number."""
     if col not in df.columns:
@@ -149,6 +154,9 @@ def scores(df, col: str, where: str) -> list[float]:
             x = float("nan")
         if isinstance(v, bool) or not np.isfinite(x):
             raise DataError(f"{where}: row {i + 1} has {str(v)[:40]!r} in '{col}', which is not a finite number")
+        if abs(x) > SCORE_LIMIT:
+            raise DataError(f"{where}: row {i + 1} has {x:g} in '{col}', beyond the ±{SCORE_LIMIT:.0e} a score "
+                            "may take; rescale the target")
         out.append(x)
     return out
 

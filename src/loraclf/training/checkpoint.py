@@ -221,8 +221,7 @@ class Checkpoints:
         if (self.root / "state").is_dir():  # loraclf 0.1's Accelerate format, with pickled parts
             raise CheckpointError(f"{self.root} was written by an older loraclf in a format that is no longer read "
                                   "(it holds pickled state); train the run again without --resume")
-        pointer = self.root / POINTER
-        named = self.root / Path(pointer.read_text().strip()).name if pointer.is_file() else None
+        named = self._pointed()
         if named is not None and self.complete(named):
             return named
         # Only a kill between a new folder's rename and the pointer's switch leaves a second one;
@@ -238,6 +237,21 @@ class Checkpoints:
             raise CheckpointError(f"{self.root}: no complete checkpoint (every one fails its manifest check); "
                                   "train the run again without --resume")
         return None
+
+    def _pointed(self) -> Optional[Path]:
+        """The folder `latest` names; None when it is missing or unreadable (a damaged pointer: the newest
+        complete checkpoint is used). A link or a folder in its place is refused: never followed."""
+        pointer = self.root / POINTER
+        if pointer.is_symlink() or (pointer.exists() and not pointer.is_file()):
+            raise CheckpointError(f"{pointer} is a {'link' if pointer.is_symlink() else 'folder'}, not loraclf's "
+                                  "pointer file; remove it and --resume again")
+        if not pointer.exists():
+            return None
+        try:
+            name = pointer.read_bytes()[:256].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        return self.root / Path(name).name if name else None
 
     def read(self, folder: Path) -> tuple[dict, list[dict], dict, Optional[dict]]:
         """(trainer state, history, trainable weights, best weights) of a complete checkpoint."""

@@ -223,8 +223,34 @@ class TrainerState:
 
     @classmethod
     def from_json(cls, saved: dict) -> "TrainerState":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in known and k != "history"})
+        """A state read back from trainer_state.json; a value of the wrong kind (a forged or damaged
+        file) is a CheckpointError, never a step count training would act on."""
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"trainer_state.json holds {type(saved).__name__}, not a trainer state")
+        out = {}
+        for f in fields(cls):
+            if f.name == "history" or f.name not in saved:
+                continue
+            v = saved[f.name]
+            if not _valid_field(f.type, v):
+                raise CheckpointError(f"trainer_state.json: {f.name}={v!r} is not a valid value")
+            out[f.name] = v
+        return cls(**out)
+
+
+def _valid_field(kind: str, v) -> bool:
+    """A saved TrainerState value of its declared kind: counts are non-negative integers, times and
+    sums finite numbers, flags booleans."""
+    optional = kind.startswith("Optional")
+    if v is None:
+        return optional
+    if "bool" in kind:
+        return isinstance(v, bool)
+    if "int" in kind:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if "float" in kind:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, str) if "str" in kind else True
 
 
 class Trainer:
@@ -438,12 +464,16 @@ class Trainer:
         if folder is None:  # interrupted before its first checkpoint: start from the beginning
             return
         saved, history, trainable, best = self.checkpoints.read(folder)
+        state = TrainerState.from_json(saved)
+        if state.step > self.total_steps or state.epoch > self.n_epochs:
+            raise CheckpointError(f"{folder}: its step {state.step} (epoch {state.epoch}) is past this run's "
+                                  f"{self.total_steps} steps; train the run again without --resume")
         expected = {n for n, p in self._unwrapped().named_parameters() if p.requires_grad}
         current = self.state
         _check_checkpoint(folder, saved, current.to_json(), set(trainable), expected)
         load_trainable_state(self._unwrapped(), trainable)
         self.checkpoints.restore(folder, self.optimizer, self.scheduler)
-        self.state = TrainerState.from_json(saved)
+        self.state = state
         self.state.num_processes, self.state.base = current.num_processes, current.base or saved.get("base")
         self.state.history, self.best_weights = history, best
         log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch, self.state.batch)

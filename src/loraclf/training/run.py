@@ -8,6 +8,7 @@ so a crashed or interrupted run never leaves a half-written artifact or metrics 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -120,6 +121,14 @@ def results_table(metrics: dict) -> str:
     lines.append(f"train: {t['train_seconds']:.1f} s, {t['train_samples_per_s']:.1f} samples/s; "
                  f"total {t['total_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def _check_steps(tcfg, n_train: int, processes: int) -> None:
+    """train.epochs must cover at least one train batch (a fraction of an epoch is allowed, nothing is not)."""
+    per_epoch = math.ceil(math.ceil(n_train / tcfg.batch_size) / processes)
+    if round(tcfg.epochs * per_epoch) < 1:
+        raise ConfigError(f"train.epochs={tcfg.epochs:g} trains no batch ({per_epoch} per epoch); use at least "
+                          f"{1 / per_epoch:.3g}")
 
 
 def _check_max_length(cfg: Config, built) -> None:
@@ -278,7 +287,8 @@ def _artifact_meta(cfg: Config, built, head, results: dict) -> dict:
             "target_modules": built.target_modules, "modules_to_save": built.modules_to_save,
             "metrics": {s: {k: results[s][k] for k in head.task.headline[:2]} for s in results},
             "task_state": head.task.state(),
-            "base_shape": base_shape(built.model.config), **head.artifact_meta()}
+            "base_shape": base_shape(built.model.config), "base_fingerprint": built.base_fingerprint,
+            **head.artifact_meta()}
 
 
 def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, np.ndarray], data: Data,
@@ -342,7 +352,8 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
         if RunDir(run_dir).config_path.exists():
             raise Interrupted(run_dir) from None
         raise
-    except LoraclfError:  # e.g. diverged: a new run with nothing to resume from leaves no folder behind
+    except Exception:  # whatever failed (a diverged loss, a bug, no memory): a new run with nothing to
+        # resume from leaves no folder behind
         if resume is None and locks and not has_checkpoint(run_dir) and not RunDir(run_dir).finished:
             locks[0].remove_created()  # under the lock, released in `finally`
         raise
@@ -364,6 +375,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
     cfg, head, built, counts, auto_lora = build_head(cfg, data, quiet)
     train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
     length_stats = _filter_train(data, head.tokenizer, cfg)
+    if METHODS[cfg.model.method].trains:
+        _check_steps(cfg.train, len(data.splits["train"]), accelerator.num_processes)
     enc = {split: head.encode(s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()}
 
     main = accelerator.is_main_process

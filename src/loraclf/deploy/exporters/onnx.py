@@ -22,7 +22,8 @@ class OnnxExporter(Exporter):
     name = "onnx"
     title = "ONNX"
     help = "model.onnx for onnxruntime (classifier heads)"
-    options = {"quantize": ("int8",), "opset": None}
+    # The TorchScript exporter writes opsets up to 20; below 17 LayerNormalization is not a native op.
+    options = {"quantize": ("int8",), "opset": (17, 18, 19, 20)}
     defaults = {"quantize": None, "opset": OPSET}
     runtime = "loraclf.deploy.onnx_head:OnnxHead"
 
