@@ -33,7 +33,7 @@ RANGE_CASES = {
     "alpha zero": ("lora.alpha=0", "lora.alpha must be > 0, got 0.0"),
     "negative weight decay": ("train.weight_decay=-10", "train.weight_decay must be >= 0"),
     "astronomic lr": ("train.lr=1e300", "train.lr must be in (0, 10], got 1e+300"),
-    "astronomic rank": ("lora.r=1e9", "lora.r must be an integer from 1 to 65536, got 1000000000"),
+    "astronomic rank": ("lora.r=1e9", "lora.r must be an integer from 1 to 65536 or 'auto', got 1000000000"),
     "negative threads": ("train.num_threads=-1", "train.num_threads must be an integer from 1 to 1024 or null"),
     "zero budget": ("train.max_trainable_params=0", "train.max_trainable_params must be >= 1 or null"),
 }

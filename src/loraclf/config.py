@@ -475,7 +475,7 @@ def _build(cls: type, values: dict, prefix: str, kind: str = "config field") -> 
         allowed = _choices_of(f)
         if allowed and v is not None and v not in allowed:
             raise ConfigError(f"{what} must be one of {', '.join(map(_show, allowed))}; got {v!r}")
-        _check_range(f, v, f"{prefix}{key}")
+        _check_range(cls, f, v, f"{prefix}{key}")
         kwargs[key] = v
     return cls(**kwargs)
 
@@ -486,18 +486,15 @@ def _choices_of(f: dataclasses.Field) -> tuple:
     return tuple(c() if callable(c) else c)
 
 
-def _check_range(f: dataclasses.Field, v: Any, dotted: str) -> None:
+def _check_range(cls: type, f: dataclasses.Field, v: Any, dotted: str) -> None:
     rng = f.metadata.get("range")
     if rng is None or isinstance(v, (str, bool)) or not isinstance(v, (int, float)) or rng.holds(v):
         return
-    optional = type(None) in typing.get_args(typing.get_type_hints(_owner(dotted))[dotted.rpartition(".")[2]])
-    raise ConfigError(f"{dotted} must be {rng.describe(isinstance(v, int))}{' or null' if optional else ''}, "
-                      f"got {v!r}")
-
-
-def _owner(dotted: str) -> type:
-    section = dotted.rpartition(".")[0]
-    return SECTIONS[section] if section else Config
+    args = typing.get_args(typing.get_type_hints(cls)[f.name])
+    also = " or null" if type(None) in args else ""
+    if str in args:  # a number or the word auto (lora.r, the one such field)
+        also += " or 'auto'"
+    raise ConfigError(f"{dotted} must be {rng.describe(isinstance(v, int))}{also}, got {v!r}")
 
 
 def build_typed(cls: type, values: dict, kind: str = "config field") -> Any:
@@ -674,11 +671,13 @@ def _validate_method(cfg: Config) -> None:
     head, method = HEADS[m.head], METHODS[m.method]
     if m.method not in head.methods:
         fits = [n for n, h in HEADS.items() if m.method in h.methods]
-        raise ConfigError(f"model.method={m.method} needs model.head {' or '.join(fits)} (model.head={m.head} "
-                          f"trains with {', '.join(head.methods)})")
+        why = (f"a {m.head} head is untrained" if not method.trains else
+               f"model.head={m.head} trains with {', '.join(head.methods)}")
+        raise ConfigError(f"model.method={m.method} needs model.head {' or '.join(fits)} ({why})")
     if m.quantize is not None and method.trains_base:
+        frozen = [n for n, x in METHODS.items() if x.trains and not x.trains_base]
         raise ConfigError(f"model.quantize={m.quantize} freezes the base weights; model.method={m.method} trains "
-                          "them (use a method that trains adapters or the head)")
+                          f"them (use {' or '.join(frozen)})")
     if cfg.train.gradient_checkpointing and not method.backprop_through_base:
         raise ConfigError(f"train.gradient_checkpointing saves memory in layers trained through; with "
                           f"model.method={m.method} none is (turn it off)")

@@ -197,7 +197,8 @@ def read_meta(art: Path) -> dict:
         raise ModelError(f"{f} is not valid JSON ({e.__class__.__name__}); the artifact is damaged") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
         raise ModelError(f"{f} has no label list; the artifact is damaged")
-    return {**META_DEFAULTS, **{k: v for k, v in meta.items() if v is not None or k not in META_DEFAULTS}}
+    defaults = {k: (dict(v) if isinstance(v, dict) else v) for k, v in META_DEFAULTS.items()}  # never shared
+    return {**defaults, **{k: v for k, v in meta.items() if v is not None or k not in META_DEFAULTS}}
 
 
 def artifact_dir(path: str | Path) -> Path:

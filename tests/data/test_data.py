@@ -202,9 +202,10 @@ def test_collator_rounds_length_up_but_never_past_the_cap():
 
 def test_carve_too_small():
     from loraclf.data import Split
+    from loraclf.tasks import SingleLabel
 
     with pytest.raises(DataError):
-        carve_validation(Split(["a"], np.array([0])), 0.5, 0)
+        carve_validation(Split(["a"], np.array([0])), 0.5, 0, SingleLabel)
 
 
 def test_include_labels_filters_every_split(tmp_path):

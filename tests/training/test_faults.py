@@ -194,3 +194,62 @@ def test_ctrl_c_names_the_run_to_resume_on_a_line_of_its_own(reference, tiny_mod
     done = _resume(tmp_path / "cut")
     assert done.returncode == 0, done.stderr[-2000:]
     _assert_same(tmp_path / "cut", reference)
+
+
+@pytest.fixture(scope="module")
+def killed(tiny_models, synth_dir, tmp_path_factory):
+    """A run killed at step 6, after its step-4 checkpoint: copied and damaged by each case below."""
+    out = tmp_path_factory.mktemp("killed")
+    assert _train(tiny_models, synth_dir, out, "cut", fault="train.step:6").returncode == -9
+    return out / "cut"
+
+
+def _forge_state(folder: Path, **changes) -> None:
+    """Rewrite trainer_state.json and the manifest's record of it, so the checkpoint stays 'complete'."""
+    import hashlib
+
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state = changes["whole"] if "whole" in changes else {**state, **changes}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / "trainer_state.json").read_bytes()
+    manifest["files"]["trainer_state.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+POINTER_CASES = {
+    "latest is a link": (lambda ckpt, step: ((ckpt / "latest").unlink(),
+                                             (ckpt / "latest").symlink_to(ckpt / step / "history.jsonl")),
+                         "checkpoints/latest is a link, not loraclf's pointer file"),
+    "latest is a folder": (lambda ckpt, step: ((ckpt / "latest").unlink(), (ckpt / "latest").mkdir()),
+                           "checkpoints/latest is a folder, not loraclf's pointer file"),
+    "trainer state is a list": (lambda ckpt, step: _forge_state(ckpt / step, whole=[1, 2]),
+                                "trainer_state.json holds list, not a trainer state"),
+    "negative step": (lambda ckpt, step: _forge_state(ckpt / step, step=-5), "step=-5 is not a valid value"),
+    "step past the run": (lambda ckpt, step: _forge_state(ckpt / step, step=500), "is past this run's 16 steps"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POINTER_CASES))
+def test_a_forged_pointer_or_state_is_one_line(case, killed, tmp_path):
+    import shutil
+
+    run = Path(shutil.copytree(killed, tmp_path / "cut"))
+    ckpt = run / "checkpoints"
+    damage, needle = POINTER_CASES[case]
+    damage(ckpt, (ckpt / "latest").read_text())
+    done = _resume(run)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_pointer_that_is_not_text_falls_back_to_the_newest_complete_checkpoint(reference, killed, tmp_path):
+    import shutil
+
+    run = Path(shutil.copytree(killed, tmp_path / "cut"))
+    (run / "checkpoints" / "latest").write_bytes(b"\xff\xfe step-\x00")
+    done = _resume(run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "missing or damaged" in done.stderr
+    _assert_same(run, reference)

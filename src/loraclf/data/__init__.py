@@ -197,10 +197,8 @@ def load_labelled_split(cfg: DataConfig, split: str = "test", task: Optional[typ
     return texts[0], texts[1] if len(texts) > 1 else None, labels, where
 
 
-def carve_validation(train: Split, fraction: float, seed: int, task: Optional[type[Task]] = None
-                     ) -> tuple[Split, Split]:
-    """Stratified (as the task says; a single-label task by default), seeded hold-out of `fraction` of train."""
-    task = task or task_class(None)
+def carve_validation(train: Split, fraction: float, seed: int, task: type[Task]) -> tuple[Split, Split]:
+    """A seeded hold-out of `fraction` of train, stratified as the task says."""
     n_val = max(1, int(round(len(train) * fraction)))
     if n_val >= len(train):
         raise DataError(f"{train.source}: too few rows ({len(train)}) to carve a validation split")

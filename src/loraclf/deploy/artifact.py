@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import default
-from ..errors import LoraclfError, ModelError
+from ..errors import LoraclfError
 from ..schema import artifact_dir, read_meta
 
 BATCH_SIZE = default("train.eval_batch_size")

@@ -32,7 +32,7 @@ def _options(exporter: Exporter, fmt: str, given: dict) -> dict:
     return {**exporter.defaults, **{k: v for k, v in given.items() if v is not None}}
 
 
-def export(source: str | Path, out: str | Path, fmt: str = "hf", base_model: Optional[str] = None,
+def export(source: str | Path, out: str | Path, fmt: str = "hf", *, base_model: Optional[str] = None,
            allow_other_base: bool = False, **options) -> Path:
     """Export the artifact (or run directory) `source` into the new folder `out`; returns `out`."""
     from ..schema import artifact_dir, read_meta

@@ -53,9 +53,11 @@ class OnnxHead(ClassifierHead):
     """The classifier head of an ONNX export: same tokenisation, logits from onnxruntime."""
 
     name = "onnx"
+    export_formats = ()  # already an export
+    shares_base = False  # its graph holds every weight
 
     @classmethod
-    def build(cls, cfg, data, task, quiet=False):
+    def build(cls, cfg, data, task, choose_rank, quiet=False):
         raise LoraclfError("an ONNX export cannot be trained; train the classifier and export it")
 
     def prepare_training(self, tcfg, train_labels, device) -> None:

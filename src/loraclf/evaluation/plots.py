@@ -746,12 +746,14 @@ def compare_params(runs: list[dict], split: str, metric: str = "accuracy", title
         return None
     fig = _figure(6.6, 4.2)
     ax = fig.subplots()
-    markers = {"lora": "o", "head": "s", "full": "D", "zero-shot": "^"}
+    from ..models.methods import method_of
+
     seen = set()
     xs = [max((r["metrics"].get("params") or {}).get("trainable") or 0, 1) for r, _ in pts]
     for i, ((r, v), x) in enumerate(zip(pts, xs)):
         method = str((r["metrics"].get("model") or {}).get("method", "?"))
-        ax.scatter([x], [v], s=60, marker=markers.get(method.split()[0], "o"), color=f"C{i % 10}", zorder=3,
+        known = method_of(method.split()[0])
+        ax.scatter([x], [v], s=60, marker=known.marker if known else "o", color=f"C{i % 10}", zorder=3,
                    label=method if method not in seen else None, edgecolor="black", lw=0.5)
         seen.add(method)
         ax.annotate(short_label(r["name"], 28), (x, v), textcoords="offset points", xytext=(6, 4), fontsize=7.5)

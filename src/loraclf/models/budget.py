@@ -195,7 +195,7 @@ def _n_modules(targets) -> float:
 
 
 def rank_candidates(arch_config, lora: LoraSection, num_labels: int, budget: int, missing: Sequence[str] = (),
-                    head: str = "classifier") -> dict:
+                    head: str = "classifier", method: Optional[str] = None) -> dict:
     """Every (rank, target set) candidate with its trainable count, and the one `r: auto` picks.
 
     LoRA parameters are linear in r (A is r x in, B is out x r) and nothing else depends on r, so
@@ -205,7 +205,7 @@ def rank_candidates(arch_config, lora: LoraSection, num_labels: int, budget: int
     rows = []
     for targets in target_sets:
         probe = dataclasses.replace(lora, r=1, target_modules=targets)
-        c = count_config(arch_config, "lora", probe, num_labels, missing, head)
+        c = count_config(arch_config, method or _adapter_method(), probe, num_labels, missing, head)
         per_rank, fixed = c["lora"], c["trainable"] - c["lora"]
         for r in sorted(set(lora.auto_ranks)):
             n = fixed + r * per_rank
@@ -223,6 +223,11 @@ def rank_candidates(arch_config, lora: LoraSection, num_labels: int, budget: int
                                          "trainable": best["trainable"]},
             "rule": "most trainable parameters within the budget; ties: more target modules, then higher rank",
             "candidates": rows}
+
+
+def _adapter_method() -> str:
+    """The method `lora.r: auto` counts when none is named: the first that trains adapters."""
+    return next(name for name, m in METHODS.items() if m.adapters)
 
 
 def _fmt_targets(t) -> str:
@@ -250,7 +255,8 @@ def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False
     if cfg.lora.r != "auto" or not METHODS[cfg.model.method].adapters:
         return None
     arch, missing = _arch_and_missing(cfg, len(id2label), id2label, base)
-    choice = rank_candidates(arch, cfg.lora, len(id2label), cfg.train.max_trainable_params, missing, cfg.model.head)
+    choice = rank_candidates(arch, cfg.lora, len(id2label), cfg.train.max_trainable_params, missing, cfg.model.head,
+                             cfg.model.method)
     chosen = choice["chosen"]
     n_fit = sum(c["fits"] for c in choice["candidates"])
     msg = (f"lora.r=auto: r={chosen['r']} on {_fmt_targets(chosen['target_modules'])}, "
@@ -298,7 +304,8 @@ def param_report(cfg: Config, num_labels: int, config_only: bool = True) -> dict
         source = "the checkpoint (weights loaded)"
     lora, auto = cfg.lora, None
     if method.adapters and lora.r == "auto":
-        auto = rank_candidates(arch, lora, num_labels, cfg.train.max_trainable_params, missing, head)
+        auto = rank_candidates(arch, lora, num_labels, cfg.train.max_trainable_params, missing, head,
+                               cfg.model.method)
         lora = dataclasses.replace(lora, r=auto["chosen"]["r"], target_modules=auto["chosen"]["target_modules"])
     elif lora.r == "auto":
         lora = dataclasses.replace(lora, r=8)  # unused: this method trains no LoRA adapters

@@ -47,7 +47,7 @@ class Head:
     how = ""  # what it does, in a phrase for the model card ("scores each label's word(s) ...")
     methods: Sequence[str] = ("lora", "full")  # model.method choices it trains with
     tasks: Optional[Sequence[str]] = None  # tasks it can produce (and their subclasses); None: every task
-    class_scores = True  # its logits score every class (a generated answer is one-hot: no temperature or bias)
+    class_scores = True  # its logits score every class (a generated answer is one-hot: class biases only remap it)
     export_formats: Sequence[str] = ("hf",)  # loraclf export --format choices for its artifacts
     shares_base = False  # LoRA adapters of this head can share one base model in the server
     folds_output = False  # an export can fold the task's output scale into its last layer

@@ -24,6 +24,7 @@ class Method:
     saves: Optional[str]  # what the artifact holds: ADAPTER, CHECKPOINT, or None (nothing was trained)
     card: str  # how the model card introduces the artifact: {base} is the base model
     card_prompted: Optional[str] = None  # the same for a prompt head ({how}: what the head does)
+    marker: str = "o"  # its runs' marker in plots against trainable parameters
 
     @property
     def backprop_through_base(self) -> bool:
@@ -54,11 +55,11 @@ register_method(Method("lora", trains=True, adapters=True, trains_base=False, sa
                        card="a LoRA adapter (with its trained classification head) for `{base}`",
                        card_prompted="a LoRA adapter for the causal LM `{base}` that {how}"))
 register_method(Method("head", trains=True, adapters=False, trains_base=False, saves=CHECKPOINT,
-                       card="a classification head on a frozen `{base}`"))
+                       card="a classification head on a frozen `{base}`", marker="s"))
 register_method(Method("full", trains=True, adapters=False, trains_base=True, saves=CHECKPOINT,
-                       card="a fully fine-tuned `{base}`"))
+                       card="a fully fine-tuned `{base}`", marker="D"))
 register_method(Method("zero-shot", trains=False, adapters=False, trains_base=False, saves=None,
-                       card="`{base}` used zero-shot as a classifier: nothing was trained{how_clause}"))
+                       card="`{base}` used zero-shot as a classifier: nothing was trained{how_clause}", marker="^"))
 
 
 def method_of(name: Optional[str]) -> Optional[Method]:

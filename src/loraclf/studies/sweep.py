@@ -21,7 +21,6 @@ trains one point in a process of its own.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import logging
@@ -275,7 +274,7 @@ def _run_point_inprocess(point: SweepPoint, out_dir: Path, resume: bool, quiet: 
         if resume:
             train(None, resume=str(out_dir / point.name), quiet=quiet)
         else:
-            train(copy.deepcopy(point.config), quiet=quiet)
+            train(point.config, quiet=quiet)  # frozen: the run cannot change it
     except LoraclfError as e:
         return str(e)
     finally:
