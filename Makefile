@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export LORACLF_DATASETS ?= ../shared/datasets
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast fuzz demo lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Property-based fuzzing of every parser, long profile (minutes): figures in docs/reliability.md.
+fuzz: install
+	HYPOTHESIS_PROFILE=long HYPOTHESIS_META_EXAMPLES=300 $(BIN)/python -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 demo: install
 	$(BIN)/loraclf train --config examples/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)

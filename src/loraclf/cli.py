@@ -10,7 +10,7 @@ from typing import Optional
 
 from .config import choices, default
 from .console import setup_process
-from .errors import Interrupted, LoraclfError
+from .errors import Interrupted, LoraclfError, printable
 
 EXIT_USER_ERROR = 2
 
@@ -450,7 +450,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.func(args)
     except LoraclfError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:  # on a line of its own, not glued to a progress bar
         hint = f"; continue with: loraclf train --resume {e.run_dir}" if isinstance(e, Interrupted) else ""

@@ -29,6 +29,12 @@ class CheckpointError(LoraclfError):
     """A checkpoint that cannot be resumed with this model or this number of processes."""
 
 
+def printable(message: str) -> str:
+    """A message as one line whatever it quotes: characters that break or hide a line (a newline, \x85,
+    \u2028, a terminal escape) are shown escaped, as Python writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def import_extra(module: str, extra: str):
     """Import an optional dependency, or raise one line naming the extra that installs it, e.g.
     import_extra("optuna", "search") -> "optuna is not installed: pip install 'loraclf[search]'"."""

@@ -198,7 +198,40 @@ def read_meta(art: Path) -> dict:
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list):
         raise ModelError(f"{f} has no label list; the artifact is damaged")
     defaults = {k: (dict(v) if isinstance(v, dict) else v) for k, v in META_DEFAULTS.items()}  # never shared
-    return {**defaults, **{k: v for k, v in meta.items() if v is not None or k not in META_DEFAULTS}}
+    meta = {**defaults, **{k: v for k, v in meta.items() if v is not None or k not in META_DEFAULTS}}
+    _check_meta(meta, f)
+    return meta
+
+
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# What each key of loraclf.json must hold (a damaged or forged file is refused as it is read, in one line).
+META_KINDS = {
+    "labels": ("a non-empty list of different names",
+               lambda v: _strings(v) and v and len(set(v)) == len(v) and all(x.strip() for x in v)),
+    "task": ("a task name", lambda v: isinstance(v, str)),
+    "head": ("a head name", lambda v: isinstance(v, str)),
+    "method": ("a method name", lambda v: isinstance(v, str)),
+    "format": ("a format name", lambda v: isinstance(v, str)),
+    "task_state": ("a mapping", lambda v: isinstance(v, dict)),
+    "base_model": ("a model name or path", lambda v: isinstance(v, str) and v.strip()),
+    "max_length": ("a number of tokens", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+    "modules_to_save": ("a list of module names", lambda v: v is None or _strings(v)),
+    "quantize": ("null, 4bit or 8bit", lambda v: v in (None, "4bit", "8bit")),
+    "prompt": ("a mapping", lambda v: v is None or isinstance(v, dict)),
+    "base_shape": ("a mapping", lambda v: v is None or isinstance(v, dict)),
+    "base_fingerprint": ("a string", lambda v: v is None or isinstance(v, str)),
+    "export": ("a mapping", lambda v: v is None or isinstance(v, dict)),
+    "text_column": ("a column name or two", lambda v: isinstance(v, str) or (_strings(v) and 1 <= len(v) <= 2)),
+}
+
+
+def _check_meta(meta: dict, f: Path) -> None:
+    for key, (what, ok) in META_KINDS.items():
+        if key in meta and not ok(meta[key]):
+            raise ModelError(f"{f}: {key} is {str(meta[key])[:60]!r}, not {what}; the artifact is damaged")
 
 
 def artifact_dir(path: str | Path) -> Path:

@@ -69,8 +69,9 @@ def load_yaml(text: str | bytes, what: str) -> Any:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise ConfigError(f"{what}: not UTF-8 text (byte {e.start})") from None
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # reading starts here: a control character fails at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -84,4 +85,5 @@ def load_yaml(text: str | bytes, what: str) -> Any:
     except yaml.YAMLError as e:
         raise ConfigError(f"{what}: invalid YAML: {str(e).splitlines()[0]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import LoraclfError, import_extra
+from ..errors import LoraclfError, import_extra, printable
 
 log = logging.getLogger("loraclf")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -72,6 +72,7 @@ class ApiError(Exception):
     """A request the server refuses: HTTP status and one line for the client."""
 
     def __init__(self, status: int, message: str):
+        message = printable(message)  # one line, whatever of the request it quotes
         super().__init__(message)
         self.status, self.message = status, message
 
@@ -267,6 +268,8 @@ def parse_request(body: bytes, models: dict[str, Served], opts: ServeOptions) ->
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "request body is not valid JSON") from None
+    except RecursionError:  # [[[[... thousands deep: refused, not a crash of the request
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, 'request body must be a JSON object: {"model": name, "input": [texts]}')
     unknown = sorted(set(payload) - {"model", "input"})

@@ -218,6 +218,7 @@ class ClassifierHead(Head):
                 model = model.merge_and_unload()
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(art))
+        check_outputs(art, model, task)
         head = cls(model, tokenizer, task)
         head.quantize = meta.get("quantize")
         return head
@@ -418,6 +419,15 @@ def check_base(meta: dict, path: str, override: Optional[str]) -> None:
     if diff:
         raise ModelError(f"base model {override or meta['base_model']} does not fit this artifact: {', '.join(diff)}; "
                          f"it was trained on {meta.get('base_model_hub_id') or meta['base_model']}")
+
+
+def check_outputs(art: Path, model, task: Task) -> None:
+    """The model must have one output per label the artifact names (a forged label list would index
+    past them at the first prediction)."""
+    n = getattr(getattr(model, "config", None), "num_labels", None)
+    if n is not None and n != task.num_outputs:
+        raise ModelError(f"{art}: loraclf.json names {task.num_outputs} output(s) ({', '.join(task.labels)}) but the "
+                         f"model has {n}; the artifact is damaged")
 
 
 @contextlib.contextmanager

@@ -278,6 +278,21 @@ class Task:
         return None
 
 
+def state_number(state: dict, key: str, default, positive: bool = False) -> float:
+    """A number of a task's saved state (loraclf.json's task_state), or a ModelError naming it: a damaged
+    or forged artifact is refused when it loads, never at the first prediction."""
+    from ..errors import ModelError
+
+    v = state.get(key, default)
+    if v is None and default is None:
+        return None
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and (v > 0 or not positive)
+    if not ok:
+        raise ModelError(f"loraclf.json: task_state.{key} is {v!r}, not a {'positive ' if positive else ''}number; "
+                         "the artifact is damaged")
+    return float(v)
+
+
 def refuse_single_label_options(cfg, task: str) -> None:
     t = cfg.train
     if t.class_weights is not None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, LoraclfError
+from ..errors import ConfigError, DataError, LoraclfError, ModelError
 from ..evaluation import analysis as an
 from ..evaluation.metrics import MULTI_LABEL_HEADLINE, metric, multilabel_metrics
 from .base import LABEL_JOIN, Predictions, Task, check_finite, check_label_names, refuse_single_label_options, sigmoid
@@ -46,9 +46,13 @@ class MultiLabel(Task):
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
+        self.thresholds = np.full(len(self.labels), 0.5)
         saved = (state or {}).get("thresholds")
-        self.thresholds = (np.array([saved[n] for n in self.labels], dtype=np.float64) if saved
-                           else np.full(len(self.labels), 0.5))
+        if saved:
+            try:
+                self.set_thresholds(saved)
+            except ConfigError as e:
+                raise ModelError(f"loraclf.json: task_state: {e}; the artifact is damaged") from None
 
     @classmethod
     def read_labels(cls, df, cfg, names: Optional[list[str]], where: str) -> list:

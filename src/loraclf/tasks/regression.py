@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, LoraclfError
 from ..evaluation import analysis as an
 from ..evaluation.metrics import REGRESSION_HEADLINE, regression_metrics
-from .base import Predictions, Task, check_finite, refuse_single_label_options
+from .base import Predictions, Task, check_finite, refuse_single_label_options, state_number
 from .labels import LabelSet, scores
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ class Regression(Task):
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
         state = state or {}
-        self.mean, self.std = float(state.get("target_mean", 0.0)), float(state.get("target_std", 1.0))
+        self.mean = state_number(state, "target_mean", 0.0)
+        self.std = state_number(state, "target_std", 1.0, positive=True)
 
     @classmethod
     def read_labels(cls, df, cfg, names: Optional[list[str]], where: str) -> list:

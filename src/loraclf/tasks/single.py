@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, LoraclfError
+from ..errors import ConfigError, DataError, LoraclfError, ModelError
 from ..evaluation import analysis as an
 from ..evaluation.metrics import HEADLINE, compute_metrics, expected_calibration_error, reliability_bins
-from .base import Predictions, Task, check_finite, check_label_names, softmax
+from .base import Predictions, Task, check_finite, check_label_names, softmax, state_number
 from .labels import LabelSet, label_names, unknown_label
 
 if TYPE_CHECKING:
@@ -44,8 +44,13 @@ class SingleLabel(Task):
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
-        self.temperature: Optional[float] = (state or {}).get("temperature")
-        bias = (state or {}).get("bias")
+        state = state or {}
+        self.temperature: Optional[float] = state_number(state, "temperature", None, positive=True)
+        bias = state.get("bias")
+        if bias is not None and not (isinstance(bias, list) and len(bias) == len(self.labels) and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b) for b in bias)):
+            raise ModelError(f"loraclf.json: task_state.bias must be {len(self.labels)} numbers, one per label; the "
+                             "artifact is damaged")
         self.bias: Optional[np.ndarray] = None if bias is None else np.asarray(bias, dtype=np.float64)
 
     @classmethod
