@@ -209,6 +209,13 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from .studies.audit import audit
+
+    audit(args.target, args.config, list(args.set or []), folds=args.folds, quiet=args.quiet)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from .deploy.export import export
 
@@ -372,6 +379,17 @@ def _add_report(sub) -> None:
     rp.set_defaults(func=_report)
 
 
+def _add_audit(sub) -> None:
+    au = sub.add_parser("audit", help="rank the labels of a dataset that are probably wrong (k-fold out-of-fold "
+                                      "predictions, confident learning)")
+    au.add_argument("target", help="a dataset (folder, file or name, as data.path), or a cross-validation run to reuse")
+    au.add_argument("--config", "-c", help="the config the folds train with (default: the defaults)")
+    _set_flag(au)
+    au.add_argument("--folds", type=int, default=5, help="k of the cross-validation (default 5)")
+    au.add_argument("--quiet", "-q", action="store_true")
+    au.set_defaults(func=_audit)
+
+
 def _add_export(sub) -> None:
     from .deploy.exporters import EXPORTERS
 
@@ -429,7 +447,7 @@ def _add_config(sub) -> None:
 
 
 SUBCOMMANDS = (_add_train, _add_predict, _add_evaluate, _add_models, _add_sweep, _add_search, _add_params,
-               _add_compare, _add_report, _add_config, _add_export, _add_serve)
+               _add_compare, _add_report, _add_config, _add_export, _add_serve, _add_audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -277,6 +277,11 @@ class TrainConfig:
         "the rank and targets are chosen to fit).", range=">=1")
     log_every: int = _f(20, "Log loss / lr / throughput every N optimizer steps to history.jsonl.", range=">=1")
     num_threads: Optional[int] = _f(None, "CPU threads for torch; null keeps torch's default.", range="[1,1024]")
+    cv_folds: Optional[int] = _f(
+        None, "k-fold cross-validation: k models, each trained on the other folds (its validation carved from them) "
+        "and scored on the fold it never saw; metrics.json gives every metric's mean and spread over folds (the "
+        "honest number on small data) and predictions/oof.csv every row's out-of-fold prediction (loraclf audit "
+        "reads it). null: one run.", range="[2,20]")
     gradient_checkpointing: bool = _f(
         False, "Recompute the base model's layer activations in the backward pass instead of keeping them: less "
         "memory, slower steps (methods lora and full).")

@@ -50,6 +50,7 @@ class Split:
     labels: np.ndarray
     pairs: Optional[list[str]] = None
     source: str = ""
+    rows: Optional[np.ndarray] = None  # each text's row in its file (0-based, after the header): what users look up
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -61,6 +62,7 @@ class Split:
             self.labels[idx],
             [self.pairs[i] for i in idx] if self.pairs is not None else None,
             self.source,
+            self.rows[idx] if self.rows is not None else None,
         )
 
 
@@ -134,7 +136,8 @@ def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
     raw: dict[str, tuple[list[list[str]], list, str]] = {}
     for split, (df, where) in frames.items():
         texts, labels = _labelled_rows(df, cols, cfg, names_cfg, where, f"the {split} split", kind)
-        if keep is not None:
+        texts.append(list(range(len(df))))  # row numbers ride along as a last column, so a task that drops rows
+        if keep is not None:                # (data.include_labels) drops their numbers too
             texts, labels = kind.keep_labels(texts, labels, keep, where)
         raw[split] = (texts, labels, where)
     labels = kind.label_set(cfg, raw["train"][1], names_cfg, keep, raw["train"][2])
@@ -142,7 +145,7 @@ def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
         raise DataError(f"{raw['train'][2]}: train has {len(labels):,} labels, more than data.max_labels="
                         f"{cfg.max_labels:,} (for {len(raw['train'][1]):,} rows); set data.max_labels=null to allow it")
     splits = {split: Split(texts[0], kind.label_array(labs, labels, where, split),
-                           texts[1] if len(texts) > 1 else None, where)
+                           texts[1] if len(texts) > 2 else None, where, np.asarray(texts[-1], dtype=np.int64))
               for split, (texts, labs, where) in raw.items()}
     notes = [detected] if detected else []
     _carve_and_cap(splits, cfg, seed, kind, notes)

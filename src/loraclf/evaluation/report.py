@@ -262,6 +262,27 @@ def write_model_card(run: RunData, findings: Optional[list[str]] = None) -> Opti
 # ---------------------------------------------------------------- entry points
 
 
+def cv_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] = None, quiet: bool = True) -> Path:
+    """report.html of a cross-validation run: each metric's mean, spread and value per fold, and the
+    folds' own reports."""
+    from .._version import __version__
+
+    rd = RunDir(run_dir)
+    m = rd.read_metrics()
+    folds = [RunDir(rd.path / p) for p in m["cv"]["runs"]]
+    page = _environment().get_template("cv.html.j2").render(
+        name=m.get("run") or rd.path.name, model=m.get("model") or {}, cv=m["cv"], version=__version__,
+        audit=m.get("audit"),
+        columns=[k for k in (*task_class(m.get("task")).headline, "loss") if k in m["cv"]["mean"]],
+        folds=[{"name": f.path.name, "report": (f.path / "report.html").resolve().as_uri()
+                if (f.path / "report.html").exists() else None} for f in folds])
+    out = Path(output) if output else rd.path / "report.html"
+    write_text_atomic(out, page)
+    if not quiet:
+        print(f"report: {out} (cross-validation, {len(folds)} folds)")
+    return out
+
+
 def make_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] = None,
                 reload_train: bool = True, quiet: bool = True, train: Optional[list[str]] = None) -> Path:
     """Error analysis (into metrics.json), plots/, report.html and the model card of one finished run.
@@ -272,6 +293,8 @@ def make_report(run_dir: str | os.PathLike, output: Optional[str | os.PathLike] 
     when the caller holds them already (right after training), so nothing is re-read.
     """
     t0 = time.perf_counter()
+    if "cv" in RunDir(run_dir).read_metrics():
+        return cv_report(run_dir, output, quiet)
     run = read_run(run_dir)
     opts = report_options(run.config)
     have_train = "train" in (((run.metrics.get("error_analysis") or {}).get("text_lengths") or {}).get("counts") or {})

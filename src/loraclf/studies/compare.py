@@ -79,7 +79,15 @@ def artifact_bytes(run_dir: Path) -> Optional[int]:
     return sum(f.stat().st_size for pat in WEIGHT_FILES for f in art.glob(pat)) or None
 
 
+CV = "cv"  # the "split" of a cross-validation run's rows: the mean over folds of each fold's held-out scores
+
+
 def pick_split(metrics_list: Sequence[dict], split: Optional[str] = None) -> str:
+    if any("cv" in m for m in metrics_list):
+        if not all("cv" in m for m in metrics_list):
+            raise LoraclfError("cross-validation runs and single runs do not compare (a mean over folds against "
+                               "one split's score); compare them apart")
+        return CV
     if split:
         return split
     return "test" if all(m.get("test") for m in metrics_list) else "validation"
@@ -95,7 +103,7 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
     m = metrics if metrics is not None else rd.read_metrics()
     cfg = rd.read_config_tree()
     split = pick_split([m], split)
-    sm = m.get(split) or {}
+    sm = {**m["cv"]["mean"], "n": m["cv"]["rows"]} if split == CV else (m.get(split) or {})
     task = task_class(m.get("task"))
     model = m.get("model", {})
     method = model.get("method") or dotted(cfg, "model.method")
@@ -108,6 +116,7 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
             "trainable": params.get("trainable"), "total": params.get("total"),
             "trainable_pct": params.get("trainable_pct"), "task": task.name, "split": split, "n": sm.get("n"),
             **{k: sm.get(k) for k in task.row_metrics},
+            "sd": {k: m["cv"]["sd"].get(k) for k in task.row_metrics} if split == CV else {},
             "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or sm.get("per_label") or {}).items()},
             "confusion_matrix": sm.get("confusion_matrix"),
             "labels": m.get("labels") or list((sm.get("per_class") or sm.get("per_label") or {}).keys()),
@@ -205,7 +214,9 @@ def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
     for i, k in enumerate(row_metrics(rows)):  # the first is named with the split the numbers are from
         m = METRICS[k]
         cols.append((f"{m.name} ({split})" if i == 0 else m.name,
-                     lambda r, m=m: _num(r.get(m.key), f"{{:.{m.digits}f}}")))
+                     lambda r, m=m: _num(r.get(m.key), f"{{:.{m.digits}f}}")
+                     + (f" ± {(r.get('sd') or {})[m.key]:.{m.digits}f}" if (r.get("sd") or {}).get(m.key) is not None
+                        else "")))
     for lab in _labels(rows):
         cols.append((f"F1 {lab}", lambda r, lab=lab: _num((r.get("per_class_f1") or {}).get(lab), "{:.4f}")))
     cols += [

@@ -130,6 +130,20 @@ class Task:
         return None
 
     @classmethod
+    def folds(cls, labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+        """Row indices of k held-out folds covering every row once, stratified on :meth:`strata` when
+        every stratum can be (each has k rows or more), else a seeded plain split."""
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        strata = cls.strata(labels)
+        idx = np.arange(len(labels))
+        if strata is not None and np.unique(strata, return_counts=True)[1].min() >= k:
+            split = StratifiedKFold(k, shuffle=True, random_state=seed).split(idx, strata)
+        else:
+            split = KFold(k, shuffle=True, random_state=seed).split(idx)
+        return [np.sort(test) for _, test in split]
+
+    @classmethod
     def single_class(cls, labels: np.ndarray) -> bool:
         """Train labels this task cannot learn from (one class of a classification)."""
         return False
@@ -271,6 +285,12 @@ class Task:
     def report_context(self, run, ea: dict, split: Optional[str]) -> dict:
         """What this task's report template needs beyond the common context."""
         return {}
+
+    # ---------------------------------------------------------------- label errors (loraclf audit)
+    def label_issues(self, p: Predictions) -> list[dict]:
+        """Rows whose given label is likely wrong, most likely first, from out-of-fold predictions: each
+        {"row", "given", "suggested", "p_given", "p_suggested", "quality"}."""
+        raise ConfigError(f"loraclf audit ranks wrong labels among classes; a {self.name} task has none")
 
     # ---------------------------------------------------------------- the model card
     def card_label_table(self, metrics: dict, split: str) -> Optional[str]:

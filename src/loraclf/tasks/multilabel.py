@@ -78,6 +78,15 @@ class MultiLabel(Task):
     def label_array(cls, rows: list, labels: LabelSet, where: str, split: str) -> np.ndarray:
         return multi_hot(rows, labels.to_id, where, split)
 
+    @classmethod
+    def folds(cls, labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+        """Iterative stratification (Sechidis et al., 2011): every fold gets about its share of each label,
+        rare ones included, which label sets are too many to stratify on directly."""
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        split = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [np.sort(test) for _, test in split.split(np.zeros((len(labels), 1)), labels)]
+
     def state(self) -> dict:
         return {"thresholds": {n: float(t) for n, t in zip(self.labels, self.thresholds)}}
 
@@ -245,6 +254,23 @@ class MultiLabel(Task):
         return {"per_label": rows, "thresholds": m.get("thresholds") or {},
                 "at_05": [k for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
                           if k in fixed]}
+
+    def label_issues(self, p: Predictions) -> list[dict]:
+        """cleanlab's multi-label confident learning on out-of-fold label probabilities: texts whose label
+        set is likely wrong (a label missing or one too many), least consistent first; the suggestion is
+        the set the out-of-fold probabilities give at 0.5."""
+        from cleanlab.filter import find_label_issues
+        from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+        given = [list(np.flatnonzero(row)) for row in p.gold]
+        probs = np.clip(p.outputs, 1e-6, 1 - 1e-6)
+        ranked = find_label_issues(labels=given, pred_probs=probs, multi_label=True,
+                                   return_indices_ranked_by="self_confidence")
+        quality = get_label_quality_scores(given, probs)
+        names = lambda row: LABEL_JOIN.join(self.labels[j] for j in row)  # noqa: E731
+        return [{"row": int(i), "given": names(given[i]), "suggested": names(np.flatnonzero(probs[i] >= 0.5)),
+                 "p_given": float(np.mean([probs[i, j] for j in given[i]])) if given[i] else None,
+                 "p_suggested": None, "quality": float(quality[i])} for i in ranked]
 
     def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
         from ..evaluation.tables import markdown_table

@@ -243,6 +243,19 @@ class SingleLabel(Task):
         return {"per_class": _per_class_rows(m, split, ranking) if split else [], "calibration": m.get("calibration"),
                 "calibration_splits": [s for s in ("validation", "test") if (m.get(s) or {}).get("calibration")]}
 
+    def label_issues(self, p: Predictions) -> list[dict]:
+        """Confident learning (Northcutt et al., 2021) by cleanlab: rows whose out-of-fold probabilities
+        contradict their label beyond each class's own threshold, ranked by self-confidence (p of the
+        given label), lowest first."""
+        from cleanlab.filter import find_label_issues
+
+        probs = p.outputs / p.outputs.sum(axis=1, keepdims=True)
+        ranked = find_label_issues(p.gold, probs, return_indices_ranked_by="self_confidence")
+        best = probs.argmax(axis=1)
+        return [{"row": int(i), "given": self.labels[p.gold[i]], "suggested": self.labels[best[i]],
+                 "p_given": float(probs[i, p.gold[i]]), "p_suggested": float(probs[i, best[i]]),
+                 "quality": float(probs[i, p.gold[i]])} for i in ranked]
+
     def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
         from ..evaluation.tables import markdown_table
 

@@ -152,6 +152,9 @@ def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
     run = RunDir(resume)
     if not run.config_path.exists():
         raise LoraclfError(f"--resume {run.path}: no config.yaml there; is it a run directory?")
+    if run.path.parent.name == "folds" and RunDir(run.path.parent.parent).config_path.exists():
+        raise LoraclfError(f"--resume {run.path}: a fold of a cross-validation run trains on rows its config does "
+                           "not name; train the cross-validation again")
     if run.finished:
         raise LoraclfError(f"--resume {run.path}: that run already finished")
     cfg = load_config(run.config_path, overrides)
@@ -329,17 +332,27 @@ def _announce(cfg: Config, built, data: Data, task: Task, counts: dict, run_dir:
 
 
 def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
-          quiet: bool = False, callback: Optional[Callable[[dict], None]] = None) -> Run:
+          quiet: bool = False, callback: Optional[Callable[[dict], None]] = None, data: Optional[Data] = None) -> Run:
     """Train and evaluate one config; returns the finished :class:`Run`.
 
     `resume` is a run directory whose checkpoints/ holds the state to continue from; its
     config.yaml is used (overrides that would change what the checkpoint means are refused).
     `callback` receives every history record during training (a search uses it to prune).
+    `data` replaces what the config's data section would load (cross-validation passes each fold's).
+    With ``train.cv_folds`` the run is a cross-validation (:mod:`loraclf.training.cv`).
     """
     from .tracking import check_installed
 
     t_start = time.perf_counter()
     cfg = _resolve_config(config, overrides, resume)
+    if cfg.train.cv_folds and data is None:
+        if resume is not None:
+            raise LoraclfError(f"--resume {resume}: a cross-validation run is not resumed; resume one of its "
+                               "folds/ or train it again")
+        from .cv import cross_validate
+
+        check_installed(cfg.report)
+        return Run(cross_validate(replace_fields(cfg, {"name": cfg.name or default_name(cfg)}), train, quiet, callback))
     check_installed(cfg.report)  # here, not when a config is read: Run.config must load anywhere
     accelerator = make_accelerator(cfg.train)  # refuses fp16/bf16 without a GPU before any work
     cfg, run_dir = _run_dir_of(cfg, resume, accelerator)
@@ -347,7 +360,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
     try:
         if resume is not None and accelerator.is_main_process:
             locks.append(RunLock(run_dir).acquire())
-        return _train(cfg, run_dir, resume is not None, accelerator, locks, quiet, callback, t_start)
+        return _train(cfg, run_dir, resume is not None, accelerator, locks, quiet, callback, t_start, data)
     except KeyboardInterrupt:
         if RunDir(run_dir).config_path.exists():
             raise Interrupted(run_dir) from None
@@ -363,7 +376,7 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, quiet: bool, callback,
-           t_start: float) -> Run:
+           t_start: float, data: Optional[Data] = None) -> Run:
     from ..evaluation.report import after_run
     from .memory import PeakMemory
     from .tracking import start as start_tracking
@@ -371,7 +384,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
     peak_mem = PeakMemory.start()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    data = load_data(cfg.data, cfg.seed, cfg.task)
+    data = data if data is not None else load_data(cfg.data, cfg.seed, cfg.task)
     cfg, head, built, counts, auto_lora = build_head(cfg, data, quiet)
     train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
     length_stats = _filter_train(data, head.tokenizer, cfg)
