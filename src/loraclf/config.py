@@ -148,8 +148,9 @@ class ModelConfig:
     head: str = _f(
         "classifier",
         "How a label is produced. classifier: a classification head (encoders; decoders pool the last real "
-        "token); verbalizer: a decoder's next-token scores of each label's word(s) after a prompt; generate: "
-        "free generation parsed into a label.",
+        "token); embedding: a linear layer on the checkpoint's own pooled sentence embedding, started at the class "
+        "means (encoders; the few-shot recipe's head); verbalizer: a decoder's next-token scores of each label's "
+        "word(s) after a prompt; generate: free generation parsed into a label.",
         _head_names,
     )
     prompt: Optional[str] = _f(
@@ -224,6 +225,13 @@ class TrainConfig:
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
     warmup_ratio: float = _f(0.06, "Fraction of optimizer steps spent warming up linearly.", range="[0,1)")
     label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.", range="[0,1)")
+    contrastive: float = _f(
+        0.0, "Weight of a supervised contrastive loss on the sentence embedding (model.head=embedding): texts of "
+        "a class pulled together, other classes pushed apart within each batch. 0: off.", range=">=0")
+    recipe: str = _f(
+        "auto", "How training is set up. auto: the few-shot recipe when train has few rows per class (see "
+        "docs/few-labels.md; what it chose is printed and recorded in metrics.json), else standard; standard: "
+        "the settings as given; few-shot: always the few-shot recipe.", ("auto", "standard", "few-shot"))
     class_weights: Optional[Union[str, list]] = _f(
         None, "null, 'balanced' (inverse train frequency), or a list of weights in label-id order."
     )

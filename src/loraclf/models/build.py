@@ -209,6 +209,27 @@ def enable_gradient_checkpointing(model) -> None:
     base.enable_input_require_grads()
 
 
+def decoder_config(mcfg) -> bool:
+    """Whether a model config is a decoder's (a causal LM) rather than an encoder's."""
+    return mcfg.model_type in DECODER_TYPES or bool(getattr(mcfg, "is_decoder", False))
+
+
+def is_encoder(cfg: ModelConfig) -> bool:
+    """Whether `model.name` is an encoder (reads its config, not its weights)."""
+    return not decoder_config(_load_config(resolve(cfg.name, quiet=True), cfg))
+
+
+def from_pretrained(auto_cls, path: str, cfg: ModelConfig, **kwargs):
+    """`auto_cls.from_pretrained` with the configured attention kernel, or the default one where the
+    architecture does not support it."""
+    try:
+        return auto_cls.from_pretrained(path, attn_implementation=cfg.attn_implementation, **kwargs)
+    except (ValueError, ImportError) as e:
+        if cfg.attn_implementation and "attn" in str(e).lower():
+            return auto_cls.from_pretrained(path, **kwargs)
+        raise
+
+
 def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet: bool = False,
               modules_to_save: Optional[Sequence[str]] = None, problem_type: str = "single_label_classification"):
     """Load the checkpoint with a sequence-classification head; report weights it had to create."""
@@ -228,14 +249,7 @@ def load_base(cfg: ModelConfig, num_labels: int, id2label: dict[int, str], quiet
                                   **_quantized_kwargs(cfg, HEAD_NAMES + ["pooler"] + list(modules_to_save or [])))
     try:
         with quiet_hf():  # we report newly initialised weights ourselves
-            try:
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    resolved.path, attn_implementation=cfg.attn_implementation, **kwargs)
-            except (ValueError, ImportError) as e:
-                if cfg.attn_implementation and "attn" in str(e).lower():
-                    model, info = AutoModelForSequenceClassification.from_pretrained(resolved.path, **kwargs)
-                else:
-                    raise
+            model, info = from_pretrained(AutoModelForSequenceClassification, resolved.path, cfg, **kwargs)
     except LOAD_ERRORS as e:
         raise load_error(f"cannot load model {cfg.name}", e) from None
     missing = set(info.get("missing_keys", []))
@@ -323,7 +337,7 @@ def apply_method(model, tokenizer, resolved: Optional[Resolved], method: str, lo
     Works on any sequence-classification model, including random-init ones built from a config.
     """
     model_type = model.config.model_type
-    is_decoder = model_type in DECODER_TYPES or bool(getattr(model.config, "is_decoder", False))
+    is_decoder = decoder_config(model.config)
     if is_decoder and tokenizer is not None:
         # The head reads the last non-pad token; right padding keeps positions those of the text alone.
         tokenizer.padding_side = "right"

@@ -78,6 +78,7 @@ class Head:
     def __init__(self, model: "torch.nn.Module", tokenizer, task: Task):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self._loss: Optional[torch.nn.Module] = None
+        self.contrastive = 0.0  # weight of a contrastive loss on an embedding (heads that have one)
         self.quantize: Optional[str] = None  # model.quantize the base was loaded with (rebuilt the same way)
 
     @classmethod
@@ -103,6 +104,10 @@ class Head:
             from .build import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(self.base_model())
+
+    def finish_training(self, train: Encoded, device) -> None:
+        """After the last step, with the kept weights loaded (a head derived from the trained model, such
+        as class prototypes, is set here)."""
 
     def base_model(self) -> "torch.nn.Module":
         """The transformers model (under any PEFT wrapper) that memory levers apply to."""
@@ -340,6 +345,158 @@ class GenerateHead(VerbalizerHead):
         return {"generation": self.model.generation_stats()}
 
 
+class EmbeddingHead(Head):
+    """A linear layer on the checkpoint's own sentence embedding (its pooling, L2-normalised), initialised
+    at the class prototypes; trains with the task's loss plus, with train.contrastive, a supervised
+    contrastive loss on the embedding (models/embedding.py). Encoders."""
+
+    name = "embedding"
+    how = "scores each label from the text's sentence embedding"
+    methods = ("lora", "head", "full")
+    export_formats = ("onnx",)
+    folds_output = True
+    transformers_class = "AutoModel"
+
+    @classmethod
+    def check_config(cls, cfg, task: Task) -> None:
+        super().check_config(cfg, task)
+        if cfg.train.contrastive and not task.classes:
+            raise ConfigError(f"train.contrastive pulls texts of a class together; a {task.name} task has no "
+                              "classes: set train.contrastive=0")
+
+    @classmethod
+    def count_model(cls, model, method: str, lora, missing: Sequence[str] = ()) -> dict:
+        from .build import count_parameters
+        from .embedding import EmbeddingClassifier, apply_embedding_method, drop_pooler
+
+        wrapped = EmbeddingClassifier(drop_pooler(model), model.config.num_labels, "mean")
+        targets = apply_embedding_method(wrapped, method, lora)
+        return {**count_parameters(wrapped, ["classifier"]), "target_modules": targets, "modules_to_save": []}
+
+    @classmethod
+    def build(cls, cfg, data, task, choose_rank, quiet=False):
+        from accelerate.utils import set_seed
+
+        from .build import Built, weights_fingerprint
+        from .embedding import EmbeddingClassifier, apply_embedding_method, checkpoint_pooling, load_encoder
+
+        set_seed(cfg.seed)
+        encoder, tok, resolved = load_encoder(cfg.model, quiet)
+        label_config(encoder.config, task)
+        model = EmbeddingClassifier(encoder, task.num_outputs, checkpoint_pooling(resolved.path))
+        base_id = weights_fingerprint(encoder)
+        auto_lora = choose_rank(cfg, data.labels.id2label, quiet=quiet, base=(encoder.config, []))
+        targets = apply_embedding_method(model, cfg.model.method, with_choice(cfg.lora, auto_lora))
+        head = cls(model, tok, task)
+        head.quantize = cfg.model.quantize
+        head.init_prototypes(data.splits["train"], cfg.data.max_length)
+        built = Built(model, tok, resolved, encoder.config.model_type, targets, ["classifier"], [], base_id)
+        return head, built, auto_lora
+
+    def init_prototypes(self, train, max_length: int) -> None:
+        """Start the linear layer at the class prototypes of the untrained embedding (tasks with classes
+        scored by softmax; others keep the default initialisation)."""
+        import torch
+
+        from .embedding import PROTOTYPE_TEXTS, embed_all
+
+        if not self.task.prototype_init:
+            return
+        n = min(len(train), PROTOTYPE_TEXTS)
+        pairs = None if train.pairs is None else train.pairs[:n]
+        enc = self.encode(train.texts[:n], train.labels[:n], max_length, pairs)
+        device = next(self.model.parameters()).device
+        emb = embed_all(self.model, enc, self.tokenizer.pad_token_id, 64, device)
+        self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(train.labels[:n])))
+
+    def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
+        return encode(self.tokenizer, texts, labels, max_length, pairs)
+
+    def finish_training(self, train: Encoded, device) -> None:
+        """Trained contrastively, the embedding clusters by class: the layer becomes the nearest class mean
+        of the trained embeddings (which the layer trained beside it lags behind; docs/few-labels.md)."""
+        import torch
+
+        from .embedding import embed_all
+
+        if self.contrastive and self.task.prototype_init:
+            emb = embed_all(self.model, train, self.tokenizer.pad_token_id, 64, device)
+            self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(train.labels)))
+
+    def base_model(self) -> "torch.nn.Module":
+        return self.model.encoder
+
+    def prepare_training(self, tcfg, train_labels: np.ndarray, device) -> None:
+        super().prepare_training(tcfg, train_labels, device)
+        self.contrastive = float(tcfg.contrastive)
+
+    def loss(self, model, batch: dict) -> "torch.Tensor":
+        from .embedding import supervised_contrastive
+
+        out = model(**model_inputs(batch))
+        loss = self._loss(out.logits.float(), batch["labels"])
+        if self.contrastive:
+            loss = loss + self.contrastive * supervised_contrastive(out.embedding,
+                                                                    self.task.class_indicator(batch["labels"]))
+        return loss
+
+    def artifact_meta(self) -> dict:
+        return {**super().artifact_meta(), "pooling": self.model.pooling}
+
+    def save(self, dest: Path, meta: dict) -> None:
+        from peft import PeftModel
+
+        from .embedding import save_head
+
+        encoder = self.model.encoder
+        if isinstance(encoder, PeftModel):
+            save_adapter(encoder, dest, meta)
+            encoder.get_base_model().config.save_pretrained(str(dest))
+        else:
+            encoder.save_pretrained(str(dest))
+        save_head(self.model, dest)
+
+    @classmethod
+    def load(cls, art, meta, tokenizer, task, base_model, merge, allow_other_base=False) -> "EmbeddingHead":
+        from transformers import AutoModel
+
+        from .embedding import POOLINGS, EmbeddingClassifier, drop_pooler, load_head
+        from .registry import resolve
+
+        check_weights(art, meta)
+        if meta.get("pooling") not in POOLINGS:
+            raise ModelError(f"artifact {art}: loraclf.json names pooling {meta.get('pooling')!r}; "
+                             f"expected one of {', '.join(POOLINGS)}")
+        if method_of(meta["method"]).adapters:
+            from peft import PeftModel
+
+            resolved = resolve(base_model or meta["base_model"])
+            check_base(meta, resolved.path, base_model)
+            with base_loading(base_model or meta["base_model"]):
+                encoder = drop_pooler(AutoModel.from_pretrained(resolved.path, **quantized(meta)))
+            check_fingerprint(meta, encoder, [], base_model, allow_other_base)
+            encoder = PeftModel.from_pretrained(encoder, str(art))
+            if merge and not meta.get("quantize"):
+                encoder = encoder.merge_and_unload()
+        else:
+            with base_loading(str(art)):
+                encoder = drop_pooler(AutoModel.from_pretrained(str(art)))
+        label_config(encoder.config, task)
+        model = EmbeddingClassifier(encoder, task.num_outputs, meta["pooling"])
+        load_head(model, art)
+        head = cls(model, tokenizer, task)
+        head.quantize = meta.get("quantize")
+        return head
+
+
+def label_config(config, task: Task) -> None:
+    """The labels and problem type on a model config, as transformers' classification configs hold them."""
+    config.num_labels = task.num_outputs
+    config.id2label = dict(enumerate(task.labels))
+    config.label2id = {n: i for i, n in enumerate(task.labels)}
+    config.problem_type = task.problem_type
+
+
 HEADS: dict[str, type[Head]] = {}
 
 
@@ -358,7 +515,7 @@ def register_head(cls: type[Head]) -> type[Head]:
     return cls
 
 
-for _cls in (ClassifierHead, VerbalizerHead, GenerateHead):
+for _cls in (ClassifierHead, EmbeddingHead, VerbalizerHead, GenerateHead):
     register_head(_cls)
 
 

@@ -91,6 +91,8 @@ class Task:
     card_task_name: str = "Text Classification"  # the Hub model-index task name
     card_tags: Sequence[str] = ()
     options: frozenset = frozenset()  # the TASK_OPTIONS this task takes
+    classes = False  # its labels are classes texts belong to (contrastive pairs, class prototypes)
+    prototype_init = False  # softmax over classes: a linear head on an embedding can start at the class means
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         self.labels = list(labels)
@@ -142,6 +144,15 @@ class Task:
         else:
             split = KFold(k, shuffle=True, random_state=seed).split(idx)
         return [np.sort(test) for _, test in split]
+
+    def class_indicator(self, labels: "torch.Tensor") -> Optional["torch.Tensor"]:
+        """A batch's labels as a texts x classes 0/1 tensor (None for a task without classes)."""
+        return None
+
+    def rows_per_class(self, labels: np.ndarray) -> Optional[float]:
+        """Train rows per class, which chooses train.recipe: auto (None: the few-shot recipe was not measured
+        for this task, so auto never chooses it)."""
+        return None
 
     @classmethod
     def single_class(cls, labels: np.ndarray) -> bool:

@@ -43,6 +43,7 @@ class MultiLabel(Task):
     card_template = "card_multi_label.md.j2"
     card_task_name = "Multi-label Text Classification"
     card_tags = ("multi-label-classification",)
+    classes = True
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
@@ -86,6 +87,9 @@ class MultiLabel(Task):
 
         split = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         return [np.sort(test) for _, test in split.split(np.zeros((len(labels), 1)), labels)]
+
+    def class_indicator(self, labels):
+        return labels > 0.5
 
     def state(self) -> dict:
         return {"thresholds": {n: float(t) for n, t in zip(self.labels, self.thresholds)}}

@@ -41,6 +41,8 @@ class SingleLabel(Task):
     # Only single-label outputs are probabilities of one answer, so only this report has a calibration section.
     report_sections = (("evaluation", "Evaluation"), ("calibration", "Calibration"), ("errors", "Error analysis"))
     card_template = "card_single_label.md.j2"
+    classes = True
+    prototype_init = True
 
     def __init__(self, labels: Sequence[str], state: Optional[dict] = None):
         super().__init__(labels)
@@ -81,6 +83,14 @@ class SingleLabel(Task):
     @classmethod
     def single_class(cls, labels: np.ndarray) -> bool:
         return len(np.unique(labels)) < 2
+
+    def class_indicator(self, labels):
+        import torch
+
+        return torch.nn.functional.one_hot(labels.long(), len(self.labels))
+
+    def rows_per_class(self, labels: np.ndarray) -> Optional[float]:
+        return len(labels) / len(self.labels)
 
     def state(self) -> dict:
         out = {"temperature": self.temperature} if self.temperature is not None else {}

@@ -340,6 +340,7 @@ class Trainer:
         self.checkpoint()  # a resume after this trains no more (e.g. a crash in the final evaluation)
         if self.best_weights is not None:
             load_trainable_state(self.acc.unwrap_model(self.model), self.best_weights)
+        self.head.finish_training(self.train_enc, self.acc.device)
         s.epochs_run = s.micro / self.per_process
         return s
 

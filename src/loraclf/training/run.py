@@ -164,15 +164,21 @@ def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
 
 def build_head(cfg: Config, data: Data, quiet: bool = False):
     """The model to train, behind its head: (the config with every `auto` the run resolves filled in, head,
-    models.Built, parameter counts, the `lora.r: auto` choice). Everything that can refuse the config
-    (task options, the head, budget, max_length, class weights) is checked here, before a run directory
-    exists. The config given is never changed: the one returned is a new, frozen one."""
+    models.Built, parameter counts, the `lora.r: auto` choice, what `train.recipe` chose). Everything that can
+    refuse the config (task options, the head, budget, max_length, class weights) is checked here, before a run
+    directory exists. The config given is never changed: the one returned is a new, frozen one."""
     from ..models import check_budget, count_parameters
     from ..models.budget import resolve_auto_lora
+    from ..models.build import is_encoder
+    from .recipes import announce, choose_recipe
 
     task = make_task(data.task, data.labels.names)
     cfg = replace_fields(cfg, {"task": task.name,  # saved resolved: a resumed run reads its labels the same way
                                "train.metric": task.default_metric if cfg.train.metric == "auto" else cfg.train.metric})
+    train = data.splits["train"]
+    cfg, recipe = choose_recipe(cfg, task, len(train), train.labels, lambda: is_encoder(cfg.model))
+    if recipe and not quiet:
+        print(announce(recipe))
     task.check_config(cfg)
     head_cls = head_class(cfg.model.head)
     head_cls.check_config(cfg, task)
@@ -183,7 +189,7 @@ def build_head(cfg: Config, data: Data, quiet: bool = False):
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
     _check_max_length(cfg, built)
-    return cfg, head, built, counts, auto_lora
+    return cfg, head, built, counts, auto_lora, recipe
 
 
 def _run_dir_of(cfg: Config, resume: Optional[str], accelerator) -> tuple[Config, Path]:
@@ -385,7 +391,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     data = data if data is not None else load_data(cfg.data, cfg.seed, cfg.task)
-    cfg, head, built, counts, auto_lora = build_head(cfg, data, quiet)
+    cfg, head, built, counts, auto_lora, recipe = build_head(cfg, data, quiet)
     train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
     length_stats = _filter_train(data, head.tokenizer, cfg)
     if METHODS[cfg.model.method].trains:
@@ -413,6 +419,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
                                enc["test" if "test" in enc else "validation"])
         if auto_lora:
             metrics["budget"] = auto_lora
+        if recipe:
+            metrics["recipe"] = recipe
         if fitted:  # what the task chose on validation (a temperature, thresholds)
             metrics[head.task.fitted_key] = fitted
         _write_run(run_dir, head, _artifact_meta(cfg, built, head, results), metrics, probs, data, state.history)

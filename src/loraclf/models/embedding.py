@@ -1,0 +1,210 @@
+"""The embedding head's model: a linear layer on the sentence embedding a checkpoint was trained to give.
+
+Sentence-embedding checkpoints (all-MiniLM-L6-v2 and the sentence-transformers family) were trained
+to pool their tokens a particular way (mostly the mean of the real tokens) and compare the results by
+cosine. Their BERT pooler on the first token is an untrained initialisation, so a classification
+head on it starts from noise. With few labels that start matters most: here the text becomes the
+checkpoint's own pooled, L2-normalised embedding, and the label scores are a linear layer on it,
+initialised at the class prototypes (each class's mean embedding, scaled), which is already a
+nearest-centroid classifier before any step is taken.
+
+The same embedding feeds the supervised contrastive loss (`train.contrastive`), which pulls texts of a
+class together and pushes other classes apart in the batch: the part of SetFit's recipe that moves
+the encoder (docs/few-labels.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+
+POOLINGS = ("mean", "cls", "max")
+PROTOTYPE_SCALE = 20.0  # logits = 20 x cosine to each prototype: softmax confident but not saturated
+CONTRASTIVE_TEMPERATURE = 0.1  # SupCon's usual temperature for normalised embeddings
+PROTOTYPE_TEXTS = 4096  # train texts embedded to initialise the prototypes (enough for a class mean)
+HEAD_FILE = "embedding_head.safetensors"
+
+
+@dataclass
+class EmbeddingOutput(ModelOutput):
+    logits: Optional[torch.Tensor] = None
+    embedding: Optional[torch.Tensor] = None
+
+
+def checkpoint_pooling(path: str) -> str:
+    """How the checkpoint pools its tokens, from its sentence-transformers files (mean when it has none)."""
+    cfg = Path(path) / "1_Pooling" / "config.json"
+    try:
+        modes = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"
+    for mode in POOLINGS:
+        key = "pooling_mode_cls_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"
+        if modes.get(key):
+            return mode
+    return "mean"
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if how == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class EmbeddingClassifier(torch.nn.Module):
+    """encoder -> pooled, normalised embedding -> linear scores. `config` is the encoder's (with the labels),
+    so readers of a model's config (export, the server) find what they expect."""
+
+    def __init__(self, encoder: torch.nn.Module, num_outputs: int, pooling: str):
+        super().__init__()
+        self.encoder, self.pooling = encoder, pooling
+        self.config = encoder.config
+        self.classifier = torch.nn.Linear(self.config.hidden_size, num_outputs)
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return F.normalize(pool(hidden, attention_mask, self.pooling).float(), dim=-1)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> EmbeddingOutput:
+        e = self.embed(input_ids, attention_mask, token_type_ids)
+        return EmbeddingOutput(logits=self.classifier(e.to(self.classifier.weight.dtype)), embedding=e)
+
+    @torch.no_grad()
+    def set_prototypes(self, embeddings: torch.Tensor, indicator: torch.Tensor) -> None:
+        """Scores = scale x cosine to each class's mean embedding (`indicator`: texts x classes, 0/1)."""
+        sums = indicator.T.to(embeddings.dtype) @ embeddings
+        protos = F.normalize(sums, dim=-1)  # a class without texts keeps a zero prototype
+        self.classifier.weight.copy_(PROTOTYPE_SCALE * protos)
+        self.classifier.bias.zero_()
+
+
+def supervised_contrastive(embedding: torch.Tensor, indicator: torch.Tensor,
+                           temperature: float = CONTRASTIVE_TEMPERATURE) -> torch.Tensor:
+    """SupCon (Khosla et al., 2020) over one batch: every pair of texts sharing a class is a positive,
+    every other text a negative; texts with no positive in the batch add nothing."""
+    n = embedding.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=embedding.device)
+    sim = (embedding @ embedding.T / temperature).masked_fill(eye, float("-inf"))
+    log_p = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positive = ((indicator.float() @ indicator.float().T) > 0) & ~eye
+    has = positive.any(1)
+    if not bool(has.any()):
+        return embedding.sum() * 0.0  # keeps the graph (and DDP's bookkeeping) when no pair shares a class
+    per_text = log_p.masked_fill(~positive, 0.0).sum(1)[has] / positive.sum(1)[has]
+    return -per_text.mean()
+
+
+@torch.no_grad()
+def embed_all(model: EmbeddingClassifier, enc, pad_id: int, batch_size: int, device,
+              limit: Optional[int] = None) -> torch.Tensor:
+    """The embeddings of (the first `limit`) encoded texts, in batches, without gradients."""
+    from ..data.batching import Collator
+
+    n = len(enc) if limit is None else min(limit, len(enc))
+    collate = Collator(enc, pad_id, False)
+    was = model.training
+    model.eval()
+    out = []
+    for s in range(0, n, batch_size):
+        batch = collate(list(range(s, min(n, s + batch_size))))
+        out.append(model.embed(**{k: v.to(device) for k, v in batch.items()
+                                  if k in ("input_ids", "attention_mask", "token_type_ids")}).cpu())
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, model.config.hidden_size)
+
+
+def drop_pooler(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The first-token pooler some encoders carry is not used here; without it, nothing untrained is
+    counted, adapted or saved (BERT and RoBERTa skip a pooler set to None)."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+def apply_embedding_method(model: EmbeddingClassifier, method: str, lora) -> Optional[list[str] | str]:
+    """Make the right weights of `model` trainable (in place): LoRA adapters on the encoder, the linear
+    layer alone, or everything; the linear layer is always trained. Returns the LoRA targets."""
+    from .build import _add_lora
+    from .methods import METHODS
+    from .targets import default_targets
+
+    how = METHODS[method]
+    targets = None
+    if how.adapters:
+        from peft import TaskType
+
+        mtype = model.config.model_type
+        targets = lora.target_modules if lora.target_modules is not None else default_targets(mtype)
+        model.encoder = _add_lora(model.encoder, TaskType.FEATURE_EXTRACTION, lora, targets, mtype)
+    else:
+        for p in model.encoder.parameters():
+            p.requires_grad = how.trains_base
+    model.classifier.requires_grad_(True)
+    return targets
+
+
+def save_head(model: EmbeddingClassifier, dest: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()},
+              str(dest / HEAD_FILE))
+
+
+def load_head(model: EmbeddingClassifier, art: Path) -> None:
+    """The trained linear layer; a missing or misshapen file is a damaged artifact, said in one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..errors import ModelError
+
+    path = art / HEAD_FILE
+    try:
+        state = load_file(str(path))
+        model.classifier.load_state_dict(state)
+    except (OSError, RuntimeError, KeyError, SafetensorError) as e:
+        raise ModelError(f"artifact {art}: cannot read its embedding head ({HEAD_FILE}: "
+                         f"{str(e).splitlines()[0][:160]})") from None
+
+
+def load_encoder(cfg, quiet: bool = False):
+    """The checkpoint `model.*` names as a bare encoder (no task head): (encoder, tokenizer, Resolved)."""
+    from transformers import AutoModel
+
+    from ..errors import ConfigError
+    from .build import (
+        LOAD_ERRORS,
+        _load_config,
+        _quantized_kwargs,
+        decoder_config,
+        from_pretrained,
+        load_error,
+        load_tokenizer,
+        prepare_quantized,
+        quiet_hf,
+    )
+    from .registry import resolve
+
+    resolved = resolve(cfg.name, quiet=quiet)
+    tok = load_tokenizer(resolved.path, cfg.revision, cfg.trust_remote_code)
+    mcfg = _load_config(resolved, cfg)
+    if decoder_config(mcfg):
+        raise ConfigError(f"model.head=embedding needs an encoder; {cfg.name} is a {mcfg.model_type} decoder: "
+                          "use model.head=classifier or verbalizer")
+    kwargs = dict(config=mcfg, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                  **_quantized_kwargs(cfg, ["classifier"]))
+    try:
+        with quiet_hf():
+            encoder = from_pretrained(AutoModel, resolved.path, cfg, **kwargs)
+    except LOAD_ERRORS as e:
+        raise load_error(f"cannot load model {cfg.name}", e) from None
+    return prepare_quantized(drop_pooler(encoder), cfg.quantize), tok, resolved

@@ -1,0 +1,143 @@
+"""The embedding head: the checkpoint's own pooling, class-prototype start, the contrastive loss, and an
+artifact that reloads and exports to ONNX with the scores it was trained to give."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ENCODERS, tiny_overrides
+from loraclf.errors import ConfigError, LoraclfError, ModelError
+from loraclf.models.embedding import HEAD_FILE, PROTOTYPE_SCALE, checkpoint_pooling, pool, supervised_contrastive
+
+
+def test_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
+    assert checkpoint_pooling(str(tmp_path)) == "mean"  # a plain checkpoint
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    assert checkpoint_pooling(str(tmp_path)) == "cls"
+    (tmp_path / "1_Pooling" / "config.json").write_text("{not json")
+    assert checkpoint_pooling(str(tmp_path)) == "mean"
+
+
+def test_mean_and_max_pooling_ignore_padding():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(pool(hidden, mask, "mean"), torch.tensor([[2.0, 1.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "max"), torch.tensor([[3.0, 2.0]]))
+    torch.testing.assert_close(pool(hidden, mask, "cls"), torch.tensor([[1.0, 0.0]]))
+
+
+def test_supervised_contrastive_rewards_classes_that_cluster():
+    labels = F.one_hot(torch.tensor([0, 0, 1, 1]), 2)
+    together = F.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]]), dim=-1)
+    mixed = together[[0, 2, 1, 3]]
+    assert supervised_contrastive(together, labels) < supervised_contrastive(mixed, labels)
+    # by hand for the first text: one positive (text 1) against texts 1..3
+    sim = together @ together.T / 0.1
+    first = -(sim[0, 1] - torch.logsumexp(sim[0, 1:], 0))
+    rows = [-(sim[i, j] - torch.logsumexp(torch.cat([sim[i, :i], sim[i, i + 1:]]), 0))
+            for i, j in ((0, 1), (1, 0), (2, 3), (3, 2))]
+    torch.testing.assert_close(supervised_contrastive(together, labels), torch.stack(rows).mean())
+    assert rows[0] == pytest.approx(first.item())
+
+
+def test_supervised_contrastive_without_pairs_is_zero_and_keeps_the_graph():
+    e = F.normalize(torch.randn(3, 4, requires_grad=True), dim=-1)
+    loss = supervised_contrastive(e, F.one_hot(torch.tensor([0, 1, 2]), 3))
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def _train(tiny_models, synth_dir, tmp_path, arch="bert", **extra):
+    import loraclf
+
+    sets = {"model.head": "embedding", "train.epochs": 2, **extra}
+    return loraclf.train(None, tiny_overrides(tiny_models[arch], synth_dir, tmp_path, **sets), quiet=True)
+
+
+@pytest.mark.parametrize("arch", [a for a in ENCODERS if a != "bert"])
+def test_every_encoder_trains_the_embedding_head(arch, tiny_models, synth_dir, tmp_path):
+    run = _train(tiny_models, synth_dir, tmp_path, arch)
+    assert run.metrics["test"]["accuracy"] >= 0.0 and (run.path / "artifact" / HEAD_FILE).is_file()
+
+
+def test_prototype_start_and_refit(tiny_models, synth_dir, tmp_path):
+    """Built, the layer is 20 x the class means; trained with contrastive, it is refitted to the class means
+    of the trained embeddings, so the saved layer is exactly that."""
+    import loraclf
+    from loraclf.config import load_config
+    from loraclf.data import load_data
+    from loraclf.models.embedding import embed_all
+    from loraclf.training.run import build_head
+
+    cfg = load_config(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **{"model.head": "embedding"}))
+    data = load_data(cfg.data, cfg.seed)
+    _, head, *_ = build_head(cfg, data, quiet=True)
+    tr = data.splits["train"]
+    emb = embed_all(head.model, head.encode(tr.texts, tr.labels, 32), head.tokenizer.pad_token_id, 64, "cpu")
+    means = torch.stack([F.normalize(emb[torch.as_tensor(tr.labels) == c].mean(0), dim=0) for c in range(2)])
+    torch.testing.assert_close(head.model.classifier.weight, PROTOTYPE_SCALE * means, atol=1e-5, rtol=1e-4)
+    assert not head.model.classifier.bias.any()
+
+    run = _train(tiny_models, synth_dir, tmp_path, **{"train.contrastive": 1.0, "name": "refit"})
+    clf = loraclf.load(run.path / "artifact")
+    w = clf.model.classifier.weight.detach()
+    assert torch.linalg.vector_norm(w, dim=1) == pytest.approx([PROTOTYPE_SCALE] * 2, rel=1e-4)
+    assert not clf.model.classifier.bias.any()
+
+
+def test_artifact_reloads_and_exports_to_onnx_with_the_same_scores(tiny_models, synth_dir, tmp_path):
+    import loraclf
+    from loraclf.deploy.export import export
+
+    run = _train(tiny_models, synth_dir, tmp_path, **{"train.contrastive": 0.5})
+    art = run.path / "artifact"
+    meta = json.loads((art / "loraclf.json").read_text())
+    assert meta["head"] == "embedding" and meta["pooling"] == "mean"
+    texts = ["good film and a great cast", "awful", "the plot was dull and boring"]
+    clf = loraclf.load(art)
+    probs = clf.predict_proba(texts)
+    out = tmp_path / "onnx"
+    export(art, out, "onnx")
+    torch.testing.assert_close(torch.tensor(loraclf.load(out).predict_proba(texts)), torch.tensor(probs),
+                               atol=1e-4, rtol=1e-3)
+    with pytest.raises(LoraclfError, match="export it with --format onnx"):
+        export(art, tmp_path / "hf", "hf")
+
+
+def test_damaged_head_file_is_one_line(tiny_models, synth_dir, tmp_path):
+    import loraclf
+
+    art = _train(tiny_models, synth_dir, tmp_path).path / "artifact"
+    (art / HEAD_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="cannot read its embedding head"):
+        loraclf.load(art)
+
+
+def test_refusals(tiny_models, synth_dir, tmp_path):
+    import loraclf
+
+    with pytest.raises(ConfigError, match="needs an encoder"):
+        _train(tiny_models, synth_dir, tmp_path, "llama")
+    with pytest.raises(ConfigError, match="has no classes"):
+        sets = {"model.head": "embedding", "train.contrastive": 1, "task": "regression",
+                "data.path": str(_scores(tmp_path))}
+        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **sets), quiet=True)
+
+
+def _scores(tmp_path):
+    from conftest import write_csv
+
+    rng = np.random.default_rng(0)
+    return write_csv(tmp_path / "scores.csv", [(f"text {i}", f"{rng.uniform(0, 5):.2f}") for i in range(40)])
+
+
+def test_parameter_count_without_loading_matches_the_built_model(tiny_models, synth_dir, tmp_path):
+    from loraclf.models.budget import param_report
+
+    run = _train(tiny_models, synth_dir, tmp_path)
+    report = param_report(run.config, num_labels=2)
+    assert report["trainable"] == run.metrics["params"]["trainable"] > 0
