@@ -33,7 +33,7 @@ def _setting(args, few_shot: int) -> dict:
                              "model.method": "zero-shot", "model.head": "verbalizer", "model.few_shot": few_shot,
                              "data.max_length": args.max_length, "train.eval_batch_size": args.batch})
     data = load_data(cfg.data, cfg.seed)
-    cfg, head, _, _, _ = build_head(cfg, data, quiet=True)
+    cfg, head, *_ = build_head(cfg, data, quiet=True)
     test = data.splits["test"]
     enc = head.encode(test.texts, test.labels, cfg.data.max_length)
     warm = head.encode(test.texts[:4], test.labels[:4], cfg.data.max_length)

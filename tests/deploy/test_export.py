@@ -98,7 +98,7 @@ def test_verbalizer_export_is_the_merged_causal_lm_plus_the_prompt(runs, tmp_pat
     meta = json.loads((dest / "loraclf.json").read_text())
     assert meta["head"] == "verbalizer" and meta["prompt"]["label_words"]
     np.testing.assert_allclose(loraclf.load(dest).predict_proba(TEXTS), want, atol=1e-4)
-    with pytest.raises(LoraclfError, match="ONNX export covers classifier heads; this artifact uses the verbalizer"):
+    with pytest.raises(LoraclfError, match="covers classifier and embedding heads; this artifact uses the verbalizer"):
         export(run, tmp_path / "onnx", "onnx")
 
 
