@@ -1,0 +1,156 @@
+"""Few labels: loraclf's defaults against SetFit 1.2's defaults, same examples, same backbone.
+
+For every dataset, K (examples per class) and seed, K rows of each class are drawn from train (seeded,
+the same rows for both), and both tools train on them with their defaults on the bundled
+all-MiniLM-L6-v2. loraclf is given the same rows as validation (it carves nothing from them; the
+few-shot recipe evaluates once, at the end, and chooses nothing on it), as SetFit has no validation.
+Both are scored on one seeded sample of the test split (the same rows for every run). Nothing is
+chosen on test.
+
+Training time is the wall time from loading the model to a trained model in memory: SetFit's
+`from_pretrained` + `Trainer.train()`, loraclf's `loraclf.train` (it also writes its run folder and
+artifact; its report is off and it scores no test split there). Prediction on test is timed apart.
+Both run in this process, one after the other, with torch's default threads.
+
+    pip install -e '.[bench]'          # SetFit 1.2 (sentence-transformers) beside loraclf
+    python benchmarks/few_shot.py --datasets sst2 ag_news tweet_eval_sentiment --k 8 16 32 64 \
+        --seeds 0 1 2 3 4 --out runs/few-shot
+
+Each run appends a line to <out>/results.jsonl (a rerun skips what is there), and the summary table
+(mean and standard deviation over seeds) is printed and written to <out>/summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from loraclf.data import datasets_root  # noqa: E402
+from loraclf.models.registry import resolve  # noqa: E402
+
+TEST_SEED = 123
+
+
+def few(train: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """K rows of each class, seeded; shuffled."""
+    parts = [g.sample(min(k, len(g)), random_state=seed) for _, g in train.groupby("label")]
+    return pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def test_sample(test: pd.DataFrame, n: int) -> pd.DataFrame:
+    return test if n <= 0 or len(test) <= n else test.sample(n, random_state=TEST_SEED).reset_index(drop=True)
+
+
+def run_setfit(rows: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    t0 = time.perf_counter()
+    model = SetFitModel.from_pretrained(resolve("minilm", quiet=True).path)
+    train = Dataset.from_pandas(rows[["text", "label"]].astype({"label": str}), preserve_index=False)
+    Trainer(model=model, train_dataset=train, args=TrainingArguments(seed=seed)).train()
+    t1 = time.perf_counter()
+    pred = np.asarray(model.predict(test["text"].tolist())).astype(str)
+    t2 = time.perf_counter()
+    return {"accuracy": float((pred == test["label"].astype(str).to_numpy()).mean()),
+            "train_seconds": t1 - t0, "predict_seconds": t2 - t1}
+
+
+def run_loraclf(rows: pd.DataFrame, test: pd.DataFrame, seed: int, work: Path, sets: list[str]) -> dict:
+    import shutil
+
+    import loraclf
+
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted attempt left
+    work.mkdir(parents=True)
+    rows[["text", "label"]].to_csv(work / "train.csv", index=False)
+    t0 = time.perf_counter()
+    run = loraclf.train(None, [f"data.train={work / 'train.csv'}", f"data.validation={work / 'train.csv'}",
+                               f"output_dir={work}", "name=run", f"seed={seed}", "report.enabled=false", *sets],
+                        quiet=True)
+    t1 = time.perf_counter()
+    clf = loraclf.load(run.path / "artifact")
+    pred = np.asarray(clf.predict(test["text"].tolist())).astype(str)
+    t2 = time.perf_counter()
+    return {"accuracy": float((pred == test["label"].astype(str).to_numpy()).mean()),
+            "train_seconds": t1 - t0, "predict_seconds": t2 - t1, "recipe": run.metrics.get("recipe")}
+
+
+def done_keys(path: Path) -> set:
+    if not path.exists():
+        return set()
+    return {(r["dataset"], r["k"], r["seed"], r["tool"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def summarize(path: Path) -> str:
+    """One row per dataset, K and loraclf variant, against SetFit on the seeds both ran."""
+    df = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
+    lines = ["| dataset | K | loraclf variant | SetFit 1.2 acc (sd) | loraclf acc (sd) | diff | SetFit train s "
+             "| loraclf train s | time ratio | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, k), g in df.groupby(["dataset", "k"], sort=False):
+        for tool in [t for t in g.tool.unique() if t != "setfit"]:
+            seeds = set(g[g.tool == "setfit"].seed) & set(g[g.tool == tool].seed)
+            s, lo = (g[(g.tool == t) & g.seed.isin(seeds)] for t in ("setfit", tool))
+            if not seeds:
+                continue
+            diff = lo.accuracy.mean() - s.accuracy.mean()
+            lines.append(f"| {ds} | {k} | {tool} | {s.accuracy.mean():.3f} ({s.accuracy.std(ddof=0):.3f}) | "
+                         f"{lo.accuracy.mean():.3f} ({lo.accuracy.std(ddof=0):.3f}) | {diff:+.3f} | "
+                         f"{s.train_seconds.mean():.1f} | {lo.train_seconds.mean():.1f} | "
+                         f"{lo.train_seconds.mean() / s.train_seconds.mean():.2f} | {len(seeds)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["sst2", "ag_news", "tweet_eval_sentiment"])
+    p.add_argument("--k", nargs="+", type=int, default=[8, 16, 32, 64])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--tools", nargs="+", default=["setfit", "loraclf"], choices=["setfit", "loraclf"])
+    p.add_argument("--test-n", type=int, default=2000, help="seeded sample of the test split (0: all of it)")
+    p.add_argument("--out", default="runs/few-shot")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a loraclf override (repeatable), for ablations; name the variant with --label")
+    p.add_argument("--label", default=None, help="the loraclf variant's name in the results (default: loraclf)")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = done_keys(results)
+    for ds in args.datasets:
+        train = pd.read_csv(datasets_root() / ds / "train.csv")
+        test = test_sample(pd.read_csv(datasets_root() / ds / "test.csv"), args.test_n)
+        for k in args.k:
+            for seed in args.seeds:
+                rows = few(train, k, seed)
+                for tool in args.tools:
+                    if tool == "loraclf" and args.label:
+                        tool = f"loraclf:{args.label}"
+                    if (ds, k, seed, tool) in done:
+                        continue
+                    work = out / "work" / f"{ds}-k{k}-s{seed}-{tool.replace(':', '-')}"
+                    r = run_setfit(rows, test, seed) if tool == "setfit" else \
+                        run_loraclf(rows, test, seed, work, args.sets)
+                    rec = {"dataset": ds, "k": k, "seed": seed, "tool": tool, "n_train": len(rows),
+                           "n_test": len(test), **r}
+                    print(json.dumps({x: v for x, v in rec.items() if x != "recipe"}), flush=True)
+                    with open(results, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+    table = summarize(results)
+    (out / "summary.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
