@@ -10,7 +10,9 @@ the noisy slice with the flagged rows relabelled as the audit suggests.
 
 Prints a JSON summary (precision and recall of the flagged set against the flipped rows, precision
 where the ranking first reaches a recall of 0.6, the four test accuracies and the share of the lost
-accuracy recovered). Nothing is chosen on test.
+accuracy recovered). Nothing is chosen on test. A rerun with the same --out reuses the audit and the
+models that finished (a model's folder without metrics.json is trained again); give another --out for
+other settings.
 """
 
 from __future__ import annotations
@@ -54,8 +56,14 @@ def precision_at_recall(ranked: list[int], truth: set, recall: float) -> float |
 
 
 def train_on(frame: pd.DataFrame, out: Path, name: str, sets: list[str]) -> float:
+    import shutil
+
     import loraclf
 
+    finished = out / "runs" / name / "metrics.json"
+    if finished.exists():
+        return json.loads(finished.read_text())["test"]["accuracy"]
+    shutil.rmtree(finished.parent, ignore_errors=True)  # what an interrupted attempt left
     d = out / "data" / name
     d.mkdir(parents=True, exist_ok=True)
     frame[["text", "label"]].to_csv(d / "train.csv", index=False)
@@ -82,9 +90,10 @@ def main() -> None:
     noisy.mkdir(parents=True, exist_ok=True)
     part[["text", "label"]].to_csv(noisy / "train.csv", index=False)
     t0 = time.perf_counter()
-    audit(str(noisy), None, [f"output_dir={out / 'runs'}", "name=audit", "report.enabled=false", *sets],
-          folds=args.folds, quiet=True)
-    audit_s = time.perf_counter() - t0
+    if not (out / "runs" / "audit" / "audit.csv").exists():
+        audit(str(noisy), None, [f"output_dir={out / 'runs'}", "name=audit", "report.enabled=false", *sets],
+              folds=args.folds, quiet=True)
+    audit_s = time.perf_counter() - t0  # ~0 when reused: the first run's log has it
     suspects = pd.read_csv(out / "runs" / "audit" / "audit.csv")
     ranked = suspects["row"].tolist()
     found = set(ranked) & flipped

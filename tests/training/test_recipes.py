@@ -8,7 +8,7 @@ from conftest import synthetic_rows, tiny_overrides, write_csv
 from loraclf.config import load_config
 from loraclf.errors import ConfigError
 from loraclf.tasks import SingleLabel
-from loraclf.training.recipes import FEW_SHOT_ROWS_PER_CLASS, choose_recipe
+from loraclf.training.recipes import FEW_SHOT_MAX_STEPS, FEW_SHOT_ROWS_PER_CLASS, choose_recipe
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,12 @@ def test_auto_chooses_by_rows_per_class():
 
 
 def test_steps_are_bounded_whatever_the_size():
-    small, _ = _choose({}, 4)  # one batch an epoch: the floor of steps
-    assert small.train.eval_steps == 30 and small.train.epochs == 30
+    small, _ = _choose({}, 4)  # one batch an epoch
+    assert small.train.eval_steps == 20 and small.train.epochs == 20
     mid, _ = _choose({}, 100)  # 4 batches an epoch, 20 epochs
     assert mid.train.eval_steps == 80 and mid.train.epochs == 20
+    big, _ = _choose({"train.recipe": "few-shot"}, 10_000)  # 313 batches an epoch: the cap on steps
+    assert big.train.eval_steps == FEW_SHOT_MAX_STEPS and big.train.epochs == FEW_SHOT_MAX_STEPS / 313
 
 
 def test_user_settings_are_kept_and_reported():
@@ -74,11 +76,11 @@ def test_a_few_shot_run_prints_records_and_reruns_the_same(tiny_models, few_dir,
     assert "few-shot recipe (train has 16 rows for 2 classes (8.0 a class" in out
     assert "train.recipe=standard turns it off" in out
     rec = run.metrics["recipe"]
-    assert rec["changed"]["model.head"] == "embedding" and rec["changed"]["train.epochs"] == 30
+    assert rec["changed"]["model.head"] == "embedding" and rec["changed"]["train.epochs"] == 20
     cfg = run.config
-    assert cfg.train.recipe == "few-shot" and cfg.model.head == "embedding" and cfg.train.epochs == 30
+    assert cfg.train.recipe == "few-shot" and cfg.model.head == "embedding" and cfg.train.epochs == 20
     evals = [r for r in run.history if r["type"] == "eval"]
-    assert len(evals) == 1 and evals[0]["step"] == 30  # one evaluation, at the end
+    assert len(evals) == 1 and evals[0]["step"] == 20  # one evaluation, at the end
     again = loraclf.train(replace_fields(cfg, {"name": "again"}), quiet=True)  # config.yaml trains the same
     assert again.metrics["test"]["accuracy"] == run.metrics["test"]["accuracy"]
     standard = loraclf.train(None, sets + ["train.recipe=standard", "name=std"], quiet=True)

@@ -10,7 +10,8 @@ ablation behind each one):
   the class prototypes;
 - train.contrastive: a supervised contrastive loss beside the cross-entropy, and the layer refitted to
   the class means of the trained embeddings after training;
-- a schedule counted in optimizer steps rather than epochs (a few dozen rows make one step an epoch);
+- twenty passes over train instead of three (a few dozen rows make one optimizer step an epoch), at
+  most FEW_SHOT_MAX_STEPS steps;
 - random batches (length grouping could put one class in a batch, which gives the contrastive loss
   nothing to contrast) and one evaluation, at the end: choosing the best of many evaluations on a
   handful of validation rows picks noise.
@@ -31,8 +32,8 @@ from ..models.methods import METHODS
 
 FEW_SHOT_ROWS_PER_CLASS = 64
 FEW_SHOT_HEAD = "embedding"
-FEW_SHOT_STEPS = (30, 300)  # optimizer steps: at least (a few dozen rows), at most (SetFit's 64 a class)
-FEW_SHOT_EPOCHS = 20  # passes over train, within those bounds
+FEW_SHOT_EPOCHS = 20  # passes over train...
+FEW_SHOT_MAX_STEPS = 300  # ...in at most this many optimizer steps (train.recipe=few-shot on a large train)
 FEW_SHOT_SETTINGS = {"train.contrastive": 1.0, "train.group_by_length": False, "lora.dropout": 0.0}
 
 
@@ -64,8 +65,7 @@ def choose_recipe(cfg: Config, task, n_train: int, train_labels, is_encoder) -> 
 def _few_shot_settings(cfg: Config, task, n_train: int) -> dict:
     batch = cfg.train.batch_size
     steps_per_epoch = math.ceil(n_train / batch)
-    lo, hi = FEW_SHOT_STEPS
-    steps = min(hi, max(lo, FEW_SHOT_EPOCHS * steps_per_epoch))
+    steps = min(FEW_SHOT_MAX_STEPS, FEW_SHOT_EPOCHS * steps_per_epoch)
     settings = {"model.head": FEW_SHOT_HEAD, **FEW_SHOT_SETTINGS, "train.epochs": steps / steps_per_epoch,
                 "train.eval_steps": steps}
     if not task.classes:
