@@ -23,6 +23,18 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 DATASETS = Path(os.environ.get("LORACLF_DATASETS", REPO.parent / "shared" / "datasets"))
 
 POS = ["good", "great", "fine", "lovely", "superb", "brilliant"]

@@ -1,26 +1,17 @@
 """The speed harness runs both sides end to end on random-weight shapes (the GPU rows' path), on CPU."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _speed():
-    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "benchmarks" / "speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark
 
 
 @pytest.mark.parametrize("shape,tok", [("tiny-roberta", "bert"), ("tiny-llama", "llama"), (None, "bert-nopooler")])
 def test_speed_harness_on_a_random_shape(shape, tok, tiny_models, synth_dir, tmp_path, capsys):
     """Random-weight shapes (the GPU rows' path), and a checkpoint without pooler: loraclf trains the
     new pooler, and the peer is given the same modules, so both sides train the same weights."""
-    speed = _speed()
+    speed = load_benchmark("speed")
     out = tmp_path / "res.json"
     model = ["--shape", shape, "--tokenizer", str(tiny_models[tok])] if shape else ["--model", str(tiny_models[tok])]
     res = speed.main([*model, "--data", str(synth_dir),
@@ -41,14 +32,14 @@ def test_speed_harness_on_a_random_shape(shape, tok, tiny_models, synth_dir, tmp
 
 def test_speed_harness_refuses_overrides_that_change_the_task():
     with pytest.raises(SystemExit):
-        _speed().main(["--set", "train.epochs=5"])
+        load_benchmark("speed").main(["--set", "train.epochs=5"])
 
 
 def test_shapes_have_the_real_sizes(tmp_path, tiny_models):
     """The GPU rows' shapes match the published parameter counts of the architectures they stand for."""
     from transformers import AutoConfig, AutoModel
 
-    speed = _speed()
+    speed = load_benchmark("speed")
     expect = {"roberta-base": 124.6e6, "distilbert-base": 66.4e6, "smollm2-360m": 361.8e6}
     vocab = {"roberta-base": 50265, "distilbert-base": 30522, "smollm2-360m": 49152}
     for shape, params in expect.items():

@@ -1,21 +1,12 @@
 """The decoder benchmarks (shared prefix speed, memory levers) run end to end on a tiny Llama."""
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark
 
 
 def test_prefix_speed_harness_on_a_tiny_llama(tiny_models, synth_dir, tmp_path, capsys):
-    rows = _bench("prefix_speed").main(["--model", str(tiny_models["llama"]), "--data", str(synth_dir), "--n", "12",
-                                        "--few-shot", "0", "2", "--batch", "4", "--json", str(tmp_path / "r.json")])
+    rows = load_benchmark("prefix_speed").main(["--model", str(tiny_models["llama"]), "--data", str(synth_dir),
+                                                "--n", "12", "--few-shot", "0", "2", "--batch", "4",
+                                                "--json", str(tmp_path / "r.json")])
     assert [r["few_shot"] for r in rows] == [0, 2] and all(r["n"] == 12 for r in rows)
     for r in rows:
         assert r["off_per_s"] > 0 and r["on_per_s"] > 0 and r["max_abs_diff"] < 1e-4

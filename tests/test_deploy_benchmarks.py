@@ -1,23 +1,14 @@
 """The deployment benchmark harnesses run end to end on a tiny model (numbers are not checked: no
 timing assertions in tests; the measured ones are in docs/benchmarks.md)."""
 
-import importlib.util
-
 import pytest
 
 import loraclf
-from conftest import REPO, tiny_overrides
+from conftest import load_benchmark, tiny_overrides
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +19,7 @@ def run(tiny_models, synth_dir, tmp_path_factory):
 
 
 def test_export_speed_harness(run, synth_dir, tmp_path, capsys):
-    res = _module("export_speed").main(["--run", str(run), "--data", str(synth_dir), "--rows", "50",
+    res = load_benchmark("export_speed").main(["--run", str(run), "--data", str(synth_dir), "--rows", "50",
                                          "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
     assert [r["variant"] for r in res["results"]] == ["pytorch-fp32", "onnx-fp32", "onnx-int8"]
     assert all(r["texts_per_s"] > 0 and r["test_n"] == 60 for r in res["results"])
@@ -37,7 +28,7 @@ def test_export_speed_harness(run, synth_dir, tmp_path, capsys):
 
 
 def test_serve_load_harness(run, synth_dir, tmp_path, capsys):
-    res = _module("serve_load").main(["--model", str(run), "--data", str(synth_dir), "--clients", "1", "4",
+    res = load_benchmark("serve_load").main(["--model", str(run), "--data", str(synth_dir), "--clients", "1", "4",
                                        "--requests", "12", "--seconds", "30"])  # the time bound only guards a hang
     assert [(r["server"], r["clients"]) for r in res["rows"]] == [
         ("micro-batching", 1), ("micro-batching", 4), ("batch size 1", 1), ("batch size 1", 4)]

@@ -1,25 +1,16 @@
 """benchmarks/few_shot.py: the same K rows a class for both tools, the real SetFit beside loraclf, and a
 summary that compares them only on the seeds both ran."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _few_shot():
-    spec = importlib.util.spec_from_file_location("bench_few_shot", REPO / "benchmarks" / "few_shot.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark
 
 
 def test_k_rows_a_class_seeded():
-    few = _few_shot().few
+    few = load_benchmark("few_shot").few
     train = pd.DataFrame({"text": [f"t{i}" for i in range(90)], "label": ["a"] * 60 + ["b"] * 20 + ["c"] * 10})
     rows = few(train, 8, seed=3)
     assert rows["label"].value_counts().to_dict() == {"a": 8, "b": 8, "c": 8}
@@ -32,7 +23,7 @@ def test_summary_pairs_the_seeds_both_tools_ran(tmp_path):
             for s, t, a in [(0, "setfit", 0.6), (1, "setfit", 0.8), (0, "loraclf", 0.7), (2, "loraclf", 0.1)]]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    line = _few_shot().summarize(path).splitlines()[-1]
+    line = load_benchmark("few_shot").summarize(path).splitlines()[-1]
     assert line.startswith("| d | 8 | loraclf | 0.600 (0.000) | 0.700 (0.000) | +0.100 |") and line.endswith("| 1 |")
 
 
@@ -40,8 +31,8 @@ def test_summary_pairs_the_seeds_both_tools_ran(tmp_path):
 def test_both_tools_train_on_the_same_rows_of_sst2(tmp_path, capsys):
     pytest.importorskip("setfit", reason="SetFit is the benchmark's peer: pip install -e '.[bench]'")
     out = tmp_path / "fs"
-    table = _few_shot().main(["--datasets", "sst2", "--k", "4", "--seeds", "0", "--test-n", "40",
-                              "--out", str(out)])
+    args = ["--datasets", "sst2", "--k", "4", "--seeds", "0", "--test-n", "40", "--out", str(out)]
+    table = load_benchmark("few_shot").main(args)
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["tool"] for r in results] == ["setfit", "loraclf"]
     assert {(r["n_train"], r["n_test"]) for r in results} == {(8, 40)}
@@ -49,5 +40,5 @@ def test_both_tools_train_on_the_same_rows_of_sst2(tmp_path, capsys):
     assert results[1]["recipe"]["name"] == "few-shot"
     assert "| sst2 | 4 | loraclf |" in table and (out / "summary.md").read_text().strip() == table
     # a rerun skips what is recorded
-    _few_shot().main(["--datasets", "sst2", "--k", "4", "--seeds", "0", "--test-n", "40", "--out", str(out)])
+    load_benchmark("few_shot").main(args)
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
