@@ -5,7 +5,8 @@ the same rows for both), and both tools train on them with their defaults on the
 all-MiniLM-L6-v2. loraclf is given the same rows as validation (it carves nothing from them; the
 few-shot recipe evaluates once, at the end, and chooses nothing on it), as SetFit has no validation.
 Both are scored on one seeded sample of the test split (the same rows for every run). Nothing is
-chosen on test.
+chosen on test: ablations and any choice of the recipe score with `--score-on heldout` instead, a
+seeded sample of the train split's other rows (never one of the K a class).
 
 Training time is the wall time from loading the model to a trained model in memory: SetFit's
 `from_pretrained` + `Trainer.train()`, loraclf's `loraclf.train` (it also writes its run folder and
@@ -42,14 +43,25 @@ from loraclf.models.registry import resolve  # noqa: E402
 TEST_SEED = 123
 
 
+def few_index(train: pd.DataFrame, k: int, seed: int) -> list:
+    """Index of K rows of each class, seeded (all of a class smaller than K)."""
+    return [i for _, g in train.groupby("label") for i in g.sample(min(k, len(g)), random_state=seed).index]
+
+
 def few(train: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     """K rows of each class, seeded; shuffled."""
-    parts = [g.sample(min(k, len(g)), random_state=seed) for _, g in train.groupby("label")]
-    return pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
+    return train.loc[few_index(train, k, seed)].sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
 def test_sample(test: pd.DataFrame, n: int) -> pd.DataFrame:
     return test if n <= 0 or len(test) <= n else test.sample(n, random_state=TEST_SEED).reset_index(drop=True)
+
+
+def heldout_sample(train: pd.DataFrame, n: int, ks: list[int], seeds: list[int]) -> pd.DataFrame:
+    """Train rows that no run of this invocation trains on (any K, any seed), seeded: where variants are
+    compared and the recipe is chosen, so that test chooses nothing."""
+    used = {i for k in ks for seed in seeds for i in few_index(train, k, seed)}
+    return test_sample(train.drop(index=sorted(used)).reset_index(drop=True), n)
 
 
 def run_setfit(rows: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict:
@@ -102,22 +114,23 @@ def import_libraries(tools: list[str]) -> None:
 def done_keys(path: Path) -> set:
     if not path.exists():
         return set()
-    return {(r["dataset"], r["k"], r["seed"], r["tool"]) for r in map(json.loads, path.read_text().splitlines())}
+    return {(r["dataset"], r["k"], r["seed"], r["tool"], r.get("scored_on", "test"))
+            for r in map(json.loads, path.read_text().splitlines())}
 
 
 def summarize(path: Path) -> str:
     """One row per dataset, K and loraclf variant, against SetFit on the seeds both ran."""
-    df = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()])
-    lines = ["| dataset | K | loraclf variant | SetFit 1.2 acc (sd) | loraclf acc (sd) | diff | SetFit train s "
-             "| loraclf train s | time ratio | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (ds, k), g in df.groupby(["dataset", "k"], sort=False):
+    df = pd.DataFrame([{"scored_on": "test", **json.loads(x)} for x in path.read_text().splitlines()])
+    lines = ["| dataset | scored on | K | loraclf variant | SetFit 1.2 acc (sd) | loraclf acc (sd) | diff "
+             "| SetFit train s | loraclf train s | time ratio | seeds |", "|---" * 11 + "|"]
+    for (ds, on, k), g in df.groupby(["dataset", "scored_on", "k"], sort=False):
         for tool in [t for t in g.tool.unique() if t != "setfit"]:
             seeds = set(g[g.tool == "setfit"].seed) & set(g[g.tool == tool].seed)
             s, lo = (g[(g.tool == t) & g.seed.isin(seeds)] for t in ("setfit", tool))
             if not seeds:
                 continue
             diff = lo.accuracy.mean() - s.accuracy.mean()
-            lines.append(f"| {ds} | {k} | {tool} | {s.accuracy.mean():.3f} ({s.accuracy.std(ddof=0):.3f}) | "
+            lines.append(f"| {ds} | {on} | {k} | {tool} | {s.accuracy.mean():.3f} ({s.accuracy.std(ddof=0):.3f}) | "
                          f"{lo.accuracy.mean():.3f} ({lo.accuracy.std(ddof=0):.3f}) | {diff:+.3f} | "
                          f"{s.train_seconds.mean():.1f} | {lo.train_seconds.mean():.1f} | "
                          f"{lo.train_seconds.mean() / s.train_seconds.mean():.2f} | {len(seeds)} |")
@@ -131,6 +144,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--tools", nargs="+", default=["setfit", "loraclf"], choices=["setfit", "loraclf"])
     p.add_argument("--test-n", type=int, default=2000, help="seeded sample of the test split (0: all of it)")
+    p.add_argument("--score-on", choices=["test", "heldout"], default="test",
+                   help="heldout: score on other train rows instead of test (ablations, choosing the recipe)")
     p.add_argument("--out", default="runs/few-shot")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a loraclf override (repeatable), for ablations; name the variant with --label")
@@ -145,19 +160,21 @@ def main(argv: list[str] | None = None) -> str:
     import_libraries(args.tools)
     for ds in args.datasets:
         train = pd.read_csv(datasets_root() / ds / "train.csv")
-        test = test_sample(pd.read_csv(datasets_root() / ds / "test.csv"), args.test_n)
+        test = heldout_sample(train, args.test_n, args.k, args.seeds) if args.score_on == "heldout" else \
+            test_sample(pd.read_csv(datasets_root() / ds / "test.csv"), args.test_n)
         for k in args.k:
             for seed in args.seeds:
                 rows = few(train, k, seed)
                 for tool in args.tools:
                     if tool == "loraclf" and args.label:
                         tool = f"loraclf:{args.label}"
-                    if (ds, k, seed, tool) in done:
+                    if (ds, k, seed, tool, args.score_on) in done:
                         continue
                     work = out / "work" / f"{ds}-k{k}-s{seed}-{tool.replace(':', '-')}"
                     r = run_setfit(rows, test, seed) if tool == "setfit" else \
                         run_loraclf(rows, test, seed, work, args.sets)
-                    rec = {"dataset": ds, "k": k, "seed": seed, "tool": tool, "n_train": len(rows),
+                    rec = {"dataset": ds, "k": k, "seed": seed, "tool": tool, "scored_on": args.score_on,
+                           "n_train": len(rows),
                            "n_test": len(test), **r}
                     print(json.dumps({x: v for x, v in rec.items() if x != "recipe"}), flush=True)
                     with open(results, "a") as fh:

@@ -24,7 +24,7 @@ def test_summary_pairs_the_seeds_both_tools_ran(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = load_benchmark("few_shot").summarize(path).splitlines()[-1]
-    assert line.startswith("| d | 8 | loraclf | 0.600 (0.000) | 0.700 (0.000) | +0.100 |") and line.endswith("| 1 |")
+    assert line.startswith("| d | test | 8 | loraclf | 0.600 (0.000) | 0.700 (0.000) | +0.100 |") and line.endswith("| 1 |")
 
 
 @pytest.mark.slow
@@ -38,7 +38,7 @@ def test_both_tools_train_on_the_same_rows_of_sst2(tmp_path, capsys):
     assert {(r["n_train"], r["n_test"]) for r in results} == {(8, 40)}
     assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in results)
     assert results[1]["recipe"]["name"] == "few-shot"
-    assert "| sst2 | 4 | loraclf |" in table and (out / "summary.md").read_text().strip() == table
+    assert "| sst2 | test | 4 | loraclf |" in table and (out / "summary.md").read_text().strip() == table
     # a rerun skips what is recorded
     load_benchmark("few_shot").main(args)
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
