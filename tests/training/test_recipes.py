@@ -50,6 +50,7 @@ def test_user_settings_are_kept_and_reported():
     cfg, rec = _choose({"train.epochs": 5, "train.contrastive": 0.5}, 16)
     assert cfg.train.epochs == 5 and cfg.train.contrastive == 0.5
     assert rec["kept"] == {"train.epochs": 5, "train.contrastive": 0.5}
+    assert cfg.train.eval_steps == 5  # 16 rows, one batch an epoch: one evaluation, at the end of the 5
     assert "train.epochs" not in rec["changed"] and rec["changed"]["model.head"] == "embedding"
 
 

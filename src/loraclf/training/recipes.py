@@ -66,6 +66,8 @@ def _few_shot_settings(cfg: Config, task, n_train: int) -> dict:
     batch = cfg.train.batch_size
     steps_per_epoch = math.ceil(n_train / batch)
     steps = min(FEW_SHOT_MAX_STEPS, FEW_SHOT_EPOCHS * steps_per_epoch)
+    if cfg.train.epochs != default("train.epochs"):  # the user's epochs stand: evaluate once, at their end
+        steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     settings = {"model.head": FEW_SHOT_HEAD, **FEW_SHOT_SETTINGS, "train.epochs": steps / steps_per_epoch,
                 "train.eval_steps": steps}
     if not task.classes:
