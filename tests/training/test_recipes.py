@@ -30,6 +30,7 @@ def test_auto_chooses_by_rows_per_class():
     cfg, rec = _choose({}, 2 * FEW_SHOT_ROWS_PER_CLASS)
     assert rec["name"] == "few-shot" and cfg.train.recipe == "few-shot"
     assert cfg.model.head == "embedding" and cfg.train.contrastive == 1.0 and not cfg.train.group_by_length
+    assert cfg.train.batch_size == 16
     assert "64.0 a class" in rec["why"]
     # one evaluation, at the end: the schedule's step count
     assert cfg.train.eval_steps == round(cfg.train.epochs * np.ceil(128 / cfg.train.batch_size))
@@ -39,11 +40,13 @@ def test_auto_chooses_by_rows_per_class():
 
 def test_steps_are_bounded_whatever_the_size():
     small, _ = _choose({}, 4)  # one batch an epoch
-    assert small.train.eval_steps == 20 and small.train.epochs == 20
-    mid, _ = _choose({}, 100)  # 4 batches an epoch, 20 epochs
-    assert mid.train.eval_steps == 80 and mid.train.epochs == 20
-    big, _ = _choose({"train.recipe": "few-shot"}, 10_000)  # 313 batches an epoch: the cap on steps
-    assert big.train.eval_steps == FEW_SHOT_MAX_STEPS and big.train.epochs == FEW_SHOT_MAX_STEPS / 313
+    assert small.train.eval_steps == 20 and small.train.epochs == 20 and small.train.batch_size == 16
+    mid, _ = _choose({}, 100)  # 7 batches of 16 an epoch, 20 epochs
+    assert mid.train.eval_steps == 140 and mid.train.epochs == 20
+    own, _ = _choose({"train.batch_size": 50}, 100)  # the user's batch size counts the steps
+    assert own.train.eval_steps == 40 and own.train.batch_size == 50
+    big, _ = _choose({"train.recipe": "few-shot"}, 10_000)  # 625 batches an epoch: the cap on steps
+    assert big.train.eval_steps == FEW_SHOT_MAX_STEPS and big.train.epochs == FEW_SHOT_MAX_STEPS / 625
 
 
 def test_user_settings_are_kept_and_reported():

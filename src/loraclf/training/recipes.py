@@ -12,6 +12,7 @@ ablation behind each one):
   the class means of the trained embeddings after training;
 - twenty passes over train instead of three (a few dozen rows make one optimizer step an epoch), at
   most FEW_SHOT_MAX_STEPS steps;
+- batches of 16: twice the updates for the same passes;
 - random batches (length grouping could put one class in a batch, which gives the contrastive loss
   nothing to contrast) and one evaluation, at the end: choosing the best of many evaluations on a
   handful of validation rows picks noise.
@@ -34,7 +35,8 @@ FEW_SHOT_ROWS_PER_CLASS = 64
 FEW_SHOT_HEAD = "embedding"
 FEW_SHOT_EPOCHS = 20  # passes over train...
 FEW_SHOT_MAX_STEPS = 300  # ...in at most this many optimizer steps (train.recipe=few-shot on a large train)
-FEW_SHOT_SETTINGS = {"train.contrastive": 1.0, "train.group_by_length": False, "lora.dropout": 0.0}
+FEW_SHOT_SETTINGS = {"train.contrastive": 1.0, "train.group_by_length": False, "lora.dropout": 0.0,
+                     "train.batch_size": 16}
 
 
 def choose_recipe(cfg: Config, task, n_train: int, train_labels, is_encoder) -> tuple[Config, Optional[dict]]:
@@ -63,7 +65,8 @@ def choose_recipe(cfg: Config, task, n_train: int, train_labels, is_encoder) -> 
 
 
 def _few_shot_settings(cfg: Config, task, n_train: int) -> dict:
-    batch = cfg.train.batch_size
+    at_default = cfg.train.batch_size == default("train.batch_size")
+    batch = FEW_SHOT_SETTINGS["train.batch_size"] if at_default else cfg.train.batch_size
     steps_per_epoch = math.ceil(n_train / batch)
     steps = min(FEW_SHOT_MAX_STEPS, FEW_SHOT_EPOCHS * steps_per_epoch)
     if cfg.train.epochs != default("train.epochs"):  # the user's epochs stand: evaluate once, at their end
