@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import load_benchmark
+from conftest import DATASETS, load_benchmark
 
 
 def test_k_rows_a_class_seeded():
@@ -24,12 +24,15 @@ def test_summary_pairs_the_seeds_both_tools_ran(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = load_benchmark("few_shot").summarize(path).splitlines()[-1]
-    assert line.startswith("| d | test | 8 | loraclf | 0.600 (0.000) | 0.700 (0.000) | +0.100 |") and line.endswith("| 1 |")
+    assert line.startswith("| d | test | 8 | loraclf | 0.600 (0.000) | 0.700 (0.000) | +0.100 |")
+    assert line.endswith("| 1 |")
 
 
 @pytest.mark.slow
-def test_both_tools_train_on_the_same_rows_of_sst2(tmp_path, capsys):
+def test_both_tools_train_on_the_same_rows_of_sst2(tmp_path, monkeypatch):
     pytest.importorskip("setfit", reason="SetFit is the benchmark's peer: pip install -e '.[bench]'")
+    monkeypatch.setenv("LORACLF_DATASETS", str(DATASETS.resolve()))  # before leaving the repository root
+    monkeypatch.chdir(tmp_path)  # SetFit writes checkpoints under the working directory unless told
     out = tmp_path / "fs"
     args = ["--datasets", "sst2", "--k", "4", "--seeds", "0", "--test-n", "40", "--out", str(out)]
     table = load_benchmark("few_shot").main(args)
@@ -42,3 +45,4 @@ def test_both_tools_train_on_the_same_rows_of_sst2(tmp_path, capsys):
     # a rerun skips what is recorded
     load_benchmark("few_shot").main(args)
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fs"]  # nothing written outside --out
