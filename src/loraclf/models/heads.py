@@ -375,6 +375,7 @@ class EmbeddingHead(Head):
 
     @classmethod
     def build(cls, cfg, data, task, choose_rank, quiet=False):
+        import torch
         from accelerate.utils import set_seed
 
         from .build import Built, weights_fingerprint
@@ -385,7 +386,8 @@ class EmbeddingHead(Head):
         label_config(encoder.config, task)
         model = EmbeddingClassifier(encoder, task.num_outputs, checkpoint_pooling(resolved.path))
         base_id = weights_fingerprint(encoder)
-        auto_lora = choose_rank(cfg, data.labels.id2label, quiet=quiet, base=(encoder.config, []))
+        with torch.random.fork_rng(devices=[]):  # as in ClassifierHead.build: the seeded stream stays as it was
+            auto_lora = choose_rank(cfg, data.labels.id2label, quiet=quiet, base=(encoder.config, []))
         targets = apply_embedding_method(model, cfg.model.method, with_choice(cfg.lora, auto_lora))
         head = cls(model, tok, task)
         head.quantize = cfg.model.quantize
@@ -396,18 +398,23 @@ class EmbeddingHead(Head):
     def init_prototypes(self, train, max_length: int) -> None:
         """Start the linear layer at the class prototypes of the untrained embedding (tasks with classes
         scored by softmax; others keep the default initialisation)."""
-        import torch
-
-        from .embedding import PROTOTYPE_TEXTS, embed_all
+        from .embedding import PROTOTYPE_TEXTS
 
         if not self.task.prototype_init:
             return
         n = min(len(train), PROTOTYPE_TEXTS)
         pairs = None if train.pairs is None else train.pairs[:n]
         enc = self.encode(train.texts[:n], train.labels[:n], max_length, pairs)
-        device = next(self.model.parameters()).device
+        self._set_prototypes(enc, next(self.model.parameters()).device)
+
+    def _set_prototypes(self, enc: Encoded, device) -> None:
+        """The linear layer becomes the class prototypes (each class's mean embedding of `enc`'s texts)."""
+        import torch
+
+        from .embedding import embed_all
+
         emb = embed_all(self.model, enc, self.tokenizer.pad_token_id, 64, device)
-        self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(train.labels[:n])))
+        self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(enc.labels)))
 
     def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
         return encode(self.tokenizer, texts, labels, max_length, pairs)
@@ -415,13 +422,8 @@ class EmbeddingHead(Head):
     def finish_training(self, train: Encoded, device) -> None:
         """Trained contrastively, the embedding clusters by class: the layer becomes the nearest class mean
         of the trained embeddings (which the layer trained beside it lags behind; docs/few-labels.md)."""
-        import torch
-
-        from .embedding import embed_all
-
         if self.contrastive and self.task.prototype_init:
-            emb = embed_all(self.model, train, self.tokenizer.pad_token_id, 64, device)
-            self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(train.labels)))
+            self._set_prototypes(train, device)
 
     def base_model(self) -> "torch.nn.Module":
         return self.model.encoder

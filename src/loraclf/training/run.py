@@ -351,15 +351,14 @@ def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = N
 
     t_start = time.perf_counter()
     cfg = _resolve_config(config, overrides, resume)
+    check_installed(cfg.report)  # here, not when a config is read: Run.config must load anywhere
     if cfg.train.cv_folds and data is None:
         if resume is not None:
             raise LoraclfError(f"--resume {resume}: a cross-validation run is not resumed; resume one of its "
                                "folds/ or train it again")
         from .cv import cross_validate
 
-        check_installed(cfg.report)
         return Run(cross_validate(replace_fields(cfg, {"name": cfg.name or default_name(cfg)}), train, quiet, callback))
-    check_installed(cfg.report)  # here, not when a config is read: Run.config must load anywhere
     accelerator = make_accelerator(cfg.train)  # refuses fp16/bf16 without a GPU before any work
     cfg, run_dir = _run_dir_of(cfg, resume, accelerator)
     locks: list[RunLock] = []
