@@ -55,14 +55,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .deploy.predict import check_output, write_atomic
+    from .deploy.predict import check_output
     from .evaluation.evaluate import evaluate_artifact
+    from .schema import write_text_atomic
 
     check_output(args.output, [args.data])  # before the model loads and the data is scored
     sets = [f"data.path={args.data}"] + list(args.set or [])
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
-        write_atomic(args.output, json.dumps(m, indent=2))
+        write_text_atomic(args.output, json.dumps(m, indent=2))
     from .evaluation.metrics import METRICS
     from .tasks import task_class
 

@@ -46,17 +46,6 @@ def check_output(path: Optional[str], inputs: Sequence[Optional[str]] = ()) -> N
                                "choose another output file")
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """A file that appears whole or not at all (a temporary name beside it, then a rename)."""
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _file_chunks(path: Path, fmt: str, cols: Sequence[str], id_column: Optional[str]) -> Iterator[Chunk]:
     row = 1
     for df in iter_table(path, fmt, CHUNK_ROWS):

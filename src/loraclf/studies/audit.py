@@ -14,11 +14,12 @@ task (confident learning by cleanlab for classes and label sets), and writes wha
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Optional
 
 from ..errors import LoraclfError
-from ..schema import RunDir
+from ..schema import RunDir, write_text_atomic
 from ..tasks import task_of
 
 SHOWN = 50  # suspects listed in metrics.json and the report; audit.csv has all of them
@@ -56,13 +57,12 @@ def audit_run(run_dir: str | Path, quiet: bool = True) -> dict:
 
 def _write_csv(path: Path, issues: list[dict]) -> None:
     fields = ["rank", "source", "row", "fold", "text", "given", "suggested", "p_given", "p_suggested", "quality"]
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for rank, x in enumerate(issues, 1):
-            w.writerow({**x, "rank": rank})
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for rank, x in enumerate(issues, 1):
+        w.writerow({**x, "rank": rank})
+    write_text_atomic(path, buf.getvalue())
 
 
 def audit(target: str, config: Optional[str] = None, sets: Optional[list[str]] = None, folds: int = 5,
