@@ -194,7 +194,8 @@ class LoraSection:
         "LoRA rank, or 'auto': the largest candidate (lora.auto_ranks x lora.auto_targets) whose trainable "
         "parameters fit train.max_trainable_params; the choice is printed and stored in metrics.json (budget).",
         range="[1,65536]")
-    alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r).", range=">0")
+    alpha: float = _f(16, "LoRA scaling numerator (scale = alpha / r). With r: auto and alpha left at 16, alpha "
+                      "follows the chosen rank (2 x r, the default scale 2).", range=">0")
     dropout: float = _f(0.1, "Dropout on the LoRA input.", range="[0,1)")
     target_modules: Optional[Union[str, list]] = _f(
         None, "Modules to adapt: a list of names, 'all-linear', or null for the per-architecture default."

@@ -114,14 +114,24 @@ def test_auto_rank_picks_the_largest_candidate_within_the_budget(tiny_models, sy
     assert m["budget"]["chosen"]["trainable"] == max(n for n in by.values() if n <= budget)
     saved = run.config.lora
     assert (saved.r, saved.target_modules) == (m["budget"]["chosen"]["r"], m["budget"]["chosen"]["target_modules"])
+    assert saved.alpha == m["budget"]["chosen"]["alpha"] == 2 * saved.r  # alpha follows r: the default scale 2
     # choosing the rank leaves the seeded run as it was: the same as asking for that rank directly
     explicit = loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
-        "name": "explicit", "train.epochs": 1, "lora.r": saved.r,
+        "name": "explicit", "train.epochs": 1, "lora.r": saved.r, "lora.alpha": saved.alpha,
         "lora.target_modules": f"[{', '.join(saved.target_modules)}]"}), quiet=True).metrics
     assert explicit["test"]["loss"] == pytest.approx(m["test"]["loss"], abs=1e-6)
     with pytest.raises(BudgetError, match="no candidate fits"):
         loraclf.train(None, tiny_overrides(model, synth_dir, tmp_path, **{
             "name": "none-fits", "lora.r": "auto", "train.max_trainable_params": 50}), quiet=True)
+
+
+def test_auto_alpha_follows_r_unless_set():
+    from loraclf.models.budget import auto_alpha
+
+    budget = "train.max_trainable_params=1000000"
+    lo = load_config(None, ["lora.r=auto", budget]).lora
+    assert auto_alpha(lo, 64)[0] == 128 and auto_alpha(lo, 1)[0] == 2
+    assert auto_alpha(load_config(None, ["lora.r=auto", "lora.alpha=32", budget]).lora, 64)[0] == 32
 
 
 def test_params_cli(tiny_models, capsys):

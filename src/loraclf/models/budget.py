@@ -219,10 +219,26 @@ def rank_candidates(arch_config, lora: LoraSection, num_labels: int, budget: int
             f"lora.r: auto: no candidate fits train.max_trainable_params={budget:,}; the smallest, r={small['r']} on "
             f"{_fmt_targets(small['target_modules'])}, trains {small['trainable']:,} (head alone {small['head']:,})")
     best = max(fitting, key=lambda x: (x["trainable"], _n_modules(x["target_modules"]), x["r"]))
-    return {"budget": budget, "chosen": {"r": best["r"], "target_modules": best["target_modules"],
+    alpha, alpha_rule = auto_alpha(lora, best["r"])
+    return {"budget": budget, "chosen": {"r": best["r"], "alpha": alpha, "target_modules": best["target_modules"],
                                          "trainable": best["trainable"]},
             "rule": "most trainable parameters within the budget; ties: more target modules, then higher rank",
-            "candidates": rows}
+            "alpha_rule": alpha_rule, "candidates": rows}
+
+
+AUTO_ALPHA_PER_RANK = 2  # the default scale alpha / r = 16 / 8
+
+
+def auto_alpha(lora: LoraSection, r: int) -> tuple[float, str]:
+    """The alpha that trains the rank `r: auto` chose, and the rule that gave it. LoRA's update is scaled by
+    alpha / r, so a fixed alpha would shrink the update of a large chosen rank (r=64 at alpha 16 trains at
+    scale 0.25, 8x below the default's 2): alpha follows r at the default scale, unless lora.alpha was set."""
+    from ..config import default
+
+    if lora.alpha != default("lora.alpha"):
+        return lora.alpha, f"lora.alpha={lora.alpha:g} as set (scale alpha / r = {lora.alpha / r:.3g})"
+    alpha = AUTO_ALPHA_PER_RANK * r
+    return alpha, f"alpha follows r: {AUTO_ALPHA_PER_RANK} x r = {alpha} (scale {AUTO_ALPHA_PER_RANK}, as 16 / 8)"
 
 
 def _adapter_method() -> str:
@@ -259,7 +275,7 @@ def resolve_auto_lora(cfg: Config, id2label: dict[int, str], quiet: bool = False
                              cfg.model.method)
     chosen = choice["chosen"]
     n_fit = sum(c["fits"] for c in choice["candidates"])
-    msg = (f"lora.r=auto: r={chosen['r']} on {_fmt_targets(chosen['target_modules'])}, "
+    msg = (f"lora.r=auto: r={chosen['r']} (alpha {chosen['alpha']:g}) on {_fmt_targets(chosen['target_modules'])}, "
            f"{chosen['trainable']:,} trainable params within the budget of {choice['budget']:,} "
            f"({n_fit} of {len(choice['candidates'])} candidates fit)")
     if not quiet:
@@ -306,7 +322,8 @@ def param_report(cfg: Config, num_labels: int, config_only: bool = True) -> dict
     if method.adapters and lora.r == "auto":
         auto = rank_candidates(arch, lora, num_labels, cfg.train.max_trainable_params, missing, head,
                                cfg.model.method)
-        lora = dataclasses.replace(lora, r=auto["chosen"]["r"], target_modules=auto["chosen"]["target_modules"])
+        lora = dataclasses.replace(lora, r=auto["chosen"]["r"], alpha=auto["chosen"]["alpha"],
+                                   target_modules=auto["chosen"]["target_modules"])
     elif lora.r == "auto":
         lora = dataclasses.replace(lora, r=8)  # unused: this method trains no LoRA adapters
     counts = count_config(arch, cfg.model.method, lora, num_labels, missing, head)

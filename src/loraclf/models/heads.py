@@ -508,7 +508,8 @@ def with_choice(lora, choice: Optional[dict]):
 
     if choice is None:
         return lora
-    return dataclasses.replace(lora, r=choice["chosen"]["r"], target_modules=choice["chosen"]["target_modules"])
+    chosen = choice["chosen"]
+    return dataclasses.replace(lora, r=chosen["r"], alpha=chosen["alpha"], target_modules=chosen["target_modules"])
 
 
 def register_head(cls: type[Head]) -> type[Head]:

@@ -185,7 +185,8 @@ def build_head(cfg: Config, data: Data, quiet: bool = False):
     head, built, auto_lora = head_cls.build(cfg, data, task, resolve_auto_lora, quiet=quiet)
     if auto_lora:  # what `lora.r: auto` chose is what config.yaml records: rerunning it trains the same
         chosen = auto_lora["chosen"]
-        cfg = replace_fields(cfg, {"lora.r": chosen["r"], "lora.target_modules": chosen["target_modules"]})
+        cfg = replace_fields(cfg, {"lora.r": chosen["r"], "lora.alpha": chosen["alpha"],
+                                   "lora.target_modules": chosen["target_modules"]})
     counts = count_parameters(built.model, built.modules_to_save)
     check_budget(counts, cfg.train.max_trainable_params)
     _check_max_length(cfg, built)
