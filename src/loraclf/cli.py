@@ -63,7 +63,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     sets = [f"data.path={args.data}"] + list(args.set or [])
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
-        write_text_atomic(args.output, json.dumps(m, indent=2))
+        from .data.remote import is_url, local_output, upload
+
+        local = local_output(args.output) if is_url(args.output) else args.output
+        write_text_atomic(local, json.dumps(m, indent=2))
+        if local != args.output:
+            upload(local, args.output)
     from .evaluation.metrics import METRICS
     from .tasks import task_class
 

@@ -31,6 +31,7 @@ from .files import (
     read_texts,
     resolve_path,
 )
+from .remote import shown
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -119,7 +120,7 @@ def _read_frames(cfg: DataConfig) -> tuple[dict[str, tuple[object, str]], Option
             frames[split] = (df, f"{cfg.path}[{split}]")
             hub_names = hub_names or df.attrs.get("label_names")
     for split, path in find_files(cfg).items():
-        frames[split] = (read_table(path, cfg.format), str(path))
+        frames[split] = (read_table(path, cfg.format), shown(path))
     return frames, hub_names
 
 
@@ -195,7 +196,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test", task: Optional[typ
     else:
         raise DataError("no data: give a dataset folder or file")
     if path is not None:
-        df, where = read_table(path, cfg.format), str(path)
+        df, where = read_table(path, cfg.format), shown(path)
     texts, labels = _labelled_rows(df, cols, cfg, names, where, "the file", task or task_class(None))
     return texts[0], texts[1] if len(texts) > 1 else None, labels, where
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 
 from ..errors import DataError
+from .remote import is_url, local_copy, shown
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -51,7 +52,7 @@ def _format_of(path: Path, fmt: str) -> str:
     if suffixes and suffixes[-1] in EXTENSIONS:
         return EXTENSIONS[suffixes[-1]]
     raise DataError(
-        f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)"
+        f"{shown(path)}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)"
     )
 
 
@@ -66,8 +67,11 @@ def _find_split_file(folder: Path, split: str) -> Optional[Path]:
     return None
 
 
-def resolve_path(path: str) -> Path:
-    """A path as given, or a bare dataset name under the datasets root."""
+def resolve_path(path: str, what: str = "data path") -> Path:
+    """A path as given, a bare dataset name under the datasets root, or the local copy of a remote file
+    (a URL: s3://, gs://, https://, ...; see data/remote.py)."""
+    if is_url(path):
+        return local_copy(path, what)
     p = Path(path).expanduser()
     if p.exists():
         return p
@@ -82,6 +86,8 @@ def resolve_path(path: str) -> Path:
 def _explicit_file(explicit: str, split: str) -> Path:
     """A per-split option (data.train, data.test, ...): looked up like data.path, as given or under
     the datasets root."""
+    if is_url(explicit):
+        return local_copy(explicit, f"data.{split}")
     try:
         return resolve_path(explicit)
     except DataError:
@@ -145,7 +151,7 @@ def _check_header(path: Path, sep: str) -> None:
         header = next(csv.reader(fh, delimiter=sep), [])
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
-        raise DataError(f"{path}: the header names column {dupes[0]!r} {header.count(dupes[0])} times; "
+        raise DataError(f"{shown(path)}: the header names column {dupes[0]!r} {header.count(dupes[0])} times; "
                         "rename the columns so each name is used once")
 
 
@@ -177,14 +183,15 @@ def _jsonl_frames(path: Path, chunk_rows: Optional[int]) -> Iterator:
             try:
                 obj = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+                raise DataError(f"{shown(path)}: line {lineno} is not valid JSON ({e.msg})") from None
             except RecursionError:
-                raise DataError(f"{path}: line {lineno} is nested too deeply to be a row of text and label") from None
+                raise DataError(f"{shown(path)}: line {lineno} is nested too deeply to be a row of text and "
+                                "label") from None
             except _DuplicateKey as e:
-                raise DataError(f"{path}: line {lineno} gives the key {e.args[0]!r} twice; give each field once") \
-                    from None
+                raise DataError(f"{shown(path)}: line {lineno} gives the key {e.args[0]!r} twice; give each "
+                                "field once") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {lineno} is not a JSON object (got {type(obj).__name__})")
+                raise DataError(f"{shown(path)}: line {lineno} is not a JSON object (got {type(obj).__name__})")
             rows.append(obj)
             if chunk_rows and len(rows) == chunk_rows:
                 yield pd.DataFrame(rows)
@@ -206,11 +213,11 @@ def _json_frame(path: Path):
     try:
         json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
-        raise DataError(f"{path}: nested too deeply to be a table of texts and labels") from None
+        raise DataError(f"{shown(path)}: nested too deeply to be a table of texts and labels") from None
     except _DuplicateKey as e:
-        raise DataError(f"{path}: an object gives the key {e.args[0]!r} twice; give each field once") from None
+        raise DataError(f"{shown(path)}: an object gives the key {e.args[0]!r} twice; give each field once") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise DataError(f"{shown(path)}: not valid JSON ({e.msg}, line {e.lineno})") from None
     return pd.read_json(io.StringIO(text), dtype=False)
 
 
@@ -242,19 +249,20 @@ def iter_table(path: Path, fmt: str = "auto", chunk_rows: Optional[int] = CHUNK_
     import pandas as pd
 
     kind = _format_of(path, fmt)
+    where = shown(path)
     try:
         yield from _frames(path, kind, chunk_rows)
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8 text at {_bad_bytes_location(path)}") from None
+        raise DataError(f"{where}: not valid UTF-8 text at {_bad_bytes_location(path)}") from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty") from None
+        raise DataError(f"{where}: the file is empty") from None
     except ImportError as e:
-        raise DataError(f"{path}: reading it needs an optional package ({e.name or e}); pip install it") from None
+        raise DataError(f"{where}: reading it needs an optional package ({e.name or e}); pip install it") from None
     except (EOFError, zlib.error, lzma.LZMAError) as e:
-        raise DataError(f"{path}: the compressed file is damaged or truncated ({type(e).__name__})") from None
+        raise DataError(f"{where}: the compressed file is damaged or truncated ({type(e).__name__})") from None
     except (pd.errors.ParserError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot parse as {kind}: {first}") from None
+        raise DataError(f"{where}: cannot parse as {kind}: {first}") from None
 
 
 def read_table(path: Path, fmt: str = "auto"):

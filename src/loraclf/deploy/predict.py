@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Sequence
 
 from ..config import default
 from ..data import CHUNK_ROWS, iter_table, read_texts
+from ..data.remote import is_url, local_copy, local_output, shown, upload
 from ..errors import LoraclfError
 
 
@@ -31,6 +32,9 @@ def check_output(path: Optional[str], inputs: Sequence[Optional[str]] = ()) -> N
     """An output file that can be written, checked before any work is done: never one of the inputs
     (through a link or another spelling of its path), never a folder, in a folder that exists."""
     if path is None:
+        return
+    if is_url(path):  # written locally, uploaded when complete: only the protocol can be checked now
+        local_output(path)
         return
     p = Path(path)
     if p.is_dir():
@@ -49,11 +53,12 @@ def check_output(path: Optional[str], inputs: Sequence[Optional[str]] = ()) -> N
 def _file_chunks(path: Path, fmt: str, cols: Sequence[str], id_column: Optional[str]) -> Iterator[Chunk]:
     row = 1
     for df in iter_table(path, fmt, CHUNK_ROWS):
-        texts = read_texts(df, list(cols), str(path), hint="use --text-column", first_row=row)
+        texts = read_texts(df, list(cols), shown(path), hint="use --text-column", first_row=row)
         ids = None
         if id_column:
             if id_column not in df.columns:
-                raise LoraclfError(f"{path}: no id column '{id_column}' (columns: {', '.join(map(str, df.columns))})")
+                raise LoraclfError(f"{shown(path)}: no id column '{id_column}' (columns: "
+                                   f"{', '.join(map(str, df.columns))})")
             ids = df[id_column].tolist()
         row += len(df)
         yield Chunk(texts[0], texts[1] if len(texts) > 1 else None, ids)
@@ -75,7 +80,7 @@ def input_chunks(path: Optional[str], fmt: str, cols: Sequence[str], id_column: 
     """Chunks of texts (and second texts, ids) from a file, or one text per line from stdin. The
     first chunk is read at once, so a missing file or column fails before the model loads."""
     if path:
-        p = Path(path)
+        p = local_copy(path, "--input") if is_url(path) else Path(path)
         if not p.is_file():
             raise LoraclfError(f"--input: file not found: {p}")
         chunks = _file_chunks(p, fmt, cols, id_column)
@@ -124,6 +129,11 @@ def predict_csv(clf, chunks: Iterator[Chunk], output: Optional[str], id_column: 
     A file is written under a temporary name and renamed at the end: a crash leaves no partial output."""
     from tqdm.auto import tqdm
 
+    if output is not None and is_url(output):  # s3://, gs://, ...: written locally, then uploaded whole
+        local = local_output(output)
+        n = predict_csv(clf, chunks, str(local), id_column, batch_size, progress)
+        upload(local, output)
+        return n
     bar = tqdm(desc="predict", unit="text", disable=not progress, leave=False)
     try:
         if output is None:
