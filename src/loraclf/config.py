@@ -324,6 +324,19 @@ class ReportConfig:
     top_errors: int = _f(20, "Most confident mistakes listed in the report and metrics.json.", range=">=0")
     length_buckets: int = _f(5, "Word-length buckets (equal counts) for accuracy by length.", range=">=1")
     examples_per_confusion: int = _f(3, "Example texts kept per (gold, predicted) confusion pair.", range=">=0")
+    license: Optional[str] = _f(
+        None, "The model card's `license`: a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...) that the base "
+        "model's and the training data's licenses allow. null: the card names no license.")
+    language: Optional[Union[str, list]] = _f(
+        None, "The model card's `language`: the language(s) of the texts, as ISO 639-1 codes (en, or a list). "
+        "null: the card names none.")
+    dataset_ids: Optional[Union[str, list]] = _f(
+        None, "Hub ids of the datasets the model was trained on (e.g. stanfordnlp/sst2), for the model card's "
+        "`datasets` and `model-index`. null: the id of a data.path of hf:<id>, else none (the card names a "
+        "local folder, never as a Hub dataset).")
+    card_examples: int = _f(
+        2, "Validation texts shown as the model card's widget examples (the Hub's inference box); 0: none, e.g. "
+        "for private data.", range=">=0")
 
 
 def _validate_report(r: "ReportConfig") -> None:
