@@ -148,3 +148,57 @@ def test_multilabel_rows_and_mixed_tasks(runs, tmp_path):
     with pytest.raises(LoraclfError, match=r"^runs of different tasks do not compare: lora-r4 \(single-label\), "
                                            r"ml-0 \(multi-label\)$"):
         C.compare_rows([runs[0], ml[0]])
+
+
+def _set_source(run, split: str, source: str) -> None:
+    f = run / "metrics.json"
+    m = json.loads(f.read_text())
+    m["data"]["sources"][split] = source
+    f.write_text(json.dumps(m))
+
+
+def test_runs_scored_on_different_test_sets_are_flagged(runs, tmp_path, capsys):
+    """200 test texts against 872: an n column on each table and a one-line warning, in the terminal and
+    on the comparison page; runs on the same texts get none."""
+    from loraclf.evaluation.report import compare_report
+
+    a, _ = runs
+    big = fake_run(tmp_path, name="big", seed=5, n_test=872)
+    rows = C.compare_rows([a, big])
+    assert [r["n"] for r in rows] == [200, 872]
+    assert main(["compare", str(a), str(big)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("warning: these runs were scored on different test sets (n = 200, 872): their metrics are "
+                      "not directly comparable")
+    assert next(line for line in out if line.startswith("n (test)")).split()[2:] == ["200", "872"]
+    assert "| n (test) |" in C.markdown_table(rows)
+    page = compare_report([a, big], tmp_path / "cmp.html").read_text()
+    assert ("<p class=low id=split-warning>warning: these runs were scored on different test sets (n = 200, 872): "
+            "their metrics are not directly comparable</p>") in page
+    assert "<th class=n>test n</th>" in page and ">872</span></td>" in page
+
+    same = C.compare_rows(list(runs))
+    assert C.split_warning(same) is None and "warning" not in C.compare_text(same)
+    assert "split-warning" not in compare_report(list(runs), tmp_path / "same.html").read_text()
+
+
+def test_runs_scored_on_different_test_files_are_flagged(tmp_path, capsys):
+    from loraclf.evaluation.report import compare_report
+
+    a, b = (fake_run(tmp_path, name=n, seed=3, n_test=100) for n in ("a", "b"))
+    _set_source(a, "test", "data/sst2/test.csv")
+    _set_source(b, "test", "data/sst2-hard/test.csv")
+    line = C.split_warning(C.compare_rows([a, b]))
+    assert line == ("warning: these runs were scored on different test sets (files data/sst2/test.csv, "
+                    "data/sst2-hard/test.csv): their metrics are not directly comparable")
+    assert main(["compare", str(a), str(b)]) == 0
+    assert capsys.readouterr().out.startswith(line + "\n")
+    assert line in compare_report([a, b], tmp_path / "cmp.html").read_text()
+    _set_source(b, "test", "data/sst2/test.csv")
+    assert C.split_warning(C.compare_rows([a, b])) is None
+
+
+def test_comparison_csv_has_unix_line_endings(runs, tmp_path):
+    C.write_csv(C.compare_rows(list(runs)), tmp_path / "r.csv")
+    data = (tmp_path / "r.csv").read_bytes()
+    assert b"\r" not in data and data.count(b"\n") == 3

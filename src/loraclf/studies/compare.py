@@ -115,6 +115,7 @@ def summarize_run(path: str | Path, split: Optional[str] = None, name: Optional[
             "extra": {k: dotted(cfg, k) for k in extra_keys},
             "trainable": params.get("trainable"), "total": params.get("total"),
             "trainable_pct": params.get("trainable_pct"), "task": task.name, "split": split, "n": sm.get("n"),
+            "source": None if split == CV else ((m.get("data") or {}).get("sources") or {}).get(split),
             **{k: sm.get(k) for k in task.row_metrics},
             "sd": {k: m["cv"]["sd"].get(k) for k in task.row_metrics} if split == CV else {},
             "per_class_f1": {k: v.get("f1") for k, v in (sm.get("per_class") or sm.get("per_label") or {}).items()},
@@ -220,6 +221,7 @@ def table_columns(rows: Sequence[dict]) -> list[tuple[str, Any]]:
     for lab in _labels(rows):
         cols.append((f"F1 {lab}", lambda r, lab=lab: _num((r.get("per_class_f1") or {}).get(lab), "{:.4f}")))
     cols += [
+        (f"n ({split})", lambda r: _num(r.get("n"))),  # texts scored: metrics on different n do not compare
         ("train time", lambda r: _secs(r.get("train_seconds"))),
         ("peak memory", lambda r: _num(r.get("peak_memory_mb"), "{:,.0f} MB")),
         ("artifact on disk", lambda r: _mb(r.get("artifact_bytes"))),
@@ -247,7 +249,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
     """The comparison table as CSV with raw numbers (bytes, seconds, fractions)."""
     fields = csv_fields(rows)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
+        w = csv.DictWriter(fh, fieldnames=fields, lineterminator="\n")  # not the csv module's '\r\n'
         w.writeheader()
         for r in rows:
             rec = {k: r.get(k) for k in ("run", "status", "model", "method", "targets", "r", "alpha", "split", "n",
@@ -358,10 +360,26 @@ def format_examples(rows: Sequence[dict], examples: list[dict], width: int = 110
     return "\n".join(out)
 
 
+def split_warning(rows: Sequence[dict]) -> Optional[str]:
+    """One line when the runs were scored on different texts: a different number of them (n), or different
+    files recorded for the split (metrics.json data.sources); None when nothing says so. The comparison
+    page (templates/compare.html.j2) words the same check the same way."""
+    split = next((r["split"] for r in rows if r.get("split")), "test")
+    ns = list(dict.fromkeys(r["n"] for r in rows if r.get("n") is not None))
+    sources = list(dict.fromkeys(r["source"] for r in rows if r.get("source")))
+    if len(ns) < 2 and len(sources) < 2:
+        return None
+    told = ([f"n = {', '.join(f'{n:,}' for n in ns)}"] if len(ns) > 1 else []) + (
+        [f"files {', '.join(sources)}"] if len(sources) > 1 else [])
+    return (f"warning: these runs were scored on different {split} sets ({'; '.join(told)}): "
+            "their metrics are not directly comparable")
+
+
 def compare_text(rows: Sequence[dict], examples: int = 0, seed: int = 0) -> str:
-    """What `loraclf compare` prints for :func:`compare_rows`: the side-by-side table, confusion
-    matrices, and sample predictions."""
-    parts = [side_by_side_table(rows)]
+    """What `loraclf compare` prints for :func:`compare_rows`: a warning when the runs were scored on
+    different texts, the side-by-side table, confusion matrices, and sample predictions."""
+    warning = split_warning(rows)
+    parts = ([warning, ""] if warning else []) + [side_by_side_table(rows)]
     if any(r.get("confusion_matrix") for r in rows):  # single-label only: other tasks have no such matrix
         parts += ["", f"confusion matrices ({rows[0]['split']}; rows: gold, columns: predicted)", "",
                   side_by_side_confusion(rows)]
