@@ -13,6 +13,11 @@ class DataError(LoraclfError):
     """A data file is missing, unreadable, or has bad rows, columns or labels."""
 
 
+class InputError(LoraclfError, TypeError):
+    """A Python API argument of the wrong kind (a string where a list of texts is expected, a tuple that is
+    not a pair). Also a TypeError, which is what Python code catches for that."""
+
+
 class ModelError(LoraclfError):
     """A model cannot be resolved or loaded."""
 

@@ -170,24 +170,34 @@ def _carve_and_cap(splits: dict[str, Split], cfg: DataConfig, seed: int, kind: t
             notes.append(f"{split} capped at {cap} rows ({how}seed {seed})")
 
 
-def load_labelled_split(cfg: DataConfig, split: str = "test", task: Optional[type[Task]] = None
+def load_labelled_split(cfg: DataConfig, split: str = "test", task: Optional[type[Task]] = None, table=None
                         ) -> tuple[list[str], Optional[list[str]], list, str]:
     """One labelled split as (texts, pairs, label names, source) for evaluating a trained model.
 
-    `data.path` may be a single file (used whatever `split` says) or a folder; nothing is carved,
-    capped or filtered, so every row of the file is scored.
+    `data.path` may be a single file (used whatever `split` says) or a folder; `table` (a DataFrame) replaces
+    both. Nothing is carved, capped or filtered, so every row is scored.
     """
     cols = _text_columns(cfg)
-    explicit = getattr(cfg, split, None)
     names = list(cfg.label_names) if cfg.label_names else None
+    if table is not None:
+        df, where = table, "the DataFrame"
+    else:
+        df, where, hub_names = _labelled_table(cfg, split)
+        names = names or hub_names
+    texts, labels = _labelled_rows(df, cols, cfg, names, where, "the file", task or task_class(None))
+    return texts[0], texts[1] if len(texts) > 1 else None, labels, where
+
+
+def _labelled_table(cfg: DataConfig, split: str):
+    """The table `split` of a data section names, where it came from, and a hub dataset's label names."""
+    explicit = getattr(cfg, split, None)
     if explicit:
         path: Optional[Path] = _explicit_file(explicit, split)
     elif cfg.path and cfg.path.startswith("hf:"):
         hub = _hf_load(cfg.path[3:])
         if split not in hub:
             raise DataError(f"{cfg.path}: the dataset has no {split} split (splits: {', '.join(hub)})")
-        path, df, where = None, hub[split], f"{cfg.path}[{split}]"
-        names = names or df.attrs.get("label_names")
+        return hub[split], f"{cfg.path}[{split}]", hub[split].attrs.get("label_names")
     elif cfg.path:
         root = resolve_path(cfg.path)
         path = root if root.is_file() else _find_split_file(root, split)
@@ -195,10 +205,7 @@ def load_labelled_split(cfg: DataConfig, split: str = "test", task: Optional[typ
             raise DataError(f"{root}: no {split} file found (expected {split}.csv, {split}.jsonl, ...)")
     else:
         raise DataError("no data: give a dataset folder or file")
-    if path is not None:
-        df, where = read_table(path, cfg.format), shown(path)
-    texts, labels = _labelled_rows(df, cols, cfg, names, where, "the file", task or task_class(None))
-    return texts[0], texts[1] if len(texts) > 1 else None, labels, where
+    return read_table(path, cfg.format), shown(path), None
 
 
 def carve_validation(train: Split, fraction: float, seed: int, task: type[Task]) -> tuple[Split, Split]:

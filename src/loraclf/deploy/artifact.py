@@ -12,7 +12,10 @@ Layout of ``artifact/``:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import default
-from ..errors import LoraclfError
+from ..errors import InputError, LoraclfError
 from ..schema import artifact_dir, read_meta
 
 BATCH_SIZE = default("train.eval_batch_size")
@@ -31,11 +34,17 @@ class Classifier:
     """A loaded classifier: ``predict`` returns the answers (label names; label lists for multi-label;
     scores for regression), ``predict_proba`` the outputs they come from (probabilities, or scores)."""
 
-    def __init__(self, head, meta: dict, device: torch.device):
-        self.head, self.meta, self.device = head, meta, device
+    def __init__(self, head, meta: dict, device: torch.device, path: Optional[Path] = None):
+        self.head, self.meta, self.device, self.path = head, meta, device, path
         self.labels: list[str] = list(meta["labels"])
         self.max_length: int = int(meta.get("max_length", 512))
         self.precision: str = "fp32"
+        self.run = None  # the run directory (a loraclf.Run) when loraclf.fit trained it
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kw) -> "Classifier":
+        """The same as :func:`loraclf.load` (the name transformers and SetFit users know)."""
+        return load(path, **kw)
 
     @property
     def model(self):
@@ -57,15 +66,85 @@ class Classifier:
                progress: bool = False) -> np.ndarray:
         from ..training.loop import predict_logits
 
-        if isinstance(texts, str):
-            raise TypeError("predict() takes a list of texts, not a single string")
+        texts, pairs = self._inputs(texts, pairs)
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        enc = self.head.encode(list(texts), None, self.max_length, pairs)
+        enc = self.head.encode(texts, None, self.max_length, pairs)
         # fp32 by default so the numbers match the run's metrics; precision="bf16"/"fp16" trades that for speed
         low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, dtype=low or torch.float32, enabled=low is not None):
             return predict_logits(self.head, enc, batch_size, progress=progress)
+
+    def _inputs(self, texts, pairs) -> tuple[list[str], Optional[list[str]]]:
+        """Texts (and second texts) as the model reads them: (a, b) tuples are pairs, like `pairs=`; a model
+        trained on pairs refuses single texts, and one trained on single texts refuses pairs."""
+        if isinstance(texts, str):
+            raise InputError("predict() takes a list of texts, not a single string: predict([text])")
+        texts = list(texts)
+        tuples = [isinstance(t, (tuple, list)) for t in texts]
+        if any(tuples):
+            if pairs is not None or not all(tuples) or any(len(t) != 2 for t in texts):
+                raise InputError("predict(): give every input as an (a, b) pair, or texts with pairs=[...], not both")
+            texts, pairs = [a for a, _ in texts], [b for _, b in texts]
+        bad = next((t for t in [*texts, *(pairs or [])] if not isinstance(t, str)), None)
+        if bad is not None:
+            raise InputError(f"predict(): every text must be a string, got {type(bad).__name__}: {bad!r:.60}")
+        if pairs is not None and len(pairs) != len(texts):
+            raise InputError(f"predict(): {len(texts)} texts but {len(pairs)} pairs")
+        columns = self.meta.get("text_column", "text")
+        reads_pairs = isinstance(columns, list) and len(columns) == 2
+        if texts and reads_pairs != (pairs is not None):
+            raise InputError(f"this model reads text pairs ({', '.join(columns)}): give (a, b) tuples or pairs=[...]"
+                             if reads_pairs else "this model reads one text per input, not pairs")
+        return texts, list(pairs) if pairs is not None else None
+
+    def evaluate(self, data, split: str = "test", batch_size: int = BATCH_SIZE, **data_settings) -> dict:
+        """Metrics on labelled data: a DataFrame (or anything :func:`loraclf.fit` takes) with the columns the
+        model was trained on, or a file / dataset folder (its `split`). `data_settings` are data fields
+        (``label_column="sentiment"``) when the columns differ."""
+        from ..data.tables import as_frame, is_path
+        from ..evaluation.evaluate import evaluate_classifier
+
+        sets = [f"data.{k}={json.dumps(v)}" for k, v in data_settings.items()]
+        if is_path(data):
+            return evaluate_classifier(self, [f"data.path={os.fspath(data)}", *sets], split, batch_size=batch_size)
+        text = data_settings.get("text_column", self.meta.get("text_column", "text"))
+        cols = ([text] if isinstance(text, str) else list(text)) + [data_settings.get(
+            "label_column", self.meta.get("label_column") or "label")]
+        frame, _ = as_frame(data, cols, "evaluate(data=...)")
+        return evaluate_classifier(self, sets, split, table=frame, batch_size=batch_size)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Copy the artifact (weights, tokenizer, labels, model card) to a new or empty `directory`."""
+        from .export import _check_output
+
+        if self.path is None:
+            raise LoraclfError("this classifier was not loaded from an artifact folder; nothing to copy")
+        out = _check_output(Path(directory))
+        stage = out.parent / f".partial-save-{os.getpid()}-{out.name}"
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            shutil.copytree(self.path, stage)
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.replace(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return out
+
+    def push_to_hub(self, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,
+                    commit_message: str = "Upload loraclf classifier") -> str:
+        """Upload the artifact folder to the Hugging Face Hub as model repo `repo_id` (created if needed);
+        returns the commit URL. Needs network and a token (`token=` or `huggingface-cli login`)."""
+        from huggingface_hub import HfApi
+
+        if self.path is None:
+            raise LoraclfError("this classifier was not loaded from an artifact folder; nothing to upload")
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(self.path), repo_id=repo_id, repo_type="model",
+                                 commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
                       pairs: Optional[Sequence[str]] = None, progress: bool = False) -> np.ndarray:
@@ -98,9 +177,12 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
     with _loading(art):
         head = runtime_head(meta).load(art, meta, tok, task, base_model, merge, allow_other_base)
     head.model.to(dev).eval()
-    clf = Classifier(head, meta, dev)
+    clf = Classifier(head, meta, dev, art)
     clf.precision = precision
     return clf
+
+
+from_pretrained = load  # the name transformers and SetFit users know
 
 
 @contextlib.contextmanager

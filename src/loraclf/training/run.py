@@ -148,7 +148,9 @@ def _check_max_length(cfg: Config, built) -> None:
 
 def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
     if resume is None:
-        return config if isinstance(config, Config) else load_config(config, overrides)
+        if isinstance(config, Config):  # a Config object, with overrides applied on top
+            return load_config(config.to_dict(), overrides) if overrides else config
+        return load_config(config, overrides)
     run = RunDir(resume)
     if not run.config_path.exists():
         raise LoraclfError(f"--resume {run.path}: no config.yaml there; is it a run directory?")
@@ -338,8 +340,9 @@ def _announce(cfg: Config, built, data: Data, task: Task, counts: dict, run_dir:
         print(f"loraclf: {note}")
 
 
-def train(config: Config | str | os.PathLike, overrides: Optional[list[str]] = None, resume: Optional[str] = None,
-          quiet: bool = False, callback: Optional[Callable[[dict], None]] = None, data: Optional[Data] = None) -> Run:
+def train(config: Config | dict | str | os.PathLike | None, overrides: Optional[list[str] | dict] = None,
+          resume: Optional[str] = None, quiet: bool = False, callback: Optional[Callable[[dict], None]] = None,
+          data: Optional[Data] = None) -> Run:
     """Train and evaluate one config; returns the finished :class:`Run`.
 
     `resume` is a run directory whose checkpoints/ holds the state to continue from; its
