@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import synthetic_rows, tiny_overrides, write_csv
 
 import loraclf
+from conftest import synthetic_rows, tiny_overrides, write_csv
 from loraclf.errors import ConfigError, DataError, InputError, LoraclfError
 
 FAST = {"train__epochs": 2, "batch_size": 16, "lr": 5e-3, "eval_batch_size": 64, "max_length": 32,

@@ -597,13 +597,23 @@ def read_yaml_mapping(path: str | os.PathLike, kind: str, not_mapping: str) -> d
 
 
 def load_config(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike | dict | None = None,
     overrides: list[str] | dict | None = None,
 ) -> Config:
-    """Load a YAML config (optional), apply dotted overrides and validate every field."""
+    """Load a YAML config (optional; or a mapping of sections as one holds them), apply dotted overrides and
+    validate every field."""
+    import copy
+
     tree: dict = {}
-    if path is not None:
+    if isinstance(path, dict):
+        tree = copy.deepcopy(path)
+    elif isinstance(path, (str, os.PathLike)):
         tree = read_yaml_mapping(path, "config", "top level must be a mapping of config sections")
+    elif path is not None:
+        raise ConfigError(f"a config is a YAML file, a mapping of sections or a Config, not {type(path).__name__}")
+    if overrides is not None and not isinstance(overrides, (list, tuple, dict)):
+        raise ConfigError(f"overrides are a list of 'section.field=value' strings or a dict, not "
+                          f"{type(overrides).__name__}")
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
