@@ -1,6 +1,7 @@
 """loraclf export --format hf: a plain transformers checkpoint (LoRA merged, head inside, labels, tokenizer,
 card) that transformers and pipeline() load offline without PEFT, and loraclf.load too."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_hf_export_is_plain_transformers_and_matches_loraclf(arch, runs, tmp_pat
     names = {p.name for p in dest.iterdir()}
     assert {"config.json", "model.safetensors", "loraclf.json"} <= names
     assert not any(n.startswith("adapter_") for n in names) and not list(tmp_path.glob(".partial*"))
-    assert ("README.md" in names) == (run / "artifact" / "README.md").exists()  # the model card
+    assert "README.md" in names  # its own model card (tests/deploy/test_card_snippets.py runs its snippets)
 
     model = AutoModelForSequenceClassification.from_pretrained(dest).eval()
     assert "peft" not in type(model).__module__ and not any("lora" in n for n, _ in model.named_parameters())
@@ -80,11 +81,32 @@ def test_hf_export_is_plain_transformers_and_matches_loraclf(arch, runs, tmp_pat
     assert meta["labels"] == ["negative", "positive"] and meta["max_length"] == 32
 
 
-def test_hf_export_copies_the_model_card(runs, tmp_path):
-    run = runs("bert")
-    assert (run / "artifact" / "README.md").exists()
-    dest = export(run / "artifact", tmp_path / "hf", "hf")
-    assert (dest / "README.md").read_text() == (run / "artifact" / "README.md").read_text()
+def test_each_export_writes_the_card_of_its_format(runs, tmp_path):
+    """The adapter's card says PEFT; an hf export's says transformers and pipeline(), an ONNX export's onnx and
+    onnxruntime; all three carry the run's evaluation (model-index) and training procedure."""
+    from huggingface_hub import ModelCard
+
+    run = runs("bert", **{"report.enabled": True, "report.license": "mit", "report.language": "en"})
+    adapter = ModelCard.load(run / "artifact" / "README.md")
+    cards = {"artifact": adapter, "hf": ModelCard.load(export(run / "artifact", tmp_path / "hf", "hf") / "README.md")}
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        cards["onnx"] = ModelCard.load(export(run, tmp_path / "onnx", "onnx") / "README.md")
+    assert adapter.data.library_name == "peft" and "PeftModel.from_pretrained" in adapter.text
+    hf = cards["hf"]
+    assert hf.data.library_name == "transformers" and "peft" not in hf.data.tags and "lora" in hf.data.tags
+    assert "PeftModel" not in hf.text and "This is a LoRA adapter" not in hf.text
+    assert 'pipeline("text-classification", model="path/to/this/folder")' in hf.text
+    assert "the LoRA weights are merged into the base model" in hf.text
+    if "onnx" in cards:
+        onnx = cards["onnx"]
+        assert onnx.data.library_name == "onnx" and "onnx" in onnx.data.tags
+        assert 'onnxruntime.InferenceSession(f"{path}/model.onnx"' in onnx.text and "PeftModel" not in onnx.text
+    for kind, card in cards.items():
+        assert (card.data.license, card.data.language) == ("mit", "en"), kind
+        assert card.data.eval_results == adapter.data.eval_results, kind
+        if kind != "artifact":  # validation texts as the Hub widget's examples
+            assert len(card.data.to_dict()["widget"]) == 2, kind
+        assert "## Training procedure" in card.text and "on CPU, fp32 |" in card.text, kind
 
 
 def test_verbalizer_export_is_the_merged_causal_lm_plus_the_prompt(runs, tmp_path):
@@ -104,6 +126,7 @@ def test_verbalizer_export_is_the_merged_causal_lm_plus_the_prompt(runs, tmp_pat
 
 def test_export_refusals_are_one_line(runs, tmp_path, capsys):
     run = runs("bert")
+    capsys.readouterr()  # what training printed, if this test trained it
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("x")
     with pytest.raises(LoraclfError, match="already exists and is not empty"):

@@ -3,19 +3,22 @@ task's output scale into the model's last layer."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ...errors import LoraclfError
+from ...evaluation.card import CardFormat
 from ...models.methods import whole_checkpoint_method
 
 
 class Exporter:
     """One export format. `options` maps each option it takes to its allowed values (None: any value of
     the default's type); `runtime` names the Head class that runs its exports ("module:Class"), or None
-    when the head the model was trained with loads them (a plain transformers checkpoint)."""
+    when the head the model was trained with loads them (a plain transformers checkpoint); `card` is the
+    model card's format (its templates/ macros, the Hub's library_name and tags)."""
 
     name = ""
     title = ""  # how messages name the format
@@ -23,6 +26,7 @@ class Exporter:
     options: dict[str, Optional[tuple]] = {}
     defaults: dict[str, object] = {}
     runtime: Optional[str] = None
+    card = CardFormat(None, "")  # what its model card says the folder is and how to use it
 
     def check(self, meta: dict, options: dict) -> None:
         """Refuse what this format cannot export, before any weights are loaded."""
@@ -85,8 +89,11 @@ def fold_task_output(clf, meta: dict) -> None:
     meta["export"]["folded"] = {"scale": scale, "shift": shift}
 
 
-def copy_card(art: Path, dest: Path) -> None:
-    import shutil
+def write_card(art: Path, dest: Path, exporter: Exporter) -> None:
+    """The export's model card (README.md), for its format: what the folder is and how to use it without
+    loraclf, with the run's data, procedure and evaluation when `art` sits in a run directory."""
+    from ...evaluation.card import folder_card
+    from ...schema import META_FILE, write_text_atomic
 
-    if (art / "README.md").exists():
-        shutil.copyfile(art / "README.md", dest / "README.md")
+    meta = json.loads((dest / META_FILE).read_text(encoding="utf-8"))
+    write_text_atomic(dest / "README.md", folder_card(art, meta, exporter.card))

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...evaluation.card import CardFormat
 from ...models.heads import head_class
 from ...models.methods import method_of
 from ...schema import save_artifact
-from .base import Exporter, copy_card, export_meta, fold_task_output
+from .base import Exporter, export_meta, fold_task_output, write_card
 
 
 class HfExporter(Exporter):
     name = "hf"
     title = "hf"
+    card = CardFormat("hf", "card_format_hf.md.j2", "transformers")
     help = "LoRA merged into the base: a plain transformers checkpoint (loads with transformers alone)"
 
     def write(self, clf, art: Path, dest: Path, options: dict) -> None:
@@ -27,4 +29,4 @@ class HfExporter(Exporter):
             # pipeline() picks softmax, sigmoid or none from problem_type, as the task does
             clf.model.config.problem_type = clf.task.problem_type
         save_artifact(clf.head, dest, meta)
-        copy_card(art, dest)
+        write_card(art, dest, self)

@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 
 from ...errors import import_extra
-from .base import Exporter, copy_card, export_meta, fold_task_output
+from ...evaluation.card import CardFormat
+from .base import Exporter, export_meta, fold_task_output, write_card
 
 ONNX_FILE = "model.onnx"
 OPSET = 17  # LayerNormalization is a native op from 17 on, which onnxruntime's fusions expect
@@ -21,6 +22,7 @@ OPSET = 17  # LayerNormalization is a native op from 17 on, which onnxruntime's 
 class OnnxExporter(Exporter):
     name = "onnx"
     title = "ONNX"
+    card = CardFormat("onnx", "card_format_onnx.md.j2", "onnx", ("onnx",))
     help = "model.onnx for onnxruntime (classifier heads)"
     # The TorchScript exporter writes opsets up to 20; below 17 LayerNormalization is not a native op.
     options = {"quantize": ("int8",), "opset": (17, 18, 19, 20)}
@@ -60,7 +62,7 @@ class OnnxExporter(Exporter):
         from ...schema import write_meta
 
         write_meta(dest, meta, {"onnxruntime": import_extra("onnxruntime", "onnx").__version__})
-        copy_card(art, dest)
+        write_card(art, dest, self)
 
 
 def logits_only(model, names: list[str]):
