@@ -166,3 +166,15 @@ def test_export_of_a_bare_artifact_has_a_shorter_card_that_runs(folders, tmp_pat
     assert "From `loraclf.json`" in card and "- test: accuracy " in card and "library_name: transformers" in card
     clf = loraclf.load(f["run"])
     check(run_snippet(snippets(card)[1], dest), clf, clf.predict_proba(TEXTS))
+
+
+def test_embedding_head_cards(tiny_models, synth_dir, tmp_path):
+    """An embedding head's artifact has no transformers class to load it with: its card offers no plain
+    snippet (not a PEFT one that would load a random classifier); its ONNX export's snippet runs."""
+    run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="emb", **{
+        "model.head": "embedding", "train.epochs": 2, "report.enabled": True}), quiet=True).path
+    card = (run / "artifact" / "README.md").read_text()
+    assert len(snippets(card)) == 1 and "PeftModel" not in card and "`loraclf export --format onnx` for a folder" in card
+    dest = export(run, tmp_path / "onnx", "onnx")
+    clf = loraclf.load(run)
+    check(run_snippet(snippets((dest / "README.md").read_text())[1], dest), clf, clf.predict_proba(TEXTS))
