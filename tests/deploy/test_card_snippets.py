@@ -60,20 +60,22 @@ def folders(tiny_models, synth_dir, tmp_path_factory):
     """Per task: the run directory, and its artifact, hf export and ONNX export folders (trained on first use)."""
     root, cache = tmp_path_factory.mktemp("card_snippets"), {}
 
-    def get(task: str, arch: str = "bert") -> dict:
-        if (task, arch) not in cache:
+    def get(task: str, arch: str = "bert", **more) -> dict:
+        key = (task, arch, tuple(sorted(more.items())))
+        if key not in cache:
             rows, header, extra = TASKS[task]
+            extra = {**extra, **more}
             data = synth_dir
             if rows is not None:
                 data = root / f"{task}-data"
                 for split, n, seed in (("train", 240, 1), ("validation", 60, 2), ("test", 60, 3)):
                     write_csv(data / f"{split}.csv", rows(n, seed), header)
-            name = f"{task}-{arch}"
+            name = f"{task}-{arch}-{len(cache)}"
             run = loraclf.train(None, tiny_overrides(tiny_models[arch], data, root, name=name, **{
                 "train.epochs": 3, "report.enabled": True, **extra}), quiet=True).path
-            cache[task, arch] = {"run": run, "artifact": run / "artifact", "hf": export(run, root / f"{name}-hf", "hf"),
-                                 "onnx": export(run, root / f"{name}-onnx", "onnx")}
-        return cache[task, arch]
+            cache[key] = {"run": run, "artifact": run / "artifact", "hf": export(run, root / f"{name}-hf", "hf"),
+                          "onnx": export(run, root / f"{name}-onnx", "onnx")}
+        return cache[key]
 
     return get
 
@@ -112,12 +114,16 @@ def check(ns: dict, clf, want: np.ndarray, texts=TEXTS) -> None:
         assert ns["predicted"] == expected
 
 
-@pytest.mark.parametrize("task,arch", [(task, "bert") for task in TASKS] + [("single-label", "llama")])
-def test_every_card_snippet_gives_loraclfs_outputs(task, arch, folders):
-    """BERT for each task, and a decoder's classifier head (left padding, no pad token of its own)."""
-    f = folders(task, arch)
+@pytest.mark.parametrize("task,arch,extra", [(task, "bert", {}) for task in TASKS]
+                         + [("single-label", "llama", {"train.calibrate": "bias"})])
+def test_every_card_snippet_gives_loraclfs_outputs(task, arch, extra, folders):
+    """BERT for each task, and a decoder's classifier head (left padding, no pad token of its own) with class
+    biases, which its bias-less score layer cannot hold: the export snippets add them."""
+    f = folders(task, arch, **extra)
     clf = loraclf.load(f["run"])
     want = clf.predict_proba(TEXTS)
+    if extra:
+        assert json.loads((f["hf"] / "loraclf.json").read_text())["task_state"]["bias"]  # kept, not folded
     for kind in FOLDERS:
         card = (f[kind] / "README.md").read_text()
         codes = snippets(card)
@@ -174,7 +180,8 @@ def test_embedding_head_cards(tiny_models, synth_dir, tmp_path):
     run = loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, name="emb", **{
         "model.head": "embedding", "train.epochs": 2, "report.enabled": True}), quiet=True).path
     card = (run / "artifact" / "README.md").read_text()
-    assert len(snippets(card)) == 1 and "PeftModel" not in card and "`loraclf export --format onnx` for a folder" in card
+    assert len(snippets(card)) == 1 and "PeftModel" not in card
+    assert "`loraclf export --format onnx` for a folder" in card
     dest = export(run, tmp_path / "onnx", "onnx")
     clf = loraclf.load(run)
     check(run_snippet(snippets((dest / "README.md").read_text())[1], dest), clf, clf.predict_proba(TEXTS))
