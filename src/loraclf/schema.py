@@ -139,7 +139,7 @@ def write_predictions(path: Path, texts: Sequence[str], pairs: Optional[Sequence
     task's own columns (right or wrong, one probability per label; or the signed error of a score)."""
     names = list(columns)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")  # not the csv module's '\r\n'
         w.writerow(["text"] + (["text_pair"] if pairs is not None else []) + ["gold", "predicted"] + names)
         for i, text in enumerate(texts):
             w.writerow([text] + ([pairs[i]] if pairs is not None else []) + [gold[i], predicted[i]]

@@ -97,7 +97,7 @@ def input_chunks(path: Optional[str], fmt: str, cols: Sequence[str], id_column: 
 
 
 def _write(out, clf, chunks: Iterator[Chunk], id_column: Optional[str], batch_size: int, bar) -> int:
-    w = csv.writer(out)
+    w = csv.writer(out, lineterminator="\n")  # not the csv module's '\r\n'
     w.writerow([id_column, "label"] if id_column else ["text", *clf.task.answer_columns()])
     n = 0
     for c in chunks:

@@ -58,7 +58,7 @@ def audit_run(run_dir: str | Path, quiet: bool = True) -> dict:
 def _write_csv(path: Path, issues: list[dict]) -> None:
     fields = ["rank", "source", "row", "fold", "text", "given", "suggested", "p_given", "p_suggested", "quality"]
     buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")  # not '\r\n'
     w.writeheader()
     for rank, x in enumerate(issues, 1):
         w.writerow({**x, "rank": rank})
