@@ -149,6 +149,7 @@ def test_predict_pairs_reads_both_columns(tiny_models, tmp_path, capsys):
                                                                        "train.epochs": 0.5}):
         sets += ["--set", o]
     assert main(["train", "-q", *sets]) == 0
+    assert capsys.readouterr().out.startswith("split ")  # -q: the results table only
     inp = write_csv(tmp_path / "in.csv", [(r[0], r[1]) for r in rows[:5]], header=("a", "b"))
     assert main(["predict", str(tmp_path / "run"), "-i", str(inp), "-q"]) == 0
     out = capsys.readouterr().out.strip().splitlines()

@@ -16,7 +16,7 @@ EXIT_USER_ERROR = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training.run import train
+    from .training.run import results_table, train
 
     sets = list(args.set or [])
     for flag, key in (("data", "data.path"), ("model", "model.name"), ("method", "model.method"),
@@ -24,8 +24,17 @@ def _train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             sets.append(f"{key}={value}")
-    train(args.config, sets, resume=args.resume, quiet=args.quiet)
+    run = train(args.config, sets, resume=args.resume, quiet=args.quiet)
+    if args.quiet and _main_process() and "cv" not in run.metrics:  # -q: the results table, and nothing else
+        print(results_table(run.metrics))
     return 0
+
+
+def _main_process() -> bool:
+    """Whether this is the main one of the processes a distributed run started (or the only one)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -273,7 +282,8 @@ def _add_train(sub) -> None:
     t.add_argument("--output-dir", help=f"parent folder of run directories (default {default('output_dir')})")
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+    t.add_argument("--quiet", "-q", action="store_true", help="print the results table and errors only: no progress, "
+                   "messages or warnings (loraclf's or any library's)")
     t.set_defaults(func=_train)
 
 

@@ -127,14 +127,14 @@ def predict_csv(clf, chunks: Iterator[Chunk], output: Optional[str], id_column: 
                 batch_size: int = default("train.eval_batch_size"), progress: bool = False) -> int:
     """Label every chunk and write the CSV to `output` (stdout when None); returns the number of texts.
     A file is written under a temporary name and renamed at the end: a crash leaves no partial output."""
-    from tqdm.auto import tqdm
+    from ..console import progress as progress_bar
 
     if output is not None and is_url(output):  # s3://, gs://, ...: written locally, then uploaded whole
         local = local_output(output)
         n = predict_csv(clf, chunks, str(local), id_column, batch_size, progress)
         upload(local, output)
         return n
-    bar = tqdm(desc="predict", unit="text", disable=not progress, leave=False)
+    bar = progress_bar(desc="predict", unit="text", disable=not progress, leave=False)
     try:
         if output is None:
             return _write(sys.stdout, clf, chunks, id_column, batch_size, bar)

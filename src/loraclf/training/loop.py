@@ -89,7 +89,8 @@ def predict_logits(head, enc: Encoded, batch_size: int, accelerator=None, progre
                    desc: str = "predict") -> np.ndarray:
     """Logits of `head.model` for every example, in input order; batches sorted by length to minimise padding."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from ..console import progress as progress_bar
 
     model = head.model
     was_training = model.training
@@ -103,7 +104,7 @@ def predict_logits(head, enc: Encoded, batch_size: int, accelerator=None, progre
     # Logits stay on the device until the end: no host synchronisation per batch, so the host
     # prepares the next batch while the device computes this one.
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    bar = tqdm(total=len(dl), desc=desc, disable=not progress, leave=False, unit="batch")
+    bar = progress_bar(total=len(dl), desc=desc, disable=not progress, leave=False, unit="batch")
     for batch in dl:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if accelerator is not None:
@@ -316,7 +317,7 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False, on_resumed: Optional[Callable[[], None]] = None) -> TrainerState:
         """Train; on return the model holds the best weights seen on validation."""
-        from tqdm.auto import tqdm
+        from ..console import progress
 
         if resume:
             self._resume()
@@ -324,8 +325,8 @@ class Trainer:
                 on_resumed()
         s = self.state
         self.model.train()
-        self._bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step",
-                         disable=self.quiet or not self.acc.is_local_main_process, dynamic_ncols=True)
+        self._bar = progress(total=self.total_steps, initial=s.step, desc="train", unit="step",
+                             disable=self.quiet or not self.acc.is_local_main_process, dynamic_ncols=True)
         self._running = torch.zeros((), device=self.acc.device) + s.log_loss_sum
         self._tokens = torch.zeros((), device=self.acc.device, dtype=torch.long) + s.train_tokens
         self._running_n, self._log_t0, self._log_samples = s.log_micro, time.perf_counter(), 0

@@ -145,6 +145,9 @@ def _make(name: str, rcfg, run_dir: Path, run_name: str):
     if name == "tensorboard":
         return at.TensorBoardTracker("tensorboard", str(run_dir))
     if name == "mlflow":
+        # MLflow logs at INFO by default ("Creating initial MLflow database tables..." on every new store);
+        # read when it is imported. $MLFLOW_LOGGING_LEVEL set by the user wins, as `-q` (ERROR) does.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         import mlflow
 
         uri = rcfg.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
