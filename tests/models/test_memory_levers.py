@@ -122,6 +122,8 @@ def test_quantized_base_trains_the_adapter_and_head(bits, head, tiny_llama64, sy
     lm = clf.head.base_model()
     layer = bnb.nn.Linear4bit if bits == "4bit" else bnb.nn.Linear8bitLt
     assert any(isinstance(m, layer) for m in lm.modules())  # the base is quantized when loaded back too
+    # ... holding quantized weights (a saved config's quantization_config once left 8-bit layers with fp32 ones)
+    assert all(m.weight.dtype in (torch.int8, torch.uint8) for m in lm.modules() if isinstance(m, layer))
     params = dict(clf.head.model.named_parameters())
     lora_b = [p for n, p in params.items() if "lora_B" in n]
     assert lora_b and all(p.dtype == torch.float32 and p.abs().max() > 0 for p in lora_b)  # trained from zero

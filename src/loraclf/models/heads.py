@@ -212,6 +212,8 @@ class ClassifierHead(Head):
             resolved = resolve(base_model or meta["base_model"])
             check_base(meta, resolved.path, base_model)
             config = AutoConfig.from_pretrained(str(art))
+            if hasattr(config, "quantization_config"):  # saved by a quantized run: it would override the one
+                del config.quantization_config          # below and load bitsandbytes layers holding fp32 weights
             with base_loading(base_model or meta["base_model"]):
                 base, info = AutoModelForSequenceClassification.from_pretrained(
                     resolved.path, config=config, output_loading_info=True,
