@@ -129,7 +129,9 @@ def fit(train, validation=None, test=None, *, model: Optional[str] = None, confi
     output_dir = tree.get("output_dir") or "runs"
     for key, value in _data_settings(_splits(train, validation, test), tree, output_dir).items():
         set_dotted(tree, key, value)
-    run = train_config(tree, quiet=quiet)
+    from .training.run import Run
+
+    run = Run(Path(train_config(tree, quiet=quiet).path).resolve())  # absolute: the caller may change folder
     clf = run.load()
     clf.run = run
     return clf

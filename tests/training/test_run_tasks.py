@@ -305,7 +305,7 @@ def test_class_biases_of_a_decoder_classifier_survive_export(tiny_models, synth_
     bias = [run.metrics["calibration"]["bias"][n] for n in run.metrics["labels"]]
     make_report(run.path)  # writes the model card into the artifact
     card = (run.path / "artifact" / "README.md").read_text()
-    assert "bias = torch.tensor(" in card and "import torch\nfrom peft import PeftModel" in card
+    assert "logits = logits + np.array(" in card and "from peft import PeftModel" in card
     texts = ["a great film", "an awful film", "it was fine"]
     want = loraclf.load(run.path / "artifact").predict_proba(texts)
     assert main(["export", str(run.path), "-o", str(tmp_path / "hf"), "--format", "hf", "-q"]) == 0

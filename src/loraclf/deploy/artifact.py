@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import default
-from ..errors import InputError, LoraclfError
+from ..errors import DataError, InputError, LoraclfError
 from ..schema import artifact_dir, read_meta
 
 BATCH_SIZE = default("train.eval_batch_size")
@@ -103,7 +103,6 @@ class Classifier:
         model was trained on, or a file / dataset folder (its `split`). `data_settings` are data fields
         (``label_column="sentiment"``) when the columns differ."""
         from ..data.tables import as_frame, is_path
-        from ..evaluation.evaluate import evaluate_classifier
 
         sets = [f"data.{k}={json.dumps(v)}" for k, v in data_settings.items()]
         if is_path(data):
@@ -116,11 +115,11 @@ class Classifier:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Copy the artifact (weights, tokenizer, labels, model card) to a new or empty `directory`."""
-        from .export import _check_output
+        from ..schema import check_output_folder
 
         if self.path is None:
             raise LoraclfError("this classifier was not loaded from an artifact folder; nothing to copy")
-        out = _check_output(Path(directory))
+        out = check_output_folder(Path(directory))
         stage = out.parent / f".partial-save-{os.getpid()}-{out.name}"
         shutil.rmtree(stage, ignore_errors=True)
         try:
@@ -177,9 +176,34 @@ def load(path: str | Path, base_model: Optional[str] = None, device: Optional[st
     with _loading(art):
         head = runtime_head(meta).load(art, meta, tok, task, base_model, merge, allow_other_base)
     head.model.to(dev).eval()
-    clf = Classifier(head, meta, dev, art)
+    clf = Classifier(head, meta, dev, art.resolve())
     clf.precision = precision
     return clf
+
+
+def evaluate_classifier(clf, data_cfg_overrides: Optional[list[str]] = None, split: str = "test", table=None,
+                        batch_size: Optional[int] = None, quiet: bool = True) -> dict:
+    """Metrics of a loaded classifier on a labelled split that the data options name, or on `table` (a
+    DataFrame with the columns the model was trained on, unless the options say others)."""
+    from ..config import load_config
+    from ..data import load_labelled_split
+    from ..tasks.labels import LabelSet
+
+    overrides = list(data_cfg_overrides or [])
+    for key, fallback in (("text_column", "text"), ("label_column", "label"), ("label_columns", None),
+                          ("label_separator", ";")):  # as the model was trained, unless given
+        value = clf.meta.get(key, fallback)
+        if value is not None and not any(o.startswith(f"data.{key}=") for o in overrides):
+            overrides.append(f"data.{key}={json.dumps(value)}")
+    cfg = load_config(None, overrides)
+    task = type(clf.task)
+    texts, pairs, gold_rows, source = load_labelled_split(cfg.data, split, task, table)
+    try:
+        gold = task.label_array(gold_rows, LabelSet(clf.labels), source, split)
+    except DataError as e:  # the same check as training, worded for a model rather than a train split
+        raise DataError(str(e).replace(", which train lacks it", ", unknown to the model")) from None
+    logits = clf.logits(texts, batch_size or cfg.train.eval_batch_size, pairs, progress=not quiet)
+    return {"task": clf.task.name, **clf.task.evaluate(logits, gold)[0]}
 
 
 from_pretrained = load  # the name transformers and SetFit users know

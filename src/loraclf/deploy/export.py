@@ -35,7 +35,7 @@ def _options(exporter: Exporter, fmt: str, given: dict) -> dict:
 def export(source: str | Path, out: str | Path, fmt: str = "hf", *, base_model: Optional[str] = None,
            allow_other_base: bool = False, **options) -> Path:
     """Export the artifact (or run directory) `source` into the new folder `out`; returns `out`."""
-    from ..schema import artifact_dir, read_meta
+    from ..schema import artifact_dir, check_output_folder, read_meta
     from .artifact import load
 
     if fmt not in EXPORTERS:
@@ -47,7 +47,7 @@ def export(source: str | Path, out: str | Path, fmt: str = "hf", *, base_model: 
     if meta["format"] in EXPORTERS:
         raise LoraclfError(f"{art} is already an {EXPORTERS[meta['format']].title} export; export the run or "
                            "artifact it came from")
-    out = _check_output(Path(out))
+    out = check_output_folder(Path(out))
     exporter.check(meta, opts)  # a missing extra or an unsupported head fails before any weights load
     clf = load(art, base_model=base_model, device="cpu", merge=True, allow_other_base=allow_other_base)
     stage = out.parent / f".partial-export-{os.getpid()}-{out.name}"
@@ -60,19 +60,4 @@ def export(source: str | Path, out: str | Path, fmt: str = "hf", *, base_model: 
         os.replace(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return out
-
-
-def _check_output(out: Path) -> Path:
-    """The export's folder: new or empty, not a link (the export would land wherever it points), and
-    under a folder (not under a file), checked before any weights load."""
-    if out.is_symlink():
-        raise LoraclfError(f"--output {out} is a symbolic link; give a plain folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LoraclfError(f"{out} already exists and is not empty; choose another --output or remove it")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise LoraclfError(f"--output {out}: {parent} is a file, not a folder")
     return out

@@ -249,13 +249,14 @@ def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> st
 
 def write_model_card(run: RunData, findings: Optional[list[str]] = None) -> Optional[Path]:
     """Write artifact/README.md (Hugging Face model card); None when the run has no artifact."""
-    from .card import model_card
+    from .card import model_card, run_examples
 
     rd = RunDir(run.path)
     meta = rd.read_meta()
     if meta is None:
         return None
-    write_text_atomic(rd.artifact_path / "README.md", model_card(run.metrics, run.config, meta, findings))
+    card = model_card(run.metrics, run.config, meta, findings, examples=run_examples(run.path, run.config))
+    write_text_atomic(rd.artifact_path / "README.md", card)
     return rd.artifact_path / "README.md"
 
 
