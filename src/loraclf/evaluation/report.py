@@ -355,7 +355,7 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
     import tempfile
 
     from .._version import __version__
-    from ..studies.compare import pick_split, same_task
+    from ..studies.compare import pick_split, same_task, split_warning
     from . import plots as pl
 
     t0 = time.perf_counter()
@@ -384,7 +384,10 @@ def compare_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathL
         runs=[{"name": r.name, "path": str(r.path), "metrics": r.metrics,
                "report": (r.path / "report.html").resolve().as_uri() if (r.path / "report.html").exists() else None}
               for r in runs],
-        split=split, columns=columns, best=_best_values(runs, split, columns), plots=images, version=__version__)
+        split=split, columns=columns, best=_best_values(runs, split, columns), plots=images, version=__version__,
+        split_warning=split_warning([{"split": split, "n": (r.metrics[split] or {}).get("n"),
+                                      "source": ((r.metrics.get("data") or {}).get("sources") or {}).get(split)}
+                                     for r in runs]))
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, page)

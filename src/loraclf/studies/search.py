@@ -223,7 +223,7 @@ def _open_study(search: Search, quiet: bool):
     """Create the study in its storage, or load it when another worker (or an earlier run) made it."""
     optuna = _optuna()
     if quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # -q: the results and errors only
     try:
         return optuna.create_study(study_name=search.study_name, storage=_make_storage(search.storage),
                                    direction=search.direction, load_if_exists=True,

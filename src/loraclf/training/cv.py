@@ -129,7 +129,7 @@ def _write_summary(rd: RunDir, cfg: Config, runs: list, origins: list[tuple[str,
         table["source"], table["row"] = [origins[j][0] for j in held], [origins[j][1] for j in held]
         oof.append(table)
     pd.concat(oof).sort_values("index").drop(columns="index").to_csv(rd.path / PREDICTIONS_DIR / "oof.csv",
-                                                                       index=False)
+                                                                       index=False, lineterminator="\n")
     rd.write_metrics({
         "run": cfg.name, "task": first["task"], "labels": first["labels"], "model": first.get("model"),
         "params": first.get("params"),
