@@ -132,6 +132,13 @@ def test_the_fit_snippet_trains_and_its_outputs_agree(fitted):
     probs = clf.predict_proba(["a gripping, funny film"])
     assert clf.predict(["a gripping, funny film"]) == [clf.labels[int(np.argmax(probs[0]))]]
     assert clf.evaluate(test)["accuracy"] == pytest.approx(clf.run.metrics["test"]["accuracy"], abs=1e-9)
+    # the quickstart's "real output" has the columns and lines a single-label run prints
+    from loraclf.training.run import results_table
+
+    shown = README.read_text(encoding="utf-8").split("ends with this table")[1].split("```")[1].strip().splitlines()
+    printed = results_table(clf.run.metrics).splitlines()
+    assert shown[0].split() == printed[0].split() and [ln.split(":")[0] for ln in shown[3:7]] == [
+        ln.split(":")[0] for ln in printed[3:7]]
     saved = loraclf.load(Path(clf.run.path).parent.parent / "sst2-minilm")  # the block's save_pretrained
     assert (saved.predict_proba(["dull"]) == clf.predict_proba(["dull"])).all()
 
