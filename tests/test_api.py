@@ -32,7 +32,7 @@ def test_fit_on_dataframes_equals_the_cli_on_the_same_rows(cli_run, tiny_models,
     assert clf.run.metrics["test"]["accuracy"] == cli_run.metrics["test"]["accuracy"]
     assert clf.run.metrics["test"]["loss"] == pytest.approx(cli_run.metrics["test"]["loss"], abs=1e-6)
     # the run reruns from its config.yaml: the tables were saved where it names them
-    assert (tmp_path / ".data").is_dir() and clf.run.config.data.path.startswith(str(tmp_path / ".data"))
+    assert (tmp_path / ".data").is_dir() and clf.run.config.data.train.startswith(str(tmp_path / ".data"))
     again = loraclf.train(clf.run.config_path, ["name=again"], quiet=True)
     assert again.metrics["test"]["loss"] == pytest.approx(clf.run.metrics["test"]["loss"], abs=1e-6)
     # evaluate on a DataFrame: the run's own test metrics
@@ -92,6 +92,11 @@ def test_train_takes_a_dict_config(tiny_models, synth_dir, tmp_path):
         (tree.setdefault(sec, {}) if sec else tree)[fld] = v
     run = loraclf.train(tree, {"train.epochs": 1}, quiet=True)
     assert run.config.train.epochs == 1 and run.metrics["test"]["n"] > 0
+    # the data section may hold DataFrames too: the same rows give the same run
+    f = _frames(synth_dir)
+    tree["data"] = {**tree["data"], "path": None, **f}
+    frames = loraclf.train(tree, {"train.epochs": 1, "name": "frames"}, quiet=True)
+    assert frames.metrics["test"]["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-6)
 
 
 def test_pairs_as_tuples_equal_pairs_argument(tiny_models, tmp_path):
@@ -106,6 +111,11 @@ def test_pairs_as_tuples_equal_pairs_argument(tiny_models, tmp_path):
         clf.predict(a)
     with pytest.raises(InputError, match="not both"):
         clf.predict(list(zip(a, b)), pairs=b)
+    pytest.importorskip("fastapi")
+    from loraclf.deploy.serve import ServeOptions, load_models
+
+    with pytest.raises(LoraclfError, match=r"reads text pairs \(a, b\); loraclf serve takes one text per input"):
+        load_models([f"pairs={run.path}"], ServeOptions())  # refused at start, not a 500 on every request
 
 
 def test_predict_save_pretrained_and_push_to_hub(cli_run, tmp_path, monkeypatch):
@@ -141,3 +151,66 @@ def test_predict_save_pretrained_and_push_to_hub(cli_run, tmp_path, monkeypatch)
     assert url.endswith("me/sst2-minilm/commit/abc")
     assert calls[0] == ("init", "t0k") and calls[1][1] == "me/sst2-minilm" and calls[1][2]["private"] is True
     assert {"loraclf.json", "README.md", "config.json"} <= set(calls[2][1])
+
+
+def _tags(text: str, label: str) -> list[str]:
+    return [label] + (["long"] if len(text.split()) > 8 else [])
+
+
+def test_multi_label_lists_and_regression_scores_in_dataframes(tiny_models, synth_dir, tmp_path):
+    """Label lists in a DataFrame column (stored as JSON text) train as the same lists joined in a file; scores
+    train as regression; a numpy-string column stays a string."""
+    import numpy as np
+
+    f = _frames(synth_dir)
+    lists = {s: df.assign(labels=[_tags(t, lab) for t, lab in zip(df.text, df.label)]) for s, df in f.items()}
+    for s, df in lists.items():
+        write_csv(tmp_path / "tagged" / f"{s}.csv", [(t, ";".join(ls)) for t, ls in zip(df.text, df.labels)],
+                  header=("text", "labels"))
+    multi = {"label_column": "labels", "task": "multi-label", "model": str(tiny_models["bert"]), "quiet": True,
+             "output_dir": str(tmp_path), **FAST}
+    mem = loraclf.fit(lists["train"].drop(columns="label"), lists["validation"], lists["test"], name="ml", **multi)
+    disk = loraclf.fit(tmp_path / "tagged" / "train.csv", tmp_path / "tagged" / "validation.csv",
+                       tmp_path / "tagged" / "test.csv", name="ml-files", **multi)
+    assert mem.labels == disk.labels == ["long", "negative", "positive"]
+    assert mem.run.metrics["test"]["macro_f1"] == disk.run.metrics["test"]["macro_f1"]
+    assert mem.evaluate(lists["test"])["macro_f1"] == pytest.approx(mem.run.metrics["test"]["macro_f1"])
+    scored = {s: pd.DataFrame({"text": np.array(df.text.tolist(), dtype=object).astype(np.str_).astype(object),
+                               "score": [float(len(t.split())) for t in df.text]}) for s, df in f.items()}
+    reg = loraclf.fit(scored["train"], scored["validation"], scored["test"], label_column="score", task="regression",
+                      model=str(tiny_models["bert"]), quiet=True, output_dir=str(tmp_path), name="reg", **FAST)
+    assert reg.run.metrics["task"] == "regression" and reg.run.metrics["test"]["n"] == len(f["test"])
+    stored = pd.read_parquet(next((tmp_path / ".data").glob("*/train.parquet")))
+    assert isinstance(stored.text[0], str)
+
+
+def test_in_memory_splits_keep_the_configs_others_and_are_stored_once(tiny_models, synth_dir, tmp_path):
+    f = _frames(synth_dir)
+    kw = {"model": str(tiny_models["bert"]), "quiet": True, "output_dir": str(tmp_path), **FAST}
+    # a config naming a dataset folder: only train is replaced, its validation and test stay
+    clf = loraclf.fit(f["train"], config={"data": {"path": str(synth_dir)}}, name="keep", **kw)
+    assert clf.run.metrics["data"]["sources"]["test"] == str(synth_dir / "test.csv")
+    assert clf.run.config.data.path == str(synth_dir) and clf.run.config.data.train.endswith("train.parquet")
+    again = loraclf.fit(f["train"], config={"data": {"path": str(synth_dir)}}, name="keep-again", **kw)
+    assert again.run.config.data.train == clf.run.config.data.train  # the same rows are stored once
+    assert len(list((tmp_path / ".data").iterdir())) == 1
+    # a dataset folder given as train is the whole dataset (data.path), not one file
+    folder = loraclf.fit(synth_dir, name="folder", **kw)
+    assert folder.run.config.data.path == str(synth_dir) and folder.run.metrics["test"]["n"] == len(f["test"])
+    with pytest.raises(ConfigError, match=r"data= takes a mapping of data fields"):
+        loraclf.fit(f["train"], data="sst2", **kw)
+
+
+def test_a_dataset_dict_with_other_splits_and_evaluate_on_a_class_label_dataset(cli_run, tiny_models, synth_dir,
+                                                                               tmp_path, caplog):
+    datasets = pytest.importorskip("datasets")
+    f = _frames(synth_dir)
+    names = ["negative", "positive"]
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    ds = {s: datasets.Dataset.from_dict({"text": df.text.tolist(), "label": [names.index(x) for x in df.label]},
+                                        features=features) for s, df in f.items()}
+    dd = datasets.DatasetDict({**ds, "unsupervised": ds["test"]})
+    clf = loraclf.fit(dd, model=str(tiny_models["bert"]), quiet=True, output_dir=str(tmp_path), name="dd", **FAST)
+    assert "unsupervised left out" in caplog.text
+    assert clf.run.metrics["test"]["accuracy"] == cli_run.metrics["test"]["accuracy"]
+    assert clf.evaluate(ds["test"])["accuracy"] == clf.run.metrics["test"]["accuracy"]  # ids read as names

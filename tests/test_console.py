@@ -173,6 +173,11 @@ def test_progress_is_tqdm_on_a_terminal_and_lines_elsewhere(monkeypatch):
             pass
 
     assert isinstance(console.progress(total=3, desc="x"), console.LineProgress)  # pytest's capture: no terminal
+    monkeypatch.setitem(sys.modules, "ipykernel", object())  # a notebook: tqdm's widget, though no terminal
+    bar = console.progress(total=3, desc="x")
+    assert not isinstance(bar, console.LineProgress) and hasattr(bar, "set_postfix")
+    bar.close()
+    monkeypatch.delitem(sys.modules, "ipykernel")
     monkeypatch.setattr(sys, "stderr", Tty())
     bar = console.progress(total=3, desc="x")
     assert not isinstance(bar, console.LineProgress) and hasattr(bar, "set_postfix")

@@ -51,9 +51,9 @@ SKIPPED = {
 }
 
 
-def snippets(kind: str) -> list[tuple[int, str]]:
-    """(line, code) of every ```kind block of the README."""
-    text = README.read_text(encoding="utf-8")
+def snippets(kind: str, doc: Path = README) -> list[tuple[int, str]]:
+    """(line, code) of every ```kind block of the README (or another Markdown file)."""
+    text = doc.read_text(encoding="utf-8")
     return [(text[:m.start()].count("\n") + 1, m.group(1))
             for m in re.finditer(rf"```{kind}\n(.*?)```", text, re.S)]
 
@@ -252,6 +252,7 @@ def test_every_command_and_snippet_runs(fitted, work, monkeypatch):
             print(f"README:{line} {time.perf_counter() - t0:.1f} s {cmd}")  # what each costs (pytest -s)
     assert any(c == "serve" for c, _ in seen) and i >= 15
     _check_python_blocks(work, clf, monkeypatch)
+    _check_deploy_doc(work)
     assert not [c for c, _ in seen if "<" in c and ">" in c and "|" not in c], "a placeholder left unfilled"
 
 
@@ -326,3 +327,22 @@ def test_the_notebook_example_compiles_and_calls_the_api_the_readme_runs():
         assert hasattr(loraclf, name)
     for name in {"predict", "predict_proba", "evaluate", "save_pretrained"}:
         assert name in called and hasattr(loraclf.Classifier, name)
+
+
+def _check_deploy_doc(work: Path) -> None:
+    """docs/deploy.md's copy-paste snippets for the exports (pipeline() on the hf export, onnxruntime on the
+    ONNX one) give loraclf's probabilities of the export, on the exports the README's commands made."""
+    blocks = [code for _, code in snippets("python", REPO / "docs" / "deploy.md")]
+    (onnx,) = [c for c in blocks if "InferenceSession" in c]
+    ns: dict = {}
+    _python(onnx.replace("exports/sst2-onnx", "exports/onnx"), work, ns)
+    want = loraclf.load(work / "exports" / "onnx").predict_proba(ns["texts"])
+    assert np.allclose(ns["probs"], want, atol=1e-4)
+    (hf,) = [c for c in blocks if "pipeline(" in c and "exports/sst2-hf" in c]
+    ns = {}
+    _python(hf.replace("exports/sst2-hf", "exports/hf"), work, ns)
+    out = ns["clf"](["a gripping, funny film"], top_k=None, truncation=True)
+    got = {d["label"]: d["score"] for d in (out[0] if isinstance(out[0], list) else out)}
+    clf = loraclf.load(work / "exports" / "hf")
+    want = clf.predict_proba(["a gripping, funny film"])[0]
+    assert all(abs(got[name] - want[i]) < 1e-4 for i, name in enumerate(clf.labels))

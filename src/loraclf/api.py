@@ -11,7 +11,6 @@ with its run directory (``clf.run``).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +31,10 @@ def _field_sections() -> dict[str, list[str]]:
     return out
 
 
+def _sections() -> set[str]:
+    return {s for secs in _field_sections().values() for s in secs}
+
+
 def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Keyword settings as dotted config fields: `train={"lr": 1e-3}` (a section), `train__lr=1e-3`, or a bare
     field name that one section has (`epochs=1` -> train.epochs; `name`, `seed`, `output_dir`, `task` are top-level)."""
@@ -41,7 +44,10 @@ def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
     sections = _field_sections()
     out: dict[str, Any] = {}
     for key, value in settings.items():
-        if key in top and isinstance(value, dict):  # a whole section
+        if key in top and key in _sections():  # a whole section
+            if not isinstance(value, dict):
+                raise ConfigError(f"fit(): {key}= takes a mapping of {key} fields (e.g. {key}={{...}}), not "
+                                  f"{type(value).__name__}; the data goes in train=, validation=, test=")
             out.update({f"{key}.{k}": v for k, v in value.items()})
         elif "__" in key:
             out[key.replace("__", ".")] = value
@@ -61,32 +67,6 @@ def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
             near = difflib.get_close_matches(key, known, n=1)
             raise ConfigError(f"fit(): unknown setting '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
-    return out
-
-
-def _data_settings(splits: dict[str, Any], tree: dict, output_dir: str) -> dict[str, Any]:
-    """Dotted data fields naming each split: a path as given, in-memory tables saved under output_dir/.data."""
-    from .data.tables import as_frame, is_path, save_frames
-
-    data = tree.get("data") or {}
-    text = data.get("text_column", "text")
-    cols = ([text] if isinstance(text, str) else list(text)) + [data.get("label_column", "label")]
-    out: dict[str, Any] = {}
-    frames, names = {}, None
-    for split, obj in splits.items():
-        if is_path(obj):
-            out[f"data.{split}"] = os.fspath(obj)
-        else:
-            frames[split], declared = as_frame(obj, cols, f"fit({split}=...)")
-            names = names or declared
-    if frames:
-        if "train" not in frames:  # a folder needs its train file: name the in-memory splits one by one
-            folder = save_frames(frames, Path(output_dir) / ".data")
-            out.update({f"data.{s}": str(folder / f"{s}.parquet") for s in frames})
-        else:
-            out["data.path"] = str(save_frames(frames, Path(output_dir) / ".data"))
-    if names and not data.get("label_names"):
-        out["data.label_names"] = names  # a Dataset's ClassLabel names, in id order
     return out
 
 
@@ -115,6 +95,7 @@ def fit(train, validation=None, test=None, *, model: Optional[str] = None, confi
     at a time (``lora={"r": 16}``). Errors are the CLI's (:class:`loraclf.LoraclfError` subclasses).
     """
     from .config import Config, load_config, set_dotted
+    from .data.tables import place_tables
     from .training.run import train as train_config
 
     if isinstance(config, Config):
@@ -126,8 +107,7 @@ def fit(train, validation=None, test=None, *, model: Optional[str] = None, confi
         dotted["model.name"] = model
     for key, value in dotted.items():
         set_dotted(tree, key, value)
-    output_dir = tree.get("output_dir") or "runs"
-    for key, value in _data_settings(_splits(train, validation, test), tree, output_dir).items():
+    for key, value in place_tables(_splits(train, validation, test), tree).items():
         set_dotted(tree, key, value)
     from .training.run import Run
 

@@ -25,8 +25,10 @@ def _train(args: argparse.Namespace) -> int:
         if value is not None:
             sets.append(f"{key}={value}")
     run = train(args.config, sets, resume=args.resume, quiet=args.quiet)
-    if args.quiet and _main_process() and "cv" not in run.metrics:  # -q: the results table, and nothing else
-        print(results_table(run.metrics))
+    if args.quiet and _main_process():  # -q: the results table, and nothing else
+        from .training.cv import cv_table
+
+        print(cv_table(run.metrics) if "cv" in run.metrics else results_table(run.metrics))
     return 0
 
 
@@ -72,12 +74,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     sets = [f"data.path={args.data}"] + list(args.set or [])
     m = evaluate_artifact(args.artifact, sets, split=args.split, batch_size=args.batch_size, quiet=args.quiet)
     if args.output:
-        from .data.remote import is_url, local_output, upload
+        from .data.remote import output
 
-        local = local_output(args.output) if is_url(args.output) else args.output
-        write_text_atomic(local, json.dumps(m, indent=2))
-        if local != args.output:
-            upload(local, args.output)
+        with output(args.output) as local:
+            write_text_atomic(local, json.dumps(m, indent=2))
     from .evaluation.metrics import METRICS
     from .tasks import task_class
 

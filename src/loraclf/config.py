@@ -334,9 +334,10 @@ class ReportConfig:
         None, "Hub ids of the datasets the model was trained on (e.g. stanfordnlp/sst2), for the model card's "
         "`datasets` and `model-index`. null: the id of a data.path of hf:<id>, else none (the card names a "
         "local folder, never as a Hub dataset).")
-    card_examples: int = _f(
-        2, "Validation texts shown as the model card's widget examples (the Hub's inference box); 0: none, e.g. "
-        "for private data.", range=">=0")
+    card_examples: Optional[int] = _f(
+        None, "Validation texts shown as the model card's widget examples (the Hub's inference box). null: 2 when "
+        "the data is public (data.path hf:<id>, or report.dataset_ids set), else none, so a pushed card never "
+        "shows private texts unasked; 0: none.", range=">=0")
 
 
 def _validate_report(r: "ReportConfig") -> None:

@@ -108,7 +108,7 @@ def _library_bars(quiet: bool) -> None:
     """No progress bars from transformers, huggingface_hub and datasets when quiet or in a log (weights
     load in seconds; a download's frames in a log help nobody). Quiet: transformers' warnings off too.
     The environment does it for a library not imported yet (it reads it on import), calls for one that is."""
-    if not quiet and sys.stderr is not None and sys.stderr.isatty():
+    if not quiet and sys.stderr is not None and interactive():
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -142,6 +142,12 @@ def setup_process(quiet: bool = False) -> None:
 
 # ---------------------------------------------------------------- progress
 
+def interactive() -> bool:
+    """Whether someone watches the progress as it happens: a terminal, or a notebook (Jupyter's stderr is
+    no terminal, but tqdm.auto draws its widget there)."""
+    return bool(sys.stderr is not None and sys.stderr.isatty()) or "ipykernel" in sys.modules
+
+
 def progress_seconds() -> float:
     """Seconds between two progress lines where stderr is not a terminal ($LORACLF_PROGRESS_SECONDS)."""
     try:
@@ -155,7 +161,7 @@ def progress(total: Optional[int] = None, desc: str = "", unit: str = "it", init
     """A progress bar on stderr with tqdm's update / set_postfix / close: tqdm's own on a terminal,
     a :class:`LineProgress` elsewhere. `leave=False` marks a passing bar (an evaluation, a prediction):
     as a LineProgress it prints its final line only when it printed a line before (it lasted)."""
-    if disable or sys.stderr is None or sys.stderr.isatty():
+    if disable or sys.stderr is None or interactive():
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=leave,

@@ -249,16 +249,16 @@ def artifact_dir(path: str | Path) -> Path:
     raise ModelError(f"{p} is not a loraclf artifact or run directory (no {META_FILE})")
 
 
-def check_output_folder(out: Path) -> Path:
+def check_output_folder(out: Path, what: str = "--output") -> Path:
     """The export's folder: new or empty, not a link (the export would land wherever it points), and
     under a folder (not under a file), checked before any weights load."""
     if out.is_symlink():
-        raise LoraclfError(f"--output {out} is a symbolic link; give a plain folder")
+        raise LoraclfError(f"{what} {out} is a symbolic link; give a plain folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise LoraclfError(f"{out} already exists and is not empty; choose another --output or remove it")
+        raise LoraclfError(f"{out} already exists and is not empty; choose another folder or remove it")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise LoraclfError(f"--output {out}: {parent} is a file, not a folder")
+        raise LoraclfError(f"{what} {out}: {parent} is a file, not a folder")
     return out

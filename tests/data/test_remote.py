@@ -37,6 +37,11 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def _store(self):
         body = self._body()
+        if self.path.startswith("/refuse/"):  # a server that refuses the upload
+            self.send_response(500)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         dest = Path(self.directory) / self.path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(body)
@@ -85,6 +90,15 @@ def test_train_predict_and_evaluate_over_http(http_root, tiny_models, synth_dir,
     assert preds[0].startswith("text,label") and len(preds) == 1 + len((synth_dir / "test.csv").read_text(
         encoding="utf-8").splitlines()) - 1
     assert main(["evaluate", str(run.path), "--data", f"{url}/test.csv", "-o", f"{url}/out/m.json", "-q"]) == 0
+    capsys.readouterr()
+    # the input as the output is refused before anything is read; a refused upload keeps the finished file
+    assert main(["predict", str(run.path), "-i", f"{url}/test.csv", "-o", f"{url}/test.csv", "-q"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert main(["predict", str(run.path), "-i", f"{url}/test.csv", "-o", f"{url}/refuse/p.csv", "-q"]) == 2
+    err = capsys.readouterr().err
+    kept = err.split("the output is kept in ")[1].strip()
+    assert err.count("\n") == 1 and f"cannot write {url}/refuse/p.csv" in err
+    assert Path(kept).read_text(encoding="utf-8").startswith("text,label")
     assert json.loads((root / "out" / "m.json").read_text())["accuracy"] == pytest.approx(
         local.metrics["test"]["accuracy"])
 

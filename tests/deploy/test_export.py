@@ -86,7 +86,8 @@ def test_each_export_writes_the_card_of_its_format(runs, tmp_path):
     onnxruntime; all three carry the run's evaluation (model-index) and training procedure."""
     from huggingface_hub import ModelCard
 
-    run = runs("bert", **{"report.enabled": True, "report.license": "mit", "report.language": "en"})
+    run = runs("bert", **{"report.enabled": True, "report.license": "mit", "report.language": "en",
+                          "report.dataset_ids": "someone/synthetic"})  # public data: the widget shows its texts
     adapter = ModelCard.load(run / "artifact" / "README.md")
     cards = {"artifact": adapter, "hf": ModelCard.load(export(run / "artifact", tmp_path / "hf", "hf") / "README.md")}
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
@@ -104,9 +105,14 @@ def test_each_export_writes_the_card_of_its_format(runs, tmp_path):
     for kind, card in cards.items():
         assert (card.data.license, card.data.language) == ("mit", "en"), kind
         assert card.data.eval_results == adapter.data.eval_results, kind
-        if kind != "artifact":  # validation texts as the Hub widget's examples
-            assert len(card.data.to_dict()["widget"]) == 2, kind
+        assert len(card.data.to_dict()["widget"]) == 2, kind  # validation texts as the Hub widget's examples
         assert "## Training procedure" in card.text and "on CPU, fp32 |" in card.text, kind
+    from loraclf.evaluation.card import run_examples  # private data shows no texts unless asked
+
+    assert run_examples(run, {"data": {"path": "my-data"}, "report": {}}) == []
+    assert len(run_examples(run, {"data": {"path": "hf:a/b"}, "report": {}})) == 2
+    assert run_examples(run, {"data": {"path": "hf:a/b"}, "report": {"card_examples": 0}}) == []
+    assert len(run_examples(run, {"data": {"path": "my-data"}, "report": {"card_examples": 1}})) == 1
 
 
 def test_verbalizer_export_is_the_merged_causal_lm_plus_the_prompt(runs, tmp_path):

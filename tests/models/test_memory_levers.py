@@ -131,4 +131,6 @@ def test_quantized_base_trains_the_adapter_and_head(bits, head, tiny_llama64, sy
         score = [p for n, p in params.items() if "score" in n and "modules_to_save" in n]
         assert score and all(p.dtype == torch.float32 for p in score)
     assert json.loads((run.path / "artifact" / "loraclf.json").read_text())["quantize"] == bits
+    if head == "classifier":  # config.json loads a full-precision base for plain PEFT users; loraclf.json says how
+        assert "quantization_config" not in json.loads((run.path / "artifact" / "config.json").read_text())
     assert run.metrics["params"]["lora"] > 0

@@ -75,6 +75,13 @@ def test_a_cv_run_reports_mean_and_spread_and_every_out_of_fold_prediction(cv_ru
         assert fold["cv_fold"]["of"] == 3 and fold["test"]["n"] == int((oof["fold"] == i).sum())
     html = (cv_run.path / "report.html").read_text()
     assert "3-fold cross-validation over 300 texts" in html and "fold-1" in html
+    # the console summary (printed at the end, and alone under -q): each headline metric's mean and sd
+    from loraclf.training.cv import cv_table
+
+    lines = cv_table(m).splitlines()
+    assert lines[0].startswith("cross-validation: 3 folds, 300 rows") and lines[1].split() == ["metric", "mean", "sd"]
+    acc = next(ln for ln in lines if ln.startswith("accuracy"))
+    assert acc.split()[1:] == [f"{cv['mean']['accuracy']:.4f}", f"{cv['sd']['accuracy']:.4f}"]
 
 
 def test_cv_runs_compare_as_mean_plus_minus_spread_and_refuse_single_runs(cv_run, tiny_models, synth_dir, tmp_path,

@@ -8,13 +8,14 @@ Messages name the URL, never the temporary copy (:func:`shown`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DataError, EnvironmentError_, LoraclfError
+from ..errors import DataError, EnvironmentError_
 
 # scheme://... (two letters at least, so a Windows drive letter "C://" is not a URL); hf: has no "//"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
@@ -60,6 +61,12 @@ def _filesystem(url: str):
         raise DataError(f"{url}: {protocol}:// is not a protocol fsspec knows ({e})") from None
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as "Type: first line" (at most 200 characters of it), for one-line messages."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def _basename(url: str) -> str:
     """The file name of a URL (query and fragment dropped): its extension tells the format."""
     name = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
@@ -79,8 +86,7 @@ def local_copy(url: str, what: str = "file") -> Path:
     except FileNotFoundError:
         raise DataError(f"{what}: not found: {url}") from None
     except Exception as e:  # noqa: BLE001 - every remote filesystem raises its own types
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise DataError(f"{what}: cannot read {url} ({type(e).__name__}: {detail})") from None
+        raise DataError(f"{what}: cannot read {url} ({one_line(e)})") from None
     if not local.is_file():
         raise DataError(f"{what}: {url} is not a file")
     _copies[url], _urls[str(local)] = local, url
@@ -95,12 +101,23 @@ def local_output(url: str) -> Path:
 
 
 def upload(local: Path, url: str) -> None:
-    """Put the finished local file at `url` (one PUT, so readers never see half of it)."""
+    """Put the finished local file at `url` (one PUT, so readers never see half of it). The local copy is
+    removed once uploaded; if the upload fails it is kept, and the message says where."""
     fs, path = _filesystem(url)
     try:
         fs.put_file(str(local), path)
     except Exception as e:  # noqa: BLE001 - as in local_copy
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise LoraclfError(f"--output: cannot write {url} ({type(e).__name__}: {detail})") from None
-    finally:
-        local.unlink(missing_ok=True)
+        raise EnvironmentError_(f"cannot write {url} ({one_line(e)}); the output is kept in {local}") from None
+    local.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output(dest: str):
+    """The local path to write the output `dest` to: `dest` itself, or for a URL a local file uploaded to it
+    once the block ends without an error."""
+    if not is_url(dest):
+        yield dest
+        return
+    local = local_output(dest)
+    yield str(local)
+    upload(local, dest)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..config import default
-from ..errors import DataError, InputError, LoraclfError
+from ..errors import DataError, EnvironmentError_, InputError, LoraclfError, ModelError
 from ..schema import artifact_dir, read_meta
 
 BATCH_SIZE = default("train.eval_batch_size")
@@ -91,11 +91,11 @@ class Classifier:
             raise InputError(f"predict(): every text must be a string, got {type(bad).__name__}: {bad!r:.60}")
         if pairs is not None and len(pairs) != len(texts):
             raise InputError(f"predict(): {len(texts)} texts but {len(pairs)} pairs")
-        columns = self.meta.get("text_column", "text")
-        reads_pairs = isinstance(columns, list) and len(columns) == 2
-        if texts and reads_pairs != (pairs is not None):
-            raise InputError(f"this model reads text pairs ({', '.join(columns)}): give (a, b) tuples or pairs=[...]"
-                             if reads_pairs else "this model reads one text per input, not pairs")
+        pair_model = reads_pairs(self.meta)
+        if texts and pair_model != (pairs is not None):
+            raise InputError(f"this model reads text pairs ({', '.join(self.meta['text_column'])}): give (a, b) "
+                             "tuples or pairs=[...]" if pair_model else
+                             "this model reads one text per input, not pairs")
         return texts, list(pairs) if pairs is not None else None
 
     def evaluate(self, data, split: str = "test", batch_size: int = BATCH_SIZE, **data_settings) -> dict:
@@ -118,8 +118,8 @@ class Classifier:
         from ..schema import check_output_folder
 
         if self.path is None:
-            raise LoraclfError("this classifier was not loaded from an artifact folder; nothing to copy")
-        out = check_output_folder(Path(directory))
+            raise ModelError("this classifier was not loaded from an artifact folder; nothing to copy")
+        out = check_output_folder(Path(directory), "save_pretrained()")
         stage = out.parent / f".partial-save-{os.getpid()}-{out.name}"
         shutil.rmtree(stage, ignore_errors=True)
         try:
@@ -138,11 +138,16 @@ class Classifier:
         from huggingface_hub import HfApi
 
         if self.path is None:
-            raise LoraclfError("this classifier was not loaded from an artifact folder; nothing to upload")
+            raise ModelError("this classifier was not loaded from an artifact folder; nothing to upload")
         api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(self.path), repo_id=repo_id, repo_type="model",
-                                 commit_message=commit_message)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(folder_path=str(self.path), repo_id=repo_id, repo_type="model",
+                                     commit_message=commit_message)
+        except Exception as e:  # noqa: BLE001 - the Hub client raises HTTP, token and network errors of many types
+            from ..data.remote import one_line
+
+            raise EnvironmentError_(f"push_to_hub({repo_id!r}): {one_line(e)}") from None
         return str(getattr(info, "commit_url", info))
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = BATCH_SIZE,
@@ -204,6 +209,12 @@ def evaluate_classifier(clf, data_cfg_overrides: Optional[list[str]] = None, spl
         raise DataError(str(e).replace(", which train lacks it", ", unknown to the model")) from None
     logits = clf.logits(texts, batch_size or cfg.train.eval_batch_size, pairs, progress=not quiet)
     return {"task": clf.task.name, **clf.task.evaluate(logits, gold)[0]}
+
+
+def reads_pairs(meta: dict) -> bool:
+    """Whether an artifact was trained on two text columns (sentence pairs)."""
+    columns = meta.get("text_column", "text")
+    return isinstance(columns, list) and len(columns) == 2
 
 
 from_pretrained = load  # the name transformers and SetFit users know

@@ -17,7 +17,8 @@ from typing import Iterator, Optional, Sequence
 
 from ..config import default
 from ..data import CHUNK_ROWS, iter_table, read_texts
-from ..data.remote import is_url, local_copy, local_output, shown, upload
+from ..data.remote import is_url, local_copy, local_output, shown
+from ..data.remote import output as remote_output
 from ..errors import LoraclfError
 
 
@@ -33,7 +34,10 @@ def check_output(path: Optional[str], inputs: Sequence[Optional[str]] = ()) -> N
     (through a link or another spelling of its path), never a folder, in a folder that exists."""
     if path is None:
         return
-    if is_url(path):  # written locally, uploaded when complete: only the protocol can be checked now
+    if is_url(path):  # written locally, uploaded when complete: the protocol, and that it is no input
+        if path in inputs:
+            raise LoraclfError(f"--output {path} is the input: writing it would destroy the texts being read; "
+                               "choose another output")
         local_output(path)
         return
     p = Path(path)
@@ -130,10 +134,8 @@ def predict_csv(clf, chunks: Iterator[Chunk], output: Optional[str], id_column: 
     from ..console import progress as progress_bar
 
     if output is not None and is_url(output):  # s3://, gs://, ...: written locally, then uploaded whole
-        local = local_output(output)
-        n = predict_csv(clf, chunks, str(local), id_column, batch_size, progress)
-        upload(local, output)
-        return n
+        with remote_output(output) as local:
+            return predict_csv(clf, chunks, local, id_column, batch_size, progress)
     bar = progress_bar(desc="predict", unit="text", disable=not progress, leave=False)
     try:
         if output is None:

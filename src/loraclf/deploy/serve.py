@@ -121,12 +121,15 @@ def load_models(specs: list[str], opts: ServeOptions, base_model: Optional[str] 
     from ..models.heads import head_class
     from ..schema import read_meta
     from ..tasks import make_task
-    from .artifact import Classifier, load
+    from .artifact import Classifier, load, reads_pairs
 
     served: dict[str, Served] = {}
     groups: dict[tuple, Served] = {}  # share key -> the model holding the base
     for name, art in parse_specs(specs):
         meta = read_meta(art)
+        if reads_pairs(meta):  # requests carry one text each: a pair model would score them wrong or fail
+            raise LoraclfError(f"{name}={art}: the model reads text pairs ({', '.join(meta['text_column'])}); "
+                               "loraclf serve takes one text per input (use loraclf predict or the Python API)")
         key = _share_key(meta, art, base_model) if opts.share_base else None
         owner = groups.get(key) if key is not None else None
         if owner is None:

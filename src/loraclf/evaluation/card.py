@@ -402,7 +402,11 @@ def run_examples(run_dir: Path, config: dict) -> list[str]:
     for text pairs (the Hub's widget takes one text)."""
     from ..schema import RunDir
 
-    n = int(_report(config).get("card_examples", 2) or 0)
+    n = _report(config).get("card_examples")
+    if n is None:  # auto: texts from public data only
+        public = bool(_report(config).get("dataset_ids")) or str(((config or {}).get("data") or {}).get(
+            "path") or "").startswith("hf:")
+        n = 2 if public else 0
     rd = RunDir(run_dir)
     for split in ("validation", "test") if n else ():
         table = rd.read_predictions(split)

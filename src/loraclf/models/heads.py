@@ -195,7 +195,10 @@ class ClassifierHead(Head):
 
         if isinstance(self.model, PeftModel):
             save_adapter(self.model, dest, meta)
-            self.model.get_base_model().config.save_pretrained(str(dest))
+            config = self.model.get_base_model().config
+            config.save_pretrained(str(dest))
+            if getattr(config, "quantization_config", None) is not None:  # loraclf.json says how the base was
+                drop_json_key(dest / "config.json", "quantization_config")  # quantized; plain PEFT loads it full
         else:
             self.model.save_pretrained(str(dest))
 
@@ -502,6 +505,13 @@ def label_config(config, task: Task) -> None:
 
 
 HEADS: dict[str, type[Head]] = {}
+
+
+def drop_json_key(path: Path, key: str) -> None:
+    """Remove one top-level key from a JSON file (written back in place)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop(key, None)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def with_choice(lora, choice: Optional[dict]):

@@ -60,6 +60,21 @@ def _origins(data: Data) -> list[tuple[str, int]]:
     return [(s.source, int(r)) for name in ("train", "validation") for s in [data.splits[name]] for r in s.rows]
 
 
+def cv_table(metrics: dict) -> str:
+    """The terminal summary of a cross-validation run's metrics.json: each headline metric's mean and standard
+    deviation over the folds, on every row held out once."""
+    from ..evaluation.metrics import METRICS
+    from ..evaluation.tables import text_table
+
+    cv = metrics["cv"]
+    keys = [k for k in (*task_class(metrics.get("task")).headline, "loss") if k in cv["mean"]]
+    rows = [["metric", "mean", "sd"]] + [[METRICS[k].name if k in METRICS else k, METRICS[k].format(cv["mean"][k])
+                                          if k in METRICS else f"{cv['mean'][k]:.4f}", f"{cv['sd'][k]:.4f}"]
+                                         for k in keys]
+    return "\n".join([f"cross-validation: {cv['folds']} folds, {cv['rows']:,} rows each scored once by the model "
+                      "that did not see it", *text_table(rows, right_from=1)])
+
+
 def summarize(folds: list[dict], keys) -> dict:
     """Mean and standard deviation (over folds, ddof=1) of every metric the folds scored."""
     mean, sd = {}, {}
@@ -99,6 +114,8 @@ def cross_validate(cfg: Config, train_one: Callable, quiet: bool = False,
             run.update_metrics("cv_fold", {"fold": i, "of": k, "rows": [int(r) for r in held]})
             runs.append(run)
         _write_summary(RunDir(run_dir), cfg, runs, _origins(data), time.perf_counter() - t0)
+        if not quiet:
+            print(cv_table(RunDir(run_dir).read_metrics()))
         if cfg.report.enabled:
             from ..evaluation.report import cv_report
 

@@ -19,8 +19,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import Config, load_config, replace_fields
+from ..config import Config, load_config, replace_fields, set_dotted
 from ..data import Data, Encoded, load_data, token_lengths
+from ..data.tables import in_memory_splits
 from ..errors import ConfigError, DataError, Interrupted, LoraclfError
 from ..evaluation.metrics import METRICS
 from ..evaluation.tables import text_table
@@ -58,7 +59,10 @@ class Run(RunDir):
 
 
 def default_name(cfg: Config) -> str:
-    data = Path((cfg.data.path or cfg.data.train or "data").replace("hf:", "")).name.split(".")[0]
+    source = Path((cfg.data.path or cfg.data.train or "data").replace("hf:", ""))
+    data = source.name.split(".")[0]
+    if not cfg.data.path and data == "train":  # data.train=<folder>/train.csv: the folder names the data
+        data = source.parent.name or data
     model = Path(cfg.model.name).name
     return f"{data}-{model}-{cfg.model.method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -150,6 +154,8 @@ def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
     if resume is None:
         if isinstance(config, Config):  # a Config object, with overrides applied on top
             return load_config(config.to_dict(), overrides) if overrides else config
+        if isinstance(config, dict) and in_memory_splits(config):  # DataFrames in data.train etc.: saved as
+            return load_config(_tables_placed(config, overrides))   # files the config names
         return load_config(config, overrides)
     run = RunDir(resume)
     if not run.config_path.exists():
@@ -162,6 +168,24 @@ def _resolve_config(config, overrides, resume: Optional[str]) -> Config:
     cfg = load_config(run.config_path, overrides)
     check_resume_overrides(load_config(run.config_path), cfg)
     return cfg
+
+
+def _tables_placed(config: dict, overrides) -> dict:
+    """A config mapping whose data section holds in-memory splits, with the overrides applied first (they may
+    name output_dir, where the tables are saved) and each in-memory split replaced by the file saved for it."""
+    import copy
+
+    from ..config import parse_override
+    from ..data.tables import in_memory_splits, place_tables
+
+    given = in_memory_splits(config)
+    tree = copy.deepcopy({**config, "data": {k: v for k, v in config["data"].items() if k not in given}})
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        set_dotted(tree, key, value)
+    for key, value in place_tables(given, tree, "data.{split}").items():
+        set_dotted(tree, key, value)
+    return tree
 
 
 def build_head(cfg: Config, data: Data, quiet: bool = False):
