@@ -74,7 +74,10 @@ def run_setfit(rows: pd.DataFrame, test: pd.DataFrame, seed: int, work: Path) ->
     train = Dataset.from_pandas(rows[["text", "label"]].astype({"label": str}), preserve_index=False)
     # output_dir only moves SetFit's checkpoints and logs out of the working directory; every training
     # argument stays at SetFit's default.
-    Trainer(model=model, train_dataset=train, args=TrainingArguments(seed=seed, output_dir=str(work))).train()
+    # report_to="none": SetFit reports to every installed tracker by default (W&B then asks for a login); the
+    # recipe is untouched
+    Trainer(model=model, train_dataset=train,
+            args=TrainingArguments(seed=seed, output_dir=str(work), report_to="none")).train()
     t1 = time.perf_counter()
     pred = np.asarray(model.predict(test["text"].tolist())).astype(str)
     t2 = time.perf_counter()

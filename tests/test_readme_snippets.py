@@ -73,6 +73,18 @@ def skip_reason(cmd: str):
 
 
 @pytest.fixture(scope="module", autouse=True)
+def absolute_datasets():
+    """The commands run in a working folder of their own: $LORACLF_DATASETS (relative in CI) made absolute."""
+    before = os.environ.get("LORACLF_DATASETS")
+    os.environ["LORACLF_DATASETS"] = str(DATASETS.resolve())
+    yield
+    if before is None:
+        os.environ.pop("LORACLF_DATASETS", None)
+    else:
+        os.environ["LORACLF_DATASETS"] = before
+
+
+@pytest.fixture(scope="module", autouse=True)
 def both_cores():
     """The README's commands run as a user runs them, on every core (conftest keeps tiny-model tests to one)."""
     import torch
@@ -104,7 +116,7 @@ def work(tmp_path_factory):
 
 def _python(code: str, cwd: Path, ns: dict) -> str:
     """Run a README Python block in `cwd` with the namespace `ns`; returns what it printed."""
-    code = code.replace("../shared/datasets", str(DATASETS))
+    code = code.replace("../shared/datasets", str(DATASETS.resolve()))
     out = io.StringIO()
     old = Path.cwd()
     os.chdir(cwd)

@@ -16,6 +16,7 @@ reading are atomic (a temporary file, then a rename).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -262,3 +263,21 @@ def check_output_folder(out: Path, what: str = "--output") -> Path:
     if not parent.is_dir():
         raise LoraclfError(f"{what} {out}: {parent} is a file, not a folder")
     return out
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, tag: str):
+    """A hidden folder beside `out` (new or empty) to fill; it becomes `out` when the block ends without an
+    error and is removed otherwise, so a failed export or copy leaves nothing behind."""
+    import shutil
+
+    stage = out.parent / f".partial-{tag}-{os.getpid()}-{out.name}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()  # empty (check_output_folder)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -115,20 +115,13 @@ class Classifier:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Copy the artifact (weights, tokenizer, labels, model card) to a new or empty `directory`."""
-        from ..schema import check_output_folder
+        from ..schema import check_output_folder, staged_folder
 
         if self.path is None:
             raise ModelError("this classifier was not loaded from an artifact folder; nothing to copy")
         out = check_output_folder(Path(directory), "save_pretrained()")
-        stage = out.parent / f".partial-save-{os.getpid()}-{out.name}"
-        shutil.rmtree(stage, ignore_errors=True)
-        try:
-            shutil.copytree(self.path, stage)
-            if out.exists():
-                out.rmdir()  # empty (checked above)
-            os.replace(stage, out)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        with staged_folder(out, "save") as stage:
+            shutil.copytree(self.path, stage, dirs_exist_ok=True)
         return out
 
     def push_to_hub(self, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None,

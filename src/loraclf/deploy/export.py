@@ -6,8 +6,6 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +33,7 @@ def _options(exporter: Exporter, fmt: str, given: dict) -> dict:
 def export(source: str | Path, out: str | Path, fmt: str = "hf", *, base_model: Optional[str] = None,
            allow_other_base: bool = False, **options) -> Path:
     """Export the artifact (or run directory) `source` into the new folder `out`; returns `out`."""
-    from ..schema import artifact_dir, check_output_folder, read_meta
+    from ..schema import artifact_dir, check_output_folder, read_meta, staged_folder
     from .artifact import load
 
     if fmt not in EXPORTERS:
@@ -50,14 +48,6 @@ def export(source: str | Path, out: str | Path, fmt: str = "hf", *, base_model: 
     out = check_output_folder(Path(out))
     exporter.check(meta, opts)  # a missing extra or an unsupported head fails before any weights load
     clf = load(art, base_model=base_model, device="cpu", merge=True, allow_other_base=allow_other_base)
-    stage = out.parent / f".partial-export-{os.getpid()}-{out.name}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with staged_folder(out, "export") as stage:
         exporter.write(clf, art, stage, opts)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return out
