@@ -214,11 +214,15 @@ def test_a_dataset_dict_with_other_splits_and_evaluate_on_a_class_label_dataset(
     said: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
-    logging.getLogger("loraclf").addHandler(handler)  # the CLI's console setup may stop records reaching the root
+    logger = logging.getLogger("loraclf")  # an earlier `-q` CLI call in this process may have raised its level
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)  # the CLI's console setup may stop records reaching the root
     try:
         clf = loraclf.fit(dd, model=str(tiny_models["bert"]), quiet=True, output_dir=str(tmp_path), name="dd", **FAST)
     finally:
-        logging.getLogger("loraclf").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert any("unsupervised left out" in m for m in said)
     assert clf.run.metrics["test"]["accuracy"] == cli_run.metrics["test"]["accuracy"]
     assert clf.evaluate(ds["test"])["accuracy"] == clf.run.metrics["test"]["accuracy"]  # ids read as names
