@@ -31,10 +31,6 @@ def _field_sections() -> dict[str, list[str]]:
     return out
 
 
-def _sections() -> set[str]:
-    return {s for secs in _field_sections().values() for s in secs}
-
-
 def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Keyword settings as dotted config fields: `train={"lr": 1e-3}` (a section), `train__lr=1e-3`, or a bare
     field name that one section has (`epochs=1` -> train.epochs; `name`, `seed`, `output_dir`, `task` are top-level)."""
@@ -42,9 +38,10 @@ def dotted_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
     top = {f.name for f in dataclasses.fields(Config)}
     sections = _field_sections()
+    section_names = {s for secs in sections.values() for s in secs}
     out: dict[str, Any] = {}
     for key, value in settings.items():
-        if key in top and key in _sections():  # a whole section
+        if key in section_names:  # a whole section
             if not isinstance(value, dict):
                 raise ConfigError(f"fit(): {key}= takes a mapping of {key} fields (e.g. {key}={{...}}), not "
                                   f"{type(value).__name__}; the data goes in train=, validation=, test=")

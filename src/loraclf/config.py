@@ -612,16 +612,18 @@ def load_config(
         tree = read_yaml_mapping(path, "config", "top level must be a mapping of config sections")
     elif path is not None:
         raise ConfigError(f"a config is a YAML file, a mapping of sections or a Config, not {type(path).__name__}")
+    apply_overrides(tree, overrides)
+    return config_from_dict(tree)
+
+
+def apply_overrides(tree: dict, overrides: list[str] | dict | None) -> None:
+    """Set dotted overrides ("section.field=value" strings, or a dict of dotted keys) in a mapping of sections."""
     if overrides is not None and not isinstance(overrides, (list, tuple, dict)):
         raise ConfigError(f"overrides are a list of 'section.field=value' strings or a dict, not "
                           f"{type(overrides).__name__}")
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = [parse_override(o) for o in (overrides or [])]
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in (overrides or [])]
     for key, value in items:
         set_dotted(tree, key, value)
-    return config_from_dict(tree)
 
 
 def config_from_dict(tree: dict) -> Config:

@@ -251,8 +251,8 @@ def artifact_dir(path: str | Path) -> Path:
 
 
 def check_output_folder(out: Path, what: str = "--output") -> Path:
-    """The export's folder: new or empty, not a link (the export would land wherever it points), and
-    under a folder (not under a file), checked before any weights load."""
+    """A folder to write a whole artifact into (an export, save_pretrained): new or empty, not a link (the
+    output would land wherever it points), and under a folder (not under a file); checked before any work."""
     if out.is_symlink():
         raise LoraclfError(f"{what} {out} is a symbolic link; give a plain folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -120,6 +120,7 @@ def save_frames(frames: dict, root: Path) -> Path:
     import shutil
 
     from ..errors import DataError
+    from .remote import one_line
 
     root.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=root, prefix=".partial-"))
@@ -130,9 +131,8 @@ def save_frames(frames: dict, root: Path) -> Path:
             try:
                 _portable(frames[split]).to_parquet(path, index=False)
             except (TypeError, ValueError) as e:  # pyarrow's ArrowTypeError/ArrowInvalid are among these
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                raise DataError(f"{split}=...: a column mixes types that cannot be stored ({first}); give each "
-                                "column one type (texts as strings)") from None
+                raise DataError(f"{split}=...: a column mixes types that cannot be stored ({one_line(e)}); give "
+                                "each column one type (texts as strings)") from None
             digest.update(split.encode() + path.read_bytes())
         final = root / f"dataframe-{digest.hexdigest()[:12]}"
         try:
@@ -145,6 +145,11 @@ def save_frames(frames: dict, root: Path) -> Path:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def row_columns(text_column, label_column: str) -> list[str]:
+    """The fields of a row given as a tuple: the text column(s), then the label column."""
+    return ([text_column] if isinstance(text_column, str) else list(text_column)) + [label_column]
+
+
 def place_tables(splits: dict, tree: dict, named: str = "fit({split}=...)") -> dict:
     """Dotted data fields naming each split of `splits` (split -> a path, or in-memory data) for the config
     `tree` (a mapping of sections): in-memory tables saved under <output_dir>/.data/ and each named as
@@ -152,8 +157,7 @@ def place_tables(splits: dict, tree: dict, named: str = "fit({split}=...)") -> d
     only split is data.path; paths are made absolute, so config.yaml reruns from any folder."""
 
     data = tree.get("data") or {}
-    text = data.get("text_column", "text")
-    cols = ([text] if isinstance(text, str) else list(text)) + [data.get("label_column", "label")]
+    cols = row_columns(data.get("text_column", "text"), data.get("label_column", "label"))
     out: dict = {}
     frames, names = {}, None
     for split, obj in splits.items():
@@ -173,7 +177,7 @@ def place_tables(splits: dict, tree: dict, named: str = "fit({split}=...)") -> d
 
 
 def _absolute(path: str) -> str:
-    from .files import is_url
+    from .remote import is_url
 
     if is_url(path) or path.startswith("hf:") or not Path(path).expanduser().exists():
         return path  # a URL, a hub dataset, or a name under $LORACLF_DATASETS
@@ -182,7 +186,8 @@ def _absolute(path: str) -> str:
 
 def _is_dataset(path: str) -> bool:
     """A dataset folder, a bare dataset name or hf:<id> (data.path), rather than one file (data.train)."""
-    from .files import datasets_root, is_url
+    from .files import datasets_root
+    from .remote import is_url
 
     if path.startswith("hf:"):
         return True

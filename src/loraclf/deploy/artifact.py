@@ -102,14 +102,13 @@ class Classifier:
         """Metrics on labelled data: a DataFrame (or anything :func:`loraclf.fit` takes) with the columns the
         model was trained on, or a file / dataset folder (its `split`). `data_settings` are data fields
         (``label_column="sentiment"``) when the columns differ."""
-        from ..data.tables import as_frame, is_path
+        from ..data.tables import as_frame, is_path, row_columns
 
         sets = [f"data.{k}={json.dumps(v)}" for k, v in data_settings.items()]
         if is_path(data):
             return evaluate_classifier(self, [f"data.path={os.fspath(data)}", *sets], split, batch_size=batch_size)
-        text = data_settings.get("text_column", self.meta.get("text_column", "text"))
-        cols = ([text] if isinstance(text, str) else list(text)) + [data_settings.get(
-            "label_column", self.meta.get("label_column") or "label")]
+        cols = row_columns(data_settings.get("text_column", self.meta.get("text_column", "text")),
+                           data_settings.get("label_column", self.meta.get("label_column") or "label"))
         frame, _ = as_frame(data, cols, "evaluate(data=...)")
         return evaluate_classifier(self, sets, split, table=frame, batch_size=batch_size)
 

@@ -175,14 +175,12 @@ def _tables_placed(config: dict, overrides) -> dict:
     name output_dir, where the tables are saved) and each in-memory split replaced by the file saved for it."""
     import copy
 
-    from ..config import parse_override
-    from ..data.tables import in_memory_splits, place_tables
+    from ..config import apply_overrides
+    from ..data.tables import place_tables
 
     given = in_memory_splits(config)
     tree = copy.deepcopy({**config, "data": {k: v for k, v in config["data"].items() if k not in given}})
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
-    for key, value in items:
-        set_dotted(tree, key, value)
+    apply_overrides(tree, overrides)
     for key, value in place_tables(given, tree, "data.{split}").items():
         set_dotted(tree, key, value)
     return tree
