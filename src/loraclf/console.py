@@ -108,7 +108,7 @@ def _library_bars(quiet: bool) -> None:
     """No progress bars from transformers, huggingface_hub and datasets when quiet or in a log (weights
     load in seconds; a download's frames in a log help nobody). Quiet: transformers' warnings off too.
     The environment does it for a library not imported yet (it reads it on import), calls for one that is."""
-    if not quiet and sys.stderr is not None and interactive():
+    if not quiet and interactive():
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
