@@ -112,10 +112,11 @@ def test_pairs_as_tuples_equal_pairs_argument(tiny_models, tmp_path):
     with pytest.raises(InputError, match="not both"):
         clf.predict(list(zip(a, b)), pairs=b)
     pytest.importorskip("fastapi")
-    from loraclf.deploy.serve import ServeOptions, load_models
+    from loraclf.deploy.pool import ModelPool
+    from loraclf.deploy.serve import ServeOptions
 
     with pytest.raises(LoraclfError, match=r"reads text pairs \(a, b\); loraclf serve takes one text per input"):
-        load_models([f"pairs={run.path}"], ServeOptions())  # refused at start, not a 500 on every request
+        ModelPool.from_specs([f"pairs={run.path}"], ServeOptions())  # refused at start, not a 500 on every request
 
 
 def test_predict_save_pretrained_and_push_to_hub(cli_run, tmp_path, monkeypatch):

@@ -227,11 +227,14 @@ bodies = st.one_of(
 
 @given(body=bodies)
 def test_fuzz_http_bodies(body):
-    from loraclf.deploy.serve import ApiError, Served, ServeOptions, parse_request
+    from loraclf.deploy.pool import ModelPool, Served
+    from loraclf.deploy.serve import ApiError, ServeOptions, parse_request
 
-    models = {"a": Served("a", None), "b": Served("b", None)}
+    models = ModelPool(ServeOptions())
+    models.add(Served("a", None))
+    models.add(Served("b", None))
     try:
-        served, texts = _quick(parse_request, body, models, ServeOptions())
-        assert served.name in models and all(isinstance(t, str) for t in texts)
+        name, texts = _quick(parse_request, body, models, ServeOptions())
+        assert name in models.loaded and all(isinstance(t, str) for t in texts)
     except ApiError as e:
         assert 400 <= e.status < 500 and "\n" not in e.message

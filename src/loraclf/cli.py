@@ -248,7 +248,10 @@ def _serve(args: argparse.Namespace) -> int:
                         max_wait_ms=args.max_wait_ms, max_texts=args.max_texts, max_chars=args.max_chars,
                         max_body_bytes=args.max_body_bytes, device=args.device, precision=args.precision,
                         share_base=not args.no_share_base, allow_other_base=args.allow_other_base)
-    run_server(args.models, opts, base_model=args.base_model, quiet=args.quiet)
+    if not args.models and not args.models_dir:
+        raise LoraclfError("loraclf serve: name at least one model ([NAME=]ARTIFACT) or a --models-dir")
+    run_server(args.models, opts, base_model=args.base_model, quiet=args.quiet, models_dir=args.models_dir,
+               max_loaded=args.max_loaded)
     return 0
 
 
@@ -431,13 +434,19 @@ def _add_serve(sub) -> None:
     from .deploy.serve import ServeOptions as D
 
     sv = sub.add_parser("serve", help="HTTP server for trained classifiers and exports (FastAPI + uvicorn)")
-    sv.add_argument("models", nargs="+", metavar="[NAME=]ARTIFACT",
-                    help="run directory, artifact or export; NAME= sets the model name clients use "
-                         "(default: the folder name)")
+    sv.add_argument("models", nargs="*", metavar="[NAME=]ARTIFACT",
+                    help="run directory, artifact or export, loaded at start and never evicted; NAME= sets the "
+                         "model name clients use (default: the folder name)")
+    sv.add_argument("--models-dir", metavar="DIR",
+                    help="also serve every run or artifact in DIR, named after its folder: loaded on first request, "
+                         "and a folder added later is servable without a restart")
+    sv.add_argument("--max-loaded", type=int, metavar="N",
+                    help="keep at most N models of --models-dir in memory (least recently used evicted; a shared "
+                         "base stays while any of its adapters is loaded)")
     sv.add_argument("--host", default=D.host, help="address to bind; the default serves this machine only")
     sv.add_argument("--port", type=_port, default=D.port, help="0 picks a free port")
     sv.add_argument("--max-batch-size", type=int, default=D.max_batch_size,
-                    help="texts per inference batch; concurrent requests for one model are batched up to it")
+                    help="texts per inference batch; concurrent requests, for any models, are batched up to it")
     sv.add_argument("--max-wait-ms", type=float, default=D.max_wait_ms,
                     help="how long a batch waits for more requests once it has one (latency for throughput)")
     sv.add_argument("--max-texts", type=int, default=D.max_texts, help="texts per request")

@@ -22,7 +22,8 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("onnxruntime")
 httpx = pytest.importorskip("httpx")
 
-from loraclf.deploy.serve import Served, ServeOptions, create_app, load_models, parse_specs, serving  # noqa: E402
+from loraclf.deploy.pool import ModelPool, Served, parse_specs  # noqa: E402
+from loraclf.deploy.serve import ServeOptions, create_app, serving  # noqa: E402
 
 TEXTS = [t for t, _ in synthetic_rows(10, 5)]
 TIMEOUT = 30.0  # seconds, per request
@@ -56,11 +57,10 @@ def runs(tiny_models, synth_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(runs):
     opts = ServeOptions(max_batch_size=32, max_wait_ms=50, max_texts=10, max_chars=200, max_body_bytes=4096)
-    models = load_models([f"{n}={p}" for n, p in runs.items()], opts)
-    models["broken"] = Served("broken", Failing(models["a"].clf), "default")
-    models["broken"].info = {"labels": models["a"].clf.labels}
-    with serving(create_app(models, opts)) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-        yield client, models
+    pool = ModelPool.from_specs([f"{n}={p}" for n, p in runs.items()], opts)
+    pool.add(Served("broken", Failing(pool.loaded["a"].clf), "default", info={"labels": pool.loaded["a"].clf.labels}))
+    with serving(create_app(pool, opts)) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        yield client, pool.loaded
 
 
 def _classify(client, model, texts):
@@ -110,18 +110,18 @@ def test_adapters_share_one_base_and_route_by_name(server, runs):
 def test_concurrent_requests_are_batched(server, runs):
     client, _ = server
     want = loraclf.load(runs["a"]).predict(TEXTS)
-    before_count = _metric(client, "loraclf_batch_size_count", model="a")
-    before_sum = _metric(client, "loraclf_batch_size_sum", model="a")
+    before_count = _metric(client, "loraclf_batch_size_count")
+    before_sum = _metric(client, "loraclf_batch_size_sum")
     texts = [TEXTS[i % len(TEXTS)] for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
         replies = list(pool.map(lambda t: _classify(client, "a", [t]), texts))
     assert [r.status_code for r in replies] == [200] * 16
     assert [r.json()["results"][0]["label"] for r in replies] == [want[i % len(TEXTS)] for i in range(16)]
-    batches = _metric(client, "loraclf_batch_size_count", model="a") - before_count
-    assert _metric(client, "loraclf_batch_size_sum", model="a") - before_sum == 16
+    batches = _metric(client, "loraclf_batch_size_count") - before_count
+    assert _metric(client, "loraclf_batch_size_sum") - before_sum == 16
     assert batches < 16  # some batch held more than one request
-    assert _metric(client, "loraclf_batch_size_bucket", model="a", le="1.0") < _metric(
-        client, "loraclf_batch_size_count", model="a")
+    assert _metric(client, "loraclf_batch_size_bucket", le="1.0") < _metric(
+        client, "loraclf_batch_size_count")
 
 
 @pytest.mark.parametrize("body,status,needle", [
@@ -174,9 +174,9 @@ def test_a_failed_batch_fails_its_requests_and_the_server_keeps_serving(server):
     client, _ = server
     r = _classify(client, "broken", ["fine", "boom"])
     assert r.status_code == 500
-    assert r.json()["error"]["message"] == "inference failed for this batch (RuntimeError); see the server log"
+    assert r.json()["error"]["message"] == "inference failed for this request (RuntimeError); see the server log"
     assert _classify(client, "broken", ["fine"]).status_code == 200
-    assert client.get("/health").json() == {"status": "ok", "models": 4}
+    assert client.get("/health").json() == {"status": "ok", "models": 4, "loaded": 4}
 
 
 def test_metrics_count_requests_latency_and_texts(server):
@@ -197,13 +197,13 @@ def test_metrics_count_requests_latency_and_texts(server):
 
 def test_batch_size_one_never_batches(runs):
     opts = ServeOptions(max_batch_size=1, max_wait_ms=50)
-    models = load_models([f"a={runs['a-onnx']}"], opts)
-    with serving(create_app(models, opts)) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+    pool = ModelPool.from_specs([f"a={runs['a-onnx']}"], opts)
+    with serving(create_app(pool, opts)) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda t: client.post("/v1/classify", json={"input": [t]}).status_code, TEXTS[:8]))
         assert codes == [200] * 8  # "model" may be left out when one model is served
-        assert _metric(client, "loraclf_batch_size_count", model="a") == 8
-        assert _metric(client, "loraclf_batch_size_sum", model="a") == 8
+        assert _metric(client, "loraclf_batch_size_count") == 8
+        assert _metric(client, "loraclf_batch_size_sum") == 8
 
 
 def test_model_names_and_unshared_loading(runs):
@@ -214,7 +214,7 @@ def test_model_names_and_unshared_loading(runs):
         parse_specs([f"no way={runs['a']}"])
     with pytest.raises(loraclf.LoraclfError, match="artifact not found"):
         parse_specs([f"a={runs['a']}-missing"])
-    models = load_models([f"a={runs['a']}", f"b={runs['b']}"], ServeOptions(share_base=False))
+    models = ModelPool.from_specs([f"a={runs['a']}", f"b={runs['b']}"], ServeOptions(share_base=False)).loaded
     assert models["a"].clf.model is not models["b"].clf.model and models["a"].adapter is None
 
 
@@ -223,7 +223,7 @@ def test_missing_extra_is_one_line(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "fastapi", None)
     with pytest.raises(EnvironmentError_, match=r"fastapi is not installed: pip install 'loraclf\[serve\]'"):
-        create_app({}, ServeOptions())
+        create_app(ModelPool(ServeOptions()), ServeOptions())
 
 
 def _free_port() -> int:
@@ -249,7 +249,7 @@ def test_cli_serves_on_loopback_by_default(runs, tmp_path):
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
-        assert r.json() == {"status": "ok", "models": 1}
+        assert r.json() == {"status": "ok", "models": 1, "loaded": 1}
         r = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"model": "onnx", "input": ["superb"]},
                        timeout=TIMEOUT)
         assert r.status_code == 200 and r.json()["results"][0]["label"] in ("negative", "positive")

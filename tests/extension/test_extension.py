@@ -100,7 +100,8 @@ def test_hf_export_and_the_server_answer_as_loraclf_does(runs, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from loraclf.deploy.export import export
-    from loraclf.deploy.serve import ServeOptions, create_app, load_models, serving
+    from loraclf.deploy.pool import ModelPool
+    from loraclf.deploy.serve import ServeOptions, create_app, serving
 
     _, (run, _) = runs
     clf = loraclf.load(run.path)
@@ -112,7 +113,7 @@ def test_hf_export_and_the_server_answer_as_loraclf_does(runs, tmp_path):
     with torch.no_grad():
         logits = model(**tok(TEXTS, truncation=True, max_length=32, padding=True, return_tensors="pt")).logits
     np.testing.assert_allclose(logits.softmax(-1).numpy(), want, atol=1e-4)
-    served = load_models([f"toy={run.path}"], ServeOptions())
+    served = ModelPool.from_specs([f"toy={run.path}"], ServeOptions())
     with serving(create_app(served, ServeOptions())) as url:
         answer = httpx.post(f"{url}/v1/classify", json={"model": "toy", "input": TEXTS}, timeout=30).json()
         info = httpx.get(f"{url}/v1/models", timeout=30).json()["models"][0]

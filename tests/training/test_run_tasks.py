@@ -250,7 +250,8 @@ def test_onnx_export_and_the_server_answer_each_task(tiny_models, tagged_dir, sc
     pytest.importorskip("onnxruntime")
     pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
-    from loraclf.deploy.serve import ServeOptions, create_app, load_models, serving
+    from loraclf.deploy.pool import ModelPool
+    from loraclf.deploy.serve import ServeOptions, create_app, serving
 
     multi = loraclf.train(None, tiny_overrides(tiny_models["bert"], tagged_dir, tmp_path / "m",
                                                **{**MULTI, "train.epochs": 1}), quiet=True).path
@@ -263,7 +264,7 @@ def test_onnx_export_and_the_server_answer_each_task(tiny_models, tagged_dir, sc
                                want["reg"].predict_proba(texts), atol=1e-4)
 
     opts = ServeOptions(max_batch_size=8, max_wait_ms=5)
-    models = load_models([f"multi={multi}", f"reg={reg}", f"reg-onnx={tmp_path / 'onnx'}"], opts)
+    models = ModelPool.from_specs([f"multi={multi}", f"reg={reg}", f"reg-onnx={tmp_path / 'onnx'}"], opts)
     with serving(create_app(models, opts)) as url, httpx.Client(base_url=url, timeout=30.0) as client:
         got = client.post("/v1/classify", json={"model": "multi", "input": texts}).json()["results"]
         probs = want["multi"].predict_proba(texts)

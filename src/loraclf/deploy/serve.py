@@ -2,13 +2,15 @@
 
 - ``POST /v1/classify`` ``{"model": name, "input": [texts]}`` -> per text: label, its probability and
   every label's probability. ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
-- Several LoRA classifiers on one base share one copy of the base weights: the first is loaded
-  unmerged, the others are added to it as PEFT adapters, and each batch activates its adapter.
-- Concurrent requests for one model are micro-batched (``max_batch_size`` texts, ``max_wait_ms``);
-  inference runs on one worker thread, so the event loop keeps accepting requests meanwhile and
-  switching adapters never races a forward pass.
+- The models are a :class:`~loraclf.deploy.pool.ModelPool`: those named at start-up, and with
+  ``--models-dir`` every artifact in a folder, loaded on first request and evicted least recently
+  used past ``--max-loaded``. LoRA classifiers on one base share one copy of its weights.
+- Concurrent requests, for any mix of models, are micro-batched (``max_batch_size`` texts,
+  ``max_wait_ms``): LoRA classifiers on one base share one forward pass, each row with its own adapter
+  and head. Inference runs on one worker thread, so the event loop keeps accepting requests meanwhile
+  and loading or evicting an adapter never races a forward pass.
 - Safe by default: loopback only, limits on texts, characters and body size, one-line JSON errors,
-  and only the models named at start-up can be reached (requests name a model, never a path).
+  and requests name a model, never a path.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) as objects.
@@ -16,21 +18,19 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import LoraclfError, import_extra, printable
+from ..errors import import_extra, printable
+from .pool import ModelPool
 
 log = logging.getLogger("loraclf")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -49,25 +49,6 @@ class ServeOptions:
     allow_other_base: bool = False  # accept a base whose weights differ from the one an artifact was trained on
 
 
-@dataclass
-class Served:
-    """One model clients can name. `clf` has ``labels``, ``task`` (which words its answers) and
-    ``predict_proba(texts, batch_size=)``;
-    `adapter` is the PEFT adapter to activate first when several classifiers share one base."""
-
-    name: str
-    clf: Any
-    adapter: Optional[str] = None
-    info: dict = field(default_factory=dict)
-
-    def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
-        if self.adapter is not None:
-            model = self.clf.model
-            if model.active_adapter != self.adapter:
-                model.set_adapter(self.adapter)
-        return self.clf.predict_proba(texts, batch_size=batch_size)
-
-
 class ApiError(Exception):
     """A request the server refuses: HTTP status and one line for the client."""
 
@@ -77,103 +58,29 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def parse_specs(specs: list[str]) -> list[tuple[str, Path]]:
-    """``[NAME=]PATH`` arguments as (name, path); the default name is the run's folder name."""
-    from ..schema import artifact_dir
-
-    out: list[tuple[str, Path]] = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = "", spec
-        art = artifact_dir(path)
-        if not name:
-            name = art.parent.name if art.name == "artifact" else art.name
-        if not NAME_RE.match(name):
-            raise LoraclfError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 64); "
-                               "give one as NAME=PATH")
-        if name in {n for n, _ in out}:
-            raise LoraclfError(f"two models are named {name!r}; give one another name as NAME=PATH")
-        out.append((name, art))
-    return out
-
-
-def _share_key(meta: dict, art: Path, base_model: Optional[str]) -> Optional[tuple]:
-    """Adapters that can live on one base: same base, same number of labels, same extra trained modules
-    (LoRA adapters of a head that can share its base; exports carry their own weights)."""
-    from ..models.heads import HEADS
-    from ..models.methods import method_of
-
-    method, head = method_of(meta["method"]), HEADS.get(meta["head"])
-    if not (method and method.adapters and head and head.shares_base):
-        return None
-    acfg = json.loads((art / "adapter_config.json").read_text())
-    return (base_model or meta["base_model"], meta.get("base_fingerprint"), len(meta["labels"]),
-            tuple(sorted(acfg.get("modules_to_save") or ())))
-
-
-def load_models(specs: list[str], opts: ServeOptions, base_model: Optional[str] = None) -> dict[str, Served]:
-    """Load every model named at start-up; LoRA classifiers on one base share it (opts.share_base)."""
-    from ..models.build import load_tokenizer
-    from ..models.heads import head_class
-    from ..schema import read_meta
-    from ..tasks import make_task
-    from .artifact import Classifier, load, reads_pairs
-
-    served: dict[str, Served] = {}
-    groups: dict[tuple, Served] = {}  # share key -> the model holding the base
-    for name, art in parse_specs(specs):
-        meta = read_meta(art)
-        if reads_pairs(meta):  # requests carry one text each: a pair model would score them wrong or fail
-            raise LoraclfError(f"{name}={art}: the model reads text pairs ({', '.join(meta['text_column'])}); "
-                               "loraclf serve takes one text per input (use loraclf predict or the Python API)")
-        key = _share_key(meta, art, base_model) if opts.share_base else None
-        owner = groups.get(key) if key is not None else None
-        if owner is None:
-            clf = load(art, base_model=base_model, device=opts.device, merge=key is None, precision=opts.precision,
-                       allow_other_base=opts.allow_other_base)
-            s = Served(name, clf, "default" if key is not None else None)
-            if key is not None:
-                groups[key] = s
-        else:
-            peft_model = owner.clf.model
-            peft_model.load_adapter(str(art), adapter_name=name)
-            task = make_task(meta["task"], meta["labels"], meta["task_state"])
-            head = head_class(meta["head"])(peft_model, load_tokenizer(str(art)), task)
-            clf = Classifier(head, meta, owner.clf.device)
-            clf.precision = opts.precision
-            s = Served(name, clf, name)
-            s.info["shares_base_with"] = owner.name
-        s.info.update({k: meta.get(k) for k in ("base_model", "method", "head", "format")})
-        s.info.update(s.clf.task.describe())
-        served[name] = s
-    return served
-
-
 # --------------------------------------------------------------------------- batching
 
 
 @dataclass
 class _Pending:
+    name: str
     texts: list[str]
     future: asyncio.Future
 
 
 class Batcher:
-    """Collects concurrent requests for one model into batches and runs them on the worker thread."""
+    """Collects concurrent requests, for any of the served models, into batches (a request is never
+    split) and runs them on the inference thread: LoRA classifiers on one base share its forward pass."""
 
-    def __init__(self, served: Served, executor, max_batch: int, max_wait_s: float, metrics: "Metrics"):
-        self.served, self.executor, self.metrics = served, executor, metrics
+    def __init__(self, pool: ModelPool, executor, max_batch: int, max_wait_s: float, metrics: "Metrics"):
+        self.pool, self.executor, self.metrics = pool, executor, metrics
         self.max_batch, self.max_wait_s = max(1, max_batch), max(0.0, max_wait_s)
         self.pending: deque[_Pending] = deque()
         self.wakeup = asyncio.Event()
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
+    async def submit(self, name: str, texts: list[str]) -> np.ndarray:
         fut = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending(texts, fut))
+        self.pending.append(_Pending(name, texts, fut))
         self.wakeup.set()
         return await fut
 
@@ -181,7 +88,7 @@ class Batcher:
         return sum(len(p.texts) for p in self.pending)
 
     async def _gather(self) -> list[_Pending]:
-        """Wait for a request, then up to max_wait for the batch to fill; a request is never split."""
+        """Wait for a request, then up to max_wait for the batch to fill."""
         while not self.pending:
             self.wakeup.clear()
             await self.wakeup.wait()
@@ -191,7 +98,7 @@ class Batcher:
             self.wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), left)
-        batch, n = [self.pending.popleft()], 0
+        batch = [self.pending.popleft()]
         n = len(batch[0].texts)
         while self.pending and n + len(self.pending[0].texts) <= self.max_batch:
             item = self.pending.popleft()
@@ -203,26 +110,34 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
-            texts = [t for p in batch for t in p.texts]
-            name = self.served.name
-            self.metrics.batch_size.labels(name).observe(len(texts))
+            n = sum(len(p.texts) for p in batch)
+            self.metrics.batch_size.observe(n)
+            self.metrics.batch_models.observe(len({p.name for p in batch}))
             t0 = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.served.predict_proba, texts, self.max_batch)
-            except Exception as e:  # one failed batch fails its requests; the server keeps serving
-                log.exception("inference failed for model %s (%d texts)", name, len(texts))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(ApiError(500, f"inference failed for this batch "
-                                                              f"({type(e).__name__}); see the server log"))
-                continue
+                outputs = await loop.run_in_executor(self.executor, self.pool.infer,
+                                                     [(p.name, p.texts) for p in batch], self.max_batch)
+            except Exception as e:  # noqa: BLE001 - the pool answers per request; this is a bug of ours
+                outputs = [e] * len(batch)
             finally:
-                self.metrics.inference.labels(name).observe(time.perf_counter() - t0)
-            start = 0
-            for p in batch:
-                if not p.future.done():  # the client may have gone away
-                    p.future.set_result(probs[start:start + len(p.texts)])
-                start += len(p.texts)
+                self.metrics.inference.observe(time.perf_counter() - t0)
+            for p, out in zip(batch, outputs):
+                if p.future.done():  # the client went away
+                    continue
+                if isinstance(out, BaseException):
+                    p.future.set_exception(_as_api_error(p, out))
+                else:
+                    p.future.set_result(out)
+
+
+def _as_api_error(p: _Pending, e: BaseException) -> ApiError:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, LookupError):
+        return ApiError(404, f"unknown model {p.name!r}")
+    log.error("inference failed for model %s (%d texts): %s: %s", p.name, len(p.texts), type(e).__name__, e,
+              exc_info=e)
+    return ApiError(500, f"inference failed for this request ({type(e).__name__}); see the server log")
 
 
 # --------------------------------------------------------------------------- metrics and requests
@@ -241,10 +156,14 @@ class Metrics:
                                    ["path", "status"], registry=r)
         self.latency = prom.Histogram("loraclf_request_duration_seconds", "Request latency", ["path"], registry=r,
                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-        self.batch_size = prom.Histogram("loraclf_batch_size", "Texts per inference batch", ["model"],
-                                         registry=r, buckets=BATCH_BUCKETS)
-        self.inference = prom.Histogram("loraclf_inference_seconds", "Time of one inference batch", ["model"],
-                                        registry=r)
+        self.batch_size = prom.Histogram("loraclf_batch_size", "Texts per inference batch", registry=r,
+                                         buckets=BATCH_BUCKETS)
+        self.batch_models = prom.Histogram("loraclf_batch_models", "Distinct models per inference batch",
+                                           registry=r, buckets=BATCH_BUCKETS)
+        self.inference = prom.Histogram("loraclf_inference_seconds", "Time of one inference batch", registry=r)
+        self.loaded = prom.Gauge("loraclf_models_loaded", "Models in memory", registry=r)
+        self.loads = prom.Gauge("loraclf_model_loads", "Models loaded since start", registry=r)
+        self.evictions = prom.Gauge("loraclf_model_evictions", "Models evicted since start", registry=r)
         self.texts = prom.Counter("loraclf_texts", "Texts classified", ["model"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
@@ -265,8 +184,12 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_request(body: bytes, models: dict[str, Served], opts: ServeOptions) -> tuple[Served, list[str]]:
-    """The model and texts of a classify request, or an ApiError naming what is wrong."""
+def _names_hint(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (f" ... ({len(names)} in all; GET /v1/models lists them)" if len(names) > 10 else "")
+
+
+def parse_request(body: bytes, pool: ModelPool, opts: ServeOptions) -> tuple[str, list[str]]:
+    """The model name and texts of a classify request, or an ApiError naming what is wrong."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -279,13 +202,15 @@ def parse_request(body: bytes, models: dict[str, Served], opts: ServeOptions) ->
     if unknown:
         raise ApiError(422, f"unknown field(s): {', '.join(unknown)} (expected model and input)")
     name = payload.get("model")
-    if name is None and len(models) == 1:
-        name = next(iter(models))
+    if name is None:
+        names = pool.names()
+        if len(names) == 1:
+            name = names[0]
     if not isinstance(name, str):
-        raise ApiError(422, f"'model' must be a string naming one of: {', '.join(models)}")
-    if name not in models:
+        raise ApiError(422, f"'model' must be a string naming one of: {_names_hint(pool.names())}")
+    if not pool.knows(name):
         shown = name if len(name) <= 64 else name[:64] + "..."
-        raise ApiError(404, f"unknown model {shown!r}; this server serves: {', '.join(models)}")
+        raise ApiError(404, f"unknown model {shown!r}; this server serves: {_names_hint(pool.names())}")
     texts = payload.get("input")
     if isinstance(texts, str):
         texts = [texts]
@@ -298,11 +223,7 @@ def parse_request(body: bytes, models: dict[str, Served], opts: ServeOptions) ->
     longest = max(len(t) for t in texts)
     if longest > opts.max_chars:
         raise ApiError(413, f"a text has {longest} characters; the limit is {opts.max_chars}")
-    return models[name], texts
-
-
-def results(served: Served, outputs: np.ndarray) -> list[dict]:
-    return served.clf.task.records(outputs)
+    return name, texts
 
 
 # --------------------------------------------------------------------------- the app
@@ -314,8 +235,8 @@ def _error(status: int, message: str):
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
 
 
-def create_app(models: dict[str, Served], opts: ServeOptions):
-    """The FastAPI app serving `models` (fixed for its life)."""
+def create_app(pool: ModelPool, opts: ServeOptions):
+    """The FastAPI app serving the models of `pool`."""
     fastapi = import_extra("fastapi", "serve")
     from concurrent.futures import ThreadPoolExecutor
 
@@ -325,21 +246,19 @@ def create_app(models: dict[str, Served], opts: ServeOptions):
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         # One worker thread: PyTorch and onnxruntime use every core inside a batch already, and adapter
-        # switches on a shared base must not interleave with another model's forward pass.
+        # loads and evictions on a shared base must not interleave with a forward pass.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraclf-infer")
-        state["batchers"] = {n: Batcher(s, executor, opts.max_batch_size, opts.max_wait_ms / 1000, metrics)
-                             for n, s in models.items()}
-        tasks = [asyncio.create_task(b.run()) for b in state["batchers"].values()]
+        state["batcher"] = Batcher(pool, executor, opts.max_batch_size, opts.max_wait_ms / 1000, metrics)
+        task = asyncio.create_task(state["batcher"].run())
         try:
             yield
         finally:
-            for t in tasks:
-                t.cancel()
+            task.cancel()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = fastapi.FastAPI(title="loraclf", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     _count_requests(app, metrics)
-    _routes(app, models, opts, metrics, state)
+    _routes(app, pool, opts, metrics, state)
     return app
 
 
@@ -361,44 +280,51 @@ def _count_requests(app, metrics: Metrics) -> None:
         return response
 
 
-def _routes(app, models: dict[str, Served], opts: ServeOptions, metrics: Metrics, state: dict) -> None:
+def _routes(app, pool: ModelPool, opts: ServeOptions, metrics: Metrics, state: dict) -> None:
     from fastapi import Request
     from fastapi.responses import Response
 
     @app.post("/v1/classify")
     async def classify(request: Request):
         try:
-            served, texts = parse_request(await read_body(request, opts.max_body_bytes), models, opts)
-            probs = await state["batchers"][served.name].submit(texts)
+            name, texts = parse_request(await read_body(request, opts.max_body_bytes), pool, opts)
+            task, outputs = await state["batcher"].submit(name, texts)
         except ApiError as e:
             return _error(e.status, e.message)
-        metrics.texts.labels(served.name).inc(len(texts))
-        return {"model": served.name, "results": results(served, probs)}
+        metrics.texts.labels(name).inc(len(texts))
+        return {"model": name, "results": task.records(outputs)}
 
     @app.get("/v1/models")
     async def list_models():
-        return {"models": [{"name": n, **s.info} for n, s in models.items()]}
+        return {"models": pool.describe()}
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": len(models)}
+        return {"status": "ok", "models": len(pool.names()), "loaded": len(pool.loaded)}
 
     @app.get("/metrics")
     async def prometheus():
+        metrics.loaded.set(len(pool.loaded))
+        metrics.loads.set(pool.loads)
+        metrics.evictions.set(pool.evictions)
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
 
 
-def run_server(specs: list[str], opts: ServeOptions, base_model: Optional[str] = None, quiet: bool = False) -> None:
+def run_server(specs: list[str], opts: ServeOptions, base_model: Optional[str] = None, quiet: bool = False,
+               models_dir: Optional[str] = None, max_loaded: Optional[int] = None) -> None:
     """Load the models, then serve them until interrupted (``loraclf serve``)."""
     import_extra("fastapi", "serve")
     uvicorn = import_extra("uvicorn", "serve")
-    models = load_models(specs, opts, base_model)
-    app = create_app(models, opts)
+    pool = ModelPool.from_specs(specs, opts, base_model, models_dir, max_loaded)
+    app = create_app(pool, opts)
+    models = pool.names()
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from the network, without authentication; put it behind a proxy "
                     "that authenticates, or bind 127.0.0.1", opts.host)
-    print(f"serving {', '.join(models)} on http://{opts.host}:{opts.port} (Ctrl-C to stop)", file=sys.stderr)
+    shown = ", ".join(models[:10]) + (f" and {len(models) - 10} more" if len(models) > 10 else "")
+    shown = shown or f"the models of {models_dir}"
+    print(f"serving {shown} on http://{opts.host}:{opts.port} (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning" if quiet else "info",
                 access_log=not quiet, timeout_graceful_shutdown=10)
 

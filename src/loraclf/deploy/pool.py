@@ -1,0 +1,438 @@
+"""The models a server can reach, loaded when first asked for, and inference over mixed batches of them.
+
+- Models come from ``NAME=PATH`` arguments (loaded at start, never evicted) and from a models folder
+  (``--models-dir``: every sub-folder holding an artifact or a run is a model named after the folder;
+  loaded on first request, at most ``max_loaded`` of them kept, least recently used evicted). A
+  request names a model, never a path: a name is checked against :data:`NAME_RE` (no separators)
+  before it is joined to the folder.
+- LoRA classifiers on one base share one copy of its weights (a :class:`BaseGroup`): the first is
+  loaded unmerged, the others are added as PEFT adapters. Adapters of a group may differ in rank,
+  target modules, task and number of labels.
+- :meth:`ModelPool.infer` runs one batch of requests for any mix of models. Rows of LoRA classifiers
+  on one base go through the base once, each row with its own adapter's LoRA deltas (PEFT's
+  ``adapter_names``) and its own head (:func:`per_row_heads`, which also allows heads of different
+  widths); each model's task then turns its rows' logits into answers (temperature, thresholds,
+  target scale). Other models run on their own. A failed batch is retried request by request, so
+  only the request that fails gets an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..errors import LoraclfError, printable
+
+log = logging.getLogger("loraclf")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class Served:
+    """One model clients can name. `clf` has ``labels``, ``task`` (which words its answers) and
+    ``predict_proba(texts, batch_size=)``; `adapter` is its PEFT adapter on a shared base (`group`)."""
+
+    name: str
+    clf: Any
+    adapter: Optional[str] = None
+    info: dict = field(default_factory=dict)
+    group: Optional["BaseGroup"] = None
+    pinned: bool = True  # named at start-up: never evicted
+
+    def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
+        if self.adapter is not None:
+            model = self.clf.model
+            if model.active_adapter != self.adapter:
+                model.set_adapter(self.adapter)
+        return self.clf.predict_proba(texts, batch_size=batch_size)
+
+
+@dataclass
+class BaseGroup:
+    """LoRA classifiers sharing one base model (a PEFT model holding each as an adapter)."""
+
+    key: tuple
+    model: Any  # the PeftModel
+    first: str  # the model whose loading brought the base in
+    mixed: bool  # rows of its adapters can share one forward pass
+    members: dict[str, Served] = field(default_factory=dict)
+    counter: int = 0
+
+    def adapter_name(self) -> str:
+        # PEFT adapter names become module-dict keys: served names may hold '.', these never do
+        self.counter += 1
+        return f"adapter{self.counter}"
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def parse_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
+    """``[NAME=]PATH`` arguments as (name, path); the default name is the run's folder name."""
+    from ..schema import artifact_dir
+
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        art = artifact_dir(path)
+        if not name:
+            name = art.parent.name if art.name == "artifact" else art.name
+        if not NAME_RE.match(name):
+            raise LoraclfError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 64); "
+                               "give one as NAME=PATH")
+        if name in {n for n, _ in out}:
+            raise LoraclfError(f"two models are named {name!r}; give one another name as NAME=PATH")
+        out.append((name, art))
+    return out
+
+
+def folder_artifact(folder: Path) -> Optional[Path]:
+    """The artifact inside a models-folder entry (the folder itself, or a run's artifact/), if any."""
+    for cand in (folder, folder / "artifact"):
+        if (cand / "loraclf.json").is_file():
+            return cand
+    return None
+
+
+def describe_meta(meta: dict) -> dict:
+    """What /v1/models says about a model, from its loraclf.json alone (no weights loaded)."""
+    from ..tasks import make_task
+
+    info = {k: meta.get(k) for k in ("base_model", "method", "head", "format")}
+    info.update(make_task(meta["task"], meta["labels"], meta.get("task_state") or {}).describe())
+    return info
+
+
+def _share_key(meta: dict, art: Path, base_model: Optional[str]) -> Optional[tuple]:
+    """Adapters that can live on one base: same base weights and the same head (a head whose LoRA
+    adapters can share its base; exports carry their own weights). Labels, ranks and tasks may differ."""
+    from ..models.heads import HEADS
+    from ..models.methods import method_of
+
+    method, head = method_of(meta["method"]), HEADS.get(meta["head"])
+    if not (method and method.adapters and head and head.shares_base):
+        return None
+    return (base_model or meta["base_model"], meta.get("base_fingerprint"), meta["head"], meta.get("quantize"))
+
+
+def _mixable(art: Path) -> bool:
+    """PEFT mixes adapters in one batch for plain LoRA (not DoRA, not other adapter kinds)."""
+    acfg = json.loads((art / "adapter_config.json").read_text())
+    return acfg.get("peft_type") == "LORA" and not acfg.get("use_dora")
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class ModelPool:
+    """Every model a server can name; loading and eviction happen on the inference thread (`get`,
+    `infer`), listing on the event loop (`names`, `describe`, `knows`): a lock keeps them consistent."""
+
+    def __init__(self, opts, base_model: Optional[str] = None, models_dir: Optional[str | Path] = None,
+                 max_loaded: Optional[int] = None):
+        self.opts, self.base_model = opts, base_model
+        self.models_dir = Path(models_dir) if models_dir else None
+        if self.models_dir is not None and not self.models_dir.is_dir():
+            raise LoraclfError(f"--models-dir {self.models_dir}: no such folder")
+        if max_loaded is not None and max_loaded < 1:
+            raise LoraclfError(f"--max-loaded must be at least 1, not {max_loaded}")
+        self.max_loaded = max_loaded
+        self.fixed: dict[str, Path] = {}
+        self.loaded: OrderedDict[str, Served] = OrderedDict()  # least recently used first
+        self.groups: dict[tuple, BaseGroup] = {}
+        self.lock = threading.RLock()
+        self.loads = self.evictions = 0
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str], opts, base_model: Optional[str] = None,
+                   models_dir: Optional[str | Path] = None, max_loaded: Optional[int] = None) -> "ModelPool":
+        pool = cls(opts, base_model, models_dir, max_loaded)
+        for name, art in parse_specs(specs):
+            pool.fixed[name] = art
+            pool.load(name, art, pinned=True)
+        return pool
+
+    def add(self, served: Served) -> None:
+        """Serve an already loaded model under its name (tests and embedding in other programs)."""
+        with self.lock:
+            self.fixed.setdefault(served.name, Path("."))
+            self.loaded[served.name] = served
+
+    # ---------------------------------------------------------------- names
+    def locate(self, name: str) -> Optional[Path]:
+        """The artifact a name stands for, or None. A models-folder entry is looked up by joining the
+        name to the folder, which NAME_RE makes safe (no separators, no leading dot)."""
+        if name in self.fixed:
+            return self.fixed[name]
+        if self.models_dir is None or not NAME_RE.match(name):
+            return None
+        return folder_artifact(self.models_dir / name)
+
+    def knows(self, name: str) -> bool:
+        return name in self.loaded or self.locate(name) is not None
+
+    def names(self) -> list[str]:
+        """Every servable name: those named at start-up, then the models folder's entries as they are now."""
+        out = list(self.fixed)
+        if self.models_dir is not None:
+            for entry in sorted(self.models_dir.iterdir()):
+                if entry.name not in self.fixed and NAME_RE.match(entry.name) and folder_artifact(entry):
+                    out.append(entry.name)
+        return out
+
+    def describe(self) -> list[dict]:
+        from ..schema import read_meta
+
+        out = []
+        for name in self.names():
+            with self.lock:
+                served = self.loaded.get(name)
+            if served is not None:
+                out.append({"name": name, "loaded": True, **served.info})
+                continue
+            try:
+                out.append({"name": name, "loaded": False, **describe_meta(read_meta(self.locate(name)))})
+            except Exception as e:  # a folder being copied in, or a broken artifact: listed, with why
+                out.append({"name": name, "loaded": False, "error": printable(f"{type(e).__name__}: {e}")})
+        return out
+
+    # ---------------------------------------------------------------- loading and eviction
+    def get(self, name: str, keep: Sequence[str] = ()) -> Served:
+        """The loaded model, loading it first if needed; models in `keep` (the batch's) are not evicted."""
+        with self.lock:
+            served = self.loaded.get(name)
+            if served is not None:
+                self.loaded.move_to_end(name)
+                return served
+        art = self.locate(name)
+        if art is None:
+            raise LookupError(name)
+        served = self.load(name, art, pinned=False)
+        self.evict(keep=set(keep) | {name})
+        return served
+
+    def load(self, name: str, art: Path, pinned: bool) -> Served:
+        from ..schema import read_meta
+        from .artifact import reads_pairs
+
+        meta = read_meta(art)
+        if reads_pairs(meta):  # requests carry one text each: a pair model would score them wrong or fail
+            raise LoraclfError(f"{name}={art}: the model reads text pairs ({', '.join(meta['text_column'])}); "
+                               "loraclf serve takes one text per input (use loraclf predict or the Python API)")
+        key = _share_key(meta, art, self.base_model) if self.opts.share_base else None
+        with self.lock:
+            group = self.groups.get(key) if key is not None else None
+            served = self._join(group, name, art, meta) if group is not None else self._alone(name, art, meta, key)
+            served.pinned = pinned
+            served.info.update(describe_meta(meta))
+            self.loaded[name] = served
+            self.loads += 1
+        log.info("loaded model %s from %s%s", name, art,
+                 f" (adapter on the base of {served.group.first})" if served.group and served.group.first != name
+                 else "")
+        return served
+
+    def _alone(self, name: str, art: Path, meta: dict, key: Optional[tuple]) -> Served:
+        from .artifact import load
+
+        opts = self.opts
+        clf = load(art, base_model=self.base_model, device=opts.device, merge=key is None,
+                   precision=opts.precision, allow_other_base=opts.allow_other_base)
+        if key is None:
+            return Served(name, clf)
+        group = BaseGroup(key, clf.model, name, mixed=_mixable(art))
+        served = Served(name, clf, "default", group=group)
+        group.members[name] = served
+        self.groups[key] = group
+        return served
+
+    def _join(self, group: BaseGroup, name: str, art: Path, meta: dict) -> Served:
+        from ..models.build import load_tokenizer
+        from ..models.heads import head_class
+        from ..tasks import make_task
+        from .artifact import Classifier
+
+        adapter = group.adapter_name()
+        add_adapter(group.model, art, adapter)
+        task = make_task(meta["task"], meta["labels"], meta["task_state"])
+        head = head_class(meta["head"])(group.model, load_tokenizer(str(art)), task)
+        first = group.members.get(group.first) or next(iter(group.members.values()))
+        clf = Classifier(head, meta, first.clf.device, path=art)
+        clf.precision = self.opts.precision
+        group.mixed = group.mixed and _mixable(art)
+        served = Served(name, clf, adapter, group=group, info={"shares_base_with": group.first})
+        group.members[name] = served
+        return served
+
+    def evict(self, keep: set = frozenset()) -> None:
+        """Unload least recently used models-folder models until at most max_loaded remain."""
+        if self.max_loaded is None:
+            return
+        with self.lock:
+            loose = [n for n, s in self.loaded.items() if not s.pinned]
+            for name in loose[:max(0, len(loose) - self.max_loaded)]:
+                if name not in keep:
+                    self._unload(self.loaded.pop(name))
+
+    def _unload(self, served: Served) -> None:
+        group = served.group
+        if group is not None:
+            del group.members[served.name]
+            if group.members:
+                group.model.delete_adapter(served.adapter)  # the base stays for the others
+            else:
+                del self.groups[group.key]
+        self.evictions += 1
+        log.info("evicted model %s (least recently used)", served.name)
+
+    # ---------------------------------------------------------------- inference
+    def infer(self, requests: Sequence[tuple[str, list[str]]], batch_size: int) -> list[Any]:
+        """Per request, in order: (its model's task, its outputs), or the exception it gets. Requests for
+        LoRA classifiers on one base share one forward pass; a part that fails is retried request by
+        request so that only the culprit fails."""
+        results: list[Any] = [None] * len(requests)
+        names = {n for n, _ in requests}
+        parts: dict[Any, list[tuple[int, Served, list[str]]]] = defaultdict(list)
+        for i, (name, texts) in enumerate(requests):
+            try:
+                served = self.get(name, keep=names)
+            except Exception as e:  # noqa: BLE001 - one model that cannot load fails its requests only
+                results[i] = e
+                continue
+            group = served.group
+            parts[id(group) if group is not None and group.mixed else ("alone", name)].append((i, served, texts))
+        for part in parts.values():
+            try:
+                outputs = self._run(part, batch_size)
+            except Exception as e:  # noqa: BLE001
+                if len(part) == 1:
+                    results[part[0][0]] = e
+                    continue
+                outputs = [self._alone_or_error(s, t, batch_size) for _, s, t in part]
+            for (i, served, _), out in zip(part, outputs):
+                results[i] = out if isinstance(out, BaseException) else (served.clf.task, out)
+        self.evict()  # a batch may hold more distinct models than max_loaded: back under it afterwards
+        return results
+
+    def _run(self, part, batch_size: int) -> list[np.ndarray]:
+        served = {s.name for _, s, _ in part}
+        if len(served) == 1:  # one model: its own path (merged weights, ONNX, prompt heads ...)
+            texts = [t for _, _, ts in part for t in ts]
+            out = part[0][1].predict_proba(texts, batch_size)
+            return _split(out, [len(ts) for _, _, ts in part])
+        return mixed_outputs([(s, t) for _, s, t in part])
+
+    @staticmethod
+    def _alone_or_error(served: Served, texts: list[str], batch_size: int) -> Any:
+        try:
+            return served.predict_proba(texts, batch_size)
+        except Exception as e:  # noqa: BLE001
+            return e
+
+
+def _split(out: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    return np.split(out, np.cumsum(sizes)[:-1]) if sizes else []
+
+
+# --------------------------------------------------------------------------- adapters and mixed batches
+
+
+def add_adapter(model, art: Path, adapter: str) -> None:
+    """Load a LoRA adapter onto a shared base. Heads (modules_to_save) whose shape differs from the
+    base's (another number of labels) are loaded at their own shape."""
+    import torch
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    from safetensors.torch import load_file
+
+    model.load_adapter(str(art), adapter_name=adapter, ignore_mismatched_sizes=True)
+    weights = art / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    saved = load_file(str(weights))
+    for wname, wrapper in model.named_modules():
+        if not isinstance(wrapper, AuxiliaryTrainingWrapper) or adapter not in getattr(wrapper, "modules_to_save", {}):
+            continue
+        module = wrapper.modules_to_save[adapter]
+        for pname, param in list(module.named_parameters()):
+            tensor = saved.get(f"{wname}.{pname}")
+            if tensor is not None and tuple(tensor.shape) != tuple(param.shape):
+                owner_name, _, leaf = pname.rpartition(".")
+                owner = module.get_submodule(owner_name) if owner_name else module
+                setattr(owner, leaf, torch.nn.Parameter(tensor.to(param.device, param.dtype), requires_grad=False))
+
+
+@contextlib.contextmanager
+def per_row_heads(model):
+    """While a mixed batch runs, each trained module of the PEFT model (the heads: modules_to_save)
+    applies each row's own copy, and outputs of different widths (label counts) are zero-padded to
+    the widest; PEFT's own mixed forward supports only equal widths and plain Linear heads."""
+    import torch
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    def rows_forward(wrapper, x, *args, adapter_names=None, **kwargs):
+        names = adapter_names or [wrapper.active_adapters[0]] * len(x)
+        parts, width = [], 0
+        for adapter in dict.fromkeys(names):
+            idx = [i for i, n in enumerate(names) if n == adapter]
+            module = wrapper.modules_to_save[adapter] if adapter in wrapper.modules_to_save else wrapper.original_module
+            out = module(x[idx], *args, **kwargs)
+            parts.append((idx, out))
+            width = max(width, out.shape[-1])
+        first = parts[0][1]
+        result = first.new_zeros((len(x), *first.shape[1:-1], width))
+        for idx, out in parts:
+            result[idx, ..., :out.shape[-1]] = out
+        return result
+
+    wrappers = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper) and hasattr(m, "modules_to_save")]
+    for w in wrappers:
+        w.forward = functools.partial(rows_forward, w)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for w in wrappers:
+            del w.forward
+
+
+def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
+    """One forward pass of a shared base over the texts of several of its adapters; each request's
+    outputs as its model alone would give them (its max_length, LoRA deltas, head and task)."""
+    import torch
+
+    from ..data import Encoded
+    from ..data.batching import Collator
+    from ..models.heads import model_inputs
+
+    first = part[0][0].clf
+    ids, names, sizes = [], [], []
+    for served, texts in part:
+        enc = served.clf.head.encode(texts, None, served.clf.max_length)
+        ids.extend(enc.input_ids)
+        names.extend([served.adapter] * len(texts))
+        sizes.append(len(texts))
+    enc = Encoded(ids, np.zeros(len(ids), dtype=np.int64))
+    batch = Collator(enc, first.tokenizer.pad_token_id, first.head.pad_left)(list(range(len(ids))))
+    model = part[0][0].group.model
+    model.eval()
+    device = first.device
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(first.precision)
+    with per_row_heads(model), torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+        logits = model(**inputs, adapter_names=names).logits.float().cpu().numpy()
+    out = []
+    for (served, _), rows in zip(part, _split(logits, sizes)):
+        out.append(served.clf.task.probabilities(rows[:, :served.clf.task.num_outputs]))
+    return out
