@@ -60,6 +60,35 @@ def synthetic_rows(n: int, seed: int, classes=("negative", "positive")) -> list[
     return rows
 
 
+TAGS = {"positive": POS, "negative": NEG}
+
+
+def tagged_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Texts carrying each tag's word with probability 1/2: both, one, or none (an empty label set)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tags = [t for t in TAGS if rng.random() < 0.5]
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(1, 6))]
+        for t in tags:
+            words.insert(rng.randint(0, len(words)), rng.choice(TAGS[t]))
+        rows.append((" ".join(words), ";".join(tags)))
+    return rows
+
+
+def scored_rows(n: int, seed: int) -> list[tuple[str, float]]:
+    """Score = positive words - negative words (-2..2): a count the model must read off the text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        pos, neg = rng.randint(0, 2), rng.randint(0, 2)
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(2, 8))]
+        for w in [rng.choice(POS) for _ in range(pos)] + [rng.choice(NEG) for _ in range(neg)]:
+            words.insert(rng.randint(0, len(words)), w)
+        rows.append((" ".join(words), float(pos - neg)))
+    return rows
+
+
 def write_csv(path: Path, rows, header=("text", "label")) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:

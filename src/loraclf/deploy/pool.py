@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import threading
+import warnings
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,7 +292,9 @@ class ModelPool:
         if group is not None:
             del group.members[served.name]
             if group.members:
-                group.model.delete_adapter(served.adapter)  # the base stays for the others
+                with warnings.catch_warnings():  # "active adapter deleted": each batch names its adapters
+                    warnings.simplefilter("ignore")
+                    group.model.delete_adapter(served.adapter)  # the base stays for the others
             else:
                 del self.groups[group.key]
         self.evictions += 1
@@ -356,7 +359,9 @@ def add_adapter(model, art: Path, adapter: str) -> None:
     from peft.utils.other import AuxiliaryTrainingWrapper
     from safetensors.torch import load_file
 
-    model.load_adapter(str(art), adapter_name=adapter, ignore_mismatched_sizes=True)
+    with warnings.catch_warnings():  # heads of another width are expected: loaded at their shape below
+        warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
+        model.load_adapter(str(art), adapter_name=adapter, ignore_mismatched_sizes=True)
     weights = art / "adapter_model.safetensors"
     if not weights.is_file():
         return

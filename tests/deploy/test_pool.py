@@ -1,0 +1,207 @@
+"""deploy/pool.py: many classifiers on one base in mixed batches, a models folder with lazy loading and
+LRU eviction, per-request failure. Outputs are compared with each model loaded alone by loraclf.load."""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import loraclf
+from conftest import scored_rows, synthetic_rows, tagged_rows, tiny_overrides, write_csv
+from loraclf.deploy.pool import ModelPool
+from loraclf.deploy.serve import ServeOptions
+from loraclf.schema import artifact_dir, read_meta
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+TEXTS = [t for t, _ in synthetic_rows(12, 9)] + ["good", "a very long text " * 30]
+THREE = ("negative", "positive", "neutral")
+
+
+def _data(root, rows, header):
+    for split, n, seed in (("train", 90, 1), ("validation", 30, 2), ("test", 30, 3)):
+        write_csv(root / f"{split}.csv", rows(n, seed), header)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, tmp_path_factory):
+    """LoRA classifiers of three tasks and different label counts and ranks on one tiny encoder, two
+    classifier heads on one tiny decoder, and a verbalizer on the decoder."""
+    tmp = tmp_path_factory.mktemp("pool")
+    data = {
+        "bin": _data(tmp / "d-bin", lambda n, s: synthetic_rows(n, s), ("text", "label")),
+        "three": _data(tmp / "d-three", lambda n, s: synthetic_rows(n, s, THREE), ("text", "label")),
+        "multi": _data(tmp / "d-multi", tagged_rows, ("text", "labels")),
+        "reg": _data(tmp / "d-reg", scored_rows, ("text", "score")),
+    }
+    extra = {
+        "bin": {}, "three": {"lora.r": 4, "seed": 3},
+        "multi": {"task": "multi-label", "data.label_column": "labels"},
+        "reg": {"task": "regression", "data.label_column": "score", "lora.r": 2},
+    }
+    out = {}
+    for name, d in data.items():
+        out[name] = loraclf.train(None, tiny_overrides(tiny_models["bert"], d, tmp / "runs", name=name, **{
+            "train.epochs": 1, "train.recipe": "standard", **extra[name]}), quiet=True).path
+    for name, d, more in (("dec2", data["bin"], {}), ("dec3", data["three"], {"lora.r": 4}),
+                          ("verb", data["bin"], {"model.head": "verbalizer", "data.max_length": 160})):
+        out[name] = loraclf.train(None, tiny_overrides(tiny_models["llama"], d, tmp / "runs", name=name, **{
+            "train.epochs": 1, **more}), quiet=True).path
+    return out
+
+
+@pytest.fixture(scope="module")
+def alone(runs):
+    return {n: loraclf.load(p).predict_proba(TEXTS) for n, p in runs.items()}
+
+
+def _requests():
+    """Requests spread over every model, interleaved, of 1 to 3 texts."""
+    names = ["bin", "multi", "three", "dec2", "reg", "verb", "dec3", "bin", "reg"]
+    return [(n, [TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 3)]) for i, n in enumerate(names)]
+
+
+def _want(alone, name, texts):
+    return alone[name][[TEXTS.index(t) for t in texts]]
+
+
+class Counter:
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+
+def test_a_mixed_batch_equals_each_model_alone_in_one_forward_per_base(runs, alone):
+    pool = ModelPool.from_specs([f"{n}={p}" for n, p in runs.items()], ServeOptions())
+    enc, dec = pool.loaded["bin"].group, pool.loaded["dec2"].group
+    assert {n for n, s in pool.loaded.items() if s.group is enc} == {"bin", "three", "multi", "reg"}
+    assert {n for n, s in pool.loaded.items() if s.group is dec} == {"dec2", "dec3"}
+    assert enc.mixed and dec.mixed and pool.loaded["verb"].group is None  # a prompt head runs on its own
+    calls = {"enc": Counter(enc.model.get_base_model()), "dec": Counter(dec.model.get_base_model())}
+    requests = _requests()
+    results = pool.infer(requests, batch_size=64)
+    assert calls["enc"].calls == 1 and calls["dec"].calls == 1  # every adapter of a base in one pass
+    for (name, texts), (task, out) in zip(requests, results):
+        assert task is pool.loaded[name].clf.task
+        np.testing.assert_allclose(out, _want(alone, name, texts), atol=1e-4, err_msg=name)
+    # answers keep their own label sets: widths 2, 3, 2 tags, 1 score
+    assert {n: pool.loaded[n].clf.task.num_outputs for n in ("bin", "three", "multi", "reg")} == {
+        "bin": 2, "three": 3, "multi": 2, "reg": 1}
+
+
+def test_one_failing_request_fails_alone(runs, alone, monkeypatch):
+    pool = ModelPool.from_specs([f"{n}={runs[n]}" for n in ("bin", "three", "reg")], ServeOptions())
+    head = pool.loaded["three"].clf.head
+    encode = head.encode
+
+    def fussy(texts, *a, **k):  # a model that cannot take one text (the tokenizer raising, say)
+        if "boom" in texts:
+            raise ValueError("cannot encode")
+        return encode(texts, *a, **k)
+
+    monkeypatch.setattr(head, "encode", fussy)
+    requests = [("bin", TEXTS[:2]), ("three", ["boom"]), ("three", TEXTS[2:4]), ("reg", TEXTS[4:5])]
+    results = pool.infer(requests, batch_size=64)
+    assert isinstance(results[1], ValueError)
+    for (name, texts), res in zip(requests, results):
+        if name == "three" and texts == ["boom"]:
+            continue
+        np.testing.assert_allclose(res[1], _want(alone, name, texts), atol=1e-4)
+
+
+def _folder(runs, tmp_path, names):
+    root = tmp_path / "models"
+    root.mkdir()
+    for n in names:
+        shutil.copytree(runs[n] / "artifact", root / n)
+    return root
+
+
+def test_models_folder_loads_lazily_and_evicts_least_recently_used(runs, alone, tmp_path):
+    root = _folder(runs, tmp_path, ["bin", "three", "multi", "reg"])
+    (root / ".hidden").mkdir()
+    (root / "not-a-model").mkdir()
+    pool = ModelPool.from_specs([], ServeOptions(), models_dir=root, max_loaded=2)
+    assert pool.names() == ["bin", "multi", "reg", "three"] and not pool.loaded
+    assert not pool.knows("../bin") and not pool.knows(".hidden") and not pool.knows("not-a-model")
+    listed = {m["name"]: m for m in pool.describe()}
+    assert listed["three"]["labels"] == sorted(THREE) and listed["reg"]["task"] == "regression"
+    assert not any(m["loaded"] for m in listed.values())
+    group = None
+    for name in ["bin", "three", "multi", "bin", "reg", "three"]:
+        (task, out), = pool.infer([(name, TEXTS[:3])], batch_size=64)
+        np.testing.assert_allclose(out, _want(alone, name, TEXTS[:3]), atol=1e-4)
+        assert len(pool.loaded) <= 2
+        group = group or pool.loaded[name].group
+        assert pool.loaded[name].group is group  # the base stays while adapters come and go
+    assert list(pool.loaded) == ["reg", "three"]  # least recently used first
+    assert pool.loads == 6 and pool.evictions == 4
+    peft_adapters = set(group.model.peft_config)
+    assert peft_adapters == {s.adapter for s in pool.loaded.values()}  # evicted adapters left the model
+
+    # a batch naming more models than max_loaded runs whole, then the pool shrinks back
+    requests = [(n, TEXTS[:2]) for n in ("bin", "multi", "three", "reg")]
+    for (name, texts), (_, out) in zip(requests, pool.infer(requests, batch_size=64)):
+        np.testing.assert_allclose(out, _want(alone, name, texts), atol=1e-4)
+    assert len(pool.loaded) == 2
+
+    shutil.copytree(runs["dec2"] / "artifact", root / "late")  # dropped in while serving
+    assert pool.knows("late") and "late" in pool.names()
+    (_, out), = pool.infer([("late", TEXTS[:2])], batch_size=64)
+    np.testing.assert_allclose(out, alone["dec2"][:2], atol=1e-4)
+
+
+def test_an_adapter_whose_base_is_not_loaded_reloads_it_after_eviction(runs, alone, tmp_path):
+    root = _folder(runs, tmp_path, ["bin", "dec2"])
+    pool = ModelPool.from_specs([], ServeOptions(), models_dir=root, max_loaded=1)
+    for name in ["bin", "dec2", "bin"]:
+        (_, out), = pool.infer([(name, TEXTS[:2])], batch_size=64)
+        np.testing.assert_allclose(out, _want(alone, name, TEXTS[:2]), atol=1e-4)
+        assert list(pool.loaded) == [name] and len(pool.groups) == 1  # the other base was freed
+
+
+def test_a_broken_folder_fails_its_requests_only(runs, alone, tmp_path):
+    root = _folder(runs, tmp_path, ["bin"])
+    shutil.copytree(runs["three"] / "artifact", root / "broken")
+    (root / "broken" / "adapter_model.safetensors").write_bytes(b"not weights")
+    pool = ModelPool.from_specs([], ServeOptions(), models_dir=root)
+    ok, bad = pool.infer([("bin", TEXTS[:2]), ("broken", TEXTS[:2])], batch_size=64)
+    np.testing.assert_allclose(ok[1], alone["bin"][:2], atol=1e-4)
+    assert isinstance(bad, Exception) and "broken" not in pool.loaded
+
+
+def test_serve_many_adapters_over_http(runs, alone, tmp_path):
+    httpx = pytest.importorskip("httpx")
+    from loraclf.deploy.serve import create_app, serving
+
+    root = _folder(runs, tmp_path, ["bin", "three", "multi", "reg"])
+    opts = ServeOptions(max_batch_size=32, max_wait_ms=100)
+    pool = ModelPool.from_specs([f"dec2={runs['dec2']}"], opts, models_dir=root, max_loaded=3)
+    jobs = [(n, TEXTS[i % len(TEXTS)]) for i, n in enumerate(["bin", "three", "multi", "reg", "dec2"] * 4)]
+    with serving(create_app(pool, opts)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with ThreadPoolExecutor(20) as ex:
+            replies = list(ex.map(lambda j: client.post("/v1/classify", json={"model": j[0], "input": [j[1]]}),
+                                  jobs))
+        assert [r.status_code for r in replies] == [200] * len(jobs), [r.text for r in replies if r.is_error]
+        metrics = client.get("/metrics").text
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    for (name, text), r in zip(jobs, replies):
+        res, want = r.json()["results"][0], _want(alone, name, [text])[0]
+        if name == "reg":
+            assert abs(res["score"] - float(want)) < 1e-4
+        else:
+            labels = read_meta(artifact_dir(runs[name]))["labels"]
+            np.testing.assert_allclose([res["probabilities"][lab] for lab in labels], want, atol=1e-4)
+    assert set(models) == {"dec2", "bin", "multi", "reg", "three"} and models["dec2"]["loaded"]
+    assert "loraclf_batch_models_bucket" in metrics and "loraclf_model_evictions" in metrics
+    assert len([s for s in pool.loaded.values() if not s.pinned]) <= 3
+
+
+def test_models_dir_must_exist(tmp_path):
+    with pytest.raises(loraclf.LoraclfError, match="no such folder"):
+        ModelPool.from_specs([], ServeOptions(), models_dir=tmp_path / "nowhere")
+    with pytest.raises(loraclf.LoraclfError, match="at least 1"):
+        ModelPool.from_specs([], ServeOptions(), models_dir=tmp_path, max_loaded=0)
