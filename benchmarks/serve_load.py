@@ -74,22 +74,26 @@ class Server:
             self.proc.kill()
 
 
-async def load(url: str, model: str, texts: list[str], clients: int, requests: int, seconds: float) -> dict:
-    """`clients` concurrent clients, one text per request, until `requests` answers or `seconds` pass."""
+async def load(url: str, model: str | list[str], texts: list[str], clients: int, requests: int,
+               seconds: float) -> dict:
+    """`clients` concurrent clients, one text per request, until `requests` answers or `seconds` pass.
+    With a list of models, request k goes to model k mod their number (spread uniformly)."""
+    models = [model] if isinstance(model, str) else list(model)
     latencies: list[float] = []
-    errors = 0
+    errors = server_errors = 0
     sent = 0
     stop_at = float("inf")  # set when the warm-up is over
 
     async def client(i: int, http: httpx.AsyncClient) -> None:
-        nonlocal errors, sent
+        nonlocal errors, server_errors, sent
         while sent < requests and time.monotonic() < stop_at:
-            text = texts[(sent + i) % len(texts)]
+            text, name = texts[(sent + i) % len(texts)], models[sent % len(models)]
             sent += 1
             t0 = time.perf_counter()
             try:
-                r = await http.post("/v1/classify", json={"model": model, "input": [text]})
+                r = await http.post("/v1/classify", json={"model": name, "input": [text]})
                 ok = r.status_code == 200
+                server_errors += r.status_code >= 500
             except httpx.HTTPError:
                 ok = False
             latencies.append(time.perf_counter() - t0)
@@ -98,8 +102,8 @@ async def load(url: str, model: str, texts: list[str], clients: int, requests: i
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
         for _ in range(3):  # warm-up: connections and the first batches
-            await asyncio.gather(*(http.post("/v1/classify", json={"model": model, "input": [texts[j]]})
-                                   for j in range(clients)))
+            await asyncio.gather(*(http.post("/v1/classify", json={"model": models[j % len(models)],
+                                                                   "input": [texts[j]]}) for j in range(clients)))
         stop_at = time.monotonic() + seconds
         t0 = time.perf_counter()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
@@ -107,7 +111,8 @@ async def load(url: str, model: str, texts: list[str], clients: int, requests: i
     lat = np.array(latencies) * 1000
     return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 2),
             "throughput": round(len(latencies) / elapsed, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "errors": errors}
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "errors": errors,
+            "errors_5xx": server_errors}
 
 
 def throughput_table(rows: list[dict]) -> str:

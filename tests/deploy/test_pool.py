@@ -46,6 +46,9 @@ def runs(tiny_models, tmp_path_factory):
     for name, d in data.items():
         out[name] = loraclf.train(None, tiny_overrides(tiny_models["bert"], d, tmp / "runs", name=name, **{
             "train.epochs": 1, "train.recipe": "standard", **extra[name]}), quiet=True).path
+    for name, d in (("emb", data["bin"]), ("emb3", data["three"])):  # 30 rows a class: the few-shot recipe
+        out[name] = loraclf.train(None, tiny_overrides(tiny_models["bert"], d, tmp / "runs", name=name, **{
+            "train.epochs": 1}), quiet=True).path
     for name, d, more in (("dec2", data["bin"], {}), ("dec3", data["three"], {"lora.r": 4}),
                           ("verb", data["bin"], {"model.head": "verbalizer", "data.max_length": 160})):
         out[name] = loraclf.train(None, tiny_overrides(tiny_models["llama"], d, tmp / "runs", name=name, **{
@@ -60,7 +63,7 @@ def alone(runs):
 
 def _requests():
     """Requests spread over every model, interleaved, of 1 to 3 texts."""
-    names = ["bin", "multi", "three", "dec2", "reg", "verb", "dec3", "bin", "reg"]
+    names = ["bin", "multi", "emb", "three", "dec2", "reg", "verb", "emb3", "dec3", "bin", "reg", "emb"]
     return [(n, [TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 3)]) for i, n in enumerate(names)]
 
 
@@ -76,14 +79,16 @@ class Counter:
 
 def test_a_mixed_batch_equals_each_model_alone_in_one_forward_per_base(runs, alone):
     pool = ModelPool.from_specs([f"{n}={p}" for n, p in runs.items()], ServeOptions())
-    enc, dec = pool.loaded["bin"].group, pool.loaded["dec2"].group
+    enc, dec, emb = pool.loaded["bin"].group, pool.loaded["dec2"].group, pool.loaded["emb"].group
+    assert pool.loaded["emb"].clf.meta["head"] == "embedding"
     assert {n for n, s in pool.loaded.items() if s.group is enc} == {"bin", "three", "multi", "reg"}
     assert {n for n, s in pool.loaded.items() if s.group is dec} == {"dec2", "dec3"}
-    assert enc.mixed and dec.mixed and pool.loaded["verb"].group is None  # a prompt head runs on its own
-    calls = {"enc": Counter(enc.model.get_base_model()), "dec": Counter(dec.model.get_base_model())}
+    assert {n for n, s in pool.loaded.items() if s.group is emb} == {"emb", "emb3"}
+    assert enc.mixed and dec.mixed and emb.mixed and pool.loaded["verb"].group is None  # a prompt head: alone
+    calls = {k: Counter(g.model.get_base_model()) for k, g in (("enc", enc), ("dec", dec), ("emb", emb))}
     requests = _requests()
     results = pool.infer(requests, batch_size=64)
-    assert calls["enc"].calls == 1 and calls["dec"].calls == 1  # every adapter of a base in one pass
+    assert {k: c.calls for k, c in calls.items()} == {"enc": 1, "dec": 1, "emb": 1}  # each base: one pass
     for (name, texts), (task, out) in zip(requests, results):
         assert task is pool.loaded[name].clf.task
         np.testing.assert_allclose(out, _want(alone, name, texts), atol=1e-4, err_msg=name)

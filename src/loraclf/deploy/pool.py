@@ -10,21 +10,18 @@
   target modules, task and number of labels.
 - :meth:`ModelPool.infer` runs one batch of requests for any mix of models. Rows of LoRA classifiers
   on one base go through the base once, each row with its own adapter's LoRA deltas (PEFT's
-  ``adapter_names``) and its own head (:func:`per_row_heads`, which also allows heads of different
-  widths); each model's task then turns its rows' logits into answers (temperature, thresholds,
+  ``adapter_names``) and its own head (``Head.mixed_logits``; models/mixed.py allows heads of
+  different widths); each model's task then turns its rows' logits into answers (temperature, thresholds,
   target scale). Other models run on their own. A failed batch is retried request by request, so
   only the request that fails gets an error.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import re
 import threading
-import warnings
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +49,9 @@ class Served:
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         if self.adapter is not None:
-            model = self.clf.model
-            if model.active_adapter != self.adapter:
-                model.set_adapter(self.adapter)
+            from ..models.mixed import set_adapter
+
+            set_adapter(self.group.model if self.group is not None else self.clf.model, self.adapter)
         return self.clf.predict_proba(texts, batch_size=batch_size)
 
 
@@ -253,7 +250,7 @@ class ModelPool:
                    precision=opts.precision, allow_other_base=opts.allow_other_base)
         if key is None:
             return Served(name, clf)
-        group = BaseGroup(key, clf.model, name, mixed=_mixable(art))
+        group = BaseGroup(key, clf.head.shared_model(), name, mixed=_mixable(art))
         served = Served(name, clf, "default", group=group)
         group.members[name] = served
         self.groups[key] = group
@@ -265,10 +262,12 @@ class ModelPool:
         from ..tasks import make_task
         from .artifact import Classifier
 
+        from ..models.mixed import add_adapter
+
         adapter = group.adapter_name()
         add_adapter(group.model, art, adapter)
         task = make_task(meta["task"], meta["labels"], meta["task_state"])
-        head = head_class(meta["head"])(group.model, load_tokenizer(str(art)), task)
+        head = head_class(meta["head"]).attach(group.model, art, meta, load_tokenizer(str(art)), task)
         first = group.members.get(group.first) or next(iter(group.members.values()))
         clf = Classifier(head, meta, first.clf.device, path=art)
         clf.precision = self.opts.precision
@@ -292,9 +291,9 @@ class ModelPool:
         if group is not None:
             del group.members[served.name]
             if group.members:
-                with warnings.catch_warnings():  # "active adapter deleted": each batch names its adapters
-                    warnings.simplefilter("ignore")
-                    group.model.delete_adapter(served.adapter)  # the base stays for the others
+                from ..models.mixed import delete_adapter
+
+                delete_adapter(group.model, served.adapter)  # the base stays for the others
             else:
                 del self.groups[group.key]
         self.evictions += 1
@@ -349,67 +348,7 @@ def _split(out: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     return np.split(out, np.cumsum(sizes)[:-1]) if sizes else []
 
 
-# --------------------------------------------------------------------------- adapters and mixed batches
-
-
-def add_adapter(model, art: Path, adapter: str) -> None:
-    """Load a LoRA adapter onto a shared base. Heads (modules_to_save) whose shape differs from the
-    base's (another number of labels) are loaded at their own shape."""
-    import torch
-    from peft.utils.other import AuxiliaryTrainingWrapper
-    from safetensors.torch import load_file
-
-    with warnings.catch_warnings():  # heads of another width are expected: loaded at their shape below
-        warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
-        model.load_adapter(str(art), adapter_name=adapter, ignore_mismatched_sizes=True)
-    weights = art / "adapter_model.safetensors"
-    if not weights.is_file():
-        return
-    saved = load_file(str(weights))
-    for wname, wrapper in model.named_modules():
-        if not isinstance(wrapper, AuxiliaryTrainingWrapper) or adapter not in getattr(wrapper, "modules_to_save", {}):
-            continue
-        module = wrapper.modules_to_save[adapter]
-        for pname, param in list(module.named_parameters()):
-            tensor = saved.get(f"{wname}.{pname}")
-            if tensor is not None and tuple(tensor.shape) != tuple(param.shape):
-                owner_name, _, leaf = pname.rpartition(".")
-                owner = module.get_submodule(owner_name) if owner_name else module
-                setattr(owner, leaf, torch.nn.Parameter(tensor.to(param.device, param.dtype), requires_grad=False))
-
-
-@contextlib.contextmanager
-def per_row_heads(model):
-    """While a mixed batch runs, each trained module of the PEFT model (the heads: modules_to_save)
-    applies each row's own copy, and outputs of different widths (label counts) are zero-padded to
-    the widest; PEFT's own mixed forward supports only equal widths and plain Linear heads."""
-    import torch
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    def rows_forward(wrapper, x, *args, adapter_names=None, **kwargs):
-        names = adapter_names or [wrapper.active_adapters[0]] * len(x)
-        parts, width = [], 0
-        for adapter in dict.fromkeys(names):
-            idx = [i for i, n in enumerate(names) if n == adapter]
-            module = wrapper.modules_to_save[adapter] if adapter in wrapper.modules_to_save else wrapper.original_module
-            out = module(x[idx], *args, **kwargs)
-            parts.append((idx, out))
-            width = max(width, out.shape[-1])
-        first = parts[0][1]
-        result = first.new_zeros((len(x), *first.shape[1:-1], width))
-        for idx, out in parts:
-            result[idx, ..., :out.shape[-1]] = out
-        return result
-
-    wrappers = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper) and hasattr(m, "modules_to_save")]
-    for w in wrappers:
-        w.forward = functools.partial(rows_forward, w)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for w in wrappers:
-            del w.forward
+# --------------------------------------------------------------------------- mixed batches
 
 
 def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
@@ -430,14 +369,14 @@ def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
         sizes.append(len(texts))
     enc = Encoded(ids, np.zeros(len(ids), dtype=np.int64))
     batch = Collator(enc, first.tokenizer.pad_token_id, first.head.pad_left)(list(range(len(ids))))
-    model = part[0][0].group.model
-    model.eval()
+    shared = part[0][0].group.model
+    shared.eval()
     device = first.device
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(first.precision)
-    with per_row_heads(model), torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
+    heads = {s.adapter: s.clf.head for s, _ in part}
+    with torch.inference_mode(), torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-        logits = model(**inputs, adapter_names=names).logits.float().cpu().numpy()
-    out = []
-    for (served, _), rows in zip(part, _split(logits, sizes)):
-        out.append(served.clf.task.probabilities(rows[:, :served.clf.task.num_outputs]))
-    return out
+        logits = type(first.head).mixed_logits(shared, inputs, names, heads).float().cpu().numpy()
+    # each model's rows, cut back to its own width, through its own task (temperature, thresholds, scale)
+    return [s.clf.task.probabilities(rows[:, :s.clf.task.num_outputs])
+            for (s, _), rows in zip(part, _split(logits, sizes))]

@@ -128,6 +128,22 @@ class Head:
         """Extra entries for the split's metrics (e.g. unparsed generations)."""
         return {}
 
+    # ---------------------------------------------------------------- one base, many adapters (shares_base)
+    def shared_model(self) -> "torch.nn.Module":
+        """The PEFT model that other adapters of this head are added to when they share its base."""
+        return self.model
+
+    @classmethod
+    def attach(cls, shared, art: Path, meta: dict, tokenizer, task: Task) -> "Head":
+        """This head for the adapter of `art`, just added to `shared` (a base another model brought in)."""
+        return cls(shared, tokenizer, task)
+
+    @classmethod
+    def mixed_logits(cls, shared, inputs: dict, adapter_names: list[str], heads: dict[str, "Head"]) -> "torch.Tensor":
+        """One forward pass of `shared` over rows of several of its adapters (`adapter_names`, one per row;
+        `heads`: each adapter's head): every row's logits, zero-padded to the widest head."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- artifact
     def artifact_meta(self) -> dict:
         """What loraclf.json must hold, beyond labels and base model, to rebuild this head."""
@@ -189,6 +205,13 @@ class ClassifierHead(Head):
 
     def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
         return encode(self.tokenizer, texts, labels, max_length, pairs)
+
+    @classmethod
+    def mixed_logits(cls, shared, inputs, adapter_names, heads):
+        from .mixed import per_row_heads
+
+        with per_row_heads(shared):  # each row's own head (modules_to_save), whatever its width
+            return shared(**inputs, adapter_names=adapter_names).logits
 
     def save(self, dest: Path, meta: dict) -> None:
         from peft import PeftModel
@@ -359,6 +382,7 @@ class EmbeddingHead(Head):
     how = "scores each label from the text's sentence embedding"
     methods = ("lora", "head", "full")
     export_formats = ("onnx",)
+    shares_base = True
     folds_output = True
     transformers_class = "AutoModel"
 
@@ -432,6 +456,34 @@ class EmbeddingHead(Head):
 
     def base_model(self) -> "torch.nn.Module":
         return self.model.encoder
+
+    def shared_model(self) -> "torch.nn.Module":
+        return self.model.encoder
+
+    @classmethod
+    def attach(cls, shared, art, meta, tokenizer, task) -> "EmbeddingHead":
+        from .embedding import EmbeddingClassifier, load_head
+
+        model = EmbeddingClassifier(shared, task.num_outputs, meta["pooling"])
+        load_head(model, art)
+        head = cls(model.eval(), tokenizer, task)
+        head.quantize = meta.get("quantize")
+        return head
+
+    @classmethod
+    def mixed_logits(cls, shared, inputs, adapter_names, heads):
+        import torch.nn.functional as F
+
+        from .embedding import pool
+        from .mixed import padded, rows_of
+
+        hidden = shared(**inputs, adapter_names=adapter_names).last_hidden_state
+        parts = []
+        for adapter, idx in rows_of(adapter_names).items():  # each adapter's pooling and linear layer
+            m = heads[adapter].model
+            e = F.normalize(pool(hidden[idx], inputs["attention_mask"][idx], m.pooling).float(), dim=-1)
+            parts.append((idx, m.classifier(e.to(m.classifier.weight.dtype))))
+        return padded(parts, len(adapter_names))
 
     def prepare_training(self, tcfg, train_labels: np.ndarray, device) -> None:
         super().prepare_training(tcfg, train_labels, device)
