@@ -242,14 +242,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .deploy.serve import ServeOptions, run_server
+    from .deploy.serve import ServeOptions, read_api_keys, run_server
 
+    if not args.models and not args.models_dir:
+        raise LoraclfError("loraclf serve: name at least one model ([NAME=]ARTIFACT) or a --models-dir")
+    keys = read_api_keys(args.api_key_file) if args.api_key_file else ()  # before loading models: fail fast
     opts = ServeOptions(host=args.host, port=args.port, max_batch_size=args.max_batch_size,
                         max_wait_ms=args.max_wait_ms, max_texts=args.max_texts, max_chars=args.max_chars,
                         max_body_bytes=args.max_body_bytes, device=args.device, precision=args.precision,
-                        share_base=not args.no_share_base, allow_other_base=args.allow_other_base)
-    if not args.models and not args.models_dir:
-        raise LoraclfError("loraclf serve: name at least one model ([NAME=]ARTIFACT) or a --models-dir")
+                        share_base=not args.no_share_base, allow_other_base=args.allow_other_base, api_keys=keys)
     run_server(args.models, opts, base_model=args.base_model, quiet=args.quiet, models_dir=args.models_dir,
                max_loaded=args.max_loaded)
     return 0
@@ -445,6 +446,9 @@ def _add_serve(sub) -> None:
                          "base stays while any of its adapters is loaded)")
     sv.add_argument("--host", default=D.host, help="address to bind; the default serves this machine only")
     sv.add_argument("--port", type=_port, default=D.port, help="0 picks a free port")
+    sv.add_argument("--api-key-file", metavar="FILE",
+                    help="require 'Authorization: Bearer KEY' on every endpoint but /health; FILE holds the keys, "
+                         "one a line (blank lines and # comments ignored)")
     sv.add_argument("--max-batch-size", type=int, default=D.max_batch_size,
                     help="texts per inference batch; concurrent requests, for any models, are batched up to it")
     sv.add_argument("--max-wait-ms", type=float, default=D.max_wait_ms,

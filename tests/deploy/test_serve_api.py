@@ -351,3 +351,52 @@ def test_api_key_file(tmp_path):
         assert "bad key" not in str(e.value) and "caf" not in str(e.value)
     with pytest.raises(loraclf.LoraclfError, match="cannot read it"):
         read_api_keys(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------- the CLI: --api-key-file and the exposure warning
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """`loraclf serve` in-process, with uvicorn.run replaced: it records the app instead of serving it."""
+    import uvicorn
+
+    from loraclf.cli import main
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    level = logging.getLogger("loraclf").level
+    yield main, started
+    logging.getLogger("loraclf").setLevel(level)  # -q raised it
+
+
+@pytest.mark.parametrize("content,needle", [(None, "cannot read it"), ("# no keys yet\n\n", "no keys in it")])
+def test_cli_refuses_an_unusable_key_file_with_one_line(cli, run, tmp_path, capsys, content, needle):
+    main, started = cli
+    f = tmp_path / "keys"
+    if content is not None:
+        f.write_text(content)
+    assert main(["serve", f"a={run}", "--api-key-file", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --api-key-file {f}: {needle}") and "\n" not in err
+    assert not started
+
+
+def test_cli_warns_beyond_loopback_even_with_q_and_says_whether_auth_is_on(cli, run, tmp_path, capsys):
+    main, started = cli
+    assert main(["serve", f"a={run}", "--host", "0.0.0.0", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: serving on 0.0.0.0: reachable from the network, without authentication: pass --api-key-file" \
+        in err
+    f = tmp_path / "keys"
+    f.write_text("\n".join(KEYS) + "\n")
+    assert main(["serve", f"a={run}", "--host", "0.0.0.0", "-q", "--api-key-file", str(f)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: serving on 0.0.0.0: reachable from the network; bearer-token auth is on (2 keys)" in err
+    assert started["host"] == "0.0.0.0" and started["log_level"] == "warning"
+    assert KEYS[0] not in err and KEYS[1] not in err
+    with serving(started["app"]) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:  # the keys took
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models", headers=_bearer(KEYS[1])).json()["models"][0]["name"] == "a"
+    assert main(["serve", f"a={run}", "-q", "--api-key-file", str(f)]) == 0  # loopback: no warning
+    assert "warning" not in capsys.readouterr().err
