@@ -259,10 +259,9 @@ class ModelPool:
     def _join(self, group: BaseGroup, name: str, art: Path, meta: dict) -> Served:
         from ..models.build import load_tokenizer
         from ..models.heads import head_class
+        from ..models.mixed import add_adapter
         from ..tasks import make_task
         from .artifact import Classifier
-
-        from ..models.mixed import add_adapter
 
         adapter = group.adapter_name()
         add_adapter(group.model, art, adapter)
