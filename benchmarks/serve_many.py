@@ -123,13 +123,14 @@ def warm_all(server: Server, names: list[str]) -> None:
 
 
 def load_rows(args, work: Path, runs: dict[str, Path], texts: list[str]) -> list[dict]:
-    d30, names30 = models_dir(work, runs, 30)
-    d100, names100 = models_dir(work, runs, 100)
+    n, many, cap = args.adapters, args.many, args.max_loaded
+    dn, names = models_dir(work, runs, n)
+    dmany, names_many = models_dir(work, runs, many)
     plans = [  # (row, folder, flags, models the clients spread over)
-        ("one adapter (of 30 served)", d30, [], [names30[0]]),
-        ("30 adapters, uniform", d30, [], names30),
-        ("30 adapters, uniform, --no-share-base", d30, ["--no-share-base"], names30),
-        ("100 adapters, uniform, --max-loaded 20", d100, ["--max-loaded", "20"], names100),
+        (f"one adapter (of {n} served)", dn, [], [names[0]]),
+        (f"{n} adapters, uniform", dn, [], names),
+        (f"{n} adapters, uniform, --no-share-base", dn, ["--no-share-base"], names),
+        (f"{many} adapters, uniform, --max-loaded {cap}", dmany, ["--max-loaded", str(cap)], names_many),
     ]
     rows = []
     for row, folder, flags, spread in plans:
@@ -197,8 +198,8 @@ def tables(out: dict) -> str:
                      f"| {r['errors_5xx']} | {r.get('models_per_batch', '')} | {r.get('loads', '')} "
                      f"| {r.get('evictions', '')} | {r['rss_mb']:,.0f} |")
     off = out["offline_texts_per_s"]
-    lines += ["", f"offline batched throughput of the single-label adapter (predict_proba, batch 32): {off:,.1f} "
-              f"texts/s; one-adapter server {one / off:.2f}x of it, 30-adapter server "
+    lines += ["", f"offline batched throughput of the one-adapter row's model (predict_proba, batch 32): {off:,.1f} "
+              f"texts/s; one-adapter server {one / off:.2f}x of it, {out['load'][1]['adapters']}-adapter server "
               f"{out['load'][1]['throughput'] / off:.2f}x", "",
               "| adapters loaded | RSS (MB) | base + N x adapter (MB) | ratio |", "|---|---|---|---|"]
     for r in out["memory"]:
@@ -210,6 +211,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("runs/serve-many"), help="trained adapters and their copies")
     p.add_argument("--train-rows", type=int, default=2000)
+    p.add_argument("--runs", nargs="+", metavar="KIND=RUN", help="use these trained runs instead of training")
+    p.add_argument("--texts", type=Path, default=DATA / "sst2" / "validation.csv", help="CSV with a text column")
+    p.add_argument("--adapters", type=int, default=30)
+    p.add_argument("--many", type=int, default=100, help="adapters of the eviction row")
+    p.add_argument("--max-loaded", type=int, default=20, help="--max-loaded of the eviction row")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=3000, help="answers per row (at most)")
     p.add_argument("--seconds", type=float, default=20.0, help="time per row (at most)")
@@ -218,12 +224,17 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import pandas as pd
 
-    texts = pd.read_csv(DATA / "sst2" / "validation.csv", keep_default_na=False)["text"].astype(str).tolist()
-    runs = train_bases(args.work, args.train_rows)
+    texts = pd.read_csv(args.texts, keep_default_na=False)["text"].astype(str).tolist()
+    if args.runs:
+        runs = {k: Path(v) / "artifact" if (Path(v) / "artifact").is_dir() else Path(v)
+                for k, v in (r.split("=", 1) for r in args.runs)}
+    else:
+        runs = train_bases(args.work, args.train_rows)
     out = {"env": {"date": date.today().isoformat(), "python": platform.python_version(), "cpus": os.cpu_count()},
            "args": {k: str(v) for k, v in vars(args).items()}}
     out["load"] = load_rows(args, args.work, runs, texts)
-    out["offline_texts_per_s"] = round(offline_throughput(args.work / "models-30" / "single-000", texts), 1)
+    first = args.work / f"models-{args.adapters}" / f"{next(iter(runs))}-000"  # the one-adapter row's model
+    out["offline_texts_per_s"] = round(offline_throughput(first, texts), 1)
     out["memory"] = memory_rows(args.work, runs, args.memory_n)
     print(tables(out))
     if args.json:

@@ -64,6 +64,7 @@ class BaseGroup:
     first: str  # the model whose loading brought the base in
     mixed: bool  # rows of its adapters can share one forward pass
     members: dict[str, Served] = field(default_factory=dict)
+    tokenizers: dict[str, Any] = field(default_factory=dict)  # by tokenizer_key
     counter: int = 0
 
     def adapter_name(self) -> str:
@@ -123,6 +124,18 @@ def _share_key(meta: dict, art: Path, base_model: Optional[str]) -> Optional[tup
     if not (method and method.adapters and head and head.shares_base):
         return None
     return (base_model or meta["base_model"], meta.get("base_fingerprint"), meta["head"], meta.get("quantize"))
+
+
+def tokenizer_key(art: Path) -> str:
+    """A digest of an artifact's tokenizer files: equal digests load equal tokenizers."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(art.iterdir()):
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens"))
+                            or f.suffix == ".model"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _mixable(art: Path) -> bool:
@@ -251,6 +264,7 @@ class ModelPool:
         if key is None:
             return Served(name, clf)
         group = BaseGroup(key, clf.head.shared_model(), name, mixed=_mixable(art))
+        group.tokenizers[tokenizer_key(art)] = clf.tokenizer
         served = Served(name, clf, "default", group=group)
         group.members[name] = served
         self.groups[key] = group
@@ -266,7 +280,9 @@ class ModelPool:
         adapter = group.adapter_name()
         add_adapter(group.model, art, adapter)
         task = make_task(meta["task"], meta["labels"], meta["task_state"])
-        head = head_class(meta["head"]).attach(group.model, art, meta, load_tokenizer(str(art)), task)
+        key = tokenizer_key(art)  # a tokenizer takes ~10 MB: adapters with the same files share one
+        tokenizer = group.tokenizers.get(key) or group.tokenizers.setdefault(key, load_tokenizer(str(art)))
+        head = head_class(meta["head"]).attach(group.model, art, meta, tokenizer, task)
         first = group.members.get(group.first) or next(iter(group.members.values()))
         clf = Classifier(head, meta, first.clf.device, path=art)
         clf.precision = self.opts.precision
