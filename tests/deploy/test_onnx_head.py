@@ -106,3 +106,63 @@ def test_onnx_refusals_are_one_line(run_of, tmp_path, monkeypatch):
         loraclf.load(dest)
     with pytest.raises(EnvironmentError_, match=r"loraclf\[onnx\]"):
         export(run_of("bert"), tmp_path / "other", "onnx")
+
+
+def _ops(dest) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(dest / "model.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_bert_class_exports_are_fused(arch, run_of, tmp_path):
+    """onnxruntime's transformer fusions are saved in the graph of BERT-class encoders: one Attention node
+    per layer (from an eager-attention trace), SkipLayerNormalization and BiasGelu; optimize=False skips them."""
+    dest = export(run_of(arch), tmp_path / "fused", "onnx")
+    fused = json.loads((dest / "loraclf.json").read_text())["export"]["fused"]
+    assert fused["Attention"] >= 1 and {"Attention", "SkipLayerNormalization"} <= _ops(dest)
+    plain = export(run_of(arch), tmp_path / "plain", "onnx", optimize=False)
+    assert "Attention" not in _ops(plain) and "fused" not in json.loads((plain / "loraclf.json").read_text())["export"]
+
+
+def test_other_architectures_export_unfused(run_of, tmp_path):
+    dest = export(run_of("deberta-v2"), tmp_path / "onnx", "onnx")
+    assert "fused" not in json.loads((dest / "loraclf.json").read_text())["export"]
+    assert "Attention" not in _ops(dest)
+
+
+def test_fused_attention_honours_the_mask_on_either_padding_side(run_of, tmp_path):
+    """The fused Attention reads the raw attention mask (not sequence lengths, which assume right padding):
+    a left-padded batch gives the unfused graph's logits."""
+    run = run_of("bert")
+    fused, plain = export(run, tmp_path / "fused", "onnx"), export(run, tmp_path / "plain", "onnx", optimize=False)
+    ids = np.array([[0, 0, 0, 5, 9, 12, 7], [3, 4, 8, 11, 6, 10, 2]], dtype=np.int64)
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    out = [ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
+           for d in (fused, plain)]
+    np.testing.assert_allclose(out[0], out[1], atol=1e-4)
+
+
+def test_int8_keeps_the_ffn_output_matmuls_fp32(run_of, tmp_path):
+    """int8: fused Attention becomes QAttention, MatMuls MatMulInteger, except the one fed by GELU in each
+    layer (its input's range is too wide for a per-batch int8 scale; docs/benchmarks.md)."""
+    import onnx
+
+    dest = export(run_of("bert"), tmp_path / "int8", "onnx", quantize="int8")
+    kept = json.loads((dest / "loraclf.json").read_text())["export"]["int8_kept_fp32"]
+    graph = onnx.load(str(dest / "model.onnx")).graph
+    assert {"QAttention", "MatMulInteger"} <= {n.op_type for n in graph.node}
+    assert kept and len(kept) == sum(n.op_type == "BiasGelu" for n in graph.node)  # one per layer
+    assert {n.op_type for n in graph.node if n.name in kept} == {"MatMul"}
+    assert all(any(p.op_type == "BiasGelu" for p in graph.node if p.output[0] == n.input[0])
+               for n in graph.node if n.name in kept)
+
+
+def test_session_uses_as_many_threads_as_pytorch():
+    import torch
+
+    from loraclf.deploy.onnx_head import session_options
+
+    opts = session_options(ort)
+    assert opts.intra_op_num_threads == torch.get_num_threads() and opts.inter_op_num_threads == 1

@@ -30,6 +30,18 @@ def providers(ort) -> list[str]:
     return wanted
 
 
+def session_options(ort):
+    """Every graph optimisation, and as many intra-op threads as PyTorch uses here (torch.get_num_threads():
+    the cores this process may use, or OMP_NUM_THREADS / torch.set_num_threads when set). onnxruntime's own
+    default counts the machine's physical cores, more than a container or a CPU-limited process may have."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    return opts
+
+
 class OnnxModel(torch.nn.Module):
     """An onnxruntime session behind the ``model(**inputs).logits`` call the classifier head makes."""
 
@@ -73,8 +85,7 @@ class OnnxHead(ClassifierHead):
         path = Path(art) / export.get("file", "model.onnx")
         if not path.exists():
             raise ModelError(f"{art}: the ONNX export has no {path.name}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = session_options(ort)
         opts.log_severity_level = 3  # errors only: onnxruntime's warnings about unused initializers are noise here
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=providers(ort))
