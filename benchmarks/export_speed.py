@@ -1,14 +1,17 @@
 """Prediction speed of one trained classifier three ways, side by side in one run: PyTorch fp32
-(``loraclf.load``, LoRA merged), its ONNX fp32 export and its ONNX int8 export (onnxruntime's dynamic
-quantizer), each through ``loraclf.load(...).predict_proba`` (same tokenisation, same length-sorted batches).
+(``loraclf.load``, LoRA merged), its ONNX fp32 export and its ONNX int8 export (fused graph, onnxruntime's
+dynamic quantizer; deploy/exporters/onnx.py), each through ``loraclf.load(...).predict_proba`` (same
+tokenisation, same length-sorted batches).
 
     python benchmarks/export_speed.py --run runs/sst2-minilm --rows 25000
+    python benchmarks/export_speed.py --run runs/sst2-minilm --rows 5000 --repeats 3
 
 Speed: the three are loaded side by side in one process and predict the same `--rows` texts (SST-2
 train texts in file order) in turns, chunk by chunk, so other work on the machine slows them alike.
-Memory and accuracy: for each variant a fresh child process loads the model, scores the SST-2 test
-split (872 rows) and predicts 5,000 texts, so each peak RSS is that variant's alone. Prints a
-Markdown table; --json writes the numbers.
+`--repeats N` measures that N times over (each a full pass over the texts) and reports every pass's
+ratio to PyTorch, min and max. Memory and accuracy: for each variant a fresh child process loads the
+model, scores the SST-2 test split (872 rows) and predicts 5,000 texts, so each peak RSS is that
+variant's alone. Prints a Markdown table; --json writes the numbers.
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", type=int, default=25000)
     p.add_argument("--batch", type=int, default=128, help="prediction batch size (loraclf predict's default)")
     p.add_argument("--rounds", type=int, default=10, help="turns the variants take over the texts")
+    p.add_argument("--repeats", type=int, default=1, help="speed passes over the texts (each reported)")
     p.add_argument("--work", type=Path, default=Path(".bench/export"), help="where the exports are kept")
     p.add_argument("--json", type=Path)
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -156,13 +160,22 @@ def main(argv=None) -> dict:
         r["export_s"] = made[variant][1]
         results.append(r)
         print(json.dumps(r), file=sys.stderr)
-    timed = speed({v: made[v][0] for v in VARIANTS}, corpus(args.data, args.rows), args.batch, args.rounds)
+    passes = [speed({v: made[v][0] for v in VARIANTS}, corpus(args.data, args.rows), args.batch, args.rounds)
+              for _ in range(args.repeats)]
     for r in results:
-        r.update(timed[r["variant"]], rows=args.rows)
+        v = r["variant"]
+        r.update(passes[0][v], rows=args.rows)  # texts/s of the first pass; every pass below
+        r["passes"] = [t[v] for t in passes]
+        r["speedup_passes"] = [round(t[v]["texts_per_s"] / t["pytorch-fp32"]["texts_per_s"], 3) for t in passes]
     env = {"date": date.today().isoformat(), "python": platform.python_version(), "torch": torch.__version__,
            "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(), "processor": platform.processor()}
     out = {"run": str(args.run), "rows": args.rows, "batch": args.batch, "env": env, "results": results}
     print(table(results))
+    if args.repeats > 1:
+        for r in results[1:]:
+            ups = r["speedup_passes"]
+            print(f"{r['variant']}: {args.repeats} passes, vs PyTorch {min(ups):.2f}x-{max(ups):.2f}x "
+                  f"({', '.join(f'{u:.2f}x' for u in ups)})")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return out

@@ -20,11 +20,15 @@ def run(tiny_models, synth_dir, tmp_path_factory):
 
 def test_export_speed_harness(run, synth_dir, tmp_path, capsys):
     res = load_benchmark("export_speed").main(["--run", str(run), "--data", str(synth_dir), "--rows", "50",
-                                         "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
+                                               "--repeats", "2", "--work", str(tmp_path / "work"),
+                                               "--json", str(tmp_path / "r.json")])
     assert [r["variant"] for r in res["results"]] == ["pytorch-fp32", "onnx-fp32", "onnx-int8"]
     assert all(r["texts_per_s"] > 0 and r["test_n"] == 60 for r in res["results"])
     assert res["results"][1]["test_accuracy"] == res["results"][0]["test_accuracy"]  # fp32 graph = PyTorch
-    assert "| onnx-int8 |" in capsys.readouterr().out
+    assert all(len(r["speedup_passes"]) == 2 for r in res["results"])  # --repeats: every pass's ratio
+    assert res["results"][0]["speedup_passes"] == [1, 1]
+    out = capsys.readouterr().out
+    assert "| onnx-int8 |" in out and "onnx-int8: 2 passes, vs PyTorch" in out
 
 
 def test_serve_load_harness(run, synth_dir, tmp_path, capsys):
