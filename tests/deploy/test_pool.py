@@ -210,3 +210,13 @@ def test_models_dir_must_exist(tmp_path):
         ModelPool.from_specs([], ServeOptions(), models_dir=tmp_path / "nowhere")
     with pytest.raises(loraclf.LoraclfError, match="at least 1"):
         ModelPool.from_specs([], ServeOptions(), models_dir=tmp_path, max_loaded=0)
+
+
+def test_cli_serve_needs_a_model_or_a_folder(tmp_path, capsys):
+    from loraclf.cli import main
+
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: loraclf serve: name at least one model ([NAME=]ARTIFACT) "
+                                               "or a --models-dir")
+    assert main(["serve", "--models-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
