@@ -117,10 +117,11 @@ def _ops(dest) -> set[str]:
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
 def test_bert_class_exports_are_fused(arch, run_of, tmp_path):
     """onnxruntime's transformer fusions are saved in the graph of BERT-class encoders: one Attention node
-    per layer (from an eager-attention trace), SkipLayerNormalization and BiasGelu; optimize=False skips them."""
+    per layer (from an eager-attention trace) and BiasGelu; optimize=False skips them."""
     dest = export(run_of(arch), tmp_path / "fused", "onnx")
     fused = json.loads((dest / "loraclf.json").read_text())["export"]["fused"]
-    assert fused["Attention"] >= 1 and {"Attention", "SkipLayerNormalization"} <= _ops(dest)
+    assert fused["Attention"] >= 1 and {"Attention", "BiasGelu"} <= _ops(dest)
+    assert "SkipLayerNormalization" not in _ops(dest)  # slower than Add + LayerNormalization here
     plain = export(run_of(arch), tmp_path / "plain", "onnx", optimize=False)
     assert "Attention" not in _ops(plain) and "fused" not in json.loads((plain / "loraclf.json").read_text())["export"]
 
@@ -144,16 +145,19 @@ def test_fused_attention_honours_the_mask_on_either_padding_side(run_of, tmp_pat
     np.testing.assert_allclose(out[0], out[1], atol=1e-4)
 
 
-def test_int8_keeps_the_ffn_output_matmuls_fp32(run_of, tmp_path):
-    """int8: fused Attention becomes QAttention, MatMuls MatMulInteger, except the one fed by GELU in each
-    layer (its input's range is too wide for a per-batch int8 scale; docs/benchmarks.md)."""
+def test_int8_keeps_the_first_ffn_output_matmul_fp32(run_of, tmp_path):
+    """int8: fused Attention becomes QAttention, MatMuls MatMulInteger, except the first layer's MatMul fed
+    by GELU (the most sensitive to a per-batch int8 scale on SST-2 validation; docs/benchmarks.md)."""
     import onnx
+
+    from loraclf.deploy.exporters.onnx import FP32_FFN_OUTPUTS
 
     dest = export(run_of("bert"), tmp_path / "int8", "onnx", quantize="int8")
     kept = json.loads((dest / "loraclf.json").read_text())["export"]["int8_kept_fp32"]
     graph = onnx.load(str(dest / "model.onnx")).graph
     assert {"QAttention", "MatMulInteger"} <= {n.op_type for n in graph.node}
-    assert kept and len(kept) == sum(n.op_type == "BiasGelu" for n in graph.node)  # one per layer
+    assert kept and len(kept) == min(FP32_FFN_OUTPUTS, sum(n.op_type == "BiasGelu" for n in graph.node))
+    assert "layer.0/" in kept[0]  # the first layer's
     assert {n.op_type for n in graph.node if n.name in kept} == {"MatMul"}
     assert all(any(p.op_type == "BiasGelu" for p in graph.node if p.output[0] == n.input[0])
                for n in graph.node if n.name in kept)

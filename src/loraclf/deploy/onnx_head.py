@@ -30,10 +30,15 @@ def providers(ort) -> list[str]:
     return wanted
 
 
+# onnxruntime 1.32's SkipLayerNormalization kernel ran MiniLM ~20% slower than the Add + LayerNormalization
+# it replaces (2-core Xeon, int8 graph; docs/benchmarks.md); the exporter leaves it unfused too.
+DISABLED_FUSIONS = ["SkipLayerNormFusion"]
+
+
 def session_options(ort):
-    """Every graph optimisation, and as many intra-op threads as PyTorch uses here (torch.get_num_threads():
-    the cores this process may use, or OMP_NUM_THREADS / torch.set_num_threads when set). onnxruntime's own
-    default counts the machine's physical cores, more than a container or a CPU-limited process may have."""
+    """Every graph optimisation, and as many intra-op threads as PyTorch uses here (torch.get_num_threads(),
+    which follows OMP_NUM_THREADS and torch.set_num_threads), so both runtimes of one model use the same
+    cores; onnxruntime's own default counts the machine's physical cores."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -88,7 +93,8 @@ class OnnxHead(ClassifierHead):
         opts = session_options(ort)
         opts.log_severity_level = 3  # errors only: onnxruntime's warnings about unused initializers are noise here
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers(ort))
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers(ort),
+                                           disabled_optimizers=DISABLED_FUSIONS)
         except Exception as e:  # onnxruntime raises its own exception types for a bad or truncated graph
             raise ModelError(f"cannot load {path}: {str(e).splitlines()[0][:300]}") from None
         names = export.get("inputs") or [i.name for i in session.get_inputs()]
