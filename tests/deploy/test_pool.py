@@ -84,7 +84,7 @@ def test_a_mixed_batch_equals_each_model_alone_in_one_forward_per_base(runs, alo
     assert {n for n, s in pool.loaded.items() if s.group is enc} == {"bin", "three", "multi", "reg"}
     assert {n for n, s in pool.loaded.items() if s.group is dec} == {"dec2", "dec3"}
     assert {n for n, s in pool.loaded.items() if s.group is emb} == {"emb", "emb3"}
-    assert enc.mixed and dec.mixed and emb.mixed and pool.loaded["verb"].group is None  # a prompt head: alone
+    assert all(s.mixable for s in pool.loaded.values() if s.group) and pool.loaded["verb"].group is None
     calls = {k: Counter(g.model.get_base_model()) for k, g in (("enc", enc), ("dec", dec), ("emb", emb))}
     requests = _requests()
     results = pool.infer(requests, batch_size=64)
@@ -136,6 +136,9 @@ def test_models_folder_loads_lazily_and_evicts_least_recently_used(runs, alone, 
     assert listed["three"]["labels"] == sorted(THREE) and listed["reg"]["task"] == "regression"
     assert not any(m["loaded"] for m in listed.values())
     group = None
+    most = []
+    load = pool.load
+    pool.load = lambda *a, **k: (most.append(len(pool.loaded)), load(*a, **k))[1]  # in memory at each load
     for name in ["bin", "three", "multi", "bin", "reg", "three"]:
         (task, out), = pool.infer([(name, TEXTS[:3])], batch_size=64)
         np.testing.assert_allclose(out, _want(alone, name, TEXTS[:3]), atol=1e-4)
@@ -143,7 +146,8 @@ def test_models_folder_loads_lazily_and_evicts_least_recently_used(runs, alone, 
         group = group or pool.loaded[name].group
         assert pool.loaded[name].group is group  # the base stays while adapters come and go
     assert list(pool.loaded) == ["reg", "three"]  # least recently used first
-    assert pool.loads == 6 and pool.evictions == 4
+    assert pool.loads == 6 and pool.evictions == 4 and max(most) <= 1  # room made before each load
+    assert len(group.tokenizers) == 1  # one tokenizer for every adapter with the same files
     peft_adapters = set(group.model.peft_config)
     assert peft_adapters == {s.adapter for s in pool.loaded.values()}  # evicted adapters left the model
 
@@ -168,14 +172,50 @@ def test_an_adapter_whose_base_is_not_loaded_reloads_it_after_eviction(runs, alo
         assert list(pool.loaded) == [name] and len(pool.groups) == 1  # the other base was freed
 
 
-def test_a_broken_folder_fails_its_requests_only(runs, alone, tmp_path):
-    root = _folder(runs, tmp_path, ["bin"])
-    shutil.copytree(runs["three"] / "artifact", root / "broken")
-    (root / "broken" / "adapter_model.safetensors").write_bytes(b"not weights")
+@pytest.mark.parametrize("damage", ["adapter_model.safetensors", "tokenizer.json", "embedding_head"])
+def test_a_broken_folder_fails_its_requests_only_and_leaves_nothing_behind(runs, alone, tmp_path, damage):
+    from loraclf.deploy.pool import UnknownModel
+
+    first, other = ("emb", "emb3") if damage == "embedding_head" else ("bin", "three")
+    root = _folder(runs, tmp_path, [first])
+    shutil.copytree(runs[other] / "artifact", root / "broken")
+    (root / "broken" / (damage if "." in damage else "embedding_head.safetensors")).write_bytes(b"not weights")
     pool = ModelPool.from_specs([], ServeOptions(), models_dir=root)
-    ok, bad = pool.infer([("bin", TEXTS[:2]), ("broken", TEXTS[:2])], batch_size=64)
-    np.testing.assert_allclose(ok[1], alone["bin"][:2], atol=1e-4)
-    assert isinstance(bad, Exception) and "broken" not in pool.loaded
+    for _ in range(2):  # each request tries the load again; none leaves an adapter on the shared base
+        ok, bad = pool.infer([(first, TEXTS[:2]), ("broken", TEXTS[:2])], batch_size=64)
+        np.testing.assert_allclose(ok[1], alone[first][:2], atol=1e-4)
+        assert isinstance(bad, Exception) and not isinstance(bad, UnknownModel) and "broken" not in pool.loaded
+        assert set(pool.loaded[first].group.model.peft_config) == {"default"}
+        assert set(pool.loaded[first].group.members) == {first}
+
+
+def test_names_must_be_folder_entries_exactly(runs, tmp_path):
+    from loraclf.deploy.pool import UnknownModel
+
+    root = _folder(runs, tmp_path, ["bin"])
+    pool = ModelPool.from_specs([], ServeOptions(), models_dir=root)
+    for name in ("BIN", "bin\n", "bin/", "./bin", "..", ".", "bin/../bin"):
+        assert not pool.knows(name), name
+    (bad,) = pool.infer([("BIN", ["x"])], batch_size=8)
+    assert isinstance(bad, UnknownModel)
+
+
+def test_per_adapter_max_length_and_forward_passes_of_batch_size(runs, alone, tiny_models, tmp_path):
+    short = loraclf.train(None, tiny_overrides(tiny_models["bert"], runs["bin"].parent.parent / "d-bin",
+                                               tmp_path, name="short", **{
+        "train.epochs": 1, "train.recipe": "standard", "data.max_length": 8}), quiet=True).path
+    want = loraclf.load(short).predict_proba(TEXTS)
+    pool = ModelPool.from_specs([f"bin={runs['bin']}", f"short={short}", f"three={runs['three']}"], ServeOptions())
+    requests = [("short", TEXTS[:5]), ("bin", TEXTS[5:9]), ("three", TEXTS[:3]), ("short", TEXTS[9:])]
+    calls = Counter(pool.loaded["bin"].group.model.get_base_model())
+    results = pool.infer(requests, batch_size=9)  # 5 + 4 | 3 + 5 rows: two passes, requests kept whole
+    assert calls.calls == 2
+    got = {n: np.concatenate([o for (m, _), (_, o) in zip(requests, results) if m == n]) for n in ("short",)}
+    np.testing.assert_allclose(got["short"], want[list(range(5)) + list(range(9, len(TEXTS)))], atol=1e-6)
+    longer = loraclf.load(short)
+    longer.max_length = 32
+    assert np.abs(longer.predict_proba(TEXTS) - want).max() > 1e-5  # the cut at 8 tokens shows in the outputs
+    np.testing.assert_allclose(results[1][1], alone["bin"][5:9], atol=1e-4)
 
 
 def test_serve_many_adapters_over_http(runs, alone, tmp_path):

@@ -32,7 +32,11 @@ import numpy as np
 from ..errors import LoraclfError, printable
 
 log = logging.getLogger("loraclf")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch (no trailing newline slips by)
+
+
+class UnknownModel(LookupError):
+    """A request named a model this server does not serve (the only error the server answers with 404)."""
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Served:
     info: dict = field(default_factory=dict)
     group: Optional["BaseGroup"] = None
     pinned: bool = True  # named at start-up: never evicted
+    mixable: bool = False  # its rows can share a forward pass with other adapters of its group
+    tokenizer_key: str = ""
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         if self.adapter is not None:
@@ -62,7 +68,6 @@ class BaseGroup:
     key: tuple
     model: Any  # the PeftModel
     first: str  # the model whose loading brought the base in
-    mixed: bool  # rows of its adapters can share one forward pass
     members: dict[str, Served] = field(default_factory=dict)
     tokenizers: dict[str, Any] = field(default_factory=dict)  # by tokenizer_key
     counter: int = 0
@@ -88,7 +93,7 @@ def parse_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
         art = artifact_dir(path)
         if not name:
             name = art.parent.name if art.name == "artifact" else art.name
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise LoraclfError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 64); "
                                "give one as NAME=PATH")
         if name in {n for n, _ in out}:
@@ -123,7 +128,19 @@ def _share_key(meta: dict, art: Path, base_model: Optional[str]) -> Optional[tup
     method, head = method_of(meta["method"]), HEADS.get(meta["head"])
     if not (method and method.adapters and head and head.shares_base):
         return None
-    return (base_model or meta["base_model"], meta.get("base_fingerprint"), meta["head"], meta.get("quantize"))
+    # rows of one forward pass share the padding: the pad token (decoders pool the last token that is not
+    # one) and the side it goes on
+    config = _json(art / "config.json")
+    side = _json(art / "tokenizer_config.json").get("padding_side", "right")
+    return (base_model or meta["base_model"], meta.get("base_fingerprint"), meta["head"], meta.get("quantize"),
+            config.get("pad_token_id"), side)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def tokenizer_key(art: Path) -> str:
@@ -140,7 +157,7 @@ def tokenizer_key(art: Path) -> str:
 
 def _mixable(art: Path) -> bool:
     """PEFT mixes adapters in one batch for plain LoRA (not DoRA, not other adapter kinds)."""
-    acfg = json.loads((art / "adapter_config.json").read_text())
+    acfg = _json(art / "adapter_config.json")
     return acfg.get("peft_type") == "LORA" and not acfg.get("use_dora")
 
 
@@ -165,6 +182,7 @@ class ModelPool:
         self.groups: dict[tuple, BaseGroup] = {}
         self.lock = threading.RLock()
         self.loads = self.evictions = 0
+        self._listing: tuple[int, frozenset[str]] = (-1, frozenset())  # (folder mtime, entry names)
 
     @classmethod
     def from_specs(cls, specs: Sequence[str], opts, base_model: Optional[str] = None,
@@ -182,12 +200,22 @@ class ModelPool:
             self.loaded[served.name] = served
 
     # ---------------------------------------------------------------- names
+    def _entries(self) -> frozenset[str]:
+        """The models folder's entry names, listed again only when the folder changed (its mtime)."""
+        try:
+            mtime = self.models_dir.stat().st_mtime_ns
+            if mtime != self._listing[0]:
+                self._listing = (mtime, frozenset(e.name for e in self.models_dir.iterdir()))
+        except OSError:  # the folder went away: nothing in it is servable
+            return frozenset()
+        return self._listing[1]
+
     def locate(self, name: str) -> Optional[Path]:
-        """The artifact a name stands for, or None. A models-folder entry is looked up by joining the
-        name to the folder, which NAME_RE makes safe (no separators, no leading dot)."""
+        """The artifact a name stands for, or None. A models-folder name must be an entry of the folder
+        exactly as listed (no separators, no leading dot, no other case of an entry's name)."""
         if name in self.fixed:
             return self.fixed[name]
-        if self.models_dir is None or not NAME_RE.match(name):
+        if self.models_dir is None or not NAME_RE.fullmatch(name) or name not in self._entries():
             return None
         return folder_artifact(self.models_dir / name)
 
@@ -198,9 +226,9 @@ class ModelPool:
         """Every servable name: those named at start-up, then the models folder's entries as they are now."""
         out = list(self.fixed)
         if self.models_dir is not None:
-            for entry in sorted(self.models_dir.iterdir()):
-                if entry.name not in self.fixed and NAME_RE.match(entry.name) and folder_artifact(entry):
-                    out.append(entry.name)
+            for entry in sorted(self._entries()):
+                if entry not in self.fixed and NAME_RE.fullmatch(entry) and folder_artifact(self.models_dir / entry):
+                    out.append(entry)
         return out
 
     def describe(self) -> list[dict]:
@@ -229,10 +257,9 @@ class ModelPool:
                 return served
         art = self.locate(name)
         if art is None:
-            raise LookupError(name)
-        served = self.load(name, art, pinned=False)
-        self.evict(keep=set(keep) | {name})
-        return served
+            raise UnknownModel(name)
+        self.evict(keep=set(keep), room=1)  # make room first: never max_loaded + 1 in memory
+        return self.load(name, art, pinned=False)
 
     def load(self, name: str, art: Path, pinned: bool) -> Served:
         from ..schema import read_meta
@@ -243,11 +270,16 @@ class ModelPool:
             raise LoraclfError(f"{name}={art}: the model reads text pairs ({', '.join(meta['text_column'])}); "
                                "loraclf serve takes one text per input (use loraclf predict or the Python API)")
         key = _share_key(meta, art, self.base_model) if self.opts.share_base else None
+        info = describe_meta(meta)
+        # Loading runs on the inference thread (it alone changes groups and PEFT models) and outside the
+        # lock, which only guards what the event loop reads: /v1/models never waits for a load.
+        group = self.groups.get(key) if key is not None else None
+        served = self._join(group, name, art, meta) if group is not None else self._alone(name, art, meta, key)
+        served.pinned = pinned
+        served.info.update(info)
         with self.lock:
-            group = self.groups.get(key) if key is not None else None
-            served = self._join(group, name, art, meta) if group is not None else self._alone(name, art, meta, key)
-            served.pinned = pinned
-            served.info.update(describe_meta(meta))
+            if served.group is not None:
+                self.groups[served.group.key] = served.group
             self.loaded[name] = served
             self.loads += 1
         log.info("loaded model %s from %s%s", name, art,
@@ -263,43 +295,51 @@ class ModelPool:
                    precision=opts.precision, allow_other_base=opts.allow_other_base)
         if key is None:
             return Served(name, clf)
-        group = BaseGroup(key, clf.head.shared_model(), name, mixed=_mixable(art))
-        group.tokenizers[tokenizer_key(art)] = clf.tokenizer
-        served = Served(name, clf, "default", group=group)
+        group = BaseGroup(key, clf.head.shared_model(), name)
+        tok_key = tokenizer_key(art)
+        group.tokenizers[tok_key] = clf.tokenizer
+        served = Served(name, clf, "default", group=group, mixable=_mixable(art), tokenizer_key=tok_key)
         group.members[name] = served
-        self.groups[key] = group
         return served
 
     def _join(self, group: BaseGroup, name: str, art: Path, meta: dict) -> Served:
         from ..models.build import load_tokenizer
-        from ..models.heads import head_class
-        from ..models.mixed import add_adapter
+        from ..models.heads import check_weights, head_class
+        from ..models.mixed import add_adapter, delete_adapter
         from ..tasks import make_task
         from .artifact import Classifier
 
-        adapter = group.adapter_name()
-        add_adapter(group.model, art, adapter)
+        check_weights(art, meta)
         task = make_task(meta["task"], meta["labels"], meta["task_state"])
-        key = tokenizer_key(art)  # a tokenizer takes ~10 MB: adapters with the same files share one
-        tokenizer = group.tokenizers.get(key) or group.tokenizers.setdefault(key, load_tokenizer(str(art)))
-        head = head_class(meta["head"]).attach(group.model, art, meta, tokenizer, task)
-        first = group.members.get(group.first) or next(iter(group.members.values()))
-        clf = Classifier(head, meta, first.clf.device, path=art)
-        clf.precision = self.opts.precision
-        group.mixed = group.mixed and _mixable(art)
-        served = Served(name, clf, adapter, group=group, info={"shares_base_with": group.first})
+        tok_key = tokenizer_key(art)  # a tokenizer takes ~10 MB: adapters with the same files share one
+        tokenizer = group.tokenizers.get(tok_key) or load_tokenizer(str(art))
+        adapter = group.adapter_name()
+        try:  # a model that fails to load leaves nothing behind on the shared base
+            add_adapter(group.model, art, adapter)
+            head = head_class(meta["head"]).attach(group.model, art, meta, tokenizer, task)
+            first = next(iter(group.members.values()))
+            clf = Classifier(head, meta, first.clf.device, path=art)
+            clf.precision = self.opts.precision
+        except BaseException:
+            if adapter in group.model.peft_config:
+                delete_adapter(group.model, adapter)
+            raise
+        group.tokenizers.setdefault(tok_key, tokenizer)
+        served = Served(name, clf, adapter, group=group, info={"shares_base_with": group.first},
+                        mixable=_mixable(art), tokenizer_key=tok_key)
         group.members[name] = served
         return served
 
-    def evict(self, keep: set = frozenset()) -> None:
-        """Unload least recently used models-folder models until at most max_loaded remain."""
+    def evict(self, keep: set = frozenset(), room: int = 0) -> None:
+        """Unload least recently used models-folder models until at most max_loaded - room remain
+        (models in `keep` stay: a batch that names more models than max_loaded runs whole)."""
         if self.max_loaded is None:
             return
         with self.lock:
             loose = [n for n, s in self.loaded.items() if not s.pinned]
-            for name in loose[:max(0, len(loose) - self.max_loaded)]:
-                if name not in keep:
-                    self._unload(self.loaded.pop(name))
+            excess = len(loose) - max(0, self.max_loaded - room)
+            for name in [n for n in loose if n not in keep][:max(0, excess)]:
+                self._unload(self.loaded.pop(name))
 
     def _unload(self, served: Served) -> None:
         group = served.group
@@ -309,6 +349,8 @@ class ModelPool:
                 from ..models.mixed import delete_adapter
 
                 delete_adapter(group.model, served.adapter)  # the base stays for the others
+                if not any(m.tokenizer_key == served.tokenizer_key for m in group.members.values()):
+                    group.tokenizers.pop(served.tokenizer_key, None)
             else:
                 del self.groups[group.key]
         self.evictions += 1
@@ -329,7 +371,7 @@ class ModelPool:
                 results[i] = e
                 continue
             group = served.group
-            parts[id(group) if group is not None and group.mixed else ("alone", name)].append((i, served, texts))
+            parts[id(group) if group is not None and served.mixable else ("alone", name)].append((i, served, texts))
         for part in parts.values():
             try:
                 outputs = self._run(part, batch_size)
@@ -349,7 +391,14 @@ class ModelPool:
             texts = [t for _, _, ts in part for t in ts]
             out = part[0][1].predict_proba(texts, batch_size)
             return _split(out, [len(ts) for _, _, ts in part])
-        return mixed_outputs([(s, t) for _, s, t in part])
+        out, chunk, rows = [], [], 0
+        for _, s, texts in part:  # forward passes of at most batch_size rows (a request is never split)
+            if chunk and rows + len(texts) > batch_size:
+                out += mixed_outputs(chunk)
+                chunk, rows = [], 0
+            chunk.append((s, texts))
+            rows += len(texts)
+        return out + mixed_outputs(chunk)
 
     @staticmethod
     def _alone_or_error(served: Served, texts: list[str], batch_size: int) -> Any:

@@ -38,7 +38,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import LoraclfError, import_extra, printable
-from .pool import ModelPool
+from .pool import ModelPool, UnknownModel
 
 log = logging.getLogger("loraclf")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -144,7 +144,7 @@ class Batcher:
 def _as_api_error(p: _Pending, e: BaseException) -> ApiError:
     if isinstance(e, ApiError):
         return e
-    if isinstance(e, LookupError):
+    if isinstance(e, UnknownModel):  # only a name this server does not serve: other lookups are failures
         return ApiError(404, f"unknown model {p.name!r}")
     log.error("inference failed for model %s (%d texts): %s: %s", p.name, len(p.texts), type(e).__name__, e,
               exc_info=e)
@@ -550,6 +550,7 @@ def _error_handlers(app) -> None:
 def _routes(app, pool: ModelPool, opts: ServeOptions, metrics: Metrics, state: dict) -> None:
     from fastapi import Request
     from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
 
     async def classified(name: str, texts: list[str]) -> tuple[Any, list[dict]]:
         task, outputs = await state["batcher"].submit(name, texts)
@@ -589,13 +590,15 @@ def _routes(app, pool: ModelPool, opts: ServeOptions, metrics: Metrics, state: d
                 "usage": {"prompt_tokens": 0, "total_tokens": 0, "completion_tokens": 0,
                           "prompt_tokens_details": None}}
 
+    # Listing reads the models folder and each model's loraclf.json: in a thread, off the event loop
     @app.get("/v1/models")
     async def list_models():
-        return {"models": pool.describe()}
+        return {"models": await run_in_threadpool(pool.describe)}
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": len(pool.names()), "loaded": len(pool.loaded)}
+        names = await run_in_threadpool(pool.names)
+        return {"status": "ok", "models": len(names), "loaded": len(pool.loaded)}
 
     @app.get("/metrics")
     async def prometheus():

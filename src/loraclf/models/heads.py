@@ -466,6 +466,7 @@ class EmbeddingHead(Head):
 
         model = EmbeddingClassifier(shared, task.num_outputs, meta["pooling"])
         load_head(model, art)
+        model.classifier.to(next(shared.parameters()).device)  # the base may be on a GPU; the layer is built on CPU
         head = cls(model.eval(), tokenizer, task)
         head.quantize = meta.get("quantize")
         return head
