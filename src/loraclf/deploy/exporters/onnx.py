@@ -120,9 +120,11 @@ INT8_OPS = ("MatMul", "Attention")  # not Gather: int8 embedding tables flipped 
 
 
 def fusion_type(model) -> Optional[str]:
-    """onnxruntime optimizer's model type for `model`, or None when its fusions do not cover the architecture."""
+    """onnxruntime optimizer's model type for `model`, or None when its fusions do not cover it: another
+    architecture, or a module that is not a transformers model (an embedding head's pooling classifier)."""
     cfg = getattr(model, "config", None)
-    return "bert" if getattr(cfg, "model_type", None) in BERT_CLASS else None
+    plain = hasattr(model, "set_attn_implementation")  # transformers models: eager attention for the trace
+    return "bert" if plain and getattr(cfg, "model_type", None) in BERT_CLASS else None
 
 
 @contextmanager
