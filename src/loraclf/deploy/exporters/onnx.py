@@ -59,8 +59,10 @@ class OnnxExporter(Exporter):
             meta["export"]["fused"] = optimize_graph(fp32, fp32, clf.model)
         if quantize == "int8":
             meta["export"]["int8_kept_fp32"] = quantize_int8(fp32, dest / ONNX_FILE)
-        if fp32.name != ONNX_FILE:
-            fp32.replace(dest / ONNX_FILE) if quantize is None else fp32.unlink()
+        if quantize is not None:
+            fp32.unlink()
+        elif fp32.name != ONNX_FILE:
+            fp32.replace(dest / ONNX_FILE)  # the fused fp32 graph is the export
         clf.tokenizer.save_pretrained(str(dest))
         cfg = getattr(clf.model, "config", None)
         if cfg is not None:
