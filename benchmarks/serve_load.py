@@ -22,6 +22,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -47,12 +48,14 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+        # a file, not a pipe: a pipe nobody reads fills up and blocks the server on its next log line
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "loraclf", "serve", *models, "--port", str(self.port),
-                                      "-q", *flags], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                      "-q", *flags], env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.stderr()[-2000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
@@ -60,6 +63,10 @@ class Server:
                 time.sleep(0.25)
         self.stop()
         raise RuntimeError("server did not start in time")
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as fh:

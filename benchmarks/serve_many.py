@@ -116,6 +116,24 @@ def offline_throughput(art: Path, texts: list[str], n: int = 2000) -> float:
     return n / (time.perf_counter() - t0)
 
 
+async def http_ceiling(url: str, clients: int, seconds: float) -> float:
+    """Requests/s of the HTTP stack alone on this machine (GET /health, no inference): the clients and
+    the server share the cores, so this bounds any load test of the server here."""
+    done, stop_at = 0, time.monotonic() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            (await http.get("/health")).raise_for_status()
+            done += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        return done / (time.perf_counter() - t0)
+
+
 def warm_all(server: Server, names: list[str]) -> None:
     for name in names:
         r = httpx.post(server.url + "/v1/classify", json={"model": name, "input": ["a fine film"]}, timeout=120)
@@ -138,10 +156,15 @@ def load_rows(args, work: Path, runs: dict[str, Path], texts: list[str]) -> list
         try:
             if "--max-loaded" not in flags:
                 warm_all(server, spread)  # loading is not what this row measures; eviction rows load under load
+            if not rows:  # once: what HTTP alone allows on these cores
+                args.http_ceiling = round(asyncio.run(http_ceiling(server.url, args.clients, args.seconds / 2)), 1)
             r = asyncio.run(load(server.url, spread, texts, args.clients, args.requests, args.seconds))
             metrics = httpx.get(server.url + "/metrics", timeout=30).text
             r.update({"server": row, "adapters": len(spread), "rss_mb": round(server.rss_mb(), 1),
-                      **_gauges(metrics)})
+                      "server_errors_logged": server.stderr().count("inference failed"), **_gauges(metrics)})
+        except Exception:
+            print(f"row {row!r} failed; the server said:\n{server.stderr()[-3000:]}", file=sys.stderr)
+            raise
         finally:
             server.stop()
         print(json.dumps(r), file=sys.stderr)
@@ -200,7 +223,8 @@ def tables(out: dict) -> str:
     off = out["offline_texts_per_s"]
     lines += ["", f"offline batched throughput of the one-adapter row's model (predict_proba, batch 32): {off:,.1f} "
               f"texts/s; one-adapter server {one / off:.2f}x of it, {out['load'][1]['adapters']}-adapter server "
-              f"{out['load'][1]['throughput'] / off:.2f}x", "",
+              f"{out['load'][1]['throughput'] / off:.2f}x; the HTTP stack alone (GET /health, {out['args']['clients']} "
+              f"clients on the same cores): {out['http_ceiling_req_per_s']:,.1f} req/s", "",
               "| adapters loaded | RSS (MB) | base + N x adapter (MB) | ratio |", "|---|---|---|---|"]
     for r in out["memory"]:
         lines.append(f"| {r['n']} | {r['rss_mb']:,.1f} | {r['predicted_mb']:,.1f} | {r['ratio']:.3f} |")
@@ -232,7 +256,9 @@ def main(argv=None) -> dict:
         runs = train_bases(args.work, args.train_rows)
     out = {"env": {"date": date.today().isoformat(), "python": platform.python_version(), "cpus": os.cpu_count()},
            "args": {k: str(v) for k, v in vars(args).items()}}
+    args.http_ceiling = None
     out["load"] = load_rows(args, args.work, runs, texts)
+    out["http_ceiling_req_per_s"] = args.http_ceiling
     first = args.work / f"models-{args.adapters}" / f"{next(iter(runs))}-000"  # the one-adapter row's model
     out["offline_texts_per_s"] = round(offline_throughput(first, texts), 1)
     out["memory"] = memory_rows(args.work, runs, args.memory_n)

@@ -97,6 +97,17 @@ def test_a_mixed_batch_equals_each_model_alone_in_one_forward_per_base(runs, alo
         "bin": 2, "three": 3, "multi": 2, "reg": 1}
 
 
+@pytest.mark.parametrize("first", ["reg", "three"])
+def test_heads_of_any_width_join_a_base_whatever_loaded_it_first(runs, alone, first):
+    """The base's own head has the first model's width (1 for a score, 3 for three classes): the others
+    load at theirs."""
+    names = [first] + [n for n in ("bin", "three", "multi", "reg") if n != first]
+    pool = ModelPool.from_specs([f"{n}={runs[n]}" for n in names], ServeOptions())
+    requests = [(n, TEXTS[:4]) for n in names]
+    for (name, texts), (_, out) in zip(requests, pool.infer(requests, batch_size=64)):
+        np.testing.assert_allclose(out, _want(alone, name, texts), atol=1e-4, err_msg=name)
+
+
 def test_one_failing_request_fails_alone(runs, alone, monkeypatch):
     pool = ModelPool.from_specs([f"{n}={runs[n]}" for n in ("bin", "three", "reg")], ServeOptions())
     head = pool.loaded["three"].clf.head

@@ -20,16 +20,21 @@ import torch
 def add_adapter(model, art: Path, adapter: str) -> None:
     """Load the LoRA adapter saved in `art` onto `model` (a PeftModel) as `adapter`. Heads
     (modules_to_save) whose shape differs from the base's (another number of labels) are loaded at
-    their own shape, which PEFT alone refuses."""
+    their own shape, which PEFT alone refuses: the adapter is created first, its head copies are
+    reshaped to the saved tensors, and only then are the weights loaded (strictly)."""
+    import json
+
+    from peft import LoraConfig
     from peft.utils.other import AuxiliaryTrainingWrapper
     from safetensors.torch import load_file
 
-    with warnings.catch_warnings():  # heads of another width are expected: loaded at their shape below
-        warnings.filterwarnings("ignore", message=".*ignore_mismatched_sizes.*")
-        model.load_adapter(str(art), adapter_name=adapter, ignore_mismatched_sizes=True)
     weights = art / "adapter_model.safetensors"
-    if not weights.is_file():
+    if json.loads((art / "adapter_config.json").read_text()).get("peft_type") != "LORA" or not weights.is_file():
+        model.load_adapter(str(art), adapter_name=adapter)
         return
+    config = LoraConfig.from_pretrained(str(art))
+    config.inference_mode = True
+    model.add_adapter(adapter, config)
     saved = load_file(str(weights))
     for wname, wrapper in model.named_modules():
         if not isinstance(wrapper, AuxiliaryTrainingWrapper) or adapter not in getattr(wrapper, "modules_to_save", {}):
@@ -40,7 +45,9 @@ def add_adapter(model, art: Path, adapter: str) -> None:
             if tensor is not None and tuple(tensor.shape) != tuple(param.shape):
                 owner_name, _, leaf = pname.rpartition(".")
                 owner = module.get_submodule(owner_name) if owner_name else module
-                setattr(owner, leaf, torch.nn.Parameter(tensor.to(param.device, param.dtype), requires_grad=False))
+                setattr(owner, leaf, torch.nn.Parameter(torch.empty_like(tensor, dtype=param.dtype,
+                                                                          device=param.device), requires_grad=False))
+    model.load_adapter(str(art), adapter_name=adapter)  # the adapter exists: PEFT only loads its weights
 
 
 def delete_adapter(model, adapter: str) -> None:
