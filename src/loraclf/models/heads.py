@@ -208,10 +208,10 @@ class ClassifierHead(Head):
 
     @classmethod
     def mixed_logits(cls, shared, inputs, adapter_names, heads):
-        from .mixed import per_row_heads
+        from .mixed import per_row_adapters
 
-        with per_row_heads(shared):  # each row's own head (modules_to_save), whatever its width
-            return shared(**inputs, adapter_names=adapter_names).logits
+        with per_row_adapters(shared, adapter_names) as extra:  # each row's own LoRA deltas and head, any width
+            return shared(**inputs, **extra).logits
 
     def save(self, dest: Path, meta: dict) -> None:
         from peft import PeftModel
@@ -476,9 +476,10 @@ class EmbeddingHead(Head):
         import torch.nn.functional as F
 
         from .embedding import pool
-        from .mixed import padded, rows_of
+        from .mixed import padded, per_row_adapters, rows_of
 
-        hidden = shared(**inputs, adapter_names=adapter_names).last_hidden_state
+        with per_row_adapters(shared, adapter_names) as extra:
+            hidden = shared(**inputs, **extra).last_hidden_state
         parts = []
         for adapter, idx in rows_of(adapter_names).items():  # each adapter's pooling and linear layer
             m = heads[adapter].model

@@ -1,9 +1,10 @@
 """Several LoRA adapters on one PEFT model, and one forward pass over rows of different adapters.
 
-PEFT mixes adapters in a batch (``adapter_names=[one per row]``): each LoRA layer adds each row's own
-deltas. Its trained modules (``modules_to_save``: the heads) can mix too, but only plain Linear
-layers of one output width. :func:`per_row_heads` lifts both limits for the duration of a forward
-pass, so classifiers with different numbers of labels (and RoBERTa-style two-layer heads) share it.
+PEFT can mix adapters in a batch (``adapter_names=[one per row]``), but its heads (``modules_to_save``)
+mix only as plain Linear layers of one output width, and its LoRA layers rebuild each adapter's row
+list in Python in every layer. :func:`per_row_adapters` runs a pass with each row's own LoRA deltas
+(index tensors made once per batch) and its own head, whatever its width (outputs zero-padded to the
+widest), so classifiers with different numbers of labels and RoBERTa-style two-layer heads share it.
 Used by the server's model pool through the heads (``Head.attach`` / ``Head.mixed_logits``).
 """
 
@@ -80,26 +81,59 @@ def rows_of(names: list[str]) -> dict[str, list[int]]:
     return out
 
 
-def _rows_forward(wrapper, x, *args, adapter_names=None, **kwargs):
-    names = adapter_names or [wrapper.active_adapters[0]] * len(x)
+def _rows_forward(wrapper, rows: dict, x, *args, adapter_names=None, **kwargs):
     parts = []
-    for adapter, idx in rows_of(names).items():
+    for adapter, idx in rows.items():
         module = wrapper.modules_to_save[adapter] if adapter in wrapper.modules_to_save else wrapper.original_module
         parts.append((idx, module(x[idx], *args, **kwargs)))
     return padded(parts, len(x))
 
 
+def _lora_rows_forward(layer, rows: dict, x, *args, **kwargs):
+    """A LoRA Linear over rows of several adapters: the base once, then each adapter's low-rank delta added
+    to its own rows (index tensors made once per batch, not per layer as PEFT's adapter_names path does)."""
+    result = layer.base_layer(x, *args, **kwargs)
+    for adapter, idx in rows.items():
+        if adapter not in layer.lora_A:
+            continue
+        lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
+        sub = x.index_select(0, idx).to(lora_a.weight.dtype)
+        delta = lora_b(lora_a(layer.lora_dropout[adapter](sub))) * layer.scaling[adapter]
+        result.index_add_(0, idx, delta.to(result.dtype))
+    return result
+
+
+def _plain_lora(layers) -> bool:
+    """Every LoRA layer a plain unmerged Linear without a variant (DoRA ...): what _lora_rows_forward does."""
+    from peft.tuners.lora.layer import Linear
+
+    return all(type(m) is Linear and not m.merged and not getattr(m, "lora_variant", None) for m in layers)
+
+
 @contextlib.contextmanager
-def per_row_heads(model):
-    """While a mixed batch runs, each trained module of the PEFT model (modules_to_save) applies each
-    row's own copy, and outputs of different widths are zero-padded to the widest."""
+def per_row_adapters(model, adapter_names: list[str]):
+    """While a mixed batch runs through the PEFT model, each row uses its own adapter: LoRA layers add each
+    row's own deltas, and each trained module (modules_to_save: the heads) applies each row's own copy,
+    with outputs of different widths zero-padded to the widest. Yields the extra forward arguments: none
+    where loraclf's own row-wise LoRA applies, else PEFT's ``adapter_names`` (its mixed-batch path)."""
+    from peft.tuners.lora import LoraLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
-    wrappers = [m for m in model.modules() if isinstance(m, AuxiliaryTrainingWrapper) and hasattr(m, "modules_to_save")]
+    rows = {a: torch.tensor(i, dtype=torch.long) for a, i in rows_of(adapter_names).items()}
+    modules = list(model.modules())
+    wrappers = [m for m in modules if isinstance(m, AuxiliaryTrainingWrapper) and hasattr(m, "modules_to_save")]
+    layers = [m for m in modules if isinstance(m, LoraLayer)]
+    own = _plain_lora(layers)
+    device = next(model.parameters()).device
+    rows = {a: i.to(device) for a, i in rows.items()}
+    patched = wrappers + (layers if own else [])
     for w in wrappers:
-        w.forward = functools.partial(_rows_forward, w)
+        w.forward = functools.partial(_rows_forward, w, {a: i.tolist() for a, i in rows.items()})
+    if own:
+        for m in layers:
+            m.forward = functools.partial(_lora_rows_forward, m, rows)
     try:
-        yield
+        yield {} if own else {"adapter_names": adapter_names}
     finally:
-        for w in wrappers:
-            del w.forward
+        for m in patched:
+            del m.forward
