@@ -178,7 +178,7 @@ def _gauges(text: str) -> dict:
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name in ("loraclf_model_loads", "loraclf_model_evictions"):
+            if s.name in ("loraclf_model_loads", "loraclf_model_evictions", "loraclf_model_refills"):
                 out[s.name.replace("loraclf_model_", "")] = int(s.value)
             if s.name == "loraclf_batch_models_sum":
                 out["models_per_batch_sum"] = s.value

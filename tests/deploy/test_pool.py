@@ -271,3 +271,26 @@ def test_cli_serve_needs_a_model_or_a_folder(tmp_path, capsys):
                                                "or a --models-dir")
     assert main(["serve", "--models-dir", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_an_evicted_adapter_of_the_same_shapes_is_refilled_not_rebuilt(runs, alone, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root = _folder(runs, tmp_path, ["bin", "three"])
+    shutil.copytree(root / "bin", root / "bin2")
+    weights = root / "bin2" / "adapter_model.safetensors"
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: t + 0.5 * t.std() * torch.randn(t.shape, generator=gen) for k, t in load_file(str(weights)).items()},
+              str(weights))
+    want2 = loraclf.load(root / "bin2").predict_proba(TEXTS)
+    assert not np.allclose(want2, alone["bin"], atol=1e-4)
+    pool = ModelPool.from_specs([f"three={runs['three']}"], ServeOptions(), models_dir=root, max_loaded=1)
+    peft = pool.loaded["three"].group.model
+    for name, want in [("bin", alone["bin"]), ("bin2", want2), ("bin", alone["bin"]), ("bin2", want2)]:
+        (_, out), = pool.infer([(name, TEXTS)], batch_size=64)
+        np.testing.assert_allclose(out, want, atol=1e-4, err_msg=name)
+        assert len(peft.peft_config) == 2  # the pinned model's adapter and one slot
+    assert pool.refills == 3 and pool.evictions == 3  # each load after the first took the evicted slot over
+    (_, out), = pool.infer([("three", TEXTS[:3])], batch_size=64)  # the pinned model is untouched
+    np.testing.assert_allclose(out, alone["three"][:3], atol=1e-4)

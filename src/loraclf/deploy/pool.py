@@ -52,6 +52,7 @@ class Served:
     pinned: bool = True  # named at start-up: never evicted
     mixable: bool = False  # its rows can share a forward pass with other adapters of its group
     tokenizer_key: str = ""
+    signature: Optional[str] = None  # adapters of equal signature can take over each other's slot
 
     def predict_proba(self, texts: list[str], batch_size: int) -> np.ndarray:
         if self.adapter is not None:
@@ -181,7 +182,8 @@ class ModelPool:
         self.loaded: OrderedDict[str, Served] = OrderedDict()  # least recently used first
         self.groups: dict[tuple, BaseGroup] = {}
         self.lock = threading.RLock()
-        self.loads = self.evictions = 0
+        self.loads = self.evictions = self.refills = 0
+        self._parked: list[Served] = []  # evicted adapters whose slot the load that follows may take over
         self._listing: tuple[int, frozenset[str]] = (-1, frozenset())  # (folder mtime, entry names)
 
     @classmethod
@@ -258,8 +260,11 @@ class ModelPool:
         art = self.locate(name)
         if art is None:
             raise UnknownModel(name)
-        self.evict(keep=set(keep), room=1)  # make room first: never max_loaded + 1 in memory
-        return self.load(name, art, pinned=False)
+        self.evict(keep=set(keep), room=1, park=True)  # make room first: never max_loaded + 1 in memory
+        try:
+            return self.load(name, art, pinned=False)
+        finally:
+            self._flush_parked()
 
     def load(self, name: str, art: Path, pinned: bool) -> Served:
         from ..schema import read_meta
@@ -295,17 +300,20 @@ class ModelPool:
                    precision=opts.precision, allow_other_base=opts.allow_other_base)
         if key is None:
             return Served(name, clf)
+        from ..models.mixed import adapter_signature
+
         group = BaseGroup(key, clf.head.shared_model(), name)
         tok_key = tokenizer_key(art)
         group.tokenizers[tok_key] = clf.tokenizer
-        served = Served(name, clf, "default", group=group, mixable=_mixable(art), tokenizer_key=tok_key)
+        served = Served(name, clf, "default", group=group, mixable=_mixable(art), tokenizer_key=tok_key,
+                        signature=adapter_signature(art))
         group.members[name] = served
         return served
 
     def _join(self, group: BaseGroup, name: str, art: Path, meta: dict) -> Served:
         from ..models.build import load_tokenizer
         from ..models.heads import check_weights, head_class
-        from ..models.mixed import add_adapter, delete_adapter
+        from ..models.mixed import adapter_signature, add_adapter, delete_adapter, refill_adapter
         from ..tasks import make_task
         from .artifact import Classifier
 
@@ -313,9 +321,16 @@ class ModelPool:
         task = make_task(meta["task"], meta["labels"], meta["task_state"])
         tok_key = tokenizer_key(art)  # a tokenizer takes ~10 MB: adapters with the same files share one
         tokenizer = group.tokenizers.get(tok_key) or load_tokenizer(str(art))
-        adapter = group.adapter_name()
+        signature = adapter_signature(art)
+        slot = next((p for p in self._parked if p.group is group and signature and p.signature == signature), None)
+        adapter = slot.adapter if slot is not None else group.adapter_name()
         try:  # a model that fails to load leaves nothing behind on the shared base
-            add_adapter(group.model, art, adapter)
+            if slot is not None:  # an evicted adapter of the same shapes: copy the weights into its slot
+                self._parked.remove(slot)
+                refill_adapter(group.model, art, adapter)
+                self.refills += 1
+            else:
+                add_adapter(group.model, art, adapter)
             head = head_class(meta["head"]).attach(group.model, art, meta, tokenizer, task)
             first = next(iter(group.members.values()))
             clf = Classifier(head, meta, first.clf.device, path=art)
@@ -326,29 +341,40 @@ class ModelPool:
             raise
         group.tokenizers.setdefault(tok_key, tokenizer)
         served = Served(name, clf, adapter, group=group, info={"shares_base_with": group.first},
-                        mixable=_mixable(art), tokenizer_key=tok_key)
+                        mixable=_mixable(art), tokenizer_key=tok_key, signature=signature)
         group.members[name] = served
         return served
 
-    def evict(self, keep: set = frozenset(), room: int = 0) -> None:
+    def evict(self, keep: set = frozenset(), room: int = 0, park: bool = False) -> None:
         """Unload least recently used models-folder models until at most max_loaded - room remain
-        (models in `keep` stay: a batch that names more models than max_loaded runs whole)."""
+        (models in `keep` stay: a batch that names more models than max_loaded runs whole). With `park`,
+        evicted adapters stay on their base until _flush_parked, so the next load can refill one."""
         if self.max_loaded is None:
             return
         with self.lock:
             loose = [n for n, s in self.loaded.items() if not s.pinned]
             excess = len(loose) - max(0, self.max_loaded - room)
             for name in [n for n in loose if n not in keep][:max(0, excess)]:
-                self._unload(self.loaded.pop(name))
+                self._unload(self.loaded.pop(name), park)
 
-    def _unload(self, served: Served) -> None:
+    def _flush_parked(self) -> None:
+        from ..models.mixed import delete_adapter
+
+        while self._parked:
+            served = self._parked.pop()
+            delete_adapter(served.group.model, served.adapter)
+
+    def _unload(self, served: Served, park: bool = False) -> None:
         group = served.group
         if group is not None:
             del group.members[served.name]
             if group.members:
                 from ..models.mixed import delete_adapter
 
-                delete_adapter(group.model, served.adapter)  # the base stays for the others
+                if park and served.signature:
+                    self._parked.append(served)
+                else:
+                    delete_adapter(group.model, served.adapter)  # the base stays for the others
                 if not any(m.tokenizer_key == served.tokenizer_key for m in group.members.values()):
                     group.tokenizers.pop(served.tokenizer_key, None)
             else:

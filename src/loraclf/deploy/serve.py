@@ -175,6 +175,8 @@ class Metrics:
         self.loaded = prom.Gauge("loraclf_models_loaded", "Models in memory", registry=r)
         self.loads = prom.Gauge("loraclf_model_loads", "Models loaded since start", registry=r)
         self.evictions = prom.Gauge("loraclf_model_evictions", "Models evicted since start", registry=r)
+        self.refills = prom.Gauge("loraclf_model_refills", "Loads that took over an evicted adapter's slot",
+                                  registry=r)
         self.texts = prom.Counter("loraclf_texts", "Texts classified", ["model"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
@@ -605,6 +607,7 @@ def _routes(app, pool: ModelPool, opts: ServeOptions, metrics: Metrics, state: d
         metrics.loaded.set(len(pool.loaded))
         metrics.loads.set(pool.loads)
         metrics.evictions.set(pool.evictions)
+        metrics.refills.set(pool.refills)
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -49,6 +50,42 @@ def add_adapter(model, art: Path, adapter: str) -> None:
                 setattr(owner, leaf, torch.nn.Parameter(torch.empty_like(tensor, dtype=param.dtype,
                                                                           device=param.device), requires_grad=False))
     model.load_adapter(str(art), adapter_name=adapter)  # the adapter exists: PEFT only loads its weights
+
+
+def adapter_signature(art: Path) -> Optional[str]:
+    """What makes two saved LoRA adapters interchangeable slots on one model: the same config (but for
+    where the base came from) and the same tensor names and shapes. None when there is no weights file."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    weights = art / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    config = json.loads((art / "adapter_config.json").read_text())
+    for key in ("base_model_name_or_path", "revision"):
+        config.pop(key, None)
+    with safe_open(str(weights), "pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    return hashlib.sha256(json.dumps([config, shapes], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def refill_adapter(model, art: Path, adapter: str) -> None:
+    """Copy the weights saved in `art` into the existing adapter `adapter` (of the same signature): no module
+    is created or removed, which is what makes PEFT's load_adapter slow (it walks and wraps the model)."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(art / "adapter_model.safetensors"))
+    tag = f".{adapter}."
+    slots = {name.replace(f".modules_to_save{tag}", ".").replace(tag, "."): p
+             for name, p in model.named_parameters() if tag in name}
+    if set(saved) != set(slots):  # every saved tensor has a slot and every slot gets a tensor
+        raise KeyError(f"adapter {adapter}: saved tensors and slots differ "
+                       f"({sorted(set(saved) ^ set(slots))[:3]})")
+    with torch.no_grad():
+        for key, tensor in saved.items():
+            slots[key].copy_(tensor)
 
 
 def delete_adapter(model, adapter: str) -> None:
