@@ -179,6 +179,13 @@ class Metrics:
                                   registry=r)
         self.texts = prom.Counter("loraclf_texts", "Texts classified", ["model"], registry=r)
 
+    def read_pool(self, pool: ModelPool) -> None:
+        """The pool's counters, as they are when /metrics is read."""
+        self.loaded.set(len(pool.loaded))
+        self.loads.set(pool.loads)
+        self.evictions.set(pool.evictions)
+        self.refills.set(pool.refills)
+
     def render(self) -> tuple[bytes, str]:
         return self.prom.generate_latest(self.registry), self.prom.CONTENT_TYPE_LATEST
 
@@ -604,10 +611,7 @@ def _routes(app, pool: ModelPool, opts: ServeOptions, metrics: Metrics, state: d
 
     @app.get("/metrics")
     async def prometheus():
-        metrics.loaded.set(len(pool.loaded))
-        metrics.loads.set(pool.loads)
-        metrics.evictions.set(pool.evictions)
-        metrics.refills.set(pool.refills)
+        metrics.read_pool(pool)
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
 
