@@ -70,10 +70,14 @@ class Classifier:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         enc = self.head.encode(texts, None, self.max_length, pairs)
-        # fp32 by default so the numbers match the run's metrics; precision="bf16"/"fp16" trades that for speed
-        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=low or torch.float32, enabled=low is not None):
+        with self.autocast():
             return predict_logits(self.head, enc, batch_size, progress=progress)
+
+    def autocast(self):
+        """The autocast its forward passes run under: fp32 by default so the numbers match the run's metrics;
+        precision="bf16"/"fp16" trades that for speed."""
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=low or torch.float32, enabled=low is not None)
 
     def _inputs(self, texts, pairs) -> tuple[list[str], Optional[list[str]]]:
         """Texts (and second texts) as the model reads them: (a, b) tuples are pairs, like `pairs=`; a model

@@ -282,6 +282,8 @@ class ModelPool:
         served = self._join(group, name, art, meta) if group is not None else self._alone(name, art, meta, key)
         served.pinned = pinned
         served.info.update(info)
+        if served.group is not None:  # once here, not per batch: a new adapter's modules start in training mode
+            served.group.model.eval()
         with self.lock:
             if served.group is not None:
                 self.groups[served.group.key] = served.group
@@ -459,13 +461,10 @@ def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
         sizes.append(len(texts))
     enc = Encoded(ids, np.zeros(len(ids), dtype=np.int64))
     batch = Collator(enc, first.tokenizer.pad_token_id, first.head.pad_left)(list(range(len(ids))))
-    shared = part[0][0].group.model
-    shared.eval()
-    device = first.device
-    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(first.precision)
+    shared = part[0][0].group.model  # in eval mode since its load (ModelPool.load)
     heads = {s.adapter: s.clf.head for s, _ in part}
-    with torch.inference_mode(), torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
-        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+    with torch.inference_mode(), first.autocast():
+        inputs = {k: v.to(first.device) for k, v in model_inputs(batch).items()}
         logits = type(first.head).mixed_logits(shared, inputs, names, heads).float().cpu().numpy()
     # each model's rows, cut back to its own width, through its own task (temperature, thresholds, scale)
     return [s.clf.task.probabilities(rows[:, :s.clf.task.num_outputs])

@@ -156,17 +156,17 @@ def per_row_adapters(model, adapter_names: list[str]):
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
-    rows = {a: torch.tensor(i, dtype=torch.long) for a, i in rows_of(adapter_names).items()}
+    index = rows_of(adapter_names)
     modules = list(model.modules())
     wrappers = [m for m in modules if isinstance(m, AuxiliaryTrainingWrapper) and hasattr(m, "modules_to_save")]
     layers = [m for m in modules if isinstance(m, LoraLayer)]
     own = _plain_lora(layers)
-    device = next(model.parameters()).device
-    rows = {a: i.to(device) for a, i in rows.items()}
     patched = wrappers + (layers if own else [])
     for w in wrappers:
-        w.forward = functools.partial(_rows_forward, w, {a: i.tolist() for a, i in rows.items()})
+        w.forward = functools.partial(_rows_forward, w, index)
     if own:
+        device = next(model.parameters()).device
+        rows = {a: torch.tensor(i, dtype=torch.long, device=device) for a, i in index.items()}
         for m in layers:
             m.forward = functools.partial(_lora_rows_forward, m, rows)
     try:
