@@ -89,6 +89,10 @@ def test_sweep_validates_every_point_before_running(tmp_path):
     ("search", {"space": {"train.epochs": {"low": 0, "high": 4}}}, "train.epochs must be > 0"),
     ("search", {"space": {"train.lr": {"low": 1, "high": 2, "type": "complex"}}}, "type must be int or float"),
     ("search", {"space": {"train.lr": [0.1]}, "metric": "speed"}, "metric must be one of"),
+    ("search", {"space": {"train.lr": [0.1]}, "heartbeat": 0}, "heartbeat must be >= 1, got 0"),
+    ("search", {"space": {"train.lr": [0.1]}, "heartbeat": "often"}, "search key 'heartbeat' must be an integer"),
+    ("search", {"space": {"train.lr": [0.1]}, "heartbeat": 10, "grace_period": 10},
+     r"grace_period \(10\) must be longer than heartbeat \(10\)"),
 ])
 def test_spec_files_are_validated_like_configs(tmp_path, kind, spec, needle):
     from loraclf.studies.search import load_search

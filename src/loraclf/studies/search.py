@@ -1,15 +1,22 @@
 """Optuna searches with pruning.
 
 A **search file** has a sweep's ``base``/``config`` plus ``space`` (see :func:`suggest`), ``trials``
-and Optuna's ``storage`` (default: a SQLite file in the output folder), so several processes or
-machines that point at one storage share the study. See docs/experiments.md.
+and Optuna's ``storage`` (default: a SQLite file in the output folder; PostgreSQL or MySQL for machines
+that share one), so several processes or machines that point at one storage share the study: a
+:class:`StudyLock` makes their check-then-start of a trial atomic, so together they start exactly
+``trials``, and a heartbeat lets a survivor fail and retry a killed worker's trial. See docs/experiments.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -19,7 +26,7 @@ import yaml
 from ..config import (
     config_from_dict,
 )
-from ..errors import ConfigError, LoraclfError, import_extra
+from ..errors import ConfigError, EnvironmentError_, LoraclfError, import_extra
 from ..schema import RunDir
 from ..tasks import task_class
 from .compare import dotted, markdown_table, plot_accuracy_vs_params, summarize_run, write_csv
@@ -99,6 +106,8 @@ class Search:
     sampler: Any
     split: Optional[str]
     description: str = ""
+    heartbeat: int = 60
+    grace_period: int = 180
 
 
 def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None) -> Search:
@@ -124,13 +133,16 @@ def load_search(path: str | Path, sets: Sequence[str] = (), output_dir: Optional
     storage = spec.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     if spec.trials < 1:
         raise ConfigError(f"{path}: trials must be >= 1")
+    grace = 3 * spec.heartbeat if spec.grace_period is None else spec.grace_period
+    if grace <= spec.heartbeat:  # a live trial would be failed as stale between two of its heartbeats
+        raise ConfigError(f"{path}: grace_period ({grace}) must be longer than heartbeat ({spec.heartbeat})")
     if metric == "auto":  # last: it may read the data to learn the task
         metric = _default_metric(tree, str(path))
         tree = with_overrides(tree, {"train.metric": metric})
     return Search(path, tree, spec.space, out_dir, spec.trials, spec.timeout, storage,
                   str(spec.study_name or path.stem), metric,
                   "maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
-                  spec.pruner, spec.sampler, spec.split, (spec.description or "").strip())
+                  spec.pruner, spec.sampler, spec.split, (spec.description or "").strip(), spec.heartbeat, grace)
 
 
 def _default_metric(tree: dict, where: str) -> str:
@@ -181,21 +193,57 @@ def _make_pruner(spec: Any):
     return _make_optuna("pruner", spec, makers, "median", {"median": {"n_startup_trials": 3}})
 
 
-def _make_sampler(spec: Any):
+def _grid(space: dict, trials: int) -> dict:
+    """GridSampler's search space: every space entry a list of choices (as the labels `suggest` passes)."""
+    grid = {}
+    for k, s in space.items():
+        if not (isinstance(s, list) or (isinstance(s, dict) and "choices" in s)):
+            raise ConfigError(f"sampler grid: space '{k}' must be a list of choices (a grid has no ranges)")
+        grid[k] = [_label(c) for c in (s if isinstance(s, list) else s["choices"])]
+    n = 1
+    for values in grid.values():
+        n *= len(values)
+    if trials > n:
+        raise ConfigError(f"sampler grid: the space has {n} points; trials must be <= {n}, got {trials}")
+    return grid
+
+
+def _make_sampler(spec: Any, space: Optional[dict] = None, trials: int = 1):
+    """`grid` visits each combination of the space's choices once, in an order every worker derives alike
+    (its seed defaults to 0), so a study shared by workers sees the same configs as one worker alone."""
     optuna = _optuna()
-    makers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    makers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+              "grid": lambda **kw: optuna.samplers.GridSampler(_grid(space or {}, trials), **kw)}
     return _make_optuna("sampler", spec, makers, "tpe")
 
 
-def _make_storage(url: str):
+def shown(url: str) -> str:
+    """A storage URL fit for logs and files: its password masked."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: the storage itself will say so
+        return url
+
+
+def _driver_missing(url: str, e: ImportError) -> EnvironmentError_:
+    """One line naming the pip command for a database driver SQLAlchemy could not import."""
+    name = e.name or str(e)
+    hint = {"psycopg": "pip install 'loraclf[search]' (it brings psycopg[binary])",  # SQLAlchemy >= 2.1's default
+            "psycopg2": "pip install psycopg2-binary, or write the URL postgresql+psycopg:// (loraclf[search])",
+            }.get(name, f"pip install {name}")
+    return EnvironmentError_(f"storage {shown(url)}: its database driver {name} is not installed: {hint}")
+
+
+def _make_storage(url: str, heartbeat: int = 60, grace_period: int = 180):
+    """An RDBStorage whose running trials beat every `heartbeat` seconds; a trial silent for `grace_period`
+    (its process killed) is failed by the next worker that starts a trial, and retried once."""
     optuna = _optuna()
 
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        # A heartbeat lets a restarted search mark trials of killed processes failed and retry them once.
-        import warnings
-
         st = optuna.storages
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -203,9 +251,91 @@ def _make_storage(url: str):
                 retry = {"heartbeat_stale_trial_callback": st.RetryHeartbeatStaleTrialCallback(max_retry=1)}
             else:
                 retry = {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)}
-            return st.RDBStorage(url, heartbeat_interval=60, grace_period=180, **retry)
+            return st.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace_period, **retry)
+    except ModuleNotFoundError as e:
+        raise _driver_missing(url, e) from None
     except (ImportError, ValueError) as e:
-        raise ConfigError(f"storage {url!r}: {str(e).splitlines()[0][:200]}") from None
+        raise ConfigError(f"storage {shown(url)!r}: {str(e).splitlines()[0][:200]}") from None
+
+
+class StudyLock:
+    """Serialises, across every worker of one study, what must not interleave: creating the tables and
+    the study, and counting the trials then starting one (so workers together start exactly `trials`, and
+    a grid point goes to one worker). PostgreSQL and MySQL: a server-side lock on a connection of its
+    own, which the server drops when its holder dies; SQLite: a file lock beside the database; other
+    databases: none (workers may then overshoot `trials` by one each)."""
+
+    def __init__(self, url: str, study_name: str):
+        self.held, self._fh, self._engine, self._conn, self._sql = False, None, None, None, None
+        dialect = url.split(":", 1)[0].split("+", 1)[0]
+        key = hashlib.sha1(f"loraclf-study:{study_name}".encode()).digest()
+        if dialect == "sqlite" and url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
+            db = Path(url[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(f"{db}.lock", "a")
+        elif dialect in ("postgresql", "mysql", "mariadb"):
+            import sqlalchemy as sa
+
+            try:
+                self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+                self._connect()
+            except ModuleNotFoundError as e:
+                raise _driver_missing(url, e) from None
+            except sa.exc.SQLAlchemyError as e:
+                raise ConfigError(f"storage {shown(url)}: {str(e).splitlines()[0][:200]}") from None
+            if dialect == "postgresql":
+                self._sql = ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)",
+                             int.from_bytes(key[:8], "big", signed=True))
+            else:
+                self._sql = ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", key.hex()[:60])
+
+    def _connect(self) -> None:
+        self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def acquire(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_EX)
+        elif self._conn is not None:
+            import sqlalchemy as sa
+
+            try:
+                self._conn.execute(sa.text(self._sql[0]), {"k": self._sql[2]})
+            except sa.exc.SQLAlchemyError:  # the idle connection was dropped (a server restart): once more
+                self._conn.invalidate()
+                self._connect()
+                self._conn.execute(sa.text(self._sql[0]), {"k": self._sql[2]})
+        self.held = True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+        elif self._conn is not None:
+            import sqlalchemy as sa
+
+            try:
+                self._conn.execute(sa.text(self._sql[1]), {"k": self._sql[2]})
+            except sa.exc.OperationalError:  # connection gone: the server dropped the lock with it
+                self._conn.invalidate()
+
+    def close(self) -> None:
+        self.release()
+        for h in (self._fh, self._conn):
+            if h is not None:
+                h.close()
+
+    def __enter__(self) -> "StudyLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -225,11 +355,13 @@ def _open_study(search: Search, quiet: bool):
     if quiet:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # -q: the results and errors only
     try:
-        return optuna.create_study(study_name=search.study_name, storage=_make_storage(search.storage),
+        return optuna.create_study(study_name=search.study_name,
+                                   storage=_make_storage(search.storage, search.heartbeat, search.grace_period),
                                    direction=search.direction, load_if_exists=True,
-                                   sampler=_make_sampler(search.sampler), pruner=_make_pruner(search.pruner))
+                                   sampler=_make_sampler(search.sampler, search.space, search.trials),
+                                   pruner=_make_pruner(search.pruner))
     except ValueError as e:  # e.g. an existing study with the other direction
-        raise ConfigError(f"study {search.study_name!r} in {search.storage}: {e}") from None
+        raise ConfigError(f"study {search.study_name!r} in {shown(search.storage)}: {e}") from None
 
 
 def _objective(search: Search, quiet: bool, echo: Callable[[str], None]) -> Callable[[Any], float]:
@@ -247,6 +379,7 @@ def _objective(search: Search, quiet: bool, echo: Callable[[str], None]) -> Call
         tree["name"], tree["output_dir"] = name, str(out / "trials")
         trial.set_user_attr("overrides", json.loads(json.dumps(overrides, default=str)))
         trial.set_user_attr("run_dir", str(out / "trials" / name))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, in a shared study
         cfg = config_from_dict(tree)
         if not quiet:
             echo(f"\ntrial {trial.number}: " + ", ".join(f"{k}={value_slug(v)}" for k, v in overrides.items()))
@@ -279,6 +412,46 @@ def _objective(search: Search, quiet: bool, echo: Callable[[str], None]) -> Call
     return objective
 
 
+def _counted(study) -> tuple[int, int]:
+    """(finished, running) trials toward `trials`. A trial failed because its worker died and retried
+    (RetryHeartbeatStaleTrialCallback) counts through its retry, not twice."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
+    return finished, sum(t.state.name == "RUNNING" for t in trials)
+
+
+def _fail_stale(study) -> None:
+    """Fail (and queue a retry of) every running trial whose worker stopped beating."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _work(search: Search, study, lock: StudyLock, objective: Callable[[Any], float]) -> None:
+    """Start trials one at a time while finished + running trials (all workers') are short of `trials`; the
+    count and Optuna's ask (which takes a queued retry first) run under the lock, released as the trial
+    starts. Then wait for the other workers' running trials: each ends, or goes stale (its worker killed)
+    and comes back as a retry to run here, so the study is complete when any worker returns."""
+    start = time.monotonic()
+
+    def run(trial) -> float:
+        lock.release()  # this trial is taken: other workers may count and start theirs
+        return objective(trial)
+
+    while search.timeout is None or time.monotonic() - start < search.timeout:
+        with lock:
+            _fail_stale(study)
+            finished, running = _counted(study)
+            if finished + running < search.trials:
+                study.optimize(run, n_trials=1, catch=(LoraclfError,), gc_after_trial=True)
+                continue
+        if finished >= search.trials:
+            return
+        time.sleep(min(search.heartbeat, 5))
+
+
 def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir: Optional[str] = None,
                trials: Optional[int] = None, timeout: Optional[float] = None, storage: Optional[str] = None,
                study_name: Optional[str] = None, quiet: bool = False,
@@ -296,22 +469,23 @@ def run_search(search: Search | str | Path, sets: Sequence[str] = (), output_dir
         if value is not None and value != "":
             setattr(search, key, value)
     search.out_dir.mkdir(parents=True, exist_ok=True)
-    study = _open_study(search, quiet)
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    states = tuple(getattr(TrialState, s) for s in FINISHED)
-    done = len(study.get_trials(deepcopy=False, states=states))
-    if done < search.trials:
-        if not quiet:
-            echo(f"search {search.study_name}: {done} of {search.trials} trials finished; storage {search.storage}")
-        try:
-            study.optimize(_objective(search, quiet, echo), n_trials=search.trials - done, timeout=search.timeout,
-                           catch=(LoraclfError,), callbacks=[MaxTrialsCallback(search.trials, states=states)],
-                           gc_after_trial=True)
-        except KeyboardInterrupt:  # keep what finished: rerunning the command continues the study
-            write_search_results(search, study)
-            raise
+    lock = StudyLock(search.storage, search.study_name)
+    try:
+        with lock:  # two workers starting at once on an empty database would both create the tables
+            study = _open_study(search, quiet)
+            _fail_stale(study)
+            done = _counted(study)[0]
+        if done < search.trials:
+            if not quiet:
+                echo(f"search {search.study_name}: {done} of {search.trials} trials finished; "
+                     f"storage {shown(search.storage)}")
+            try:
+                _work(search, study, lock, _objective(search, quiet, echo))
+            except KeyboardInterrupt:  # keep what finished: rerunning the command continues the study
+                write_search_results(search, study)
+                raise
+    finally:
+        lock.close()
     best_path, rows = write_search_results(search, study)
     return SearchResult(study, search.out_dir, best_path, rows)
 
@@ -357,7 +531,7 @@ def write_search_results(search: Search, study) -> tuple[Optional[Path], list[di
         tree["name"], tree["output_dir"] = None, "runs"
         cfg = config_from_dict(tree)
         best_path = out / "best.yaml"
-        header = (f"# Best trial of Optuna study '{search.study_name}' ({search.storage}): trial {best.number}, "
+        header = (f"# Best trial of Optuna study '{search.study_name}' ({shown(search.storage)}): trial {best.number}, "
                   f"validation {search.metric} = {best.value:.4f}\n# chosen: "
                   + ", ".join(f"{k}={value_slug(v)}" for k, v in best.user_attrs.get("overrides", {}).items())
                   + f"\n# rerun: loraclf train -c {best_path}\n")

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 from ..config import (
     Config,
+    Range,
     build_typed,
     check_field,
     parse_override,
@@ -55,6 +56,10 @@ class SearchFile:
     output_dir: Optional[str] = None
     split: Optional[str] = field(default=None, metadata=SPLITS)
     description: Optional[str] = None
+    # Seconds between a running trial's heartbeats, and without one before another worker fails and retries
+    # it (default 3 x heartbeat). Short values let a test see a killed worker's trial retried in seconds.
+    heartbeat: int = field(default=60, metadata={"range": Range.parse(">=1")})
+    grace_period: Optional[int] = field(default=None, metadata={"range": Range.parse(">=1")})
 
 
 def read_spec(path: str | Path, cls: type, kind: str) -> Any:
