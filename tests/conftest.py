@@ -21,6 +21,11 @@ def pytest_configure(config):
 
     # Tiny models are dominated by per-op overhead; one thread avoids oversubscribing 2 cores.
     torch.set_num_threads(1)
+    # The data cache of this session only (a user's ~/.cache is never touched; workers share it).
+    if "LORACLF_DATA_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["LORACLF_DATA_CACHE"] = tempfile.mkdtemp(prefix="loraclf-data-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -130,6 +130,11 @@ class DataConfig:
     max_test_samples: Optional[int] = _f(None, "Cap on test rows (seeded stratified sample).", range=">=1")
     max_length: int = _f(128, "Truncation length in tokens. Batches are padded to their longest member, not to this.",
         range=">=2")
+    cache: bool = _f(
+        True, "Keep each data file's parsed table, encoded labels and token ids in the data cache ($LORACLF_CACHE/"
+        "data, memory-mapped) and reuse them in later runs; false: read and tokenize in memory every run.")
+    num_proc: Optional[int] = _f(
+        None, "Processes that tokenize a cold cache in parallel; null: one per CPU core.", range=">=1")
     min_tokens: Optional[int] = _f(None, "Drop train rows shorter than this many tokens.", range=">=1")
     max_tokens: Optional[int] = _f(
         None, "Drop train rows longer than this many tokens (before truncation). Eval splits are never filtered.",

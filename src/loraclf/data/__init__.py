@@ -47,9 +47,9 @@ class Split:
     """One split: texts (and optional second texts for pair tasks) with their labels (ids, a 0/1
     label matrix, or float scores, by task)."""
 
-    texts: list[str]
+    texts: Sequence[str]  # a list, or a TextColumn on the data cache's mapped table
     labels: np.ndarray
-    pairs: Optional[list[str]] = None
+    pairs: Optional[Sequence[str]] = None
     source: str = ""
     rows: Optional[np.ndarray] = None  # each text's row in its file (0-based, after the header): what users look up
 
@@ -57,14 +57,16 @@ class Split:
         return len(self.texts)
 
     def take(self, idx: Sequence[int]) -> "Split":
-        idx = list(idx)
-        return Split(
-            [self.texts[i] for i in idx],
-            self.labels[idx],
-            [self.pairs[i] for i in idx] if self.pairs is not None else None,
-            self.source,
-            self.rows[idx] if self.rows is not None else None,
-        )
+        idx = np.asarray(idx, dtype=np.int64)
+        return Split(_take(self.texts, idx), self.labels[idx],
+                     _take(self.pairs, idx) if self.pairs is not None else None,
+                     self.source, self.rows[idx] if self.rows is not None else None)
+
+
+def _take(texts, idx: np.ndarray):
+    """Rows of a text column: a cached column stays a view on its table; a list stays a list."""
+    take = getattr(texts, "take", None)
+    return take(idx) if take is not None else [texts[i] for i in idx.tolist()]
 
 
 @dataclass
@@ -127,7 +129,11 @@ def _read_frames(cfg: DataConfig) -> tuple[dict[str, tuple[object, str]], Option
 def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
     """Read, validate and encode the labels of all splits named by the config, for `task` (auto: see
     :func:`loraclf.tasks.labels.detect_task`; the resolved task is ``Data.task``). The task reads the
-    label column; everything here is the same for every task."""
+    label column; everything here is the same for every task. Files go through the data cache
+    (data/store.py) unless ``data.cache`` is off; hub datasets and files it cannot hold are read in memory."""
+    streamed = _load_cached(cfg, seed, task) if cfg.cache and not (cfg.path or "").startswith("hf:") else None
+    if streamed is not None:
+        return streamed
     cols = _text_columns(cfg)
     frames, hub_names = _read_frames(cfg)
     name, detected = detect_task(task, cfg, *frames["train"])
@@ -136,21 +142,63 @@ def load_data(cfg: DataConfig, seed: int = 42, task: str = "auto") -> Data:
     keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
     raw: dict[str, tuple[list[list[str]], list, str]] = {}
     for split, (df, where) in frames.items():
-        texts, labels = _labelled_rows(df, cols, cfg, names_cfg, where, f"the {split} split", kind)
-        texts.append(list(range(len(df))))  # row numbers ride along as a last column, so a task that drops rows
-        if keep is not None:                # (data.include_labels) drops their numbers too
-            texts, labels = kind.keep_labels(texts, labels, keep, where)
-        raw[split] = (texts, labels, where)
+        raw[split] = _raw_split(df, cols, cfg, names_cfg, keep, where, split, kind)
     labels = kind.label_set(cfg, raw["train"][1], names_cfg, keep, raw["train"][2])
     if cfg.max_labels is not None and len(labels) > cfg.max_labels:
         raise DataError(f"{raw['train'][2]}: train has {len(labels):,} labels, more than data.max_labels="
                         f"{cfg.max_labels:,} (for {len(raw['train'][1]):,} rows); set data.max_labels=null to allow it")
-    splits = {split: Split(texts[0], kind.label_array(labs, labels, where, split),
-                           texts[1] if len(texts) > 2 else None, where, np.asarray(texts[-1], dtype=np.int64))
-              for split, (texts, labs, where) in raw.items()}
+    splits = {split: _split_of(*raw[split], kind, labels, split) for split in raw}
     notes = [detected] if detected else []
     _carve_and_cap(splits, cfg, seed, kind, notes)
     return Data(splits, labels, notes, name)
+
+
+def _raw_split(df, cols, cfg, names_cfg, keep, where, split, kind):
+    """One table's text columns (row numbers riding along as a last column, so a task that drops rows
+    for data.include_labels drops their numbers too) and raw labels."""
+    texts, labels = _labelled_rows(df, cols, cfg, names_cfg, where, f"the {split} split", kind)
+    texts.append(list(range(len(df))))
+    if keep is not None:
+        texts, labels = kind.keep_labels(texts, labels, keep, where)
+    return texts, labels, where
+
+
+def _split_of(texts, labs, where, kind, labels: LabelSet, split: str) -> Split:
+    return Split(texts[0], kind.label_array(labs, labels, where, split), texts[1] if len(texts) > 2 else None,
+                 where, np.asarray(texts[-1], dtype=np.int64))
+
+
+def _load_cached(cfg: DataConfig, seed: int, task: str) -> Optional[Data]:
+    """load_data through the data cache; None when train is a file the cache cannot hold."""
+    from . import store
+
+    cols = _text_columns(cfg)
+    files = find_files(cfg)
+    names_cfg = list(cfg.label_names) if cfg.label_names else None
+    keep = [str(x) for x in cfg.include_labels] if cfg.include_labels else None
+    try:
+        train = store.labelled_file(files["train"], cfg, cols, task, names_cfg, keep, None, "train",
+                                    shown(files["train"]))
+    except store.NotStreamable:
+        return None
+    labels, kind = LabelSet(train.names), task_class(train.task)
+    splits = {"train": _prepared_split(train, shown(files["train"]))}
+    for split, path in files.items():
+        if split == "train":
+            continue
+        try:
+            prep = store.labelled_file(path, cfg, cols, train.task, names_cfg, keep, labels, split, shown(path))
+            splits[split] = _prepared_split(prep, shown(path))
+        except store.NotStreamable:
+            raw = _raw_split(read_table(path, cfg.format), cols, cfg, names_cfg, keep, shown(path), split, kind)
+            splits[split] = _split_of(*raw, kind, labels, split)
+    notes = [train.note] if train.note else []
+    _carve_and_cap(splits, cfg, seed, kind, notes)
+    return Data(splits, labels, notes, train.task)
+
+
+def _prepared_split(p, where: str) -> Split:
+    return Split(p.texts, p.labels, p.pairs, where, p.rows)
 
 
 def _carve_and_cap(splits: dict[str, Split], cfg: DataConfig, seed: int, kind: type[Task], notes: list[str]) -> None:
@@ -213,6 +261,6 @@ def carve_validation(train: Split, fraction: float, seed: int, task: type[Task])
     n_val = max(1, int(round(len(train) * fraction)))
     if n_val >= len(train):
         raise DataError(f"{train.source}: too few rows ({len(train)}) to carve a validation split")
-    val_idx = set(_stratified_subset(train.labels, n_val, seed + 1, task).tolist())
-    tr = [i for i in range(len(train)) if i not in val_idx]
-    return train.take(tr), train.take(sorted(val_idx))
+    held = np.zeros(len(train), dtype=bool)
+    held[_stratified_subset(train.labels, n_val, seed + 1, task)] = True
+    return train.take(np.flatnonzero(~held)), train.take(np.flatnonzero(held))

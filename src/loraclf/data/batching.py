@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+_NUM_PROC = None  # data.num_proc for the current process (set by set_num_proc)
 LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (the default of train.length_group_batches)
 
 
@@ -15,21 +16,34 @@ LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (the default of t
 class Encoded:
     """Token ids per example (unpadded) plus labels; token_type_ids only for pair inputs."""
 
-    input_ids: list[list[int]]
+    input_ids: Sequence  # lists of ids, or a data/tokens.TokenColumn on the mapped cache
     labels: np.ndarray
-    token_type_ids: Optional[list[list[int]]] = None
+    token_type_ids: Optional[Sequence] = None
+    full_lengths: Optional[np.ndarray] = None  # untruncated token counts, when the cache recorded them
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     @property
     def lengths(self) -> np.ndarray:
+        cached = getattr(self.input_ids, "lengths", None)
+        if cached is not None:  # the cache's offsets: no row is read
+            return cached
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
 def encode(tokenizer, texts: Sequence[str], labels, max_length: int, pairs: Optional[Sequence[str]] = None,
            batch: int = 4096) -> Encoded:
-    """Tokenise without padding (padding happens per batch)."""
+    """Tokenise without padding (padding happens per batch). Texts from the data cache take their ids from
+    it (data/tokens.py), computed once."""
+    if getattr(texts, "fingerprint", None) and (pairs is None or getattr(pairs, "fingerprint", None)):
+        from .tokens import cached_ids
+
+        cached = cached_ids(tokenizer, texts, max_length, pairs, num_proc=_NUM_PROC)
+        if cached is not None:
+            ids, types, full = cached
+            lab = np.asarray(labels) if labels is not None else np.zeros(len(ids), dtype=np.int64)
+            return Encoded(ids, lab, types, full_lengths=full)
     ids, types = [], []
     want_types = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     for start in range(0, len(texts), batch):
@@ -53,8 +67,19 @@ def encode(tokenizer, texts: Sequence[str], labels, max_length: int, pairs: Opti
     return Encoded(ids, lab, types if want_types else None)
 
 
-def token_lengths(tokenizer, texts: Sequence[str], batch: int = 4096) -> np.ndarray:
-    """Untruncated token counts (for length filters and statistics)."""
+def set_num_proc(n: Optional[int]) -> None:
+    """How many processes tokenize a cold cache (data.num_proc; None: one per core)."""
+    global _NUM_PROC
+    _NUM_PROC = n
+
+
+def token_lengths(tokenizer, texts: Sequence[str], batch: int = 4096, max_length: Optional[int] = None) -> np.ndarray:
+    """Untruncated token counts (for length filters and statistics). Texts from the data cache read them
+    from the token entry of `max_length` (building it when missing, as encoding would next)."""
+    if max_length is not None and getattr(texts, "fingerprint", None):
+        enc = encode(tokenizer, texts, None, max_length)
+        if enc.full_lengths is not None:
+            return np.asarray(enc.full_lengths, dtype=np.int64)
     out = []
     for start in range(0, len(texts), batch):
         enc = tokenizer(list(texts[start:start + batch]), truncation=False, padding=False,
@@ -101,8 +126,48 @@ class Collator:
         return out
 
 
+class Batches(Sequence):
+    """Batches of row indices held as one array cut at offsets, in an order of batch ids. Ten million rows
+    as lists of Python ints would take about 400 MB; this takes 8 bytes a row. Slicing and `+` work on
+    the batch ids; indexing and iteration give lists, as a DataLoader's batch_sampler expects."""
+
+    def __init__(self, rows: np.ndarray, bounds: np.ndarray, order: Optional[np.ndarray] = None):
+        self.rows, self.bounds = rows, bounds
+        self.order = np.arange(len(bounds) - 1) if order is None else order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Batches(self.rows, self.bounds, self.order[i])
+        b = int(self.order[i])
+        return self.rows[self.bounds[b]:self.bounds[b + 1]].tolist()
+
+    def __iter__(self):
+        for b in self.order.tolist():
+            yield self.rows[self.bounds[b]:self.bounds[b + 1]].tolist()
+
+    def __add__(self, other: "Batches") -> "Batches":
+        if other.rows is not self.rows:
+            return Batches(*_joined(self, other))
+        return Batches(self.rows, self.bounds, np.concatenate([self.order, other.order]))
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Sequence) and len(self) == len(other)
+                and all(a == list(b) for a, b in zip(self, other)))
+
+    __hash__ = None
+
+
+def _joined(a: Batches, b: Batches) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(a) + list(b)
+    rows = np.fromiter((i for p in parts for i in p), dtype=np.int64)
+    return rows, np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+
+
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                  mega: int = LENGTH_GROUP_BATCHES) -> list[list[int]]:
+                  mega: int = LENGTH_GROUP_BATCHES) -> Batches:
     """The batch order for one epoch: deterministic in (seed, epoch).
 
     With grouping, a seeded permutation is cut into mega-batches of `mega` batches, each sorted by
@@ -112,15 +177,19 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))
     if not group_by_length:
-        return [perm[i:i + batch_size].tolist() for i in range(0, len(perm), batch_size)]
-    batches = []
+        return Batches(perm, _bounds(len(perm), batch_size, len(perm)))
     span = batch_size * mega
-    for s in range(0, len(perm), span):
+    for s in range(0, len(perm), span):  # sort each mega-batch by length, longest first, in place
         chunk = perm[s:s + span]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
+        perm[s:s + span] = chunk[np.argsort(-lengths[chunk], kind="stable")]
+    bounds = _bounds(len(perm), batch_size, span)
+    return Batches(perm, bounds, rng.permutation(len(bounds) - 1))
+
+
+def _bounds(n: int, batch_size: int, span: int) -> np.ndarray:
+    """Batch start offsets (and n at the end): batches of batch_size restarting at every `span` rows."""
+    starts = [np.arange(s, min(s + span, n), batch_size) for s in range(0, n, span)]
+    return np.concatenate(starts + [np.array([n])]).astype(np.int64)
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from ..errors import LoraclfError
 from ..schema import RunDir, write_text_atomic
 from ..tasks import Predictions, Task, task_class, task_of
@@ -84,13 +86,25 @@ def train_texts(config: dict) -> Optional[list[str]]:
     try:
         cfg = config_from_dict({k: v for k, v in config.items() if k in ("seed", "data", "task")})
         data = load_data(cfg.data, cfg.seed, cfg.task)
-        return list(data.splits["train"].texts)
+        return length_sample(data.splits["train"].texts)
     except Exception as e:  # the report must not fail because the data moved
         log.info("train texts not available for the length plot: %s", e)
         return None
 
 
 # ---------------------------------------------------------------- error analysis
+
+
+LENGTH_SAMPLE = 100_000  # train texts the length histogram is drawn from (a seeded sample beyond this)
+
+
+def length_sample(texts, n: int = LENGTH_SAMPLE, seed: int = 0):
+    """All texts, or a seeded sample of `n` (a histogram of millions of rows has the same shape)."""
+    if len(texts) <= n:
+        return texts
+    pick = np.sort(np.random.default_rng(seed).choice(len(texts), size=n, replace=False))
+    take = getattr(texts, "take", None)
+    return list(take(pick)) if take is not None else [texts[i] for i in pick]
 
 
 def error_analysis(run: RunData, opts: dict, train: Optional[list[str]] = None) -> dict:
@@ -104,7 +118,7 @@ def error_analysis(run: RunData, opts: dict, train: Optional[list[str]] = None) 
     else:
         lengths = {}
         if train is not None:
-            lengths["train"] = an.word_counts(train)
+            lengths["train"] = an.word_counts(length_sample(train))
         for split, p in run.predictions.items():
             lengths[split] = an.word_counts(p.texts)
         out["text_lengths"] = an.length_histograms(lengths)

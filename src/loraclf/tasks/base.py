@@ -84,6 +84,7 @@ class Task:
     exact_answers: bool = True  # an answer is right or wrong (a score never is exactly right)
     decision_thresholds: bool = False  # answers are decided by thresholds a user may replace (predict --thresholds)
     fixed_outputs: Optional[int] = None  # model outputs whatever the labels (regression: one)
+    distinct_needed: Optional[int] = None  # distinct train labels :meth:`label_set` needs (None: all of them)
     loss_name: str = "loss"  # the loss curve's axis
     report_template: str = ""  # templates/ file with this task's report sections (evaluation, errors, ...)
     report_sections: Sequence[tuple[str, str]] = (("evaluation", "Evaluation"), ("errors", "Error analysis"))

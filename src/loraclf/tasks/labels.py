@@ -81,6 +81,23 @@ def detect_task(task: str, cfg, df, where: str) -> tuple[str, Optional[str]]:
     return "single-label", None
 
 
+def detect_task_in_chunks(cfg, frames, where: str) -> tuple[str, Optional[str]]:
+    """:func:`detect_task` with `auto` over a label column read in chunks: lists anywhere make it multi-label,
+    as they would over the whole column; scores refuse only when no chunk holds lists."""
+    refusal = None
+    for df in frames:
+        try:
+            name, note = detect_task("auto", cfg, df, where)
+        except DataError as e:
+            refusal = refusal or e
+            continue
+        if name != "single-label":
+            return name, note
+    if refusal is not None:
+        raise refusal
+    return "single-label", None
+
+
 def _fractional(v) -> bool:
     """A number with a fractional part (3.8, "0.25"): a score rather than a class id."""
     if isinstance(v, bool):

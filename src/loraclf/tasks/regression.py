@@ -32,6 +32,7 @@ class Regression(Task):
     row_metrics = ("rmse", "mae", "pearson", "spearman")
     label_noun = "target"
     exact_answers = False  # a score is never exactly right: comparisons mark no "(wrong)"
+    distinct_needed = 2  # label_set only checks that the scores vary
     fixed_outputs = 1
     options = frozenset({"train.regression_loss", "train.huber_delta", "train.normalize_target"})
     report_template = "regression.html.j2"

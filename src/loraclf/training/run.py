@@ -21,6 +21,7 @@ import torch
 
 from ..config import Config, load_config, replace_fields, set_dotted
 from ..data import Data, Encoded, load_data, token_lengths
+from ..data.batching import set_num_proc
 from ..data.tables import in_memory_splits
 from ..errors import ConfigError, DataError, Interrupted, LoraclfError
 from ..evaluation.metrics import METRICS
@@ -78,7 +79,7 @@ def _filter_train(data: Data, tok, cfg: Config) -> dict:
     """Apply data.min_tokens / data.max_tokens to train; return token-length stats per split."""
     stats = {}
     for split, s in data.splits.items():
-        lengths = token_lengths(tok, s.texts)
+        lengths = token_lengths(tok, s.texts, max_length=cfg.data.max_length if s.pairs is None else None)
         if split == "train" and (cfg.data.min_tokens or cfg.data.max_tokens):
             keep = np.ones(len(lengths), dtype=bool)
             if cfg.data.min_tokens:
@@ -415,6 +416,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
     peak_mem = PeakMemory.start()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    set_num_proc(cfg.data.num_proc)
     data = data if data is not None else load_data(cfg.data, cfg.seed, cfg.task)
     cfg, head, built, counts, auto_lora, recipe = build_head(cfg, data, quiet)
     train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
