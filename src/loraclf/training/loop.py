@@ -206,6 +206,7 @@ class TrainerState:
     padded_tokens: int = 0
     # the loss summed over the micro-batches since the last train record (its mean is logged next)
     log_loss_sum: float = 0.0
+    log_loss_sums: list[float] = field(default_factory=list)  # each process's own sum (rank order), for a resume
     log_micro: int = 0
     # what a checkpoint's weights depend on: DDP's `module.` names and the batch order; the frozen base
     num_processes: int = 1
@@ -245,6 +246,8 @@ def _valid_field(kind: str, v) -> bool:
     optional = kind.startswith("Optional")
     if v is None:
         return optional
+    if kind.startswith("list[float]"):
+        return isinstance(v, list) and all(_valid_field("float", x) for x in v)
     if "bool" in kind:
         return isinstance(v, bool)
     if "int" in kind:
@@ -327,7 +330,10 @@ class Trainer:
         self.model.train()
         self._bar = progress(total=self.total_steps, initial=s.step, desc="train", unit="step",
                              disable=self.quiet or not self.acc.is_local_main_process, dynamic_ncols=True)
-        self._running = torch.zeros((), device=self.acc.device) + s.log_loss_sum
+        # each process continues its own partial sum (a checkpoint gathers them all; older ones hold rank 0's)
+        sums = s.log_loss_sums or [s.log_loss_sum]
+        rank = self.acc.process_index
+        self._running = torch.zeros((), device=self.acc.device) + (sums[rank] if rank < len(sums) else 0.0)
         self._tokens = torch.zeros((), device=self.acc.device, dtype=torch.long) + s.train_tokens
         self._running_n, self._log_t0, self._log_samples = s.log_micro, time.perf_counter(), 0
         try:
@@ -455,6 +461,7 @@ class Trainer:
             return
         s = self.state
         s.train_tokens, s.log_loss_sum, s.log_micro = int(self._tokens), float(self._running), self._running_n
+        s.log_loss_sums = [float(x) for x in self.acc.gather(self._running.reshape(1)).cpu()]
         self.checkpoints.save(self.state.to_json(), self.state.history, trainable_state(self._unwrapped()),
                               self.best_weights, self.optimizer, self.scheduler)
 
