@@ -1,6 +1,7 @@
 """The data cache (data/store.py, data/tokens.py): same data and ids as reading in memory, hits and misses
 on what changes the result, damaged entries rebuilt, concurrent builders, pieces in parallel."""
 
+import json
 import os
 import subprocess
 import sys
@@ -202,3 +203,47 @@ def test_text_column_reads_rows_on_demand(tmp_path):
     assert list(sub) == [col[4], col[2]] and sub.fingerprint == col.fingerprint
     with pytest.raises(IndexError):
         col[50]
+
+
+RANKS = """
+import json, os, sys
+import torch.distributed as dist
+from loraclf.config import DataConfig
+from loraclf.data import encode, load_data, tokens
+from loraclf.data.batching import set_num_proc
+from conftest import make_tokenizer
+dist.init_process_group("gloo", rank=int(sys.argv[2]), world_size=2, init_method="tcp://127.0.0.1:" + sys.argv[3])
+tokens.PIECE_ROWS = 40
+set_num_proc(1)  # pieces built in this process, so the patched method sees them
+built = []
+piece = tokens._Job.piece
+tokens._Job.piece = lambda self, p, out: built.append(p) or piece(self, p, out)
+s = load_data(DataConfig(path=sys.argv[1]), 1).splits["train"]
+enc = encode(make_tokenizer(), s.texts, None, 12)
+print(json.dumps({"built": built, "sum": sum(int(x.sum()) for x in enc.input_ids), "n": len(enc)}))
+dist.destroy_process_group()
+"""
+
+
+def test_each_rank_tokenizes_only_its_own_pieces(tmp_path, own_cache):
+    """Two gloo processes share one cache: the pieces are split between them, none built twice, and both
+    read the same ids."""
+    import socket
+
+    write_csv(tmp_path / "train.csv", _long_rows(400, 1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LORACLF_DATA_CACHE": str(own_cache), "PYTHONPATH": str(REPO / "tests")}
+    procs = [subprocess.Popen([sys.executable, "-c", RANKS, str(tmp_path), str(r), str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    ranks = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert sorted(ranks[0]["built"] + ranks[1]["built"]) == list(range(10))  # 400 rows in pieces of 40
+    assert set(ranks[0]["built"]) == set(range(0, 10, 2)) and set(ranks[1]["built"]) == set(range(1, 10, 2))
+    assert ranks[0]["sum"] == ranks[1]["sum"] and ranks[0]["n"] == ranks[1]["n"] == 360

@@ -65,6 +65,14 @@ def _crc(path: Path) -> int:
     return crc
 
 
+_VERIFIED: dict[str, tuple] = {}  # entries this process has checked whole, with their files' stats then
+
+
+def _stats(folder: Path) -> tuple:
+    """Each file's name, size and modification time: a file rewritten since the check is checked again."""
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+
+
 class Entry:
     """One cache folder: `ready()` checks it whole; `build()` writes it under a temporary name and renames."""
 
@@ -77,10 +85,13 @@ class Entry:
         return self.dir.name
 
     def ready(self) -> bool:
-        """True when every file the manifest names is there with its size and CRC; a damaged entry is removed."""
+        """True when every file the manifest names is there with its size and CRC; a damaged entry is removed.
+        An entry is checked once per process (a run opens the same token entry for stats and for encoding)."""
         manifest = self.dir / "manifest.json"
         if not manifest.exists():
             return False
+        if _VERIFIED.get(str(self.dir)) == _stats(self.dir):
+            return True
         try:
             files = json.loads(manifest.read_text())["files"]
             ok = all((self.dir / name).stat().st_size == size and _crc(self.dir / name) == crc
@@ -92,6 +103,8 @@ class Entry:
 
             logging.getLogger("loraclf").warning("data cache entry %s is damaged; rebuilding it", self.dir)
             shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            _VERIFIED[str(self.dir)] = _stats(self.dir)
         return ok
 
     @contextmanager

@@ -30,6 +30,7 @@ class TokenColumn(Sequence):
 
     def __init__(self, ids: list, offsets: list, idx: Optional[np.ndarray]):
         self.ids, self.offsets, self.idx = ids, offsets, idx
+        self._lengths: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.idx) if self.idx is not None else sum(len(o) - 1 for o in self.offsets)
@@ -51,8 +52,10 @@ class TokenColumn(Sequence):
 
     @property
     def lengths(self) -> np.ndarray:
-        all_lengths = np.concatenate([np.diff(o) for o in self.offsets])
-        return all_lengths[self.idx] if self.idx is not None else all_lengths
+        if self._lengths is None:  # once: every epoch's batch order reads it
+            all_lengths = np.concatenate([np.diff(o) for o in self.offsets]).astype(np.int32)
+            self._lengths = all_lengths[self.idx] if self.idx is not None else all_lengths
+        return self._lengths
 
 
 def tokenizer_fingerprint(tokenizer) -> Optional[str]:
@@ -60,7 +63,11 @@ def tokenizer_fingerprint(tokenizer) -> Optional[str]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    h = hashlib.sha256(backend.to_str().encode())
+    import json
+
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None), spec.pop("padding", None)  # call settings the last call left, not the tokenizer
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     h.update(repr((type(tokenizer).__name__, tokenizer.truncation_side, tokenizer.all_special_ids,
                    getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None))).encode())
     return h.hexdigest()[:24]
@@ -92,6 +99,10 @@ def cached_ids(tokenizer, texts: TextColumn, max_length: int, pairs: Optional[Te
     ids, offsets = [f("ids") for f in load], [np.asarray(f("off")) for f in load]
     sel = texts.idx if whole else None
     full = np.concatenate([np.asarray(f("full")) for f in load])
+    # The tokenizer is left as a truncating call leaves it: transformers saves the backend's last truncation
+    # settings (side included) into tokenizer.json, which is how an artifact's plain-transformers load
+    # truncates as loraclf did; the cache's untruncated passes, or a hit with no call at all, would not.
+    tokenizer("a", "a" if pairs is not None else None, truncation=True, max_length=max_length)
     col = TokenColumn(ids, offsets, sel)
     types = TokenColumn([f("types") for f in load], offsets, sel) if want_types else None
     return col, types, full[sel] if sel is not None else full
