@@ -194,13 +194,18 @@ def test_two_runs_build_one_cache_concurrently(tmp_path, own_cache):
     assert not [p for p in (own_cache / "tokens").iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def test_text_column_reads_rows_on_demand(tmp_path):
-    path = write_csv(tmp_path / "train.csv", synthetic_rows(50, 1))
+def test_text_column_reads_rows_on_demand(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "READ_ROWS", 7)  # a table of 8 chunks
+    rows = synthetic_rows(50, 1)
+    path = write_csv(tmp_path / "train.csv", rows)
     s = load_data(DataConfig(train=str(path), validation=str(path)), 1).splits["train"]
     col = s.texts
-    assert col[0] == list(col)[0] and col[-1] == list(col)[-1] and col[3:6] == list(col)[3:6]
-    sub = col.take([4, 2])
-    assert list(sub) == [col[4], col[2]] and sub.fingerprint == col.fingerprint
+    assert col.array.num_chunks == 8 and list(col) == [t for t, _ in rows]
+    assert col[0] == rows[0][0] and col[-1] == rows[-1][0] and col[3:16] == [t for t, _ in rows[3:16]]
+    pick = [49, 2, 8, 7, 30, 2]  # across chunks, unsorted, repeated
+    sub = col.take(pick)
+    assert list(sub) == [rows[i][0] for i in pick] and sub.fingerprint == col.fingerprint
+    assert store.take_rows(col.array, np.array([5, 6, 7, 8])) == [rows[i][0] for i in (5, 6, 7, 8)]
     with pytest.raises(IndexError):
         col[50]
 

@@ -145,9 +145,7 @@ class TextColumn(Sequence):
         return self.idx[positions] if self.idx is not None else positions
 
     def rows(self, positions: np.ndarray) -> list[str]:
-        import pyarrow as pa
-
-        return self.array.take(pa.array(self.base_rows(np.asarray(positions, dtype=np.int64)))).to_pylist()
+        return take_rows(self.array, self.base_rows(np.asarray(positions, dtype=np.int64)))
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -178,6 +176,27 @@ class TextColumn(Sequence):
 
     def __repr__(self) -> str:
         return f"TextColumn({len(self)} texts of table {self.fingerprint})"
+
+
+def take_rows(array, rows: np.ndarray) -> list:
+    """Values of a (chunked) Arrow array at `rows`, reading only the chunks they fall in: pyarrow's
+    ChunkedArray.take concatenates every chunk first, a copy of the whole column per call."""
+    import pyarrow as pa
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return []
+    if rows[-1] - rows[0] == len(rows) - 1 and (len(rows) == 1 or bool((np.diff(rows) == 1).all())):
+        return array.slice(int(rows[0]), len(rows)).to_pylist()  # a contiguous range: zero-copy slice
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    starts = np.cumsum([0] + [len(c) for c in chunks])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    out: list = [None] * len(rows)
+    for c in np.unique(which).tolist():
+        sel = np.flatnonzero(which == c)
+        for i, v in zip(sel.tolist(), chunks[c].take(pa.array(rows[sel] - starts[c])).to_pylist()):
+            out[i] = v
+    return out
 
 
 def open_table(path: Path):

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .store import Entry, TextColumn, barrier, digest, distributed
+from .store import Entry, TextColumn, barrier, digest, distributed, take_rows
 
 PIECE_ROWS = 65_536
 SAMPLE_CHECK = 256  # rows whose cut ids are compared with the tokenizer's own truncation before a build
@@ -119,8 +119,8 @@ class _Job:
     def piece(self, p: int, out: Path) -> int:
         """Tokenize piece p into `out`; returns its token count."""
         sel = self.rows[p * PIECE_ROWS:(p + 1) * PIECE_ROWS]
-        texts = self.texts.array.take(_pa_indices(sel)).to_pylist()
-        pairs = self.pairs.array.take(_pa_indices(sel)).to_pylist() if self.pairs is not None else None
+        texts = take_rows(self.texts.array, sel)
+        pairs = take_rows(self.pairs.array, sel) if self.pairs is not None else None
         ids, types, full = _tokenize(self.tokenizer, texts, pairs, self.max_length, self.want_types, self.cut)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(lengths.sum()))
@@ -131,12 +131,6 @@ class _Job:
                                                          count=int(lengths.sum())))
         _save(out, f"full-{p:05d}.npy", full.astype(np.int32))  # last: its presence marks the piece whole
         return int(lengths.sum())
-
-
-def _pa_indices(sel: np.ndarray):
-    import pyarrow as pa
-
-    return pa.array(sel)
 
 
 def _save(folder: Path, name: str, arr: np.ndarray) -> None:
@@ -202,7 +196,7 @@ def _cut_rule(tokenizer, texts: TextColumn, rows: np.ndarray, max_length: int) -
     head, tail = _specials(tokenizer)
     if head < 0 or max_length <= head + tail:
         return None
-    sample = texts.array.take(_pa_indices(rows)).to_pylist() + [" ".join(["word"] * (max_length + 8))]
+    sample = take_rows(texts.array, rows) + [" ".join(["word"] * (max_length + 8))]
     own = tokenizer(sample, truncation=True, max_length=max_length, padding=False, verbose=False)["input_ids"]
     full = tokenizer(sample, truncation=False, padding=False, verbose=False)["input_ids"]
     side = tokenizer.truncation_side
