@@ -48,6 +48,8 @@ SKIPPED = {
     "torchrun": "CPU DDP with torchrun is tested by tests/training/test_distributed.py",
     "--data ag_news --model roberta-base": "downloads roberta-base from the Hugging Face hub (no network here)",
     "--resume": "needs an interrupted run: tests/training/test_checkpoint.py kills and resumes real runs",
+    "--storage postgresql://": "needs a PostgreSQL server: tests/studies/test_search_postgres.py starts one and runs "
+                               "two search workers against it",
 }
 
 

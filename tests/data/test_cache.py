@@ -252,3 +252,16 @@ def test_each_rank_tokenizes_only_its_own_pieces(tmp_path, own_cache):
     assert sorted(ranks[0]["built"] + ranks[1]["built"]) == list(range(10))  # 400 rows in pieces of 40
     assert set(ranks[0]["built"]) == set(range(0, 10, 2)) and set(ranks[1]["built"]) == set(range(1, 10, 2))
     assert ranks[0]["sum"] == ranks[1]["sum"] and ranks[0]["n"] == ranks[1]["n"] == 360
+
+
+def test_a_label_column_that_changes_type_between_chunks_is_read_in_memory(tmp_path, monkeypatch):
+    """JSON labels: strings in the first chunk, numbers later. Casting them to one Arrow type could change a
+    value ("01" -> 1), so the file is read in memory, with the same result as data.cache: false."""
+    monkeypatch.setattr(store, "READ_ROWS", 10)
+    lines = [{"text": f"{t} {i}", "label": lab} for i, (t, lab) in enumerate(synthetic_rows(10, 1))]
+    lines += [{"text": f"{t} {i}", "label": int(lab == "positive")} for i, (t, lab) in enumerate(synthetic_rows(10, 2))]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = dict(path=str(tmp_path), validation_fraction=0.2)
+    cached = load_data(DataConfig(**cfg), 1)
+    assert not isinstance(cached.splits["train"].texts, store.TextColumn)
+    _same(cached, load_data(DataConfig(cache=False, **cfg), 1))

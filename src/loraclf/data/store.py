@@ -77,7 +77,10 @@ class Entry:
     """One cache folder: `ready()` checks it whole; `build()` writes it under a temporary name and renames."""
 
     def __init__(self, kind: str, key: Any):
-        self.key = {"v": CACHE_VERSION, "kind": kind, **key}
+        from .._version import __version__
+
+        # loraclf's version too: an upgrade may read, check or encode differently, so it never reuses old entries
+        self.key = {"v": CACHE_VERSION, "loraclf": __version__, "kind": kind, **key}
         self.dir = cache_root() / kind / digest(self.key)
 
     @property
@@ -286,7 +289,12 @@ def _label_arrays(df, label_cols: list[str], schema) -> dict:
         try:
             arr = pa.array(df[c].tolist(), from_pandas=True)
             if want is not None and arr.type != want:
-                arr = arr.cast(want) if not pa.types.is_null(arr.type) else pa.nulls(len(arr), want)
+                if pa.types.is_null(arr.type):
+                    arr = pa.nulls(len(arr), want)
+                elif pa.types.is_integer(arr.type) and pa.types.is_floating(want):
+                    arr = arr.cast(want)
+                else:  # another cast could change a value ("01" -> 1, 2 -> true): read the file in memory
+                    raise NotStreamable(f"column {c!r} changes type between chunks ({want} then {arr.type})")
             elif want is None and pa.types.is_null(arr.type):
                 arr = arr.cast(pa.large_string())
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 from .store import Entry, TextColumn, barrier, digest, distributed, take_rows
 
 PIECE_ROWS = 65_536
+SUB_BATCH = 4096  # texts per tokenizer call inside a piece
 SAMPLE_CHECK = 256  # rows whose cut ids are compared with the tokenizer's own truncation before a build
 
 
@@ -83,8 +85,9 @@ def cached_ids(tokenizer, texts: TextColumn, max_length: int, pairs: Optional[Te
     want_types = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     whole = len(texts) * 2 >= texts.base_len()
     rows = np.arange(texts.base_len(), dtype=np.int64) if whole else texts.base_rows(np.arange(len(texts)))
-    key = {"texts": texts.fingerprint, "pairs": pairs.fingerprint if pairs is not None else None,
-           "tokenizer": tok_fp, "max_length": max_length, "types": want_types,
+    key = {"piece_rows": PIECE_ROWS, "texts": texts.fingerprint,
+           "pairs": pairs.fingerprint if pairs is not None else None, "tokenizer": tok_fp,
+           "max_length": max_length, "types": want_types,
            "rows": "all" if whole else hashlib.sha256(rows.tobytes()).hexdigest()[:24]}
     entry = Entry("tokens", key)
     if distributed()[1] > 1 or not entry.ready():  # in a job every rank takes part (barriers inside)
@@ -121,7 +124,16 @@ class _Job:
         sel = self.rows[p * PIECE_ROWS:(p + 1) * PIECE_ROWS]
         texts = take_rows(self.texts.array, sel)
         pairs = take_rows(self.pairs.array, sel) if self.pairs is not None else None
-        ids, types, full = _tokenize(self.tokenizer, texts, pairs, self.max_length, self.want_types, self.cut)
+        ids, types, full = [], [] if self.want_types else None, []
+        for start in range(0, len(texts), SUB_BATCH):  # bounded memory for long documents
+            part = _tokenize(self.tokenizer, texts[start:start + SUB_BATCH],
+                             pairs[start:start + SUB_BATCH] if pairs is not None else None,
+                             self.max_length, self.want_types, self.cut)
+            ids.extend(part[0])
+            if types is not None:
+                types.extend(part[1])
+            full.append(part[2])
+        full = np.concatenate(full) if full else np.zeros(0, dtype=np.int64)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(lengths.sum()))
         _save(out, f"ids-{p:05d}.npy", flat)
@@ -138,6 +150,8 @@ def _save(folder: Path, name: str, arr: np.ndarray) -> None:
     tmp = folder / f".{name}.tmp-{os.getpid()}"
     with open(tmp, "wb") as fh:
         np.save(fh, arr)
+        fh.flush()
+        os.fsync(fh.fileno())  # a piece another process (or a later run) sees is on disk whole
     os.replace(tmp, folder / name)
 
 
@@ -221,20 +235,50 @@ def _build(entry: Entry, job: _Job, num_proc: Optional[int]) -> None:
     rank, world = distributed()
     n_pieces = max(1, -(-len(job.rows) // PIECE_ROWS))
     staging = entry.dir.parent / f".{entry.dir.name}.pieces"
-    if not (entry.dir / "manifest.json").exists():
-        staging.mkdir(parents=True, exist_ok=True)
-        _pieces(job, staging, [p for p in range(n_pieces) if p % world == rank], num_proc, rank == 0)
+    failure: Optional[BaseException] = None  # kept until every barrier is passed: the others wait at them
+    try:
+        if not (entry.dir / "manifest.json").exists():
+            staging.mkdir(parents=True, exist_ok=True)
+            _pieces(job, staging, [p for p in range(n_pieces) if p % world == rank], num_proc, rank == 0)
+    except Exception as e:  # noqa: BLE001 - raised after the barriers below
+        failure = e
     barrier(world)
     for turn in range(world):  # rank 0 first; the others only when they cannot see its entry
-        if turn == rank and not entry.ready():
-            staging.mkdir(parents=True, exist_ok=True)
-            _pieces(job, staging, list(range(n_pieces)), num_proc, False)
-            _assemble(entry, staging, n_pieces, job)
+        try:
+            if turn == rank and failure is None and not entry.ready():
+                staging.mkdir(parents=True, exist_ok=True)
+                _pieces(job, staging, list(range(n_pieces)), num_proc, False)
+                _assemble(entry, staging, n_pieces, job)
+        except Exception as e:  # noqa: BLE001
+            failure = failure or e
         barrier(world)
+    if failure is not None:
+        raise failure
 
 
-def _missing(staging: Path, p: int) -> bool:
-    return not (staging / f"full-{p:05d}.npy").exists()  # written last in a piece
+def _missing(staging: Path, p: int, rows: int) -> bool:
+    """A piece not staged whole (its last file absent, or its arrays disagree: left by a killed build)."""
+    try:
+        off = np.load(staging / f"off-{p:05d}.npy", mmap_mode="r")
+        ids = np.load(staging / f"ids-{p:05d}.npy", mmap_mode="r")
+        full = np.load(staging / f"full-{p:05d}.npy", mmap_mode="r")  # written last in a piece
+        return not (len(off) == rows + 1 and int(off[-1]) == len(ids) and len(full) == rows)
+    except (OSError, ValueError):
+        return True
+
+
+def _piece_rows(job: _Job, p: int) -> int:
+    return min(PIECE_ROWS, len(job.rows) - p * PIECE_ROWS)
+
+
+def _cores_per_rank() -> int:
+    """The cores this process may use (its affinity, not the machine's count), shared by the ranks on it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(local, 1))
 
 
 def _pieces(job: _Job, staging: Path, mine: list[int], num_proc: Optional[int], show: bool) -> None:
@@ -243,20 +287,24 @@ def _pieces(job: _Job, staging: Path, mine: list[int], num_proc: Optional[int], 
 
     from ..console import progress
 
-    todo = [p for p in mine if _missing(staging, p)]
+    todo = [p for p in mine if _missing(staging, p, _piece_rows(job, p))]
     if not todo:
         return
     global _JOB
     _JOB = job
-    procs = min(len(todo), num_proc or os.cpu_count() or 1)
-    total = sum(min(PIECE_ROWS, len(job.rows) - p * PIECE_ROWS) for p in todo)
+    procs = min(len(todo), num_proc or _cores_per_rank())
+    total = sum(_piece_rows(job, p) for p in todo)
     bar = progress(total=total, desc="tokenize", unit="rows", disable=not show, leave=False)
     args = [(p, str(staging)) for p in todo]
     t0, tokens = time.perf_counter(), 0
     try:
         if procs > 1 and "fork" in mp.get_all_start_methods():
-            with mp.get_context("fork").Pool(procs) as pool:
-                for _, rows, n in pool.imap_unordered(_work, args):
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # an executor, not a Pool: a worker killed (out of memory) raises BrokenProcessPool, never hangs
+            with ProcessPoolExecutor(procs, mp_context=mp.get_context("fork")) as pool:
+                for done in as_completed([pool.submit(_work, a) for a in args]):
+                    _, rows, n = done.result()
                     bar.update(rows)
                     tokens += n
         else:
@@ -273,13 +321,15 @@ def _pieces(job: _Job, staging: Path, mine: list[int], num_proc: Optional[int], 
 def _assemble(entry: Entry, staging: Path, n_pieces: int, job: _Job) -> None:
     """Hard-link the staged pieces into the entry (racing builders each link; one rename wins)."""
     import json
-    import shutil
 
     try:
         with entry.build() as out:
             for f in sorted(staging.iterdir()):
                 if not f.name.startswith("."):
-                    os.link(f, out / f.name)
+                    try:
+                        os.link(f, out / f.name)
+                    except PermissionError:  # a filesystem without hard links
+                        shutil.copy2(f, out / f.name)
             (out / "build.json").write_text(json.dumps({**getattr(job, "stats", {}), "pieces": n_pieces,
                                                          "key": digest(entry.key)}))
     except OSError:

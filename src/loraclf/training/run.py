@@ -79,7 +79,7 @@ def _filter_train(data: Data, tok, cfg: Config) -> dict:
     """Apply data.min_tokens / data.max_tokens to train; return token-length stats per split."""
     stats = {}
     for split, s in data.splits.items():
-        lengths = token_lengths(tok, s.texts, max_length=cfg.data.max_length if s.pairs is None else None)
+        lengths = token_lengths(tok, s.texts, max_length=cfg.data.max_length)  # of the first text, as before
         if split == "train" and (cfg.data.min_tokens or cfg.data.max_tokens):
             keep = np.ones(len(lengths), dtype=bool)
             if cfg.data.min_tokens:
