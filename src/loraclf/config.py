@@ -135,6 +135,20 @@ class DataConfig:
         "data, memory-mapped) and reuse them in later runs; false: read and tokenize in memory every run.")
     num_proc: Optional[int] = _f(
         None, "Processes that tokenize a cold cache in parallel; null: one per CPU core.", range=">=1")
+    long_text: str = _f(
+        "truncate", "What a text longer than max_length tokens becomes: truncate (its first tokens), head-tail "
+        "(its first head_tokens and its last tokens), chunks (windows of max_length covering it, their logits "
+        "pooled; training draws one window per document per epoch). docs/long-documents.md.",
+        ("truncate", "head-tail", "chunks"))
+    head_tokens: Optional[int] = _f(
+        None, "head-tail: tokens kept from the start of a long text (the rest of the window from its end); "
+        "null: a quarter of the window.", range=">=0")
+    chunk_overlap: int = _f(0, "chunks: tokens each window shares with the one before.", range=">=0")
+    chunk_pool: str = _f("mean", "chunks: a document's logits are the mean or the max of its windows'.",
+                         ("mean", "max"))
+    max_chunks: int = _f(
+        32, "chunks: windows per document at most; a longer one is read through this many evenly spaced "
+        "windows (its first and last among them).", range=">=1")
     min_tokens: Optional[int] = _f(None, "Drop train rows shorter than this many tokens.", range=">=1")
     max_tokens: Optional[int] = _f(
         None, "Drop train rows longer than this many tokens (before truncation). Eval splits are never filtered.",
@@ -737,6 +751,9 @@ def _validate_task_options(cfg: "Config") -> None:
         raise ConfigError("train.pos_weight must be 'balanced' or a list of positive numbers")
     if not d.label_separator or d.label_separator.strip() != d.label_separator:
         raise ConfigError("data.label_separator must be a non-empty string without surrounding spaces")
+    if d.long_text != "truncate" and not isinstance(d.text_column, str) and len(d.text_column) == 2:
+        raise ConfigError(f"data.long_text={d.long_text} reads one text per example; text pairs "
+                          f"({', '.join(d.text_column)}) truncate: set data.long_text=truncate")
     if d.label_columns is not None:
         if not d.label_columns or not all(isinstance(c, str) and c for c in d.label_columns):
             raise ConfigError("data.label_columns must be a non-empty list of column names")

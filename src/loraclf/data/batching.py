@@ -4,9 +4,12 @@ length-grouped batch orders that depend only on (seed, epoch) so a resume replay
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .long import Chunks
 
 _NUM_PROC = None  # data.num_proc for the current process (set by set_num_proc)
 LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (the default of train.length_group_batches)
@@ -14,15 +17,22 @@ LENGTH_GROUP_BATCHES = 50  # batches sorted by length together (the default of t
 
 @dataclass
 class Encoded:
-    """Token ids per example (unpadded) plus labels; token_type_ids only for pair inputs."""
+    """Token ids per model input (unpadded) plus labels per document; token_type_ids only for pair inputs.
+    Without `chunks` an input is a document; with them (data.long_text=chunks) a document is several
+    windows, and `chunks` says whose each is."""
 
-    input_ids: Sequence  # lists of ids, or a data/tokens.TokenColumn on the mapped cache
+    input_ids: Sequence  # lists of ids, a data/tokens.TokenColumn on the mapped cache, or data/long.PieceIds
     labels: np.ndarray
     token_type_ids: Optional[Sequence] = None
-    full_lengths: Optional[np.ndarray] = None  # untruncated token counts, when the cache recorded them
+    full_lengths: Optional[np.ndarray] = None  # untruncated token counts per document, when known
+    chunks: Optional["Chunks"] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def input_labels(self, idx) -> np.ndarray:
+        """The labels of model inputs `idx` (a window has its document's)."""
+        return self.labels[idx] if self.chunks is None else self.labels[self.chunks.doc[idx]]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -118,7 +128,7 @@ class Collator:
         out = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(self.enc.labels[batch_idx]),
+            "labels": torch.from_numpy(self.enc.input_labels(batch_idx)),
             "idx": torch.tensor(batch_idx, dtype=torch.long),
         }
         if types is not None:
@@ -147,6 +157,10 @@ class Batches(Sequence):
     def __iter__(self):
         for b in self.order.tolist():
             yield self.rows[self.bounds[b]:self.bounds[b + 1]].tolist()
+
+    def over(self, rows: np.ndarray) -> "Batches":
+        """The same batches of `rows[i]` instead of i (batches of positions made batches of those rows)."""
+        return Batches(rows[self.rows], self.bounds, self.order)
 
     def __add__(self, other: "Batches") -> "Batches":
         if other.rows is not self.rows:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..config import default
+from ..data.long import LongText
 from ..errors import DataError, EnvironmentError_, InputError, LoraclfError, ModelError
 from ..schema import artifact_dir, read_meta
 
@@ -36,6 +37,7 @@ class Classifier:
 
     def __init__(self, head, meta: dict, device: torch.device, path: Optional[Path] = None):
         self.head, self.meta, self.device, self.path = head, meta, device, path
+        head.long_text = LongText.from_meta(meta)  # long texts are read as in training, without flags
         self.labels: list[str] = list(meta["labels"])
         self.max_length: int = int(meta.get("max_length", 512))
         self.precision: str = "fp32"

@@ -453,12 +453,12 @@ def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
     from ..models.heads import model_inputs
 
     first = part[0][0].clf
-    ids, names, sizes = [], [], []
+    ids, names, encs = [], [], []
     for served, texts in part:
-        enc = served.clf.head.encode(texts, None, served.clf.max_length)
+        enc = served.clf.head.encode(texts, None, served.clf.max_length)  # a long text may be several windows
         ids.extend(enc.input_ids)
-        names.extend([served.adapter] * len(texts))
-        sizes.append(len(texts))
+        names.extend([served.adapter] * len(enc))
+        encs.append(enc)
     enc = Encoded(ids, np.zeros(len(ids), dtype=np.int64))
     batch = Collator(enc, first.tokenizer.pad_token_id, first.head.pad_left)(list(range(len(ids))))
     shared = part[0][0].group.model  # in eval mode since its load (ModelPool.load)
@@ -467,5 +467,10 @@ def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
         inputs = {k: v.to(first.device) for k, v in model_inputs(batch).items()}
         logits = type(first.head).mixed_logits(shared, inputs, names, heads).float().cpu().numpy()
     # each model's rows, cut back to its own width, through its own task (temperature, thresholds, scale)
-    return [s.clf.task.probabilities(rows[:, :s.clf.task.num_outputs])
-            for (s, _), rows in zip(part, _split(logits, sizes))]
+    windows = _split(logits, [len(e) for e in encs])
+    return [s.clf.task.probabilities(_documents(rows[:, :s.clf.task.num_outputs], e))
+            for (s, _), rows, e in zip(part, windows, encs)]
+
+
+def _documents(logits: np.ndarray, enc) -> np.ndarray:
+    return logits if enc.chunks is None else enc.chunks.pooled(logits)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..data import Encoded, encode
+from ..data import Encoded
+from ..data.long import STRATEGIES, LongText
 from ..errors import ConfigError, DataError, ModelError
 from ..tasks import TASKS, Task
 from .methods import method_of
@@ -53,6 +54,7 @@ class Head:
     folds_output = False  # an export can fold the task's output scale into its last layer
     counts_missing_weights = False  # a checkpoint may lack weights of its model (trained too, so counted)
     transformers_class = "AutoModelForCausalLM"  # what its model is built as (parameter counts on the meta device)
+    long_texts: Sequence[str] = STRATEGIES  # data.long_text choices it reads documents with
 
     @classmethod
     def check_config(cls, cfg, task: Task) -> None:
@@ -61,6 +63,10 @@ class Head:
             raise ConfigError(f"model.head={cls.name} scores one label word per class: it needs task "
                               f"{' or '.join(cls.tasks)}, not {task.name}; use model.head="
                               f"{' or '.join(n for n, h in HEADS.items() if h.tasks is None)}")
+        if cfg.data.long_text not in cls.long_texts:
+            raise ConfigError(f"data.long_text={cfg.data.long_text} cuts the text outside a prompt; the {cls.name} "
+                              f"head formats each text into its prompt: use data.long_text="
+                              f"{' or '.join(cls.long_texts)}")
         if cfg.train.calibrate == "bias" and not cls.class_scores:
             better = [n for n, h in HEADS.items() if h.prompted and h.class_scores]
             raise ConfigError(f"train.calibrate=bias needs class scores; the {cls.name} head's scores are its parsed "
@@ -80,6 +86,7 @@ class Head:
         self._loss: Optional[torch.nn.Module] = None
         self.contrastive = 0.0  # weight of a contrastive loss on an embedding (heads that have one)
         self.quantize: Optional[str] = None  # model.quantize the base was loaded with (rebuilt the same way)
+        self.long_text = LongText()  # how a text longer than max_length is read (data.long_text; loraclf.json)
 
     @classmethod
     def build(cls, cfg, data, task: Task, choose_rank: ChooseRank, quiet: bool = False
@@ -95,7 +102,8 @@ class Head:
 
     def encode(self, texts: Sequence[str], labels=None, max_length: int = 512,
                pairs: Optional[Sequence[str]] = None) -> Encoded:
-        raise NotImplementedError
+        """Model inputs of `texts`: their tokens as the head reads them, long ones as data.long_text says."""
+        return self.long_text.encode(self.tokenizer, texts, labels, max_length, pairs)
 
     # ---------------------------------------------------------------- training
     def prepare_training(self, tcfg, train_labels: np.ndarray, device) -> None:
@@ -147,7 +155,7 @@ class Head:
     # ---------------------------------------------------------------- artifact
     def artifact_meta(self) -> dict:
         """What loraclf.json must hold, beyond labels and base model, to rebuild this head."""
-        return {"quantize": self.quantize} if self.quantize else {}
+        return {"long_text": self.long_text.to_meta(), **({"quantize": self.quantize} if self.quantize else {})}
 
     def run_info(self, example: Encoded) -> dict:
         """Extra top-level entries for metrics.json."""
@@ -202,9 +210,6 @@ class ClassifierHead(Head):
         head = cls(built.model, built.tokenizer, task)
         head.quantize = cfg.model.quantize
         return head, built, auto_lora
-
-    def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
-        return encode(self.tokenizer, texts, labels, max_length, pairs)
 
     @classmethod
     def mixed_logits(cls, shared, inputs, adapter_names, heads):
@@ -265,6 +270,7 @@ class VerbalizerHead(Head):
     how = "scores each label's word(s) as the next tokens after a prompt"
     methods = ("lora", "full", "zero-shot")
     tasks = ("single-label",)
+    long_texts = ("truncate",)  # the text sits inside a prompt the formatter truncates
 
     @classmethod
     def build(cls, cfg, data, task, choose_rank, quiet=False):
@@ -443,10 +449,8 @@ class EmbeddingHead(Head):
         from .embedding import embed_all
 
         emb = embed_all(self.model, enc, self.tokenizer.pad_token_id, 64, device)
-        self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(enc.labels)))
-
-    def encode(self, texts, labels=None, max_length=512, pairs=None) -> Encoded:
-        return encode(self.tokenizer, texts, labels, max_length, pairs)
+        labels = enc.input_labels(np.arange(len(enc)))  # a window has its document's label
+        self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(labels)))
 
     def finish_training(self, train: Encoded, device) -> None:
         """Trained contrastively, the embedding clusters by class: the layer becomes the nearest class mean

@@ -84,10 +84,19 @@ def compile_model(model, mode: bool | str):
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
-@torch.no_grad()
 def predict_logits(head, enc: Encoded, batch_size: int, accelerator=None, progress: bool = False,
                    desc: str = "predict") -> np.ndarray:
-    """Logits of `head.model` for every example, in input order; batches sorted by length to minimise padding."""
+    """Logits of `head.model` for every document, in input order (a chunked document's pooled from its
+    windows')."""
+    logits = input_logits(head, enc, batch_size, accelerator, progress, desc)
+    return logits if enc.chunks is None else enc.chunks.pooled(logits)
+
+
+@torch.no_grad()
+def input_logits(head, enc: Encoded, batch_size: int, accelerator=None, progress: bool = False,
+                 desc: str = "predict") -> np.ndarray:
+    """Logits of `head.model` for every model input, in input order; batches sorted by length to minimise
+    padding."""
     from torch.utils.data import DataLoader
 
     from ..console import progress as progress_bar
@@ -285,7 +294,7 @@ class Trainer:
         self.collate = Collator(train, head.tokenizer.pad_token_id, head.pad_left,
                                 pad_to_multiple_of=pad_multiple(tcfg, accelerator.device.type), max_width=max_length)
         n = accelerator.num_processes
-        self.per_process = math.ceil(math.ceil(len(train) / tcfg.batch_size) / n)
+        self.per_process = math.ceil(math.ceil(len(train.labels) / tcfg.batch_size) / n)  # an epoch: every document
         self.total_micro = max(1, round(tcfg.epochs * self.per_process))
         self.n_epochs = math.ceil(self.total_micro / self.per_process)
         # The last micro-batch of every epoch closes an accumulation, so no gradient is pending at an
@@ -305,9 +314,13 @@ class Trainer:
     def _loader(self, epoch: int, skip: int = 0, limit: Optional[int] = None):
         from torch.utils.data import DataLoader
 
-        t = self.tcfg
-        batches = train_batches(self.train_enc.lengths, t.batch_size, self.seed, epoch, t.group_by_length,
+        t, enc = self.tcfg, self.train_enc
+        rows = enc.chunks.epoch_rows(self.seed, epoch) if enc.chunks is not None else None
+        lengths = enc.lengths if rows is None else enc.lengths[rows]
+        batches = train_batches(lengths, t.batch_size, self.seed, epoch, t.group_by_length,
                                 mega=t.length_group_batches)
+        if rows is not None:  # one window of each document, length-grouped as documents would be
+            batches = batches.over(rows)
         if limit is not None:
             batches = batches[:limit]
         n = self.acc.num_processes

@@ -22,6 +22,7 @@ import torch
 from ..config import Config, load_config, replace_fields, set_dotted
 from ..data import Data, Encoded, load_data, token_lengths
 from ..data.batching import set_num_proc
+from ..data.long import LongText, special_frame
 from ..data.tables import in_memory_splits
 from ..errors import ConfigError, DataError, Interrupted, LoraclfError
 from ..evaluation.metrics import METRICS
@@ -32,7 +33,7 @@ from ..schema import RunDir, write_jsonl
 from ..tasks import Task, make_task, task_class
 from .checkpoint import has_checkpoint
 from .faults import fault
-from .loop import Trainer, TrainerState, make_accelerator, predict_logits
+from .loop import Trainer, TrainerState, input_logits, make_accelerator
 from .rundir import RunLock, check_resume_overrides, on_main, open_new, refuse_existing
 
 log = logging.getLogger("loraclf")
@@ -78,8 +79,9 @@ def _length_stats(lengths: np.ndarray) -> dict:
 def _filter_train(data: Data, tok, cfg: Config) -> dict:
     """Apply data.min_tokens / data.max_tokens to train; return token-length stats per split."""
     stats = {}
+    read = LongText.from_config(cfg.data).source_length(cfg.data.max_length)  # the entry encoding reads next
     for split, s in data.splits.items():
-        lengths = token_lengths(tok, s.texts, max_length=cfg.data.max_length)  # of the first text, as before
+        lengths = token_lengths(tok, s.texts, max_length=read)  # of the first text, as before
         if split == "train" and (cfg.data.min_tokens or cfg.data.max_tokens):
             keep = np.ones(len(lengths), dtype=bool)
             if cfg.data.min_tokens:
@@ -208,6 +210,9 @@ def build_head(cfg: Config, data: Data, quiet: bool = False):
     head_cls = head_class(cfg.model.head)
     head_cls.check_config(cfg, task)
     head, built, auto_lora = head_cls.build(cfg, data, task, resolve_auto_lora, quiet=quiet)
+    head.long_text = LongText.from_config(cfg.data)
+    if not head.long_text.truncates:  # its knobs must fit the window before a run directory exists
+        head.long_text.check(cfg.data.max_length, special_frame(head.tokenizer))
     if auto_lora:  # what `lora.r: auto` chose is what config.yaml records: rerunning it trains the same
         chosen = auto_lora["chosen"]
         cfg = replace_fields(cfg, {"lora.r": chosen["r"], "lora.alpha": chosen["alpha"],
@@ -271,9 +276,12 @@ def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, qu
     for split in ("validation", "test"):
         if split in enc:
             head.start_evaluation()
-            logits[split] = predict_logits(head, enc[split], cfg.train.eval_batch_size, accelerator, progress,
-                                           f"eval {split}")
+            e = enc[split]
+            windows = input_logits(head, e, cfg.train.eval_batch_size, accelerator, progress, f"eval {split}")
+            logits[split] = windows if e.chunks is None else e.chunks.pooled(windows)
             stats[split] = head.statistics()
+            if not head.long_text.truncates:
+                stats[split]["long_text"] = _long_text_stats(head.long_text, e, windows, logits[split], cfg)
     fitted = head.task.fit(cfg.train, logits["validation"], enc["validation"].labels)
     results: dict[str, dict] = {}
     outputs: dict[str, np.ndarray] = {}
@@ -281,6 +289,14 @@ def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, qu
         results[split], outputs[split] = head.task.evaluate(lg, enc[split].labels)
         results[split].update(stats[split])
     return results, outputs, fitted
+
+
+def _long_text_stats(long_text: LongText, enc: Encoded, windows: np.ndarray, logits: np.ndarray, cfg: Config
+                     ) -> dict:
+    """metrics.json's long_text of a split: the strategy, how many documents were longer than one window,
+    and for chunks where the deciding window was."""
+    out = {"strategy": long_text.strategy, "longer_than_window": int((enc.full_lengths > cfg.data.max_length).sum())}
+    return {**out, **enc.chunks.summary(windows, logits)} if enc.chunks is not None else out
 
 
 def _run_metrics(cfg: Config, built, head, data: Data, counts: dict, length_stats: dict, results: dict,
