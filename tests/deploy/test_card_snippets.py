@@ -114,15 +114,23 @@ def check(ns: dict, clf, want: np.ndarray, texts=TEXTS) -> None:
         assert ns["predicted"] == expected
 
 
+WINDOWS = {"data.max_length": 16, "data.long_text": "chunks", "data.chunk_overlap": 3, "data.chunk_pool": "max",
+           "data.max_chunks": 3}
+
+
 @pytest.mark.parametrize("task,arch,extra", [(task, "bert", {}) for task in TASKS]
-                         + [("single-label", "llama", {"train.calibrate": "bias"})])
+                         + [("single-label", "llama", {"train.calibrate": "bias"}),
+                            ("single-label", "bert", WINDOWS), ("regression", "bert", WINDOWS),
+                            ("single-label", "llama", {"data.max_length": 16, "data.long_text": "head-tail"})])
 def test_every_card_snippet_gives_loraclfs_outputs(task, arch, extra, folders):
     """BERT for each task, and a decoder's classifier head (left padding, no pad token of its own) with class
-    biases, which its bias-less score layer cannot hold: the export snippets add them."""
+    biases, which its bias-less score layer cannot hold: the export snippets add them. Models that read long
+    texts in windows (data.long_text): every snippet cuts and pools them as loraclf does (TEXTS' last is
+    several windows long)."""
     f = folders(task, arch, **extra)
     clf = loraclf.load(f["run"])
     want = clf.predict_proba(TEXTS)
-    if extra:
+    if "train.calibrate" in extra:
         assert json.loads((f["hf"] / "loraclf.json").read_text())["task_state"]["bias"]  # kept, not folded
     for kind in FOLDERS:
         card = (f[kind] / "README.md").read_text()

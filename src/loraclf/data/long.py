@@ -15,7 +15,7 @@ and an epoch costs what truncating at ``max_length`` costs; over epochs the mode
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
 import numpy as np
@@ -149,10 +149,17 @@ class LongText:
     @classmethod
     def from_meta(cls, meta: dict) -> "LongText":
         """The artifact's (an artifact from before long_text truncates)."""
-        return cls(**meta.get("long_text", {}))
+        saved = meta.get("long_text") or {}
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
-    def to_meta(self) -> dict:
-        return asdict(self)
+    def to_meta(self, tokenizer, max_length: int) -> dict:
+        """loraclf.json's long_text: the knobs, and for a model card's plain snippet the special tokens
+        around a window and the text tokens it holds."""
+        if self.truncates:
+            return asdict(self)
+        frame = special_frame(tokenizer)
+        return {**asdict(self), "special_tokens": [list(frame.prefix), list(frame.suffix)],
+                "window_tokens": self.check(max_length, frame)}
 
     @property
     def truncates(self) -> bool:

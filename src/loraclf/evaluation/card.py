@@ -330,7 +330,14 @@ def _context(metrics: dict, config: dict, meta: dict, dataset: Optional[str]) ->
             "prompted": bool(h and h.prompted), "export_formats": list(h.export_formats) if h else [],
             "sequence_classifier": bool(h) and h.transformers_class == "AutoModelForSequenceClassification",
             "saves_adapter": _saves_adapter(method), "saves_checkpoint": bool(m and m.saves and not m.adapters),
-            "method": method, "dataset": dataset, "intro": _intro(method, head, base, dataset)}
+            "method": method, "dataset": dataset, "intro": _intro(method, head, base, dataset),
+            "long_text": _long_text(meta)}
+
+
+def _long_text(meta: dict) -> Optional[dict]:
+    """loraclf.json's long_text when the model does not simply truncate (its snippets then cut windows)."""
+    lt = meta.get("long_text") or {}
+    return lt if lt.get("strategy", "truncate") != "truncate" and "window_tokens" in lt else None
 
 
 def _inputs(paired: bool) -> dict:

@@ -155,7 +155,7 @@ class Head:
     # ---------------------------------------------------------------- artifact
     def artifact_meta(self) -> dict:
         """What loraclf.json must hold, beyond labels and base model, to rebuild this head."""
-        return {"long_text": self.long_text.to_meta(), **({"quantize": self.quantize} if self.quantize else {})}
+        return {"quantize": self.quantize} if self.quantize else {}
 
     def run_info(self, example: Encoded) -> dict:
         """Extra top-level entries for metrics.json."""

@@ -339,7 +339,7 @@ def _artifact_meta(cfg: Config, built, head, results: dict) -> dict:
             "metrics": {s: {k: results[s][k] for k in head.task.headline[:2]} for s in results},
             "task_state": head.task.state(),
             "base_shape": base_shape(built.model.config), "base_fingerprint": built.base_fingerprint,
-            **head.artifact_meta()}
+            "long_text": head.long_text.to_meta(head.tokenizer, cfg.data.max_length), **head.artifact_meta()}
 
 
 def _write_run(run_dir: Path, head, meta: dict, metrics: dict, probs: dict[str, np.ndarray], data: Data,

@@ -1,0 +1,78 @@
+"""IMDB, long reviews: data.long_text strategies side by side (the IMDB row of docs/results.md).
+
+Each strategy is one `loraclf train` run of the bundled MiniLM with LoRA defaults on the same 5,000
+training reviews (a stratified sample of the folder's train, seed 42), model selection on 500 reviews of
+the folder's validation (itself carved from the official train; stratified cap, seed 42), and the full
+25,000-review official test split. Runs go one after another in fresh processes, each with the default
+threads, so their times compare.
+
+    python benchmarks/long_documents.py --out runs/long-docs                 # truncate, head-tail, chunks at 128
+    python benchmarks/long_documents.py --out runs/long-docs --only truncate-512
+
+A rerun with the same --out keeps the runs that finished (a run folder with metrics.json). Prints one
+JSON summary and writes it to <out>/summary.json: test accuracy, macro-F1, training and evaluation
+seconds, and test accuracy by review length (the report's word-length buckets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+STRATEGIES = {  # name: settings beyond the shared ones
+    "truncate-128": ["data.long_text=truncate", "data.max_length=128"],
+    "head-tail-128": ["data.long_text=head-tail", "data.max_length=128"],
+    "chunks-128": ["data.long_text=chunks", "data.max_length=128"],
+    "truncate-512": ["data.long_text=truncate", "data.max_length=512"],
+}
+DEFAULT = ["chunks-128", "truncate-128", "head-tail-128"]
+
+
+def run(name: str, out: Path, train_rows: int, eval_rows: int, seed: int, extra: list[str]) -> dict:
+    folder = out / name
+    if not (folder / "metrics.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts again
+        sets = [f"data.max_train_samples={train_rows}", f"data.max_eval_samples={eval_rows}", f"seed={seed}",
+                f"output_dir={out}", f"name={name}", *STRATEGIES[name], *extra]
+        cmd = [sys.executable, "-m", "loraclf", "train", "--data", "imdb", "--model", "minilm"]
+        for s in sets:
+            cmd += ["--set", s]
+        print(" ".join(cmd[1:]), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True)
+    return summarise(name, json.loads((folder / "metrics.json").read_text()))
+
+
+def summarise(name: str, m: dict) -> dict:
+    test = m["test"]
+    buckets = m.get("error_analysis", {}).get("test", {}).get("by_length", [])
+    return {"strategy": name, "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "n_test": test["n"],
+            "train_seconds": m["timing"]["train_seconds"], "eval_seconds": m["timing"]["eval_seconds"],
+            "best_epoch_step": m["best"]["step"], "long_text": test.get("long_text"),
+            "by_length": [{"words": f"{b['lo']}-{b['hi']}", "n": b["n"], "accuracy": b["accuracy"]}
+                          for b in buckets]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/long-docs")
+    ap.add_argument("--only", nargs="*", choices=list(STRATEGIES), default=DEFAULT)
+    ap.add_argument("--train-rows", type=int, default=5000)
+    ap.add_argument("--eval-rows", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--set", action="append", default=[], help="more config settings for every run")
+    a = ap.parse_args()
+    os.environ.setdefault("LORACLF_DATASETS", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [run(n, out, a.train_rows, a.eval_rows, a.seed, a.set) for n in a.only]
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
