@@ -48,6 +48,9 @@ SKIPPED = {
     "torchrun": "CPU DDP with torchrun is tested by tests/training/test_distributed.py",
     "--data ag_news --model roberta-base": "downloads roberta-base from the Hugging Face hub (no network here)",
     "--resume": "needs an interrupted run: tests/training/test_checkpoint.py kills and resumes real runs",
+    "data.long_text=chunks": "5,000 IMDB reviews at 128 tokens take 30 minutes on 2 cores: "
+                             "tests/training/test_long_text.py trains every strategy on a tiny model, "
+                             "benchmarks/long_documents.py runs this one",
     "--storage postgresql://": "needs a PostgreSQL server: tests/studies/test_search_postgres.py starts one and runs "
                                "two search workers against it",
 }

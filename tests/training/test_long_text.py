@@ -205,3 +205,26 @@ def test_a_prompt_head_refuses_windows():
     cfg = load_config(None, ["model.head=verbalizer", "model.name=smollm2", "data.long_text=chunks"])
     with pytest.raises(ConfigError, match="data.long_text=chunks"):
         HEADS["verbalizer"].check_config(cfg, make_task("single-label", ["a", "b"]))
+
+
+def test_the_report_says_how_long_texts_were_read(runs):
+    from loraclf.evaluation.report import make_report
+
+    run = runs("chunks")
+    page = make_report(run).read_text()
+    assert 'id="long-text"' in page and "deciding window first" in page
+    m = json.loads((run / "metrics.json").read_text())["test"]["long_text"]
+    assert f"{m['longer_than_window']:,} of 80" in page
+    assert 'id="long-text"' not in make_report(runs("truncate")).read_text()
+
+
+def test_the_few_shot_embedding_head_reads_windows_too(runs):
+    """The few-shot recipe's head (an embedding with prototypes and a contrastive loss) trains on windows,
+    and pools them at prediction like the classifier head."""
+    run = runs("chunks", **{"model.head": "embedding", "model.method": "lora", "train.epochs": 1,
+                            "train.contrastive": 0.5})
+    clf = loraclf.load(run)
+    doc = long_rows(1, 16)[0][0]
+    words = doc.split()
+    parts = [" ".join(words[s:s + ROOM]) for s in window_starts(len(words), ROOM, 0, 32)]
+    np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).mean(axis=0), atol=1e-5)

@@ -240,7 +240,9 @@ def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> st
     meta_f = run.path / "artifact" / "loraclf.json"
     trained = (datetime.fromtimestamp(meta_f.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                if meta_f.exists() else "–")
-    nav = NAV_START + tuple(run.task.report_sections) + NAV_END
+    long_text = {s: m[s]["long_text"] for s in SPLITS if (m.get(s) or {}).get("long_text")}
+    nav = NAV_START + tuple(run.task.report_sections) + ((("long-text", "Long documents"),) if long_text else ()) \
+        + NAV_END
     by_section: dict[str, list] = {s: [] for s, _ in nav}
     for p in plots:
         by_section[p.section].append((p, _data_uri(plot_dir / p.file)))
@@ -255,7 +257,8 @@ def render_html(run: RunData, ea: dict, plots: list[Plot], plot_dir: Path) -> st
         a=(ea.get(split) or {}) if split else {}, **run.task.report_context(run, ea, split),
         max_pairs=MAX_PAIRS, config_path=str(run.path / "config.yaml"),
         config_text=yaml.safe_dump(run.config, sort_keys=False) if run.config else "(no config.yaml)",
-        versions=meta.get("versions") or {})
+        versions=meta.get("versions") or {}, run_config=run.config or {},
+        long_text=long_text)
 
 
 # ---------------------------------------------------------------- model card
