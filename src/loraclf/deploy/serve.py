@@ -51,7 +51,7 @@ class ServeOptions:
     max_batch_size: int = 32  # texts per forward pass; larger amortises per-batch overhead, costs latency
     max_wait_ms: float = 5.0  # how long a batch that is not full waits for more requests
     max_texts: int = 64  # texts per request
-    max_chars: int = 10_000  # characters per text (tokens past max_length are cut anyway)
+    max_chars: int = 10_000  # characters per text (a truncating model reads max_length tokens; see data.long_text)
     max_body_bytes: int = 1_048_576
     device: Optional[str] = None
     precision: str = "fp32"
