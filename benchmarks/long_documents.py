@@ -9,6 +9,13 @@ threads, so their times compare.
     python benchmarks/long_documents.py --out runs/long-docs                 # truncate, head-tail, chunks at 128
     python benchmarks/long_documents.py --out runs/long-docs --only truncate-512
 
+    python benchmarks/long_documents.py --out runs/long-docs-cost --cost       # speed only, every strategy
+
+--cost measures what each strategy costs, side by side in one process with the default threads: a short
+training (--cost-train reviews, one epoch; its samples/s) and the prediction of the same --cost-predict
+test reviews by the artifact it saved (reviews/s, default batch size). Accuracy is not its point: it is
+the only way truncate-512, whose full training does not fit a session on 2 CPU cores, gets a cost.
+
 A rerun with the same --out keeps the runs that finished (a run folder with metrics.json). Prints one
 JSON summary and writes it to <out>/summary.json: test accuracy, macro-F1, training and evaluation
 seconds, and test accuracy by review length (the report's word-length buckets).
@@ -22,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 STRATEGIES = {  # name: settings beyond the shared ones
@@ -57,6 +65,35 @@ def summarise(name: str, m: dict) -> dict:
                           for b in buckets]}
 
 
+def cost(out: Path, names: list[str], train_rows: int, predict_rows: int, seed: int) -> list[dict]:
+    """Training and prediction speed of each strategy, measured one after another in this process."""
+    import pandas as pd
+
+    import loraclf
+    from loraclf.data import datasets_root
+
+    test = pd.read_csv(datasets_root() / "imdb" / "test.csv.gz").sample(predict_rows, random_state=seed)
+    texts = test["text"].tolist()
+    rows = []
+    for name in names:
+        sets = [f"data.max_train_samples={train_rows}", "data.max_eval_samples=64", "data.max_test_samples=64",
+                "train.epochs=1", f"seed={seed}", "report.enabled=false", f"output_dir={out}", f"name={name}",
+                "data.path=imdb", "model.name=minilm", *STRATEGIES[name]]
+        shutil.rmtree(out / name, ignore_errors=True)
+        run = loraclf.train(None, sets, quiet=True)
+        clf = loraclf.load(run.path)
+        clf.predict_proba(texts[:32])  # warm-up: first-call allocations
+        t = time.perf_counter()
+        clf.predict_proba(texts)
+        seconds = time.perf_counter() - t
+        m = run.metrics
+        rows.append({"strategy": name, "train_samples_per_s": m["timing"]["train_samples_per_s"],
+                     "predict_reviews_per_s": len(texts) / seconds, "predict_seconds": seconds,
+                     "train_rows": m["data"]["sizes"]["train"], "predict_rows": len(texts)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/long-docs")
@@ -65,11 +102,17 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=500)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--set", action="append", default=[], help="more config settings for every run")
+    ap.add_argument("--cost", action="store_true", help="speed only: a short training and a timed prediction")
+    ap.add_argument("--cost-train", type=int, default=320)
+    ap.add_argument("--cost-predict", type=int, default=500)
     a = ap.parse_args()
     os.environ.setdefault("LORACLF_DATASETS", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run(n, out, a.train_rows, a.eval_rows, a.seed, a.set) for n in a.only]
+    if a.cost:
+        rows = cost(out, a.only if a.only != DEFAULT else list(STRATEGIES), a.cost_train, a.cost_predict, a.seed)
+    else:
+        rows = [run(n, out, a.train_rows, a.eval_rows, a.seed, a.set) for n in a.only]
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     print(json.dumps(rows, indent=2))
 
