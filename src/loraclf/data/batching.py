@@ -30,6 +30,10 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def documents(self, logits: np.ndarray) -> np.ndarray:
+        """Per-document logits from per-input ones (a chunked document's pooled from its windows')."""
+        return logits if self.chunks is None else self.chunks.pooled(logits)
+
     def input_labels(self, idx) -> np.ndarray:
         """The labels of model inputs `idx` (a window has its document's)."""
         return self.labels[idx] if self.chunks is None else self.labels[self.chunks.doc[idx]]

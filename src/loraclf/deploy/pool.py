@@ -468,9 +468,5 @@ def mixed_outputs(part: Sequence[tuple[Served, list[str]]]) -> list[np.ndarray]:
         logits = type(first.head).mixed_logits(shared, inputs, names, heads).float().cpu().numpy()
     # each model's rows, cut back to its own width, through its own task (temperature, thresholds, scale)
     windows = _split(logits, [len(e) for e in encs])
-    return [s.clf.task.probabilities(_documents(rows[:, :s.clf.task.num_outputs], e))
+    return [s.clf.task.probabilities(e.documents(rows[:, :s.clf.task.num_outputs]))
             for (s, _), rows, e in zip(part, windows, encs)]
-
-
-def _documents(logits: np.ndarray, enc) -> np.ndarray:
-    return logits if enc.chunks is None else enc.chunks.pooled(logits)

@@ -88,8 +88,7 @@ def predict_logits(head, enc: Encoded, batch_size: int, accelerator=None, progre
                    desc: str = "predict") -> np.ndarray:
     """Logits of `head.model` for every document, in input order (a chunked document's pooled from its
     windows')."""
-    logits = input_logits(head, enc, batch_size, accelerator, progress, desc)
-    return logits if enc.chunks is None else enc.chunks.pooled(logits)
+    return enc.documents(input_logits(head, enc, batch_size, accelerator, progress, desc))
 
 
 @torch.no_grad()

@@ -278,7 +278,7 @@ def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, qu
             head.start_evaluation()
             e = enc[split]
             windows = input_logits(head, e, cfg.train.eval_batch_size, accelerator, progress, f"eval {split}")
-            logits[split] = windows if e.chunks is None else e.chunks.pooled(windows)
+            logits[split] = e.documents(windows)
             stats[split] = head.statistics()
             if not head.long_text.truncates:
                 stats[split]["long_text"] = _long_text_stats(head.long_text, e, windows, logits[split], cfg)
