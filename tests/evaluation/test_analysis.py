@@ -278,3 +278,16 @@ def test_reading_a_run_never_imports_torch(tmp_path):
             "from loraclf.models import heads, methods; from loraclf.studies import compare; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("strategy,says", [
+    (None, "were truncated: the model saw only their beginning"),
+    ("truncate", "were truncated: the model saw only their beginning"),
+    ("head-tail", "read by their beginning and their end"),
+    ("chunks", None),  # read whole: nothing was cut
+])
+def test_the_truncation_finding_says_how_long_texts_were_read(strategy, says):
+    metrics = {"data": {"token_lengths": {"test": {"truncated": 30}}},
+               "test": {"n": 100, **({"long_text": {"strategy": strategy}} if strategy else {})}}
+    found = an.truncation(metrics, "test", 100)
+    assert (found == []) if says is None else (says in found[0] and "30 test texts (30.0%)" in found[0])

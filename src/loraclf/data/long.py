@@ -15,6 +15,7 @@ and an epoch costs what truncating at ``max_length`` costs; over epochs the mode
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
@@ -45,8 +46,22 @@ class Frame:
                                np.asarray(self.suffix, dtype=np.int64)])
 
 
+_FRAMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def special_frame(tokenizer) -> Frame:
-    """Where the tokenizer adds its special tokens, found by encoding one probe with and without them."""
+    """Where the tokenizer adds its special tokens, found once per tokenizer (a server encodes every
+    request through here) by encoding one probe with and without them."""
+    try:
+        return _FRAMES[tokenizer]
+    except KeyError:
+        frame = _FRAMES[tokenizer] = _probe_frame(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced is probed every time
+        frame = _probe_frame(tokenizer)
+    return frame
+
+
+def _probe_frame(tokenizer) -> Frame:
     probe = "a long document, in two words"
     plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
     full = list(tokenizer(probe)["input_ids"])
@@ -137,7 +152,7 @@ class LongText:
     """data.long_text and its knobs, as a run's config sets them and loraclf.json keeps them."""
 
     strategy: str = "truncate"
-    head_tokens: Optional[int] = None  # head-tail: tokens kept from the start (None: a quarter of the window)
+    head_tokens: Optional[int] = None  # head-tail: tokens kept from the start (None: see `head`)
     chunk_overlap: int = 0
     chunk_pool: str = "mean"
     max_chunks: int = 32
@@ -160,6 +175,10 @@ class LongText:
         frame = special_frame(tokenizer)
         return {**asdict(self), "special_tokens": [list(frame.prefix), list(frame.suffix)],
                 "window_tokens": self.check(max_length, frame)}
+
+    def head(self, room: int) -> int:
+        """head-tail: the window's tokens taken from the document's start (a quarter unless head_tokens says)."""
+        return room // 4 if self.head_tokens is None else self.head_tokens
 
     @property
     def truncates(self) -> bool:
@@ -195,7 +214,7 @@ class LongText:
         room = self.check(max_length, frame)
         whole = encode(tokenizer, texts, labels, SOURCE_TOKENS)
         if self.strategy == "head-tail":
-            return head_tail(whole, frame, room, room // 4 if self.head_tokens is None else self.head_tokens)
+            return head_tail(whole, frame, room, self.head(room))
         return chunked(whole, frame, room, self.chunk_overlap, self.max_chunks, self.chunk_pool)
 
 

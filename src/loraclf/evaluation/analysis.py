@@ -350,8 +350,16 @@ def truncation(metrics: dict, split: str, n: int) -> list[str]:
     if not tl.get("truncated"):
         return []
     share = tl["truncated"] / max(n, 1)
-    return [f"{tl['truncated']:,} {split} texts ({'<0.1%' if share < 0.001 else f'{share:.1%}'}) are longer "
-            f"than data.max_length tokens and were truncated: the model saw only their beginning."]
+    longer = f"{tl['truncated']:,} {split} texts ({'<0.1%' if share < 0.001 else f'{share:.1%}'}) are longer than " \
+        "data.max_length tokens"
+    strategy = ((metrics.get(split) or {}).get("long_text") or {}).get("strategy", "truncate")
+    if strategy == "chunks":
+        return []  # read whole, in windows: the report's long-documents section says how
+    if strategy == "head-tail":
+        return [f"{longer} and were read by their beginning and their end (data.long_text=head-tail): the model "
+                "did not see their middle."]
+    return [f"{longer} and were truncated: the model saw only their beginning (data.long_text=chunks reads "
+            "them whole)."]
 
 
 def primary_split(metrics: dict) -> Optional[str]:

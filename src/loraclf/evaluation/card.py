@@ -336,8 +336,12 @@ def _context(metrics: dict, config: dict, meta: dict, dataset: Optional[str]) ->
 
 def _long_text(meta: dict) -> Optional[dict]:
     """loraclf.json's long_text when the model does not simply truncate (its snippets then cut windows)."""
+    from ..data.long import LongText
+
     lt = meta.get("long_text") or {}
-    return lt if lt.get("strategy", "truncate") != "truncate" and "window_tokens" in lt else None
+    if lt.get("strategy", "truncate") == "truncate" or "window_tokens" not in lt:
+        return None
+    return {**lt, "head": LongText.from_meta(meta).head(lt["window_tokens"])}
 
 
 def _inputs(paired: bool) -> dict:

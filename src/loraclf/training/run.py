@@ -281,7 +281,7 @@ def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, qu
             logits[split] = e.documents(windows)
             stats[split] = head.statistics()
             if not head.long_text.truncates:
-                stats[split]["long_text"] = _long_text_stats(head.long_text, e, windows, logits[split], cfg)
+                stats[split]["long_text"] = _long_text_stats(head.long_text, e, windows, logits[split])
     fitted = head.task.fit(cfg.train, logits["validation"], enc["validation"].labels)
     results: dict[str, dict] = {}
     outputs: dict[str, np.ndarray] = {}
@@ -291,11 +291,10 @@ def _evaluate_splits(head, enc: dict[str, Encoded], cfg: Config, accelerator, qu
     return results, outputs, fitted
 
 
-def _long_text_stats(long_text: LongText, enc: Encoded, windows: np.ndarray, logits: np.ndarray, cfg: Config
-                     ) -> dict:
-    """metrics.json's long_text of a split: the strategy, how many documents were longer than one window,
-    and for chunks where the deciding window was."""
-    out = {"strategy": long_text.strategy, "longer_than_window": int((enc.full_lengths > cfg.data.max_length).sum())}
+def _long_text_stats(long_text: LongText, enc: Encoded, windows: np.ndarray, logits: np.ndarray) -> dict:
+    """metrics.json's long_text of a split: the strategy and, for chunks, where the deciding window was (how many
+    documents were longer than a window is data.token_lengths' `truncated`)."""
+    out = {"strategy": long_text.strategy}
     return {**out, **enc.chunks.summary(windows, logits)} if enc.chunks is not None else out
 
 
