@@ -345,21 +345,24 @@ def length_shift(analysis: dict, split: str) -> list[str]:
     return []
 
 
+# what each data.long_text strategy did to a text longer than the window (chunks cut nothing); kept here, not in
+# data/long.py, because the data package imports the tasks, which import this module
+LONG_TEXT_CUT = {"truncate": "were truncated: the model saw only their beginning",
+                 "head-tail": "were read by their beginning and their end (data.long_text=head-tail): the model "
+                              "did not see their middle",
+                 "chunks": None}
+
+
 def truncation(metrics: dict, split: str, n: int) -> list[str]:
     tl = ((metrics.get("data") or {}).get("token_lengths") or {}).get(split) or {}
     if not tl.get("truncated"):
         return []
+    cut = LONG_TEXT_CUT[((metrics.get(split) or {}).get("long_text") or {}).get("strategy", "truncate")]
+    if cut is None:
+        return []
     share = tl["truncated"] / max(n, 1)
-    longer = f"{tl['truncated']:,} {split} texts ({'<0.1%' if share < 0.001 else f'{share:.1%}'}) are longer than " \
-        "data.max_length tokens"
-    strategy = ((metrics.get(split) or {}).get("long_text") or {}).get("strategy", "truncate")
-    if strategy == "chunks":
-        return []  # read whole, in windows: the report's long-documents section says how
-    if strategy == "head-tail":
-        return [f"{longer} and were read by their beginning and their end (data.long_text=head-tail): the model "
-                "did not see their middle."]
-    return [f"{longer} and were truncated: the model saw only their beginning (data.long_text=chunks reads "
-            "them whole)."]
+    return [f"{tl['truncated']:,} {split} texts ({'<0.1%' if share < 0.001 else f'{share:.1%}'}) are longer "
+            f"than data.max_length tokens and {cut}."]
 
 
 def primary_split(metrics: dict) -> Optional[str]:
