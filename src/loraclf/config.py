@@ -248,6 +248,11 @@ class TrainConfig:
     contrastive: float = _f(
         0.0, "Weight of a supervised contrastive loss on the sentence embedding (model.head=embedding): texts of "
         "a class pulled together, other classes pushed apart within each batch. 0: off.", range=">=0")
+    head_refit: str = _f(
+        "auto", "Embedding head (model.head=embedding), once trained: its linear layer refitted on the trained "
+        "embeddings of train. prototypes: each class's mean embedding; logistic: an L2 logistic regression (the "
+        "head SetFit fits); none: the layer as trained; auto: prototypes when train.contrastive is on, else "
+        "none. Tasks with classes scored by softmax.", ("auto", "prototypes", "logistic", "none"))
     recipe: str = _f(
         "auto", "How training is set up. auto: the few-shot recipe when train has few rows per class (see "
         "docs/few-labels.md; what it chose is printed and recorded in metrics.json), else standard; standard: "

@@ -51,6 +51,28 @@ def test_supervised_contrastive_without_pairs_is_zero_and_keeps_the_graph():
     assert loss.item() == 0.0 and loss.requires_grad
 
 
+@pytest.mark.parametrize("classes,num", [((0, 1), 2), ((0, 1, 2), 3), ((0, 2), 3)])
+def test_logistic_refit_scores_as_sklearn_does(classes, num):
+    """train.head_refit=logistic: the layer's softmax is the fitted regression's probabilities (a binary
+    fit's sigmoid included); a class train never shows gets no probability."""
+    from sklearn.linear_model import LogisticRegression
+
+    from loraclf.models.embedding import EmbeddingClassifier
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(classes, 10)
+    emb = F.normalize(torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(0))
+                      + 2 * torch.as_tensor(rng.normal(size=(max(classes) + 1, 8)))[labels].float(), dim=-1)
+    layer = EmbeddingClassifier.__new__(EmbeddingClassifier)  # the layer alone: no encoder is needed
+    torch.nn.Module.__init__(layer)
+    layer.classifier = torch.nn.Linear(8, num)
+    layer.set_logistic(emb, labels, num)
+    probs = torch.softmax(layer.classifier(emb), -1).detach().numpy()
+    want = LogisticRegression(max_iter=1000).fit(emb.numpy(), labels).predict_proba(emb.numpy())
+    np.testing.assert_allclose(probs[:, list(classes)], want, atol=1e-5)
+    assert probs[:, [c for c in range(num) if c not in classes]].max(initial=0.0) < 1e-6
+
+
 def _train(tiny_models, synth_dir, tmp_path, arch="bert", **extra):
     import loraclf
 
@@ -124,6 +146,13 @@ def test_refusals(tiny_models, synth_dir, tmp_path):
         _train(tiny_models, synth_dir, tmp_path, "llama")
     with pytest.raises(ConfigError, match="has no classes"):
         sets = {"model.head": "embedding", "train.contrastive": 1, "task": "regression",
+                "data.path": str(_scores(tmp_path))}
+        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **sets), quiet=True)
+    with pytest.raises(ConfigError, match="the classifier head has none: use model.head=embedding"):
+        sets = {"model.head": "classifier", "train.head_refit": "logistic"}
+        loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **sets), quiet=True)
+    with pytest.raises(ConfigError, match="train.head_refit=logistic refits one score per class"):
+        sets = {"model.head": "embedding", "train.head_refit": "logistic", "task": "regression",
                 "data.path": str(_scores(tmp_path))}
         loraclf.train(None, tiny_overrides(tiny_models["bert"], synth_dir, tmp_path, **sets), quiet=True)
 

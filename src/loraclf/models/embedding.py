@@ -88,6 +88,26 @@ class EmbeddingClassifier(torch.nn.Module):
         self.classifier.bias.zero_()
 
 
+    @torch.no_grad()
+    def set_logistic(self, embeddings: torch.Tensor, labels, num_classes: int) -> None:
+        """Scores = an L2-regularised logistic regression fitted on the embeddings (sklearn's defaults, as
+        SetFit's head). A binary fit's one weight vector becomes two rows whose softmax is its sigmoid."""
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+
+        x = embeddings.float().cpu().numpy()
+        fit = LogisticRegression(max_iter=1000).fit(x, labels)
+        seen = fit.classes_.astype(int)
+        w, b = np.zeros((num_classes, x.shape[1]), np.float32), np.full(num_classes, -1e4, np.float32)
+        if len(seen) == 2:
+            w[seen] = np.stack([-fit.coef_[0], fit.coef_[0]]) / 2
+            b[seen] = np.array([-fit.intercept_[0], fit.intercept_[0]]) / 2
+        else:
+            w[seen], b[seen] = fit.coef_, fit.intercept_  # a class train never shows keeps a bias of -1e4
+        self.classifier.weight.copy_(torch.from_numpy(w))
+        self.classifier.bias.copy_(torch.from_numpy(b))
+
+
 def supervised_contrastive(embedding: torch.Tensor, indicator: torch.Tensor,
                            temperature: float = CONTRASTIVE_TEMPERATURE) -> torch.Tensor:
     """SupCon (Khosla et al., 2020) over one batch: every pair of texts sharing a class is a positive,

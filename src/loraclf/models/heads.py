@@ -55,6 +55,7 @@ class Head:
     counts_missing_weights = False  # a checkpoint may lack weights of its model (trained too, so counted)
     transformers_class = "AutoModelForCausalLM"  # what its model is built as (parameter counts on the meta device)
     long_texts: Sequence[str] = STRATEGIES  # data.long_text choices it reads documents with
+    refits_layer = False  # its last layer can be refitted on the trained embeddings (train.head_refit)
 
     @classmethod
     def check_config(cls, cfg, task: Task) -> None:
@@ -67,6 +68,10 @@ class Head:
             raise ConfigError(f"data.long_text={cfg.data.long_text} cuts the text outside a prompt; the {cls.name} "
                               f"head formats each text into its prompt: use data.long_text="
                               f"{' or '.join(cls.long_texts)}")
+        if cfg.train.head_refit in ("prototypes", "logistic") and not cls.refits_layer:
+            raise ConfigError(f"train.head_refit={cfg.train.head_refit} refits a layer on sentence embeddings; the "
+                              f"{cls.name} head has none: use model.head="
+                              f"{' or '.join(n for n, h in HEADS.items() if h.refits_layer)}")
         if cfg.train.calibrate == "bias" and not cls.class_scores:
             better = [n for n, h in HEADS.items() if h.prompted and h.class_scores]
             raise ConfigError(f"train.calibrate=bias needs class scores; the {cls.name} head's scores are its parsed "
@@ -85,6 +90,7 @@ class Head:
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self._loss: Optional[torch.nn.Module] = None
         self.contrastive = 0.0  # weight of a contrastive loss on an embedding (heads that have one)
+        self.head_refit = "auto"  # how an embedding head's layer is refitted once trained (train.head_refit)
         self.quantize: Optional[str] = None  # model.quantize the base was loaded with (rebuilt the same way)
         self.long_text = LongText()  # how a text longer than max_length is read (data.long_text; loraclf.json)
 
@@ -391,6 +397,7 @@ class EmbeddingHead(Head):
     shares_base = True
     folds_output = True
     transformers_class = "AutoModel"
+    refits_layer = True
 
     @classmethod
     def check_config(cls, cfg, task: Task) -> None:
@@ -398,6 +405,9 @@ class EmbeddingHead(Head):
         if cfg.train.contrastive and not task.classes:
             raise ConfigError(f"train.contrastive pulls texts of a class together; a {task.name} task has no "
                               "classes: set train.contrastive=0")
+        if cfg.train.head_refit in ("prototypes", "logistic") and not task.prototype_init:
+            raise ConfigError(f"train.head_refit={cfg.train.head_refit} refits one score per class under a softmax; "
+                              f"a {task.name} task has none: set train.head_refit=none")
 
     @classmethod
     def count_model(cls, model, method: str, lora, missing: Sequence[str] = ()) -> dict:
@@ -440,23 +450,31 @@ class EmbeddingHead(Head):
         n = min(len(train), PROTOTYPE_TEXTS)
         pairs = None if train.pairs is None else train.pairs[:n]
         enc = self.encode(train.texts[:n], train.labels[:n], max_length, pairs)
-        self._set_prototypes(enc, next(self.model.parameters()).device)
+        self._refit(enc, next(self.model.parameters()).device)
 
-    def _set_prototypes(self, enc: Encoded, device) -> None:
-        """The linear layer becomes the class prototypes (each class's mean embedding of `enc`'s texts)."""
+    def _refit(self, enc: Encoded, device, how: str = "prototypes") -> None:
+        """The linear layer refitted on the embeddings of `enc`'s texts: the class prototypes (each class's
+        mean embedding) or a logistic regression."""
         import torch
 
         from .embedding import embed_all
 
         emb = embed_all(self.model, enc, self.tokenizer.pad_token_id, 64, device)
         labels = enc.input_labels(np.arange(len(enc)))  # a window has its document's label
-        self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(labels)))
+        if how == "logistic" and len(np.unique(labels)) > 1:  # one class is its prototype
+            self.model.set_logistic(emb, np.asarray(labels), self.task.num_outputs)
+        else:
+            self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(labels)))
 
     def finish_training(self, train: Encoded, device) -> None:
-        """Trained contrastively, the embedding clusters by class: the layer becomes the nearest class mean
-        of the trained embeddings (which the layer trained beside it lags behind; docs/few-labels.md)."""
-        if self.contrastive and self.task.prototype_init:
-            self._set_prototypes(train, device)
+        """Trained contrastively, the embedding clusters by class: by default the layer becomes the nearest
+        class mean of the trained embeddings (which the layer trained beside it lags behind), or, with
+        train.head_refit=logistic, a logistic regression on them (docs/few-labels.md)."""
+        how = self.head_refit
+        if how == "auto":
+            how = "prototypes" if self.contrastive else "none"
+        if how != "none" and self.task.prototype_init:
+            self._refit(train, device, how)
 
     def base_model(self) -> "torch.nn.Module":
         return self.model.encoder
@@ -493,7 +511,7 @@ class EmbeddingHead(Head):
 
     def prepare_training(self, tcfg, train_labels: np.ndarray, device) -> None:
         super().prepare_training(tcfg, train_labels, device)
-        self.contrastive = float(tcfg.contrastive)
+        self.contrastive, self.head_refit = float(tcfg.contrastive), tcfg.head_refit
 
     def loss(self, model, batch: dict) -> "torch.Tensor":
         from .embedding import supervised_contrastive
