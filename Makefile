@@ -26,11 +26,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is single-threaded (process
+# starts, imports, one-thread tiny models), so two workers on 2 cores take about half as long.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 # Property-based fuzzing of every parser, long profile (minutes): figures in docs/reliability.md.
 fuzz: install
