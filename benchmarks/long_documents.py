@@ -37,6 +37,7 @@ STRATEGIES = {  # name: settings beyond the shared ones
     "head-tail-128": ["data.long_text=head-tail", "data.max_length=128"],
     "chunks-128": ["data.long_text=chunks", "data.max_length=128"],
     "truncate-512": ["data.long_text=truncate", "data.max_length=512"],
+    "chunks-256": ["data.long_text=chunks", "data.max_length=256"],  # fewer, longer windows
 }
 DEFAULT = ["chunks-128", "truncate-128", "head-tail-128"]
 
