@@ -2,6 +2,7 @@
 artifact that reloads and exports to ONNX with the scores it was trained to give."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -63,9 +64,8 @@ def test_logistic_refit_scores_as_sklearn_does(classes, num):
     labels = np.repeat(classes, 10)
     emb = F.normalize(torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(0))
                       + 2 * torch.as_tensor(rng.normal(size=(max(classes) + 1, 8)))[labels].float(), dim=-1)
-    layer = EmbeddingClassifier.__new__(EmbeddingClassifier)  # the layer alone: no encoder is needed
-    torch.nn.Module.__init__(layer)
-    layer.classifier = torch.nn.Linear(8, num)
+    no_encoder = SimpleNamespace(config=SimpleNamespace(hidden_size=8))  # the layer alone is under test
+    layer = EmbeddingClassifier(no_encoder, num, "mean")
     layer.set_logistic(emb, labels, num)
     probs = torch.softmax(layer.classifier(emb), -1).detach().numpy()
     want = LogisticRegression(max_iter=1000).fit(emb.numpy(), labels).predict_proba(emb.numpy())

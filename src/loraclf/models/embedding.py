@@ -87,7 +87,6 @@ class EmbeddingClassifier(torch.nn.Module):
         self.classifier.weight.copy_(PROTOTYPE_SCALE * protos)
         self.classifier.bias.zero_()
 
-
     @torch.no_grad()
     def set_logistic(self, embeddings: torch.Tensor, labels, num_classes: int) -> None:
         """Scores = an L2-regularised logistic regression fitted on the embeddings (sklearn's defaults, as
