@@ -38,6 +38,9 @@ STRATEGIES = {  # name: settings beyond the shared ones
     "chunks-128": ["data.long_text=chunks", "data.max_length=128"],
     "truncate-512": ["data.long_text=truncate", "data.max_length=512"],
     "chunks-256": ["data.long_text=chunks", "data.max_length=256"],  # fewer, longer windows
+    # the fewest windows of one width (a 300-token review: two of 150, not two of 254)
+    "chunks-128-even": ["data.long_text=chunks", "data.max_length=128", "data.chunk_windows=even"],
+    "chunks-256-even": ["data.long_text=chunks", "data.max_length=256", "data.chunk_windows=even"],
 }
 DEFAULT = ["chunks-128", "truncate-128", "head-tail-128"]
 

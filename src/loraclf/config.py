@@ -149,6 +149,11 @@ class DataConfig:
     max_chunks: int = _f(
         32, "chunks: windows per document at most; a longer one is read through this many evenly spaced "
         "windows (its first and last among them).", range=">=1")
+    chunk_windows: str = _f(
+        "full", "chunks: full (windows of max_length, the last one moved back to end at the text's end) or even "
+        "(the fewest windows of at most max_length that cover the text, of one width: each token read once "
+        "beyond chunk_overlap, so a text just over max_length costs about one window, not two).",
+        ("full", "even"))
     min_tokens: Optional[int] = _f(None, "Drop train rows shorter than this many tokens.", range=">=1")
     max_tokens: Optional[int] = _f(
         None, "Drop train rows longer than this many tokens (before truncation). Eval splits are never filtered.",

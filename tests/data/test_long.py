@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_tokenizer
 from loraclf.data import encode
-from loraclf.data.long import Chunks, LongText, chunked, special_frame, window_starts
+from loraclf.data.long import Chunks, LongText, chunked, special_frame, window_cuts
 from loraclf.errors import ConfigError
 
 WORDS = ["movie", "film", "plot", "actor", "scene", "story", "good", "bad", "music", "cast"]
@@ -35,8 +35,8 @@ def test_special_frame_finds_the_tokens_around_a_text(tok):
 @pytest.mark.parametrize("n,room,overlap", [(1, 8, 0), (8, 8, 0), (9, 8, 0), (50, 8, 0), (50, 8, 3), (64, 8, 7),
                                             (17, 8, 0)])
 def test_windows_cover_the_document_with_the_stride_and_end_at_its_end(n, room, overlap):
-    starts = window_starts(n, room, overlap, max_chunks=1000)
-    assert starts[0] == 0 and np.all(np.diff(starts) > 0)
+    starts, width = window_cuts(n, room, overlap, max_chunks=1000)
+    assert width == room and starts[0] == 0 and np.all(np.diff(starts) > 0)
     covered = np.zeros(n, dtype=bool)
     for s in starts:
         covered[s:s + room] = True
@@ -48,16 +48,34 @@ def test_windows_cover_the_document_with_the_stride_and_end_at_its_end(n, room, 
 
 
 def test_too_many_windows_keep_first_last_and_even_spacing():
-    starts = window_starts(1000, 10, 0, max_chunks=5)
-    assert len(starts) == 5 and starts[0] == 0 and starts[-1] == 990
-    assert np.ptp(np.diff(starts)) <= 10  # evenly spaced, up to one stride's rounding
+    for even in (False, True):  # even windows over max_chunks fall back to full ones, evenly spaced
+        starts, width = window_cuts(1000, 10, 0, max_chunks=5, even=even)
+        assert width == 10 and len(starts) == 5 and starts[0] == 0 and starts[-1] == 990
+        assert np.ptp(np.diff(starts)) <= 10  # evenly spaced, up to one stride's rounding
 
 
-@pytest.mark.parametrize("overlap", [0, 2])
-def test_chunks_round_trip_to_the_documents_tokens(tok, overlap):
+@pytest.mark.parametrize("n,room,overlap", [(1, 8, 0), (8, 8, 0), (9, 8, 0), (50, 8, 0), (50, 8, 3), (64, 8, 7),
+                                            (17, 8, 0), (300, 126, 0), (301, 126, 16), (129, 128, 127)])
+def test_even_windows_are_the_fewest_of_one_width_reading_each_token_once(n, room, overlap):
+    starts, width = window_cuts(n, room, overlap, max_chunks=1000, even=True)
+    full, _ = window_cuts(n, room, overlap, max_chunks=1000)
+    assert len(starts) == len(full)  # as few windows as full ones need: the fewest that fit
+    assert width <= room and starts[0] == 0 and (n <= room or starts[-1] + width == n)  # ending at the end
+    covered = np.zeros(n, dtype=int)
+    for s in starts:
+        covered[s:s + width] += 1
+    assert covered.min() == 1
+    if n > room:
+        shared = width - np.diff(starts)  # tokens each window shares with the one before
+        assert shared.min() >= overlap and shared.max() <= overlap + 1  # the overlap, up to rounding
+        assert width * len(starts) - n < len(starts) * (overlap + 1)  # each token read once beyond it
+
+
+@pytest.mark.parametrize("overlap,windows", [(0, "full"), (2, "full"), (0, "even"), (2, "even")])
+def test_chunks_round_trip_to_the_documents_tokens(tok, overlap, windows):
     texts = [_doc(n, n) for n in (3, 12, 40, 41)] + [""]
     max_length = 12
-    enc = LongText("chunks", chunk_overlap=overlap).encode(tok, texts, np.arange(5), max_length)
+    enc = LongText("chunks", chunk_overlap=overlap, chunk_windows=windows).encode(tok, texts, np.arange(5), max_length)
     frame = special_frame(tok)
     whole = encode(tok, texts, None, 10_000)
     ch = enc.chunks

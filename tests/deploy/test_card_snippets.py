@@ -120,13 +120,14 @@ WINDOWS = {"data.max_length": 16, "data.long_text": "chunks", "data.chunk_overla
 
 @pytest.mark.parametrize("task,arch,extra", [(task, "bert", {}) for task in TASKS]
                          + [("single-label", "llama", {"train.calibrate": "bias"}),
-                            ("single-label", "bert", WINDOWS), ("regression", "bert", WINDOWS),
+                            ("single-label", "bert", WINDOWS),
+                            ("regression", "bert", {**WINDOWS, "data.chunk_windows": "even", "data.max_chunks": 8}),
                             ("single-label", "llama", {"data.max_length": 16, "data.long_text": "head-tail"})])
 def test_every_card_snippet_gives_loraclfs_outputs(task, arch, extra, folders):
     """BERT for each task, and a decoder's classifier head (left padding, no pad token of its own) with class
     biases, which its bias-less score layer cannot hold: the export snippets add them. Models that read long
     texts in windows (data.long_text): every snippet cuts and pools them as loraclf does (TEXTS' last is
-    several windows long)."""
+    several windows long; the regression model cuts even windows)."""
     f = folders(task, arch, **extra)
     clf = loraclf.load(f["run"])
     want = clf.predict_proba(TEXTS)

@@ -13,7 +13,7 @@ import pytest
 
 import loraclf
 from conftest import NEG, NEUTRAL, POS, REPO, tiny_overrides, write_csv
-from loraclf.data.long import window_starts
+from loraclf.data.long import window_cuts
 
 MAX_LENGTH = 16  # 14 text tokens beside [CLS] and [SEP]
 ROOM = MAX_LENGTH - 2
@@ -101,7 +101,7 @@ def test_the_artifact_carries_the_strategy_and_loading_uses_it(runs):
     clf = loraclf.load(run)
     doc = long_rows(1, 9)[0][0]
     words = doc.split()  # one token a word with this tokenizer: windows of words are windows of tokens
-    parts = [" ".join(words[s:s + ROOM]) for s in window_starts(len(words), ROOM, 0, 32)]
+    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
     assert len(parts) > 1
     np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).mean(axis=0), atol=1e-5)
 
@@ -114,7 +114,7 @@ def test_chunk_pooling_with_every_task(runs, task):
     clf = loraclf.load(run)
     doc = long_rows(1, 11, task)[0][0]
     words = doc.split()
-    parts = [" ".join(words[s:s + ROOM]) for s in window_starts(len(words), ROOM, 0, 32)]
+    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
     pooled = clf.logits(parts).mean(axis=0, keepdims=True)
     np.testing.assert_allclose(clf.predict_proba([doc]), clf.task.probabilities(pooled), atol=1e-5)
 
@@ -124,7 +124,7 @@ def test_max_pooling_and_head_tail_predict_as_they_were_trained(runs):
     clf = loraclf.load(run)
     doc = long_rows(1, 12)[0][0]
     words = doc.split()
-    parts = [" ".join(words[s:s + ROOM]) for s in window_starts(len(words), ROOM, 0, 32)]
+    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
     np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).max(axis=0), atol=1e-5)
     ht = loraclf.load(runs("head-tail"))
     kept = words[:ROOM // 4] + words[len(words) - (ROOM - ROOM // 4):]
@@ -226,7 +226,7 @@ def test_the_few_shot_embedding_head_reads_windows_too(runs):
     clf = loraclf.load(run)
     doc = long_rows(1, 16)[0][0]
     words = doc.split()
-    parts = [" ".join(words[s:s + ROOM]) for s in window_starts(len(words), ROOM, 0, 32)]
+    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
     np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).mean(axis=0), atol=1e-5)
 
 

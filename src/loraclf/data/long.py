@@ -3,9 +3,10 @@
 - ``truncate``: its first tokens, cut by the tokenizer (what loraclf always did; the same code path).
 - ``head-tail``: its first ``head_tokens`` and its last tokens, one window of ``max_length``
   (Sun et al. 2019 found head plus tail the best single window on IMDB).
-- ``chunks``: windows of ``max_length`` tokens (``chunk_overlap`` shared by neighbours) covering the whole
-  text, each with the model's special tokens. Every window is scored and a document's logits are the
-  mean or max of its windows' (``chunk_pool``).
+- ``chunks``: windows of at most ``max_length`` tokens (``chunk_overlap`` shared by neighbours) covering the
+  whole text, each with the model's special tokens: full windows, the last moved back to end at the text's
+  end, or the fewest windows of one even width (``chunk_windows``). Every window is scored and a
+  document's logits are the mean or max of its windows' (``chunk_pool``).
 
 A document is tokenized once, whole (up to SOURCE_TOKENS, through the data cache when it is on), and
 cut here, so the cache holds one entry per tokenizer whatever the strategy. Training on chunks draws one
@@ -156,10 +157,12 @@ class LongText:
     chunk_overlap: int = 0
     chunk_pool: str = "mean"
     max_chunks: int = 32
+    chunk_windows: str = "full"  # an artifact from before this knob cut full windows
 
     @classmethod
     def from_config(cls, data) -> "LongText":
-        return cls(data.long_text, data.head_tokens, data.chunk_overlap, data.chunk_pool, data.max_chunks)
+        return cls(data.long_text, data.head_tokens, data.chunk_overlap, data.chunk_pool, data.max_chunks,
+                   data.chunk_windows)
 
     @classmethod
     def from_meta(cls, meta: dict) -> "LongText":
@@ -215,7 +218,8 @@ class LongText:
         whole = encode(tokenizer, texts, labels, SOURCE_TOKENS)
         if self.strategy == "head-tail":
             return head_tail(whole, frame, room, self.head(room))
-        return chunked(whole, frame, room, self.chunk_overlap, self.max_chunks, self.chunk_pool)
+        return chunked(whole, frame, room, self.chunk_overlap, self.max_chunks, self.chunk_pool,
+                       self.chunk_windows == "even")
 
 
 def head_tail(whole: Encoded, frame: Frame, room: int, head: int) -> Encoded:
@@ -230,28 +234,38 @@ def head_tail(whole: Encoded, frame: Frame, room: int, head: int) -> Encoded:
     return Encoded(_flat(rows), whole.labels, full_lengths=np.asarray(full, dtype=np.int64))
 
 
-def window_starts(n: int, room: int, overlap: int, max_chunks: int) -> np.ndarray:
-    """Where a document of `n` tokens is cut: windows of `room` tokens every `room - overlap`, the last one
-    moved back to end at the document's end (a full window, not a stub); over `max_chunks`, that many
-    evenly spaced windows, the first and the last kept."""
+def window_cuts(n: int, room: int, overlap: int, max_chunks: int, even: bool = False) -> tuple[np.ndarray, int]:
+    """Where a document of `n` tokens is cut, and each window's width.
+
+    full (`even` false): windows of `room` tokens every `room - overlap`, the last one moved back to end at the
+    document's end (a full window, not a stub). even: the fewest windows of at most `room` tokens that cover
+    it with `overlap` shared, all of one width and evenly spaced, so no token is read twice beyond the overlap
+    (a document of room + 1 tokens is two windows of about half a room, not two full ones). Over `max_chunks`,
+    that many evenly spaced full windows, the first and the last kept."""
     if n <= room:
-        return np.zeros(1, dtype=np.int64)
-    starts = np.arange(0, n - room, room - overlap, dtype=np.int64)
-    starts = np.append(starts, n - room)
+        return np.zeros(1, dtype=np.int64), room
+    step = room - overlap
+    count = -(-(n - overlap) // step)  # windows needed: ceil((n - overlap) / step)
+    if even and count <= max_chunks:
+        width = -(-(n + (count - 1) * overlap) // count)  # <= room, as count * step >= n - overlap
+        return (np.arange(count, dtype=np.int64) * (n - width)) // (count - 1), width
+    starts = np.append(np.arange(0, n - room, step, dtype=np.int64), n - room)
     if len(starts) > max_chunks:
         starts = np.unique(starts[np.round(np.linspace(0, len(starts) - 1, max_chunks)).astype(np.int64)])
-    return starts
+    return starts, room
 
 
-def chunked(whole: Encoded, frame: Frame, room: int, overlap: int, max_chunks: int, pool: str) -> Encoded:
-    """Every document as windows of `room` of its own tokens (see window_starts), each wrapped in the
+def chunked(whole: Encoded, frame: Frame, room: int, overlap: int, max_chunks: int, pool: str,
+            even: bool = False) -> Encoded:
+    """Every document as windows of at most `room` of its own tokens (see window_cuts), each wrapped in the
     special tokens; the Encoded's `chunks` maps windows back to documents."""
     rows, doc, start, tokens = [], [], [], []
     for d, row in enumerate(whole.input_ids):
         body = frame.body(row)
         tokens.append(len(body))
-        for s in window_starts(len(body), room, overlap, max_chunks).tolist():
-            rows.append(frame.wrap(body[s:s + room]))
+        starts, width = window_cuts(len(body), room, overlap, max_chunks, even)
+        for s in starts.tolist():
+            rows.append(frame.wrap(body[s:s + width]))
             doc.append(d)
             start.append(s)
     chunks = Chunks(np.asarray(doc, dtype=np.int64), np.asarray(start, dtype=np.int64),
