@@ -41,6 +41,11 @@ STRATEGIES = {  # name: settings beyond the shared ones
     # the fewest windows of one width (a 300-token review: two of 150, not two of 254)
     "chunks-128-even": ["data.long_text=chunks", "data.max_length=128", "data.chunk_windows=even"],
     "chunks-256-even": ["data.long_text=chunks", "data.max_length=256", "data.chunk_windows=even"],
+    # at most 508 text tokens a review, as truncate-512 reads: a longer one is its first and last windows
+    "chunks-256-even-2": ["data.long_text=chunks", "data.max_length=256", "data.chunk_windows=even",
+                          "data.max_chunks=2"],
+    "chunks-128-even-4": ["data.long_text=chunks", "data.max_length=128", "data.chunk_windows=even",
+                          "data.max_chunks=4"],
 }
 DEFAULT = ["chunks-128", "truncate-128", "head-tail-128"]
 
