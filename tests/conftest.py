@@ -21,6 +21,10 @@ def pytest_configure(config):
 
     # Tiny models are dominated by per-op overhead; one thread avoids oversubscribing 2 cores.
     torch.set_num_threads(1)
+    # Under pytest-xdist every worker holds a core of its own, so the processes the tests start (the CLI,
+    # servers) take one thread too: a second thread would spin on the core of the other worker.
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     # The data cache of this session only (a user's ~/.cache is never touched; workers share it).
     if "LORACLF_DATA_CACHE" not in os.environ:
         import tempfile
@@ -28,6 +32,12 @@ def pytest_configure(config):
         os.environ["LORACLF_DATA_CACHE"] = tempfile.mkdtemp(prefix="loraclf-data-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_cores() -> int:
+    """The cores this test process may use as a user would (all of them, unless xdist workers share them)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def load_benchmark(name: str):

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 import loraclf
-from conftest import DATASETS, REPO
+from conftest import DATASETS, REPO, free_cores
 from loraclf.cli import main
 
 pytestmark = pytest.mark.slow
@@ -91,11 +91,12 @@ def absolute_datasets():
 
 @pytest.fixture(scope="module", autouse=True)
 def both_cores():
-    """The README's commands run as a user runs them, on every core (conftest keeps tiny-model tests to one)."""
+    """The README's commands run as a user runs them, on every core this test may use (conftest keeps tiny-model
+    tests to one; under xdist the other worker holds the other core)."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(min(2, free_cores()))
     yield
     torch.set_num_threads(before)
 

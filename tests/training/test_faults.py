@@ -7,6 +7,7 @@ The kill points come from the test-only hook in loraclf/faults.py (LORACLF_FAULT
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,19 @@ def reference(tiny_models, synth_dir, tmp_path_factory):
     proc = _train(tiny_models, synth_dir, out, "full")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return _outcome(out / "full")
+
+
+@pytest.fixture(scope="module")
+def killed(tiny_models, synth_dir, tmp_path_factory):
+    """A run killed at step 6, after its step-4 checkpoint: copied and damaged by the tests below (one training
+    for all of them; test_killed_runs_resume_to_the_uninterrupted_result kills its own)."""
+    out = tmp_path_factory.mktemp("killed")
+    assert _train(tiny_models, synth_dir, out, "cut", fault="train.step:6").returncode == -9
+    return out / "cut"
+
+
+def _copy(killed: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(killed, tmp_path / "cut"))
 
 
 def _assert_same(run: Path, reference: dict) -> None:
@@ -119,9 +133,8 @@ class _Planted:
         return (Path.touch, (self.marker,))
 
 
-def test_resume_never_unpickles_what_is_in_the_run_directory(reference, tiny_models, synth_dir, tmp_path):
-    assert _train(tiny_models, synth_dir, tmp_path, "cut", fault="train.step:6").returncode == -9
-    ckpt = tmp_path / "cut" / "checkpoints"
+def test_resume_never_unpickles_what_is_in_the_run_directory(reference, killed, tmp_path):
+    ckpt = _copy(killed, tmp_path) / "checkpoints"
     folder = ckpt / (ckpt / "latest").read_text()
     marker = tmp_path / "pwned"
     for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"):
@@ -132,12 +145,11 @@ def test_resume_never_unpickles_what_is_in_the_run_directory(reference, tiny_mod
     _assert_same(tmp_path / "cut", reference)
 
 
-def test_a_pickle_under_a_checkpoint_files_name_is_one_line_and_never_loaded(tiny_models, synth_dir, tmp_path):
+def test_a_pickle_under_a_checkpoint_files_name_is_one_line_and_never_loaded(killed, tmp_path):
     """Even with a manifest that vouches for it, a pickle where safetensors belongs is refused unread."""
     import hashlib
 
-    assert _train(tiny_models, synth_dir, tmp_path, "cut", fault="train.step:6").returncode == -9
-    ckpt = tmp_path / "cut" / "checkpoints"
+    ckpt = _copy(killed, tmp_path) / "checkpoints"
     folder = ckpt / (ckpt / "latest").read_text()
     marker = tmp_path / "pwned"
     evil = folder / "optimizer.safetensors"
@@ -170,10 +182,9 @@ def test_killed_after_the_checkpoint_of_an_early_stop_resumes_to_the_same_stop(t
     assert a == b and a["stopped_early"] is True and a["steps"] == 8
 
 
-def test_an_old_pickled_checkpoint_is_refused_unread(tiny_models, synth_dir, tmp_path):
-    assert _train(tiny_models, synth_dir, tmp_path, "cut", fault="train.step:6").returncode == -9
+def test_an_old_pickled_checkpoint_is_refused_unread(killed, tmp_path):
     marker = tmp_path / "pwned"
-    state = tmp_path / "cut" / "checkpoints" / "state"
+    state = _copy(killed, tmp_path) / "checkpoints" / "state"
     state.mkdir()
     (state / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Planted(marker)))
     done = _resume(tmp_path / "cut")
@@ -194,14 +205,6 @@ def test_ctrl_c_names_the_run_to_resume_on_a_line_of_its_own(reference, tiny_mod
     done = _resume(tmp_path / "cut")
     assert done.returncode == 0, done.stderr[-2000:]
     _assert_same(tmp_path / "cut", reference)
-
-
-@pytest.fixture(scope="module")
-def killed(tiny_models, synth_dir, tmp_path_factory):
-    """A run killed at step 6, after its step-4 checkpoint: copied and damaged by each case below."""
-    out = tmp_path_factory.mktemp("killed")
-    assert _train(tiny_models, synth_dir, out, "cut", fault="train.step:6").returncode == -9
-    return out / "cut"
 
 
 def _forge_state(folder: Path, **changes) -> None:
@@ -232,9 +235,7 @@ POINTER_CASES = {
 
 @pytest.mark.parametrize("case", sorted(POINTER_CASES))
 def test_a_forged_pointer_or_state_is_one_line(case, killed, tmp_path):
-    import shutil
-
-    run = Path(shutil.copytree(killed, tmp_path / "cut"))
+    run = _copy(killed, tmp_path)
     ckpt = run / "checkpoints"
     damage, needle = POINTER_CASES[case]
     damage(ckpt, (ckpt / "latest").read_text())
@@ -245,9 +246,7 @@ def test_a_forged_pointer_or_state_is_one_line(case, killed, tmp_path):
 
 
 def test_a_pointer_that_is_not_text_falls_back_to_the_newest_complete_checkpoint(reference, killed, tmp_path):
-    import shutil
-
-    run = Path(shutil.copytree(killed, tmp_path / "cut"))
+    run = _copy(killed, tmp_path)
     (run / "checkpoints" / "latest").write_bytes(b"\xff\xfe step-\x00")
     done = _resume(run)
     assert done.returncode == 0, done.stderr[-2000:]
