@@ -11,7 +11,15 @@ import torch.nn.functional as F
 
 from conftest import ENCODERS, tiny_overrides
 from loraclf.errors import ConfigError, LoraclfError, ModelError
-from loraclf.models.embedding import HEAD_FILE, PROTOTYPE_SCALE, checkpoint_pooling, pool, supervised_contrastive
+from loraclf.models.embedding import (
+    HEAD_FILE,
+    PROTOTYPE_SCALE,
+    EmbeddingClassifier,
+    checkpoint_pooling,
+    length_runs,
+    pool,
+    supervised_contrastive,
+)
 
 
 def test_pooling_is_read_from_the_sentence_transformers_files(tmp_path):
@@ -30,6 +38,70 @@ def test_mean_and_max_pooling_ignore_padding():
     torch.testing.assert_close(pool(hidden, mask, "mean"), torch.tensor([[2.0, 1.0]]))
     torch.testing.assert_close(pool(hidden, mask, "max"), torch.tensor([[3.0, 2.0]]))
     torch.testing.assert_close(pool(hidden, mask, "cls"), torch.tensor([[1.0, 0.0]]))
+
+
+def _mask(lengths, left=False):
+    width = max(lengths)
+    m = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if left:
+            m[i, width - n:] = 1
+        else:
+            m[i, :n] = 1
+    return m
+
+
+def _cheapest(sizes, overhead):
+    """Brute force: the least cost of cutting sorted sizes into consecutive runs."""
+    import itertools
+
+    n, best = len(sizes), float("inf")
+    for cuts in itertools.product([0, 1], repeat=n - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        best = min(best, sum((b - a) * sizes[b - 1] + overhead for a, b in zip(bounds, bounds[1:])))
+    return best
+
+
+@pytest.mark.parametrize("lengths,overhead", [([3, 45, 7, 4, 26, 11, 8, 14], 16), ([5, 60, 6, 58, 7], 0),
+                                              ([12, 3, 40, 41, 2, 39, 5], 64), ([9, 31, 17, 22, 4], 8)])
+def test_length_runs_cut_the_fewest_tokens_and_keep_every_row_once(lengths, overhead):
+    runs = length_runs(_mask(lengths), overhead)
+    assert runs is not None
+    rows = torch.cat([r for r, _ in runs]).tolist()
+    assert sorted(rows) == list(range(len(lengths)))
+    assert all(w == max(lengths[i] for i in r.tolist()) for r, w in runs)
+    cost = sum(len(r) * w + overhead for r, w in runs)
+    assert cost == _cheapest(sorted(lengths), overhead) < len(lengths) * max(lengths) + overhead
+
+
+def test_length_runs_leave_even_or_left_padded_batches_whole():
+    assert length_runs(_mask([7, 7, 7]), 0) is None  # no padding: one run
+    assert length_runs(_mask([3, 40], left=True), 0) is None  # a decoder's left padding: positions would move
+    assert length_runs(_mask([30, 31, 32]), 64) is None  # one more call costs more than the padding saved
+
+
+def test_a_training_batch_in_runs_embeds_and_backpropagates_as_the_padded_batch(tiny_models):
+    """Without dropout, the rows cut into runs give the padded batch's embeddings and gradients."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    encoder = AutoModel.from_pretrained(tiny_models["bert"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = EmbeddingClassifier(encoder, 2, "mean")
+    mask = _mask([3, 30, 4, 28, 5, 2])
+    ids = torch.randint(5, 30, mask.shape) * mask
+    types = torch.zeros_like(ids)
+    assert length_runs(mask) is not None and len(length_runs(mask)) == 2
+
+    def embed_and_grad(train: bool):
+        model.train(train)
+        model.zero_grad()
+        e = model.embed(ids, mask, types)
+        (e * torch.arange(e.shape[1])).sum().backward()  # a loss that weighs every row and dimension
+        return e.detach(), encoder.embeddings.word_embeddings.weight.grad.clone()
+
+    runs, whole = embed_and_grad(True), embed_and_grad(False)  # eval mode pads the batch as given
+    torch.testing.assert_close(runs[0], whole[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(runs[1], whole[1], atol=1e-5, rtol=1e-4)
 
 
 def test_supervised_contrastive_rewards_classes_that_cluster():

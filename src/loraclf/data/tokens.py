@@ -65,14 +65,29 @@ def tokenizer_fingerprint(tokenizer) -> Optional[str]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    import json
-
-    spec = json.loads(backend.to_str())
-    spec.pop("truncation", None), spec.pop("padding", None)  # call settings the last call left, not the tokenizer
-    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    h = hashlib.sha256(_backend_digest(backend).encode())
     h.update(repr((type(tokenizer).__name__, tokenizer.truncation_side, tokenizer.all_special_ids,
                    getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None))).encode())
     return h.hexdigest()[:24]
+
+
+_BACKEND_DIGEST: list = []  # [(backend, key, digest)] of the last tokenizer hashed
+
+
+def _backend_digest(backend) -> str:
+    """The hash of a backend tokenizer's definition (about 0.15 s for a BERT vocabulary): a run asks for it
+    once per split. It is kept for the last tokenizer, held alive so its id cannot pass to another, while the
+    parts that can change in place read the same (vocabulary size, normalizer, pre- and post-processor)."""
+    import json
+
+    key = (backend.get_vocab_size(with_added_tokens=True), repr(backend.normalizer), repr(backend.pre_tokenizer),
+           repr(backend.post_processor), repr(backend.decoder))
+    if not (_BACKEND_DIGEST and _BACKEND_DIGEST[0][0] is backend and _BACKEND_DIGEST[0][1] == key):
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None), spec.pop("padding", None)  # call settings the last call left, not the tokenizer
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        _BACKEND_DIGEST[:] = [(backend, key, digest)]
+    return _BACKEND_DIGEST[0][2]
 
 
 def cached_ids(tokenizer, texts: TextColumn, max_length: int, pairs: Optional[TextColumn] = None,
