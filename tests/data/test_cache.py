@@ -119,6 +119,30 @@ def test_hits_and_misses(tmp_path, own_cache):
     assert len(_entries(own_cache, "tables")) == 2 and len(_entries(own_cache, "tokens")) == 4
 
 
+def _fresh_fingerprint(tok) -> str:
+    tokens._BACKEND_DIGEST.clear()
+    return tokens.tokenizer_fingerprint(tok)
+
+
+def test_a_tokenizer_changed_in_place_gets_a_new_fingerprint():
+    """The hash of a tokenizer is kept between calls; every change that moves its ids must still show."""
+    from tokenizers import AddedToken
+
+    tok = make_tokenizer()
+    seen = [_fresh_fingerprint(tok)]
+    assert tokens.tokenizer_fingerprint(tok) == seen[0]  # kept
+    edits = [lambda b: b.add_tokens(["goodfilm"]),  # a new token: the vocabulary grows
+             lambda b: b.add_tokens([AddedToken("good", single_word=True, lstrip=True)]),  # same size, new flags
+             lambda b: setattr(b.model, "unk_token", "[PAD]")]  # the model's settings
+    for edit in edits:
+        before = tok("zzz good")["input_ids"]
+        edit(tok.backend_tokenizer)
+        kept = tokens.tokenizer_fingerprint(tok)
+        assert kept not in seen and kept == _fresh_fingerprint(tok)
+        seen.append(kept)
+    assert tok("zzz good")["input_ids"] != before  # the last edit moved the ids
+
+
 def test_a_small_capped_split_tokenizes_only_its_rows(tmp_path, own_cache):
     tok = make_tokenizer()
     write_csv(tmp_path / "train.csv", _long_rows(400, 1))

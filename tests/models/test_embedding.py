@@ -96,7 +96,8 @@ def test_a_training_batch_in_runs_embeds_and_backpropagates_as_the_padded_batch(
         model.train(train)
         model.zero_grad()
         e = model.embed(ids, mask, types)
-        (e * torch.arange(e.shape[1])).sum().backward()  # a loss that weighs every row and dimension
+        weights = torch.arange(1, e.shape[0] + 1)[:, None] * torch.arange(e.shape[1])
+        (e * weights).sum().backward()  # a loss that weighs every row and dimension differently
         return e.detach(), encoder.embeddings.word_embeddings.weight.grad.clone()
 
     runs, whole = embed_and_grad(True), embed_and_grad(False)  # eval mode pads the batch as given

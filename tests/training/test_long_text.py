@@ -80,6 +80,11 @@ def runs(tiny_models, long_data, tmp_path_factory):
     return get
 
 
+def _windows(words: list[str]) -> list[str]:
+    """The texts of the full windows loraclf cuts from these words (the tiny tokenizer: one token a word)."""
+    return [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
+
+
 def _accuracy(run) -> float:
     return json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
 
@@ -101,7 +106,7 @@ def test_the_artifact_carries_the_strategy_and_loading_uses_it(runs):
     clf = loraclf.load(run)
     doc = long_rows(1, 9)[0][0]
     words = doc.split()  # one token a word with this tokenizer: windows of words are windows of tokens
-    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
+    parts = _windows(words)
     assert len(parts) > 1
     np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).mean(axis=0), atol=1e-5)
 
@@ -114,7 +119,7 @@ def test_chunk_pooling_with_every_task(runs, task):
     clf = loraclf.load(run)
     doc = long_rows(1, 11, task)[0][0]
     words = doc.split()
-    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
+    parts = _windows(words)
     pooled = clf.logits(parts).mean(axis=0, keepdims=True)
     np.testing.assert_allclose(clf.predict_proba([doc]), clf.task.probabilities(pooled), atol=1e-5)
 
@@ -124,7 +129,7 @@ def test_max_pooling_and_head_tail_predict_as_they_were_trained(runs):
     clf = loraclf.load(run)
     doc = long_rows(1, 12)[0][0]
     words = doc.split()
-    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
+    parts = _windows(words)
     np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).max(axis=0), atol=1e-5)
     ht = loraclf.load(runs("head-tail"))
     kept = words[:ROOM // 4] + words[len(words) - (ROOM - ROOM // 4):]
@@ -226,7 +231,7 @@ def test_the_few_shot_embedding_head_reads_windows_too(runs):
     clf = loraclf.load(run)
     doc = long_rows(1, 16)[0][0]
     words = doc.split()
-    parts = [" ".join(words[s:s + ROOM]) for s in window_cuts(len(words), ROOM, 0, 32)[0]]
+    parts = _windows(words)
     np.testing.assert_allclose(clf.logits([doc])[0], clf.logits(parts).mean(axis=0), atol=1e-5)
 
 

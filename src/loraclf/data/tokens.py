@@ -76,11 +76,13 @@ _BACKEND_DIGEST: list = []  # [(backend, key, digest)] of the last tokenizer has
 
 def _backend_digest(backend) -> str:
     """The hash of a backend tokenizer's definition (about 0.15 s for a BERT vocabulary): a run asks for it
-    once per split. It is kept for the last tokenizer, held alive so its id cannot pass to another, while the
-    parts that can change in place read the same (vocabulary size, normalizer, pre- and post-processor)."""
+    once per split. It is kept for the last tokenizer, held alive so its id cannot pass to another, while
+    every part that can change in place reads the same: the model's settings (its repr, about 1 ms), the
+    added tokens with their flags, the vocabulary size, the normalizer, pre- and post-processor, decoder."""
     import json
 
-    key = (backend.get_vocab_size(with_added_tokens=True), repr(backend.normalizer), repr(backend.pre_tokenizer),
+    key = (backend.get_vocab_size(with_added_tokens=True), repr(backend.model),
+           repr(backend.get_added_tokens_decoder()), repr(backend.normalizer), repr(backend.pre_tokenizer),
            repr(backend.post_processor), repr(backend.decoder))
     if not (_BACKEND_DIGEST and _BACKEND_DIGEST[0][0] is backend and _BACKEND_DIGEST[0][1] == key):
         spec = json.loads(backend.to_str())

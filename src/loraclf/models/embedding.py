@@ -100,7 +100,8 @@ class EmbeddingClassifier(torch.nn.Module):
         does not group by length), so padding it to its longest text can triple the work: its rows go through
         the encoder in runs of similar length instead, each run cut to its own longest text. Pooling reads
         real tokens only, so the embeddings are the padded batch's (dropout aside)."""
-        runs = length_runs(attention_mask) if self.training and input_ids.device.type == "cpu" else None
+        split = self.training and input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+        runs = length_runs(attention_mask) if split else None  # a compiled step keeps its rounded shapes
         if runs is None:
             return self._embed(input_ids, attention_mask, token_type_ids)
         parts = []

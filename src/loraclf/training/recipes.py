@@ -14,7 +14,8 @@ ablation behind each one):
   most FEW_SHOT_MAX_STEPS steps;
 - batches of 16: twice the updates for the same passes;
 - random batches (length grouping could put one class in a batch, which gives the contrastive loss
-  nothing to contrast) and one evaluation, at the end: choosing the best of many evaluations on a
+  nothing to contrast; the embedding head runs each through the encoder in runs of similar length, so
+  their padding costs little on CPU) and one evaluation, at the end: choosing the best of many evaluations on a
   handful of validation rows picks noise.
 
 Only fields still at their default are changed; a value the user set is kept and said so. What was
