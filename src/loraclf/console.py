@@ -27,6 +27,9 @@ NOISE = {
     # package is installed: its pure-PyTorch fallback computes the same 4-bit matmuls (only a 4-bit model
     # on CPU is slower). It is said on every command, quantized or not, where it tells the user nothing.
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    # With `kernels` installed (a fresh install pulls in 0.19 since 2026-12-03), bitsandbytes' import asks it for
+    # its CPU kernels, and offline it says on every command that it skipped the hub's publisher check.
+    "kernels._internals.hf_hub": "Skipping publisher trust check",
 }
 
 
