@@ -1,18 +1,19 @@
 """How well `loraclf audit` finds planted label errors, and how much of the accuracy they cost comes back.
 
-A stratified slice of a dataset's train split (SST-2 unless --dataset says otherwise; seeded), 10% of its
-labels flipped at random to another class (seeded). The audit
-trains a k-fold cross-validation of the bundled MiniLM on the noisy slice and ranks the labels that
-are probably wrong. Then four models are trained with the same config and scored on the full test
-split: on the clean slice, on the noisy slice, on the noisy slice without the flagged rows, and on
-the noisy slice with the flagged rows relabelled as the audit suggests.
+A stratified slice of a dataset's train split (SST-2 unless --dataset names another; seeded), 10% of
+its labels moved to another class drawn at random (seeded). The audit trains a k-fold
+cross-validation of the bundled MiniLM on the noisy slice and ranks the labels that are probably
+wrong. Then four models are trained with the same config and scored on the full test split: on the
+clean slice, on the noisy slice, on the noisy slice without the flagged rows, and on the noisy slice
+with the flagged rows relabelled as the audit suggests.
 
     python benchmarks/audit_noise.py --rows 4000 --noise 0.1 --folds 5 --out runs/audit-noise
     python benchmarks/audit_noise.py --dataset ag_news --rows 4000 --out runs/audit-noise-ag
 
-Prints a JSON summary (precision and recall of the flagged set against the flipped rows, precision
-where the ranking first reaches a recall of 0.3, 0.5, 0.6 and 0.7, the four test accuracies and the share of the lost
-accuracy recovered). Nothing is chosen on test. A rerun with the same --out reuses the audit and the
+Prints a JSON summary: precision and recall of the flagged set against the flipped rows, precision
+where the ranking first reaches a recall of 0.3, 0.5, 0.6 and 0.7, the four test accuracies and the
+share of the lost accuracy recovered (which means little when the noise costs less than the test
+split's standard error). Nothing is chosen on test. A rerun with the same --out reuses the audit and the
 models that finished (a model's folder without metrics.json is trained again); give another --out for
 other settings.
 """
