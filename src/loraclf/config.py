@@ -255,7 +255,7 @@ class TrainConfig:
         "a class pulled together, other classes pushed apart within each batch. 0: off.", range=">=0")
     head_refit: str = _f(
         "auto", "Embedding head (model.head=embedding), once trained: its linear layer refitted on the trained "
-        "embeddings of train. prototypes: each class's mean embedding; logistic: an L2 logistic regression (the "
+        "embeddings of train. prototypes: the nearest class mean (Euclidean); logistic: an L2 logistic regression (the "
         "head SetFit fits); none: the layer as trained; auto: prototypes when train.contrastive is on, else "
         "none. Tasks with classes scored by softmax.", ("auto", "prototypes", "logistic", "none"))
     recipe: str = _f(

@@ -160,8 +160,8 @@ def test_every_encoder_trains_the_embedding_head(arch, tiny_models, synth_dir, t
 
 
 def test_prototype_start_and_refit(tiny_models, synth_dir, tmp_path):
-    """Built, the layer is 20 x the class means; trained with contrastive, it is refitted to the class means
-    of the trained embeddings, so the saved layer is exactly that."""
+    """Built, the layer scores the nearest class mean, 20 x (e . m - |m|^2 / 2); trained with contrastive, it
+    is refitted to the class means of the trained embeddings, so the saved layer has that shape again."""
     import loraclf
     from loraclf.config import load_config
     from loraclf.data import load_data
@@ -173,15 +173,36 @@ def test_prototype_start_and_refit(tiny_models, synth_dir, tmp_path):
     _, head, *_ = build_head(cfg, data, quiet=True)
     tr = data.splits["train"]
     emb = embed_all(head.model, head.encode(tr.texts, tr.labels, 32), head.tokenizer.pad_token_id, 64, "cpu")
-    means = torch.stack([F.normalize(emb[torch.as_tensor(tr.labels) == c].mean(0), dim=0) for c in range(2)])
+    means = torch.stack([emb[torch.as_tensor(tr.labels) == c].mean(0) for c in range(2)])
     torch.testing.assert_close(head.model.classifier.weight, PROTOTYPE_SCALE * means, atol=1e-5, rtol=1e-4)
-    assert not head.model.classifier.bias.any()
+    torch.testing.assert_close(head.model.classifier.bias, -PROTOTYPE_SCALE * means.pow(2).sum(1) / 2,
+                               atol=1e-5, rtol=1e-4)
 
     run = _train(tiny_models, synth_dir, tmp_path, **{"train.contrastive": 1.0, "name": "refit"})
     clf = loraclf.load(run.path / "artifact")
-    w = clf.model.classifier.weight.detach()
-    assert torch.linalg.vector_norm(w, dim=1) == pytest.approx([PROTOTYPE_SCALE] * 2, rel=1e-4)
-    assert not clf.model.classifier.bias.any()
+    w, b = clf.model.classifier.weight.detach(), clf.model.classifier.bias.detach()
+    means = w / PROTOTYPE_SCALE  # means of unit vectors: no longer than 1, and the bias follows their length
+    assert (torch.linalg.vector_norm(means, dim=1) <= 1 + 1e-5).all()
+    torch.testing.assert_close(b, -PROTOTYPE_SCALE * means.pow(2).sum(1) / 2)
+
+
+def test_class_means_refit_is_the_nearest_mean_by_euclidean_distance():
+    """A wide class (short mean) keeps the texts nearer its mean, which cosine to the normalised means
+    would give away; a class train never shows never wins."""
+    from loraclf.models.embedding import EmbeddingClassifier
+
+    g = torch.Generator().manual_seed(0)
+    centre = F.normalize(torch.randn(2, 16, generator=g), dim=-1)
+    spread = torch.tensor([0.3, 2.0])  # class 1 spreads wide
+    labels = torch.arange(200) % 2
+    emb = F.normalize(centre[labels] + spread[labels, None] * torch.randn(200, 16, generator=g), dim=-1)
+    layer = EmbeddingClassifier(SimpleNamespace(config=SimpleNamespace(hidden_size=16)), 3, "mean")
+    layer.set_class_means(emb, F.one_hot(labels, 3))
+    means = torch.stack([emb[labels == c].mean(0) for c in range(2)])
+    nearest = torch.cdist(emb, means).argmin(1)
+    assert torch.equal(layer.classifier(emb).argmax(1), nearest)
+    cosine = (emb @ F.normalize(means, dim=-1).T).argmax(1)
+    assert (nearest == labels).float().mean() > (cosine == labels).float().mean()
 
 
 def test_artifact_reloads_and_exports_to_onnx_with_the_same_scores(tiny_models, synth_dir, tmp_path):

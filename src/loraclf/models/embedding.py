@@ -5,8 +5,8 @@ to pool their tokens a particular way (mostly the mean of the real tokens) and c
 cosine. Their BERT pooler on the first token is an untrained initialisation, so a classification
 head on it starts from noise. With few labels that start matters most: here the text becomes the
 checkpoint's own pooled, L2-normalised embedding, and the label scores are a linear layer on it,
-initialised at the class prototypes (each class's mean embedding, scaled), which is already a
-nearest-centroid classifier before any step is taken.
+initialised at the class prototypes (each class's mean embedding, scored by Euclidean distance), which
+is already a nearest-centroid classifier before any step is taken.
 
 The same embedding feeds the supervised contrastive loss (`train.contrastive`), which pulls texts of a
 class together and pushes other classes apart in the batch: the part of SetFit's recipe that moves
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 POOLINGS = ("mean", "cls", "max")
-PROTOTYPE_SCALE = 20.0  # logits = 20 x cosine to each prototype: softmax confident but not saturated
+PROTOTYPE_SCALE = 20.0  # logits = 20 x (e . m - |m|^2 / 2): softmax confident but not saturated
 CONTRASTIVE_TEMPERATURE = 0.1  # SupCon's usual temperature for normalised embeddings
 PROTOTYPE_TEXTS = 4096  # train texts embedded to initialise the prototypes (enough for a class mean)
 HEAD_FILE = "embedding_head.safetensors"
@@ -121,12 +121,16 @@ class EmbeddingClassifier(torch.nn.Module):
         return EmbeddingOutput(logits=self.classifier(e.to(self.classifier.weight.dtype)), embedding=e)
 
     @torch.no_grad()
-    def set_prototypes(self, embeddings: torch.Tensor, indicator: torch.Tensor) -> None:
-        """Scores = scale x cosine to each class's mean embedding (`indicator`: texts x classes, 0/1)."""
-        sums = indicator.T.to(embeddings.dtype) @ embeddings
-        protos = F.normalize(sums, dim=-1)  # a class without texts keeps a zero prototype
-        self.classifier.weight.copy_(PROTOTYPE_SCALE * protos)
-        self.classifier.bias.zero_()
+    def set_class_means(self, embeddings: torch.Tensor, indicator: torch.Tensor) -> None:
+        """Scores = scale x (e . m - |m|^2 / 2) for each class mean m: the nearest class mean by Euclidean
+        distance. Unlike cosine to the normalised mean (the first version), it keeps each mean's length: a class
+        whose texts spread wide (TweetEval's neutral) has a shorter mean, and cosine gives it too little of
+        the space (docs/few-labels.md). A class without texts can never win."""
+        counts = indicator.sum(0).to(embeddings.dtype)
+        means = (indicator.T.to(embeddings.dtype) @ embeddings) / counts.clamp(min=1)[:, None]
+        bias = -PROTOTYPE_SCALE * means.pow(2).sum(1) / 2
+        self.classifier.weight.copy_(PROTOTYPE_SCALE * means)
+        self.classifier.bias.copy_(torch.where(counts > 0, bias, torch.full_like(bias, -1e4)))
 
     @torch.no_grad()
     def set_logistic(self, embeddings: torch.Tensor, labels, num_classes: int) -> None:

@@ -453,8 +453,8 @@ class EmbeddingHead(Head):
         self._refit(enc, next(self.model.parameters()).device)
 
     def _refit(self, enc: Encoded, device, how: str = "prototypes") -> None:
-        """The linear layer refitted on the embeddings of `enc`'s texts: the class prototypes (each class's
-        mean embedding) or a logistic regression."""
+        """The linear layer refitted on the embeddings of `enc`'s texts: the nearest class mean (each class's
+        mean embedding, by Euclidean distance) or a logistic regression."""
         import torch
 
         from .embedding import embed_all
@@ -464,7 +464,7 @@ class EmbeddingHead(Head):
         if how == "logistic" and len(np.unique(labels)) > 1:  # one class is its prototype
             self.model.set_logistic(emb, np.asarray(labels), self.task.num_outputs)
         else:
-            self.model.set_prototypes(emb, self.task.class_indicator(torch.as_tensor(labels)))
+            self.model.set_class_means(emb, self.task.class_indicator(torch.as_tensor(labels)))
 
     def finish_training(self, train: Encoded, device) -> None:
         """Trained contrastively, the embedding clusters by class: by default the layer becomes the nearest
