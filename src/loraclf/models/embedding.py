@@ -28,6 +28,7 @@ POOLINGS = ("mean", "cls", "max")
 PROTOTYPE_SCALE = 20.0  # logits = 20 x (e . m - |m|^2 / 2): softmax confident but not saturated
 CONTRASTIVE_TEMPERATURE = 0.1  # SupCon's usual temperature for normalised embeddings
 PROTOTYPE_TEXTS = 4096  # train texts embedded to initialise the prototypes (enough for a class mean)
+UNSEEN_BIAS = -1e4  # the score of a class train never shows, under either refit: it never wins
 HEAD_FILE = "embedding_head.safetensors"
 # One more encoder call (forward and backward) costs about as much CPU time as this many more tokens: about
 # 20 ms against 0.35 ms a token for LoRA on MiniLM, 2 cores (docs/few-labels.md)
@@ -123,14 +124,14 @@ class EmbeddingClassifier(torch.nn.Module):
     @torch.no_grad()
     def set_class_means(self, embeddings: torch.Tensor, indicator: torch.Tensor) -> None:
         """Scores = scale x (e . m - |m|^2 / 2) for each class mean m: the nearest class mean by Euclidean
-        distance. Unlike cosine to the normalised mean (the first version), it keeps each mean's length: a class
-        whose texts spread wide (TweetEval's neutral) has a shorter mean, and cosine gives it too little of
-        the space (docs/few-labels.md). A class without texts can never win."""
+        distance. Unlike cosine to the normalised mean (the scoring before 2026-12-04), it keeps each mean's
+        length: a class whose texts spread wide (TweetEval's neutral) has a shorter mean, and cosine gives it
+        too little of the space (docs/few-labels.md). A class without texts can never win."""
         counts = indicator.sum(0).to(embeddings.dtype)
         means = (indicator.T.to(embeddings.dtype) @ embeddings) / counts.clamp(min=1)[:, None]
         bias = -PROTOTYPE_SCALE * means.pow(2).sum(1) / 2
         self.classifier.weight.copy_(PROTOTYPE_SCALE * means)
-        self.classifier.bias.copy_(torch.where(counts > 0, bias, torch.full_like(bias, -1e4)))
+        self.classifier.bias.copy_(torch.where(counts > 0, bias, torch.full_like(bias, UNSEEN_BIAS)))
 
     @torch.no_grad()
     def set_logistic(self, embeddings: torch.Tensor, labels, num_classes: int) -> None:
@@ -142,12 +143,12 @@ class EmbeddingClassifier(torch.nn.Module):
         x = embeddings.float().cpu().numpy()
         fit = LogisticRegression(max_iter=1000).fit(x, labels)
         seen = fit.classes_.astype(int)
-        w, b = np.zeros((num_classes, x.shape[1]), np.float32), np.full(num_classes, -1e4, np.float32)
+        w, b = np.zeros((num_classes, x.shape[1]), np.float32), np.full(num_classes, UNSEEN_BIAS, np.float32)
         if len(seen) == 2:
             w[seen] = np.stack([-fit.coef_[0], fit.coef_[0]]) / 2
             b[seen] = np.array([-fit.intercept_[0], fit.intercept_[0]]) / 2
         else:
-            w[seen], b[seen] = fit.coef_, fit.intercept_  # a class train never shows keeps a bias of -1e4
+            w[seen], b[seen] = fit.coef_, fit.intercept_  # a class train never shows keeps UNSEEN_BIAS
         self.classifier.weight.copy_(torch.from_numpy(w))
         self.classifier.bias.copy_(torch.from_numpy(b))
 
