@@ -174,3 +174,20 @@ def test_compiled_training_matches_eager(tiny_models, synth_dir, tmp_path):
     assert b["loss"] == pytest.approx(a["loss"], abs=2e-3)
     assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.02)
     assert counters["stats"]["unique_graphs"] > 0  # it did compile
+
+
+def test_accelerator_after_another_library_set_another_precision():
+    """HF Trainer or SetFit trained first in this process, in another precision: loraclf still trains."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from loraclf.config import TrainConfig
+    from loraclf.training.loop import make_accelerator
+
+    AcceleratorState._reset_state()
+    try:
+        Accelerator(mixed_precision="bf16", cpu=True)  # what the other library left behind (bf16 runs on CPU too)
+        accelerator = make_accelerator(TrainConfig(precision="fp32"))
+        assert accelerator.mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state()

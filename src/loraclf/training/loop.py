@@ -43,15 +43,31 @@ def choose_precision(requested: str) -> str:
     return requested
 
 
+def forget_foreign_precision(mixed_precision: str) -> None:
+    """Drop Accelerate's process-wide state when another library set it with another precision.
+
+    AcceleratorState is a singleton: once HF Trainer or SetFit has trained in this process (fp32), an
+    Accelerator asking for bf16 raises "AcceleratorState has already been initialized". Only the mixed
+    precision is forgotten; the process layout (PartialState: ranks, device) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state()
+
+
 def make_accelerator(tcfg: TrainConfig, project_dir: Optional[str] = None):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     cuda = torch.cuda.is_available()
+    mixed_precision = choose_precision(tcfg.precision)
+    forget_foreign_precision(mixed_precision)
     # cpu=True on machines without CUDA: it is what makes `torchrun --nproc_per_node N` a gloo DDP run
     # (Accelerate's MULTI_CPU) instead of N independent single-process runs. On a GPU, batches come
     # from pinned memory and are copied without blocking the host.
-    return Accelerator(mixed_precision=choose_precision(tcfg.precision), project_dir=project_dir, cpu=not cuda,
+    return Accelerator(mixed_precision=mixed_precision, project_dir=project_dir, cpu=not cuda,
                        dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
 
 
