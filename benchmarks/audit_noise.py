@@ -13,7 +13,13 @@ with the flagged rows relabelled as the audit suggests.
 Prints a JSON summary: precision and recall of the flagged set against the flipped rows, precision
 where the ranking first reaches a recall of 0.3, 0.5, 0.6 and 0.7, the four test accuracies and the
 share of the lost accuracy recovered (which means little when the noise costs less than the test
-split's standard error). Nothing is chosen on test. A rerun with the same --out reuses the audit and the
+split's standard error). Nothing is chosen on test.
+
+--cuts acts on the top of the ranking only: for each share of the flagged rows (e.g. 0.25 0.5 1), a model is
+trained without that many of the highest-ranked suspects, and the share is chosen by accuracy on a seeded
+sample of the dataset's validation split (--validation-n rows, clean labels, never test). Every model of
+such a run, the clean and noisy ones too, is validated on that same sample rather than on rows carved from
+its own train, so the comparisons hold. A rerun with the same --out reuses the audit and the
 models that finished (a model's folder without metrics.json is trained again); give another --out for
 other settings.
 """
@@ -61,24 +67,48 @@ def precision_at_recall(ranked: list[int], truth: set, recall: float) -> float |
     return None
 
 
-def train_on(frame: pd.DataFrame, out: Path, name: str, sets: list[str], dataset: str) -> float:
+def train_on(frame: pd.DataFrame, out: Path, name: str, sets: list[str], dataset: str) -> dict:
+    """Validation and test accuracy of a model trained on `frame` (reused when it finished before)."""
     import shutil
 
     import loraclf
 
     finished = out / "runs" / name / "metrics.json"
     if finished.exists():
-        return json.loads(finished.read_text())["test"]["accuracy"]
+        return accuracies(json.loads(finished.read_text()))
     shutil.rmtree(finished.parent, ignore_errors=True)  # what an interrupted attempt left
     d = out / "data" / name
     d.mkdir(parents=True, exist_ok=True)
     frame[["text", "label"]].to_csv(d / "train.csv", index=False)
     cfg = load_config(None, [f"data.train={d / 'train.csv'}", f"data.test={datasets_root() / dataset / 'test.csv'}",
                              f"output_dir={out / 'runs'}", f"name={name}", "report.enabled=false", *sets])
-    return loraclf.train(cfg, quiet=True).metrics["test"]["accuracy"]
+    return accuracies(loraclf.train(cfg, quiet=True).metrics)
 
 
-def main() -> None:
+def accuracies(metrics: dict) -> dict:
+    return {split: metrics[split]["accuracy"] for split in ("validation", "test") if split in metrics}
+
+
+def cut_models(part: pd.DataFrame, ranked: list[int], cuts: list[float], train) -> dict:
+    """Models trained without the top `cut` share of the ranking; the share with the best validation
+    accuracy is chosen (ties: the smaller cut)."""
+    runs = {cut: train(part.drop(index=ranked[:int(round(cut * len(ranked)))]),
+                       "dropped" if cut == 1 else f"drop-top{cut:g}")  # all of them: the "dropped" model
+            for cut in cuts}
+    best = max(sorted(runs), key=lambda c: runs[c]["validation"])
+    return {"cuts": {f"{c:g}": {"rows_dropped": int(round(c * len(ranked))), **a} for c, a in runs.items()},
+            "chosen_cut": best, "chosen": runs[best]}
+
+
+def validation_sample(dataset: str, n: int, seed: int, out: Path) -> Path:
+    path = out / "data" / "validation.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    val = pd.read_csv(datasets_root() / dataset / "validation.csv")
+    val.sample(min(n, len(val)), random_state=seed)[["text", "label"]].to_csv(path, index=False)
+    return path
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", default="sst2", help="a folder of $LORACLF_DATASETS with text,label")
     p.add_argument("--rows", type=int, default=4000)
@@ -86,12 +116,21 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--epochs", type=float, default=2)
+    p.add_argument("--cuts", type=float, nargs="+", help="shares of the flagged rows to drop from the top, the "
+                   "one kept chosen on validation (then every model validates on --validation-n rows)")
+    p.add_argument("--validation-n", type=int, default=2000)
     p.add_argument("--out", default="runs/audit-noise")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     from loraclf.studies.audit import audit
 
     out = Path(args.out)
     sets = [f"train.epochs={args.epochs}", f"seed={args.seed}"]
+    if args.cuts:
+        sets.append(f"data.validation={validation_sample(args.dataset, args.validation_n, args.seed, out)}")
     part, flipped = noisy_slice(args.dataset, args.rows, args.noise, args.seed)
     noisy = out / "data" / "noisy-audit"
     noisy.mkdir(parents=True, exist_ok=True)
@@ -104,25 +143,29 @@ def main() -> None:
     suspects = pd.read_csv(out / "runs" / "audit" / "audit.csv")
     ranked = suspects["row"].tolist()
     found = set(ranked) & flipped
-    drop = part.drop(index=ranked)
     relabel = part.copy()
     relabel.loc[ranked, "label"] = suspects["suggested"].tolist()
-    acc = {name: train_on(frame, out, name, sets, args.dataset) for name, frame in
-           (("clean", part.assign(label=part["clean"])), ("noisy", part), ("dropped", drop),
+    train = lambda frame, name: train_on(frame, out, name, sets, args.dataset)  # noqa: E731
+    acc = {name: train(frame, name) for name, frame in
+           (("clean", part.assign(label=part["clean"])), ("noisy", part), ("dropped", part.drop(index=ranked)),
             ("relabelled", relabel))}
-    lost = acc["clean"] - acc["noisy"]
+    test = {name: a["test"] for name, a in acc.items()}
+    lost = test["clean"] - test["noisy"]
     summary = {"rows": len(part), "flipped": len(flipped), "flagged": len(ranked),
                "precision": len(found) / max(len(ranked), 1), "recall": len(found) / len(flipped),
                "precision_at_recall": {r: precision_at_recall(ranked, flipped, r) for r in (0.3, 0.5, 0.6, 0.7)},
-               "test_accuracy": acc, "lost": lost,
-               "recovered_dropped": (acc["dropped"] - acc["noisy"]) / lost if lost > 0 else None,
-               "recovered_relabelled": (acc["relabelled"] - acc["noisy"]) / lost if lost > 0 else None,
+               "test_accuracy": test, "validation_accuracy": {n: a.get("validation") for n, a in acc.items()},
+               "lost": lost,
+               "recovered_dropped": (test["dropped"] - test["noisy"]) / lost if lost > 0 else None,
+               "recovered_relabelled": (test["relabelled"] - test["noisy"]) / lost if lost > 0 else None,
                "audit_seconds": audit_s, "dataset": args.dataset, "folds": args.folds, "seed": args.seed,
-               "epochs": args.epochs,
-               "threads": os.environ.get("OMP_NUM_THREADS")}
+               "epochs": args.epochs, "threads": os.environ.get("OMP_NUM_THREADS")}
+    if args.cuts:
+        summary["top_cut"] = cut_models(part, ranked, args.cuts, train)
+        summary["recovered_top_cut"] = ((summary["top_cut"]["chosen"]["test"] - test["noisy"]) / lost
+                                        if lost > 0 else None)
     print(json.dumps(summary, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-
 
 if __name__ == "__main__":
     main()

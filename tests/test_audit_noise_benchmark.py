@@ -1,0 +1,29 @@
+"""benchmarks/audit_noise.py: the top of the ranking dropped at several cuts, the cut chosen on validation."""
+
+import pandas as pd
+
+from conftest import load_benchmark
+
+
+def test_top_cut_is_chosen_on_validation_and_drops_the_highest_ranked_rows():
+    cut_models = load_benchmark("audit_noise").cut_models
+    part = pd.DataFrame({"text": [f"t{i}" for i in range(10)], "label": ["a", "b"] * 5})
+    ranked = [7, 3, 9, 1]
+    seen = {}
+
+    def train(frame, name):
+        seen[name] = sorted(set(range(10)) - set(frame.index))
+        # validation prefers the half cut; test would have preferred the whole one (it must not choose)
+        return {"validation": {"drop-top0.5": 0.9}.get(name, 0.8), "test": {"dropped": 0.99}.get(name, 0.7)}
+
+    got = cut_models(part, ranked, [0.25, 0.5, 1.0], train)
+    assert seen == {"drop-top0.25": [7], "drop-top0.5": [3, 7], "dropped": [1, 3, 7, 9]}
+    assert got["chosen_cut"] == 0.5 and got["chosen"]["test"] == 0.7
+    assert got["cuts"]["1"]["rows_dropped"] == 4
+
+
+def test_top_cut_ties_go_to_the_smaller_cut():
+    cut_models = load_benchmark("audit_noise").cut_models
+    part = pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "b", "a"]})
+    got = cut_models(part, [2, 0], [1.0, 0.5], lambda frame, name: {"validation": 0.5, "test": 0.5})
+    assert got["chosen_cut"] == 0.5
