@@ -92,11 +92,12 @@ def accuracies(metrics: dict) -> dict:
 def cut_models(part: pd.DataFrame, ranked: list[int], cuts: list[float], train) -> dict:
     """Models trained without the top `cut` share of the ranking; the share with the best validation
     accuracy is chosen (ties: the smaller cut)."""
-    runs = {cut: train(part.drop(index=ranked[:int(round(cut * len(ranked)))]),
+    size = {cut: int(round(cut * len(ranked))) for cut in cuts}
+    runs = {cut: train(part.drop(index=ranked[:size[cut]]),
                        "dropped" if cut == 1 else f"drop-top{cut:g}")  # all of them: the "dropped" model
             for cut in cuts}
     best = max(sorted(runs), key=lambda c: runs[c]["validation"])
-    return {"cuts": {f"{c:g}": {"rows_dropped": int(round(c * len(ranked))), **a} for c, a in runs.items()},
+    return {"cuts": {f"{c:g}": {"rows_dropped": size[c], **a} for c, a in runs.items()},
             "chosen_cut": best, "chosen": runs[best]}
 
 
@@ -166,6 +167,7 @@ def main() -> None:
                                         if lost > 0 else None)
     print(json.dumps(summary, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
 
 if __name__ == "__main__":
     main()

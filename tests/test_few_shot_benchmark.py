@@ -27,7 +27,6 @@ def test_score_gives_accuracy_and_each_class_recall():
     assert got["recall"] == pytest.approx({"neg": 2 / 3, "neu": 0.0, "pos": 0.5})
 
 
-
 def test_summary_pairs_the_seeds_both_tools_ran(tmp_path):
     rows = [{"dataset": "d", "k": 8, "seed": s, "tool": t, "accuracy": a, "train_seconds": 10.0}
             for s, t, a in [(0, "setfit", 0.6), (1, "setfit", 0.8), (0, "loraclf", 0.7), (2, "loraclf", 0.1)]]
