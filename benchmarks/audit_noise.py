@@ -9,6 +9,7 @@ with the flagged rows relabelled as the audit suggests.
 
     python benchmarks/audit_noise.py --rows 4000 --noise 0.1 --folds 5 --out runs/audit-noise
     python benchmarks/audit_noise.py --dataset ag_news --rows 4000 --out runs/audit-noise-ag
+    python benchmarks/audit_noise.py --rows 60610 --epochs 1 --cuts 0.5 1 --out runs/audit-full  # all of SST-2's train
 
 Prints a JSON summary: precision and recall of the flagged set against the flipped rows, precision
 where the ranking first reaches a recall of 0.3, 0.5, 0.6 and 0.7, the four test accuracies and the
