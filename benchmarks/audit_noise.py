@@ -20,9 +20,11 @@ split's standard error). Nothing is chosen on test.
 trained without that many of the highest-ranked suspects, and the share is chosen by accuracy on a seeded
 sample of the dataset's validation split (--validation-n rows, clean labels, never test). Every model of
 such a run, the clean and noisy ones too, is validated on that same sample rather than on rows carved from
-its own train, so the comparisons hold. A rerun with the same --out reuses the audit and the
-models that finished (a model's folder without metrics.json is trained again); give another --out for
-other settings.
+its own train, so the comparisons hold. The audit itself folds over the noisy rows alone (before
+2026-12-05 it also folded over that clean sample and ranked its rows among the train rows': see
+docs/few-labels.md). A rerun with the same --out reuses the audit and the models that finished (a model's
+folder without metrics.json is trained again); without runs/audit/audit.csv, the finished cross-validation
+is ranked again (e.g. with other --neighbours) rather than retrained. Give another --out for other settings.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from loraclf.config import load_config  # noqa: E402
 from loraclf.data import datasets_root  # noqa: E402
+from loraclf.studies.neighbours import NEIGHBOURS, WEIGHT  # noqa: E402
 
 
 def noisy_slice(dataset: str, rows: int, noise: float, seed: int) -> tuple[pd.DataFrame, set]:
@@ -121,6 +124,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cuts", type=float, nargs="+", help="shares of the flagged rows to drop from the top, the "
                    "one kept chosen on validation (then every model validates on --validation-n rows)")
     p.add_argument("--validation-n", type=int, default=2000)
+    p.add_argument("--neighbours", type=int, default=NEIGHBOURS, help="as loraclf audit's (0: the fold models alone)")
+    p.add_argument("--neighbour-weight", type=float, default=WEIGHT)
     p.add_argument("--out", default="runs/audit-noise")
     return p.parse_args()
 
@@ -131,18 +136,22 @@ def main() -> None:
 
     out = Path(args.out)
     sets = [f"train.epochs={args.epochs}", f"seed={args.seed}"]
-    if args.cuts:
+    audit_sets = [f"output_dir={out / 'runs'}", "name=audit", "report.enabled=false", *sets]
+    if args.cuts:  # the retrained models validate on clean rows; the audit folds over the noisy rows alone
         sets.append(f"data.validation={validation_sample(args.dataset, args.validation_n, args.seed, out)}")
     part, flipped = noisy_slice(args.dataset, args.rows, args.noise, args.seed)
     noisy = out / "data" / "noisy-audit"
     noisy.mkdir(parents=True, exist_ok=True)
     part[["text", "label"]].to_csv(noisy / "train.csv", index=False)
     t0 = time.perf_counter()
-    if not (out / "runs" / "audit" / "audit.csv").exists():
-        audit(str(noisy), None, [f"output_dir={out / 'runs'}", "name=audit", "report.enabled=false", *sets],
-              folds=args.folds, quiet=True)
+    cv_run = out / "runs" / "audit"
+    if not (cv_run / "audit.csv").exists():  # a finished cross-validation is ranked again, not retrained
+        target = cv_run if (cv_run / "metrics.json").exists() else noisy
+        audit(str(target), None, audit_sets, folds=args.folds, quiet=True, neighbours=args.neighbours,
+              weight=args.neighbour_weight)
     audit_s = time.perf_counter() - t0  # ~0 when reused: the first run's log has it
-    suspects = pd.read_csv(out / "runs" / "audit" / "audit.csv")
+    suspects = pd.read_csv(cv_run / "audit.csv")
+    suspects = suspects[suspects["source"].map(lambda s: Path(s).resolve() == (noisy / "train.csv").resolve())]
     ranked = suspects["row"].tolist()
     found = set(ranked) & flipped
     relabel = part.copy()
@@ -161,7 +170,8 @@ def main() -> None:
                "recovered_dropped": (test["dropped"] - test["noisy"]) / lost if lost > 0 else None,
                "recovered_relabelled": (test["relabelled"] - test["noisy"]) / lost if lost > 0 else None,
                "audit_seconds": audit_s, "dataset": args.dataset, "folds": args.folds, "seed": args.seed,
-               "epochs": args.epochs, "threads": os.environ.get("OMP_NUM_THREADS")}
+               "epochs": args.epochs, "threads": os.environ.get("OMP_NUM_THREADS"),
+               "neighbours": args.neighbours, "neighbour_weight": args.neighbour_weight}
     if args.cuts:
         summary["top_cut"] = cut_models(part, ranked, args.cuts, train)
         summary["recovered_top_cut"] = ((summary["top_cut"]["chosen"]["test"] - test["noisy"]) / lost

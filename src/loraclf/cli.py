@@ -227,7 +227,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from .studies.audit import audit
 
-    audit(args.target, args.config, list(args.set or []), folds=args.folds, quiet=args.quiet)
+    audit(args.target, args.config, list(args.set or []), folds=args.folds, quiet=args.quiet,
+          neighbours=args.neighbours, weight=args.neighbour_weight)
     return 0
 
 
@@ -400,12 +401,19 @@ def _add_report(sub) -> None:
 
 
 def _add_audit(sub) -> None:
+    from .studies.neighbours import NEIGHBOURS, WEIGHT
+
     au = sub.add_parser("audit", help="rank the labels of a dataset that are probably wrong (k-fold out-of-fold "
                                       "predictions, confident learning)")
     au.add_argument("target", help="a dataset (folder, file or name, as data.path), or a cross-validation run to reuse")
     au.add_argument("--config", "-c", help="the config the folds train with (default: the defaults)")
     _set_flag(au)
     au.add_argument("--folds", type=int, default=5, help="k of the cross-validation (default 5)")
+    au.add_argument("--neighbours", type=int, default=NEIGHBOURS,
+                    help=f"blend each text's out-of-fold probabilities with the labels of its k nearest texts "
+                         f"(default {NEIGHBOURS}; 0: the fold models alone)")
+    au.add_argument("--neighbour-weight", type=float, default=WEIGHT,
+                    help=f"the neighbours' share of that blend, 0 to 1 (default {WEIGHT})")
     au.add_argument("--quiet", "-q", action="store_true")
     au.set_defaults(func=_audit)
 

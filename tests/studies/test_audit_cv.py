@@ -118,14 +118,22 @@ def test_audit_finds_the_labels_that_were_flipped(tiny_models, tmp_path, capsys)
     found = set(suspects["row"])
     assert len(found & planted) >= 27  # recall >= 0.9
     assert len(found & planted) >= 0.8 * len(found)  # precision >= 0.8
-    assert set(suspects.columns) >= {"source", "row", "text", "given", "suggested", "p_given"}
+    assert set(suspects.columns) >= {"source", "row", "text", "given", "suggested", "p_given", "neighbours_agree"}
     top = suspects.iloc[0]
     assert top["row"] in planted and top["given"] != top["suggested"]
     summary = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())["audit"]
     assert summary["flagged"] == len(suspects) and "Probable label errors" in (
         tmp_path / "runs" / "run" / "report.html").read_text()
-    # the audit reuses a cross-validation run instead of training again
-    assert main(["audit", str(tmp_path / "runs" / "run"), "-q"]) == 0
+    assert summary["neighbours"]["k"] == 5 and "nearest neighbours" in summary["method"]
+    # the audit reuses a cross-validation run instead of training again; the fold models alone on request
+    assert main(["audit", str(tmp_path / "runs" / "run"), "-q", "--neighbours", "0"]) == 0
+    summary = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())["audit"]
+    assert summary["neighbours"] is None and "nearest" not in summary["method"]
+    assert pd.read_csv(tmp_path / "runs" / "run" / "audit.csv")["neighbours_agree"].isna().all()
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "runs" / "run"), "--neighbour-weight", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "weight from 0 to 1" in err and len(err.splitlines()) == 1
 
 
 def test_audit_refuses_a_regression_task_and_a_single_run(tiny_models, synth_dir, tmp_path, capsys):
