@@ -122,13 +122,14 @@ def test_audit_finds_the_labels_that_were_flipped(tiny_models, tmp_path, capsys)
     top = suspects.iloc[0]
     assert top["row"] in planted and top["given"] != top["suggested"]
     summary = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())["audit"]
-    assert summary["flagged"] == len(suspects) and "Probable label errors" in (
-        tmp_path / "runs" / "run" / "report.html").read_text()
+    report = (tmp_path / "runs" / "run" / "report.html").read_text()
+    assert summary["flagged"] == len(suspects) and "Probable label errors" in report and "neighbours agree" in report
     assert summary["neighbours"]["k"] == 5 and "nearest neighbours" in summary["method"]
     # the audit reuses a cross-validation run instead of training again; the fold models alone on request
     assert main(["audit", str(tmp_path / "runs" / "run"), "-q", "--neighbours", "0"]) == 0
     summary = json.loads((tmp_path / "runs" / "run" / "metrics.json").read_text())["audit"]
     assert summary["neighbours"] is None and "nearest" not in summary["method"]
+    assert "neighbours agree" not in (tmp_path / "runs" / "run" / "report.html").read_text()
     assert pd.read_csv(tmp_path / "runs" / "run" / "audit.csv")["neighbours_agree"].isna().all()
     capsys.readouterr()
     assert main(["audit", str(tmp_path / "runs" / "run"), "--neighbour-weight", "1.5"]) == 2
