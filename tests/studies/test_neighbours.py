@@ -28,6 +28,13 @@ def test_nearest_are_the_other_rows_of_the_cluster_never_the_row_itself():
         assert i not in row and set(row) == set(range(i // 4 * 4, i // 4 * 4 + 4)) - {i}
 
 
+def test_nearest_gives_the_same_rows_in_blocks_as_at_once(monkeypatch):
+    emb = _groups(40, 5)
+    at_once = nb.nearest(emb, 4)
+    monkeypatch.setattr(nb, "SIMILARITIES", 1)  # blocks of 64 rows
+    assert (np.sort(nb.nearest(emb, 4), axis=1) == np.sort(at_once, axis=1)).all()
+
+
 def test_nearest_searches_a_seeded_pool_when_there_are_too_many_rows(monkeypatch):
     monkeypatch.setattr(nb, "POOL_MAX", 10)
     emb = _groups(5, 6)

@@ -30,6 +30,7 @@ WEIGHT = 0.2  # the neighbours' share of the blend, chosen with k
 FALLBACK_MODEL = "minilm"  # the space of a decoder run's neighbours: a decoder has no sentence embedding
 POOL_MAX = 200_000  # rows searched for neighbours at most (a seeded draw): the search costs rows x this
 BATCH = 64
+SIMILARITIES = 50_000_000  # float32 similarities held at once by the search
 
 
 def blend_with_neighbours(p: Predictions, model_cfg, k: int = NEIGHBOURS, weight: float = WEIGHT,
@@ -102,9 +103,10 @@ def nearest(emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     where[pool] = np.arange(len(pool))
     e, candidates = torch.from_numpy(emb), torch.from_numpy(emb[pool])
     out = np.empty((n, k), dtype=np.int64)
-    for s in range(0, n, 2048):
-        sims = e[s:s + 2048] @ candidates.T
-        rows = np.arange(s, min(n, s + 2048))
+    step = max(64, SIMILARITIES // len(pool))  # rows a block: its similarities stay about 200 MB
+    for s in range(0, n, step):
+        sims = e[s:s + step] @ candidates.T
+        rows = np.arange(s, min(n, s + step))
         own = where[rows]
         mine = np.flatnonzero(own >= 0)
         sims[torch.from_numpy(mine), torch.from_numpy(own[mine])] = -float("inf")  # never its own neighbour
