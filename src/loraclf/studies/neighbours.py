@@ -74,7 +74,8 @@ def embed_texts(texts: list[str], model_cfg, max_length: int, quiet: bool) -> np
     from ..models.embedding import checkpoint_pooling, load_encoder, pool
 
     encoder, tok, resolved = load_encoder(model_cfg, quiet=quiet)
-    encoder.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder.to(device).eval()
     how = checkpoint_pooling(resolved.path)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
@@ -84,8 +85,10 @@ def embed_texts(texts: list[str], model_cfg, max_length: int, quiet: bool) -> np
             rows = order[s:s + BATCH]
             batch = tok([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
+            batch = {key: v.to(device) for key, v in batch.items()}
             hidden = encoder(**batch).last_hidden_state
-            out[rows] = torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], how).float(), dim=-1)
+            e = torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], how).float(), dim=-1)
+            out[rows] = e.cpu().numpy()
             bar.update(len(rows))
     bar.close()
     return out
