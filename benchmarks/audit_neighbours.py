@@ -47,17 +47,17 @@ def planted(spec: str, noise: float) -> tuple[pd.DataFrame, set, np.ndarray]:
 def grid(spec: str, ks: list[int], weights: list[float], noise: float) -> dict:
     """{(k, w): [precision at each recall]} for one audit; (0, 0) is the fold models alone."""
     from loraclf.config import load_config
-    from loraclf.studies.neighbours import embed_texts, nearest
+    from loraclf.studies.neighbours import blend, embed_texts, label_indicator, nearest
+    from loraclf.tasks import Predictions
 
     part, flipped, probs = planted(spec, noise)
     y = part["y"].to_numpy()
     emb = embed_texts(part["text"].astype(str).tolist(), load_config(None).model, 128, quiet=False)
     idx = nearest(emb, max(ks))
-    onehot = np.eye(probs.shape[1])[y]
+    onehot = label_indicator(Predictions(part["text"].tolist(), y, probs))
     out = {}
     for k, w in [(0, 0.0), *itertools.product(ks, weights)]:
-        shares = onehot[idx[:, :k]].mean(1) if k else 0.0
-        given = ((1 - w) * probs + w * shares)[np.arange(len(y)), y]
+        given = (blend(probs, onehot, idx[:, :k], w) if k else probs)[np.arange(len(y)), y]
         ranked = np.argsort(given, kind="stable").tolist()
         out[(k, w)] = [precision_at_recall(ranked, flipped, r) for r in RECALLS]
     return out

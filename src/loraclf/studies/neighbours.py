@@ -41,11 +41,15 @@ def blend_with_neighbours(p: Predictions, model_cfg, k: int = NEIGHBOURS, weight
     model_cfg = neighbour_model(model_cfg)
     idx = nearest(embed_texts(p.texts, model_cfg, max_length, quiet), k)
     given = label_indicator(p)
-    shares = given[idx].mean(axis=1)
     same = (given[idx] == given[:, None, :]).all(axis=2).mean(axis=1)
-    blended = replace(p, outputs=(1 - weight) * p.outputs + weight * shares)
+    blended = replace(p, outputs=blend(p.outputs, given, idx, weight))
     return blended, same, {"k": k, "weight": weight, "model": model_cfg.name,
                            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def blend(outputs: np.ndarray, given: np.ndarray, idx: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) x the outputs + weight x the share of each row's neighbours (`idx`) carrying each label."""
+    return (1 - weight) * outputs + weight * given[idx].mean(axis=1)
 
 
 def label_indicator(p: Predictions) -> np.ndarray:
