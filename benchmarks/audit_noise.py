@@ -18,7 +18,8 @@ split's standard error). Nothing is chosen on test.
 
 --cuts acts on the top of the ranking only: for each share of the flagged rows (e.g. 0.25 0.5 1), a model is
 trained without that many of the highest-ranked suspects, and the share is chosen by accuracy on a seeded
-sample of the dataset's validation split (--validation-n rows, clean labels, never test). Every model of
+sample of the dataset's validation split (--validation-n rows, clean labels, never test). --relabel-cuts does
+the same with those rows relabelled as suggested instead of dropped; validation then chooses among both. Every model of
 such a run, the clean and noisy ones too, is validated on that same sample rather than on rows carved from
 its own train, so the comparisons hold. The audit itself folds over the noisy rows alone (before
 2026-12-05 it also folded over that clean sample and ranked its rows among the train rows': see
@@ -93,16 +94,35 @@ def accuracies(metrics: dict) -> dict:
     return {split: metrics[split]["accuracy"] for split in ("validation", "test") if split in metrics}
 
 
-def cut_models(part: pd.DataFrame, ranked: list[int], cuts: list[float], train) -> dict:
-    """Models trained without the top `cut` share of the ranking; the share with the best validation
-    accuracy is chosen (ties: the smaller cut)."""
+def relabelled(part: pd.DataFrame, rows: list[int], labels: list) -> pd.DataFrame:
+    out = part.copy()
+    out.loc[rows, "label"] = labels
+    return out
+
+
+def cut_name(cut: float, relabel: bool = False) -> str:
+    """The model acting on the top `cut` share of the ranking; all of it is the "dropped" or "relabelled" model."""
+    if relabel:
+        return "relabelled" if cut == 1 else f"relabel-top{cut:g}"
+    return "dropped" if cut == 1 else f"drop-top{cut:g}"
+
+
+def cut_models(part: pd.DataFrame, ranked: list[int], cuts: list[float], train, suggested: list | None = None) -> dict:
+    """Models trained without the top `cut` share of the ranking (or, given the `suggested` labels in the
+    ranking's order, with those rows relabelled); the share with the best validation accuracy is chosen
+    (ties: the smaller cut)."""
     size = {cut: int(round(cut * len(ranked))) for cut in cuts}
-    runs = {cut: train(part.drop(index=ranked[:size[cut]]),
-                       "dropped" if cut == 1 else f"drop-top{cut:g}")  # all of them: the "dropped" model
-            for cut in cuts}
+
+    def acted(cut: float) -> pd.DataFrame:
+        if suggested is None:
+            return part.drop(index=ranked[:size[cut]])
+        return relabelled(part, ranked[:size[cut]], suggested[:size[cut]])
+
+    runs = {cut: train(acted(cut), cut_name(cut, suggested is not None)) for cut in cuts}
     best = max(sorted(runs), key=lambda c: runs[c]["validation"])
-    return {"cuts": {f"{c:g}": {"rows_dropped": size[c], **a} for c, a in runs.items()},
-            "chosen_cut": best, "chosen": runs[best]}
+    return {"cuts": {f"{c:g}": {"rows_" + ("dropped" if suggested is None else "relabelled"): size[c], **a}
+                     for c, a in runs.items()},
+            "chosen_cut": best, "chosen": runs[best], "chosen_model": cut_name(best, suggested is not None)}
 
 
 def validation_sample(dataset: str, n: int, seed: int, out: Path) -> Path:
@@ -131,16 +151,16 @@ def accuracy_on(frame: pd.DataFrame, runs: Path, names: list[str]) -> dict:
             for name, r in right.items()}
 
 
-def recovery_elsewhere(args: argparse.Namespace, out: Path, chosen_cut: float) -> dict:
+def recovery_elsewhere(args: argparse.Namespace, out: Path, chosen: str) -> dict:
     """The models again on the validation rows nobody chose on: many more rows than SST-2's 872-text test
     split, so the share of the loss won back is measured with less noise (same distribution as train)."""
     rest = unused_validation(args.dataset, args.validation_n, args.seed)
-    cut_name = lambda c: "dropped" if c == 1 else f"drop-top{c:g}"  # noqa: E731
-    acted = ["relabelled", *dict.fromkeys(cut_name(c) for c in [1, *args.cuts])]
+    acted = [*dict.fromkeys([cut_name(c, True) for c in [1, *(args.relabel_cuts or [])]]
+                            + [cut_name(c) for c in [1, *args.cuts]])]
     acc = accuracy_on(rest, out / "runs", ["clean", "noisy", *acted])
     lost = acc["clean"]["accuracy"] - acc["noisy"]["accuracy"]
     share = {name: (acc[name]["accuracy"] - acc["noisy"]["accuracy"]) / lost if lost > 0 else None for name in acted}
-    return {"rows": len(rest), "accuracy": acc, "lost": lost, "recovered": share, "chosen": cut_name(chosen_cut)}
+    return {"rows": len(rest), "accuracy": acc, "lost": lost, "recovered": share, "chosen": chosen}
 
 
 def parse_args() -> argparse.Namespace:
@@ -153,6 +173,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=2)
     p.add_argument("--cuts", type=float, nargs="+", help="shares of the flagged rows to drop from the top, the "
                    "one kept chosen on validation (then every model validates on --validation-n rows)")
+    p.add_argument("--relabel-cuts", type=float, nargs="+", help="with --cuts: shares of the flagged rows to "
+                   "relabel as suggested from the top, chosen on validation with the cuts")
     p.add_argument("--validation-n", type=int, default=2000)
     p.add_argument("--neighbours", type=int, default=NEIGHBOURS, help="as loraclf audit's (0: the fold models alone)")
     p.add_argument("--neighbour-weight", type=float, default=WEIGHT)
@@ -184,12 +206,11 @@ def main() -> None:
     suspects = suspects[suspects["source"].map(lambda s: Path(s).resolve() == (noisy / "train.csv").resolve())]
     ranked = suspects["row"].tolist()
     found = set(ranked) & flipped
-    relabel = part.copy()
-    relabel.loc[ranked, "label"] = suspects["suggested"].tolist()
+    suggested = suspects["suggested"].tolist()
     train = lambda frame, name: train_on(frame, out, name, sets, args.dataset)  # noqa: E731
     acc = {name: train(frame, name) for name, frame in
            (("clean", part.assign(label=part["clean"])), ("noisy", part), ("dropped", part.drop(index=ranked)),
-            ("relabelled", relabel))}
+            ("relabelled", relabelled(part, ranked, suggested)))}
     test = {name: a["test"] for name, a in acc.items()}
     lost = test["clean"] - test["noisy"]
     summary = {"rows": len(part), "flipped": len(flipped), "flagged": len(ranked),
@@ -204,9 +225,13 @@ def main() -> None:
                "neighbours": args.neighbours, "neighbour_weight": args.neighbour_weight}
     if args.cuts:
         summary["top_cut"] = cut_models(part, ranked, args.cuts, train)
-        summary["recovered_top_cut"] = ((summary["top_cut"]["chosen"]["test"] - test["noisy"]) / lost
-                                        if lost > 0 else None)
-        summary["unused_validation"] = recovery_elsewhere(args, out, summary["top_cut"]["chosen_cut"])
+        if args.relabel_cuts:
+            summary["relabel_cut"] = cut_models(part, ranked, args.relabel_cuts, train, suggested)
+        chosen = max((summary[k] for k in ("top_cut", "relabel_cut") if k in summary),
+                     key=lambda c: c["chosen"]["validation"])  # ties: dropping, the first one
+        summary["chosen"] = chosen["chosen_model"]
+        summary["recovered_top_cut"] = (chosen["chosen"]["test"] - test["noisy"]) / lost if lost > 0 else None
+        summary["unused_validation"] = recovery_elsewhere(args, out, summary["chosen"])
     print(json.dumps(summary, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 

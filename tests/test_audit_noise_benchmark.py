@@ -27,3 +27,19 @@ def test_top_cut_ties_go_to_the_smaller_cut():
     part = pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "b", "a"]})
     got = cut_models(part, [2, 0], [1.0, 0.5], lambda frame, name: {"validation": 0.5, "test": 0.5})
     assert got["chosen_cut"] == 0.5
+
+
+def test_relabel_cut_relabels_only_the_top_of_the_ranking():
+    cut_models = load_benchmark("audit_noise").cut_models
+    part = pd.DataFrame({"text": [f"t{i}" for i in range(6)], "label": ["a", "b"] * 3})
+    seen = {}
+
+    def train(frame, name):
+        assert len(frame) == 6  # nothing dropped
+        seen[name] = {i: frame.at[i, "label"] for i in frame.index if frame.at[i, "label"] != part.at[i, "label"]}
+        return {"validation": {"relabel-top0.5": 0.9}.get(name, 0.8), "test": 0.7}
+
+    got = cut_models(part, [4, 1, 3, 0], [0.5, 1.0], train, suggested=["b", "a", "a", "b"])
+    assert seen == {"relabel-top0.5": {4: "b", 1: "a"}, "relabelled": {4: "b", 1: "a", 3: "a", 0: "b"}}
+    assert got["chosen_model"] == "relabel-top0.5" and got["cuts"]["0.5"]["rows_relabelled"] == 2
+    assert part["label"].tolist() == ["a", "b"] * 3  # the noisy slice itself is left as it was
