@@ -61,7 +61,8 @@ def audit_run(run_dir: str | Path, quiet: bool = True, neighbours: int = NEIGHBO
     cv_report(rd.path, quiet=True)
     if not quiet:
         print(f"audit: {len(issues):,} of {len(table):,} labels are probably wrong ({summary['share']:.1%}); "
-              f"likeliest first in {rd.path / 'audit.csv'}")
+              f"likeliest first in {rd.path / 'audit.csv'}; fix or review from the top (further down, more of "
+              "the labels are right: dropping every flagged row also drops the hardest right ones)")
     return summary
 
 
