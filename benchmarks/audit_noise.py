@@ -179,7 +179,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--neighbours", type=int, default=NEIGHBOURS, help="as loraclf audit's (0: the fold models alone)")
     p.add_argument("--neighbour-weight", type=float, default=WEIGHT)
     p.add_argument("--out", default="runs/audit-noise")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.relabel_cuts and not args.cuts:
+        p.error("--relabel-cuts needs --cuts (the clean validation sample that chooses among them)")
+    return args
 
 
 def main() -> None:
