@@ -112,17 +112,18 @@ def cut_models(part: pd.DataFrame, ranked: list[int], cuts: list[float], train, 
     ranking's order, with those rows relabelled); the share with the best validation accuracy is chosen
     (ties: the smaller cut)."""
     size = {cut: int(round(cut * len(ranked))) for cut in cuts}
+    relabel = suggested is not None
 
     def acted(cut: float) -> pd.DataFrame:
-        if suggested is None:
-            return part.drop(index=ranked[:size[cut]])
-        return relabelled(part, ranked[:size[cut]], suggested[:size[cut]])
+        if relabel:
+            return relabelled(part, ranked[:size[cut]], suggested[:size[cut]])
+        return part.drop(index=ranked[:size[cut]])
 
-    runs = {cut: train(acted(cut), cut_name(cut, suggested is not None)) for cut in cuts}
+    runs = {cut: train(acted(cut), cut_name(cut, relabel)) for cut in cuts}
     best = max(sorted(runs), key=lambda c: runs[c]["validation"])
-    return {"cuts": {f"{c:g}": {"rows_" + ("dropped" if suggested is None else "relabelled"): size[c], **a}
+    return {"cuts": {f"{c:g}": {"rows_" + ("relabelled" if relabel else "dropped"): size[c], **a}
                      for c, a in runs.items()},
-            "chosen_cut": best, "chosen": runs[best], "chosen_model": cut_name(best, suggested is not None)}
+            "chosen_cut": best, "chosen": runs[best], "chosen_model": cut_name(best, relabel)}
 
 
 def validation_sample(dataset: str, n: int, seed: int, out: Path) -> Path:
@@ -211,9 +212,10 @@ def main() -> None:
     found = set(ranked) & flipped
     suggested = suspects["suggested"].tolist()
     train = lambda frame, name: train_on(frame, out, name, sets, args.dataset)  # noqa: E731
+    # named as cut_models names a cut of 1, so --cuts 1 and --relabel-cuts 1 reuse these models, not retrain them
     acc = {name: train(frame, name) for name, frame in
-           (("clean", part.assign(label=part["clean"])), ("noisy", part), ("dropped", part.drop(index=ranked)),
-            ("relabelled", relabelled(part, ranked, suggested)))}
+           (("clean", part.assign(label=part["clean"])), ("noisy", part), (cut_name(1), part.drop(index=ranked)),
+            (cut_name(1, relabel=True), relabelled(part, ranked, suggested)))}
     test = {name: a["test"] for name, a in acc.items()}
     lost = test["clean"] - test["noisy"]
     summary = {"rows": len(part), "flipped": len(flipped), "flagged": len(ranked),
