@@ -228,7 +228,8 @@ def _audit(args: argparse.Namespace) -> int:
     from .studies.audit import audit
 
     audit(args.target, args.config, list(args.set or []), folds=args.folds, quiet=args.quiet,
-          neighbours=args.neighbours, weight=args.neighbour_weight)
+          neighbours=args.neighbours, weight=args.neighbour_weight, fix=args.fix, fix_top=args.fix_top,
+          fixed_to=args.fixed_to)
     return 0
 
 
@@ -401,6 +402,7 @@ def _add_report(sub) -> None:
 
 
 def _add_audit(sub) -> None:
+    from .studies.audit import FIX_TOP, FIXES
     from .studies.neighbours import NEIGHBOURS, WEIGHT
 
     au = sub.add_parser("audit", help="rank the labels of a dataset that are probably wrong (k-fold out-of-fold "
@@ -414,6 +416,11 @@ def _add_audit(sub) -> None:
                          f"(default {NEIGHBOURS}; 0: the fold models alone)")
     au.add_argument("--neighbour-weight", type=float, default=WEIGHT,
                     help=f"the neighbours' share of that blend, 0 to 1 (default {WEIGHT})")
+    au.add_argument("--fix", choices=FIXES, help="then write a copy of the data with the top of the ranking "
+                    "relabelled as suggested or dropped (every split file, under <run>/fixed/ or --fixed-to)")
+    au.add_argument("--fix-top", type=float, default=FIX_TOP,
+                    help=f"the share of the flagged rows --fix acts on, from the top (default {FIX_TOP:g})")
+    au.add_argument("--fixed-to", help="the folder --fix writes (default: <run>/fixed)")
     au.add_argument("--quiet", "-q", action="store_true")
     au.set_defaults(func=_audit)
 

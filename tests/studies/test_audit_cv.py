@@ -131,6 +131,14 @@ def test_audit_finds_the_labels_that_were_flipped(tiny_models, tmp_path, capsys)
     assert summary["neighbours"] is None and "nearest" not in summary["method"]
     assert "neighbours agree" not in (tmp_path / "runs" / "run" / "report.html").read_text()
     assert pd.read_csv(tmp_path / "runs" / "run" / "audit.csv")["neighbours_agree"].isna().all()
+    # --fix: the data again with the top half of the ranking relabelled; the planted rows among it get their label back
+    assert main(["audit", str(tmp_path / "runs" / "run"), "-q", "--neighbours", "0", "--fix", "relabel"]) == 0
+    fixed = pd.read_csv(tmp_path / "runs" / "run" / "fixed" / "train.csv")
+    ranking = pd.read_csv(tmp_path / "runs" / "run" / "audit.csv")
+    top = ranking.head(round(len(ranking) / 2))
+    assert len(fixed) == 600 and (fixed.loc[top["row"], "label"].to_numpy() == top["suggested"].to_numpy()).all()
+    restored = [r for r in top["row"] if r in planted]
+    assert len(restored) >= 0.8 * len(top) and all(fixed.at[r, "label"] == rows[r][1] for r in restored)
     capsys.readouterr()
     assert main(["audit", str(tmp_path / "runs" / "run"), "--neighbour-weight", "1.5"]) == 2
     err = capsys.readouterr().err.strip()

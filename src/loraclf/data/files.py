@@ -270,6 +270,24 @@ def read_table(path: Path, fmt: str = "auto"):
     return next(iter_table(path, fmt, chunk_rows=None))
 
 
+def write_table(df, path: Path, like: Path, fmt: str = "auto") -> None:
+    """Write `df` to `path` in the format (and compression) of the file `like` it was read from, so that
+    it reads back as `like` did; a reader sees the old file or the new one, never half of one."""
+    kind = _format_of(like, fmt)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    compression = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}.get(like.suffix.lower())
+    try:
+        if kind in ("csv", "tsv"):
+            df.to_csv(tmp, sep="," if kind == "csv" else "\t", index=False, compression=compression)
+        elif kind in ("jsonl", "json"):
+            df.to_json(tmp, orient="records", lines=kind == "jsonl", force_ascii=False, compression=compression)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _hf_load(ident: str):
     """Load a hub dataset as {split: DataFrame}. Needs network unless cached."""
     try:

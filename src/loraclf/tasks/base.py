@@ -304,6 +304,11 @@ class Task:
         {"row", "given", "suggested", "p_given", "p_suggested", "quality"}."""
         raise ConfigError(f"loraclf audit ranks wrong labels among classes; a {self.name} task has none")
 
+    def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
+        """Give `rows` of a data file's table (as read) the `labels` audit.csv suggests, written in the
+        file's own form (`cfg`: the data section; `names`: data.label_names), so the file reads back as before."""
+        raise ConfigError(f"loraclf audit relabels classes; a {self.name} task has none")
+
     # ---------------------------------------------------------------- the model card
     def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
         """The card's per-label scores of `split` (Markdown), or None."""

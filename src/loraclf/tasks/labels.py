@@ -227,6 +227,29 @@ def normalise_label(v, names: Optional[list[str]]) -> str:
     return str(v).strip() if isinstance(v, str) else str(v)
 
 
+def raw_label(name: str, like, names: Optional[list[str]]):
+    """`name` written the way the file wrote `like`, another label of the same column: its integer id
+    (an int, or a digit string where `like` is a string) when `like` is one and data.label_names maps ids."""
+    if isinstance(like, (float, np.floating)) and float(like).is_integer():
+        like = int(like)
+    is_id = (isinstance(like, (int, np.integer)) and not isinstance(like, (bool, np.bool_))) or (
+        isinstance(like, str) and like.strip().lstrip("-").isdigit())
+    if names is None or not is_id or name not in names:
+        return name
+    return str(names.index(name)) if isinstance(like, str) else names.index(name)
+
+
+def written_set(names: list[str], like, cfg, ids: Optional[list[str]]):
+    """A label set written the way the file wrote `like`, another row's set in the same column: a JSON
+    list (a string, or a list where the file holds lists), else names joined by data.label_separator."""
+    items = _json_list(like)
+    first = items[0] if items else (None if _missing(like) else str(like).split(cfg.label_separator)[0])
+    raw = [raw_label(n, first, ids) for n in names]
+    if items is None:
+        return cfg.label_separator.join(str(x) for x in raw)
+    return json.dumps(raw) if isinstance(like, str) else raw
+
+
 def label_names(df, col: str, names: Optional[list[str]], where: str) -> list[str]:
     """Every row's label as a name (integer ids map through `names`); errors name the row."""
     out = []

@@ -17,7 +17,7 @@ from ..errors import ConfigError, DataError, LoraclfError, ModelError
 from ..evaluation import analysis as an
 from ..evaluation.metrics import MULTI_LABEL_HEADLINE, metric, multilabel_metrics
 from .base import LABEL_JOIN, Predictions, Task, check_finite, check_label_names, refuse_single_label_options, sigmoid
-from .labels import LabelSet, label_sets, multi_hot
+from .labels import LabelSet, label_sets, multi_hot, written_set
 
 if TYPE_CHECKING:
     import torch
@@ -275,6 +275,20 @@ class MultiLabel(Task):
         return [{"row": int(i), "given": names(given[i]), "suggested": names(np.flatnonzero(probs[i] >= 0.5)),
                  "p_given": float(np.mean([probs[i, j] for j in given[i]])) if given[i] else None,
                  "p_suggested": None, "quality": float(quality[i])} for i in ranked]
+
+    def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
+        sets = [[x for x in str(s).split(LABEL_JOIN) if x] for s in labels]
+        if cfg.label_columns:  # one 0/1 column a label, written as the row had it
+            for row, chosen in zip(rows, sets):
+                for c in cfg.label_columns:
+                    like, on = df.at[row, c], c in chosen
+                    df.at[row, c] = str(int(on)) if isinstance(like, str) else on if isinstance(
+                        like, (bool, np.bool_)) else int(on)
+            return
+        col = cfg.label_column
+        df[col] = df[col].astype(object)
+        for row, chosen in zip(rows, sets):
+            df.at[row, col] = written_set(chosen, df.at[row, col], cfg, names)
 
     def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
         from ..evaluation.tables import markdown_table

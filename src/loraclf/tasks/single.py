@@ -16,7 +16,7 @@ from ..errors import ConfigError, DataError, LoraclfError, ModelError
 from ..evaluation import analysis as an
 from ..evaluation.metrics import HEADLINE, compute_metrics, expected_calibration_error, reliability_bins
 from .base import Predictions, Task, check_finite, check_label_names, softmax, state_number
-from .labels import LabelSet, label_names, unknown_label
+from .labels import LabelSet, label_names, raw_label, unknown_label
 
 if TYPE_CHECKING:
     import torch
@@ -265,6 +265,12 @@ class SingleLabel(Task):
         return [{"row": int(i), "given": self.labels[p.gold[i]], "suggested": self.labels[best[i]],
                  "p_given": float(probs[i, p.gold[i]]), "p_suggested": float(probs[i, best[i]]),
                  "quality": float(probs[i, p.gold[i]])} for i in ranked]
+
+    def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
+        col = cfg.label_column
+        df[col] = df[col].astype(object)
+        for row, name in zip(rows, labels):
+            df.at[row, col] = raw_label(name, df.at[row, col], names)
 
     def card_label_table(self, metrics: dict, split: str) -> Optional[str]:
         from ..evaluation.tables import markdown_table
