@@ -43,3 +43,17 @@ def test_relabel_cut_relabels_only_the_top_of_the_ranking():
     assert seen == {"relabel-top0.5": {4: "b", 1: "a"}, "relabelled": {4: "b", 1: "a", 3: "a", 0: "b"}}
     assert got["chosen_model"] == "relabel-top0.5" and got["cuts"]["0.5"]["rows_relabelled"] == 2
     assert part["label"].tolist() == ["a", "b"] * 3  # the noisy slice itself is left as it was
+
+
+def test_unused_train_rows_share_no_row_and_no_text_with_the_slice(tmp_path, monkeypatch):
+    audit_noise = load_benchmark("audit_noise")
+    texts = [f"t{i % 150}" for i in range(200)]  # 50 texts twice
+    data = tmp_path / "toy"
+    data.mkdir()
+    pd.DataFrame({"text": texts, "label": ["a", "b"] * 100}).to_csv(data / "train.csv", index=False)
+    monkeypatch.setenv("LORACLF_DATASETS", str(tmp_path))
+    part, _ = audit_noise.noisy_slice("toy", 60, 0.1, 3)
+    rest = audit_noise.unused_train("toy", 60, 3, None)
+    assert len(part) == 60 and not set(rest["text"]) & set(part["text"])
+    assert len(rest) >= 200 - 60 - 60 and set(rest.index).isdisjoint(audit_noise.train_slice("toy", 60, 3)[0].index)
+    assert len(audit_noise.unused_train("toy", 60, 3, 10)) == 10
