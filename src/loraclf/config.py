@@ -250,6 +250,13 @@ class TrainConfig:
     scheduler: str = _f("linear", "Learning-rate schedule after warmup.", ("linear", "cosine", "constant"))
     warmup_ratio: float = _f(0.06, "Fraction of optimizer steps spent warming up linearly.", range="[0,1)")
     label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.", range="[0,1)")
+    teacher: Optional[str] = _f(
+        None, "A cross-validation run over the same data files (train.cv_folds, or loraclf audit's): each train "
+        "row's target becomes its label blended with that run's out-of-fold probabilities for it, weighted by "
+        "train.teacher_weight (soft labels from models that never saw the row). Classes and label sets. null: the "
+        "labels alone.")
+    teacher_weight: float = _f(0.5, "The out-of-fold probabilities' share of each target with train.teacher.",
+                               range="(0,1]")
     contrastive: float = _f(
         0.0, "Weight of a supervised contrastive loss on the sentence embedding (model.head=embedding): texts of "
         "a class pulled together, other classes pushed apart within each batch. 0: off.", range=">=0")
@@ -727,6 +734,9 @@ def validate(cfg: Config) -> None:
 
     if t.metric != "auto" and t.metric not in METRIC_DIRECTIONS:
         raise ConfigError(f"train.metric must be auto or one of {', '.join(METRIC_DIRECTIONS)}; got {t.metric!r}")
+    if t.teacher is not None and t.cv_folds is not None:  # a fold's rows pool two files under one name
+        raise ConfigError("train.teacher trains one model on a teacher's out-of-fold probabilities; a cross-validation "
+                          "(train.cv_folds) does not take one")
     _validate_task_options(cfg)
     _validate_report(cfg.report)
 

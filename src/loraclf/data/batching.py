@@ -26,6 +26,7 @@ class Encoded:
     token_type_ids: Optional[Sequence] = None
     full_lengths: Optional[np.ndarray] = None  # untruncated token counts per document, when known
     chunks: Optional["Chunks"] = None
+    targets: Optional[np.ndarray] = None  # train.teacher: float targets per document, in place of labels in the loss
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,6 +38,9 @@ class Encoded:
     def input_labels(self, idx) -> np.ndarray:
         """The labels of model inputs `idx` (a window has its document's)."""
         return self.labels[idx] if self.chunks is None else self.labels[self.chunks.doc[idx]]
+
+    def input_targets(self, idx) -> np.ndarray:
+        return self.targets[idx] if self.chunks is None else self.targets[self.chunks.doc[idx]]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -137,6 +141,8 @@ class Collator:
         }
         if types is not None:
             out["token_type_ids"] = torch.from_numpy(types)
+        if self.enc.targets is not None:
+            out["targets"] = torch.from_numpy(self.enc.input_targets(batch_idx))
         return out
 
 

@@ -39,6 +39,11 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
+def loss_targets(batch: dict) -> "torch.Tensor":
+    """What the loss compares the logits with: the batch's soft targets (train.teacher) or its labels."""
+    return batch["targets"] if "targets" in batch else batch["labels"]
+
+
 class Head:
     """The protocol. `model` is the module that is trained and saved; `tokenizer` pads its batches.
     Class attributes declare its capabilities."""
@@ -56,6 +61,7 @@ class Head:
     transformers_class = "AutoModelForCausalLM"  # what its model is built as (parameter counts on the meta device)
     long_texts: Sequence[str] = STRATEGIES  # data.long_text choices it reads documents with
     refits_layer = False  # its last layer can be refitted on the trained embeddings (train.head_refit)
+    soft_targets = True  # its loss takes a target distribution in place of the labels (train.teacher)
 
     @classmethod
     def check_config(cls, cfg, task: Task) -> None:
@@ -72,6 +78,9 @@ class Head:
             raise ConfigError(f"train.head_refit={cfg.train.head_refit} refits a layer on sentence embeddings; the "
                               f"{cls.name} head has none: use model.head="
                               f"{' or '.join(n for n, h in HEADS.items() if h.refits_layer)}")
+        if cfg.train.teacher is not None and not cls.soft_targets:
+            raise ConfigError(f"train.teacher trains on soft targets; the {cls.name} head learns the answer's words: "
+                              f"use model.head={' or '.join(n for n, h in HEADS.items() if h.soft_targets)}")
         if cfg.train.calibrate == "bias" and not cls.class_scores:
             better = [n for n, h in HEADS.items() if h.prompted and h.class_scores]
             raise ConfigError(f"train.calibrate=bias needs class scores; the {cls.name} head's scores are its parsed "
@@ -129,7 +138,7 @@ class Head:
 
     def loss(self, model, batch: dict) -> "torch.Tensor":
         """The training loss of one batch; `model` is the prepared (DDP, compiled) handle on self.model."""
-        return self._loss(self.logits(model, batch).float(), batch["labels"])
+        return self._loss(self.logits(model, batch).float(), loss_targets(batch))
 
     # ---------------------------------------------------------------- evaluation
     def logits(self, model, batch: dict) -> "torch.Tensor":
@@ -373,6 +382,7 @@ class GenerateHead(VerbalizerHead):
     name = "generate"
     how = "generates an answer to a prompt, parsed into a label"
     class_scores = False
+    soft_targets = False
 
     def loss(self, model, batch: dict) -> "torch.Tensor":
         # full-vocabulary likelihood of the gold label word, not cross-entropy over the classes
@@ -517,7 +527,7 @@ class EmbeddingHead(Head):
         from .embedding import supervised_contrastive
 
         out = model(**model_inputs(batch))
-        loss = self._loss(out.logits.float(), batch["labels"])
+        loss = self._loss(out.logits.float(), loss_targets(batch))
         if self.contrastive:
             loss = loss + self.contrastive * supervised_contrastive(out.embedding,
                                                                     self.task.class_indicator(batch["labels"]))

@@ -304,6 +304,12 @@ class Task:
         {"row", "given", "suggested", "p_given", "p_suggested", "quality"}."""
         raise ConfigError(f"loraclf audit ranks wrong labels among classes; a {self.name} task has none")
 
+    def soft_targets(self, gold: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+        """Training targets blending `gold` (as label_array gives it) with a teacher's probabilities
+        (rows x labels, in this task's label order): (1 - weight) x gold + weight x teacher (train.teacher)."""
+        raise ConfigError(f"train.teacher blends labels with a teacher's probabilities; a {self.name} task has no "
+                          "labels to blend")
+
     def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
         """Give `rows` of a data file's table (as read) the `labels` audit.csv suggests, written in the
         file's own form (`cfg`: the data section; `names`: data.label_names), so the file reads back as before."""

@@ -276,6 +276,9 @@ class MultiLabel(Task):
                  "p_given": float(np.mean([probs[i, j] for j in given[i]])) if given[i] else None,
                  "p_suggested": None, "quality": float(quality[i])} for i in ranked]
 
+    def soft_targets(self, gold: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+        return ((1 - weight) * gold + weight * teacher).astype(np.float32)  # label by label
+
     def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
         sets = [[x for x in str(s).split(LABEL_JOIN) if x] for s in labels]
         if cfg.label_columns:  # one 0/1 column a label, written as the row had it

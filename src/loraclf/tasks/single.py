@@ -266,6 +266,10 @@ class SingleLabel(Task):
                  "p_given": float(probs[i, p.gold[i]]), "p_suggested": float(probs[i, best[i]]),
                  "quality": float(probs[i, p.gold[i]])} for i in ranked]
 
+    def soft_targets(self, gold: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+        one_hot = np.eye(len(self.labels), dtype=np.float64)[gold]
+        return ((1 - weight) * one_hot + weight * teacher).astype(np.float32)
+
     def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
         col = cfg.label_column
         df[col] = df[col].astype(object)

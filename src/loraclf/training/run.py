@@ -422,6 +422,24 @@ def train(config: Config | dict | str | os.PathLike | None, overrides: Optional[
             lock.release()
 
 
+def _read_teacher(cfg: Config, data: Data):
+    """train.teacher's out-of-fold probabilities by file and row, read (and refused) before any model loads."""
+    from .teacher import teacher_probabilities, teacher_rows
+
+    teacher = teacher_probabilities(cfg.train.teacher, make_task(data.task, data.labels.names))
+    teacher_rows(cfg.train.teacher, teacher[0], data.splits["train"])
+    return teacher
+
+
+def _use_teacher(cfg: Config, head, data: Data, train: Encoded, teacher) -> None:
+    """train.teacher: the train inputs' soft targets, and a note on how much the teacher doubts the labels."""
+    from .teacher import soft_targets
+
+    train.targets, note = soft_targets(cfg.train.teacher, cfg.train.teacher_weight, head.task, data.splits["train"],
+                                       teacher)
+    data.notes.append(note)
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, quiet: bool, callback,
            t_start: float, data: Optional[Data] = None) -> Run:
     from ..evaluation.report import after_run
@@ -433,12 +451,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, accelerator, locks: list, q
         torch.set_num_threads(cfg.train.num_threads)
     set_num_proc(cfg.data.num_proc)
     data = data if data is not None else load_data(cfg.data, cfg.seed, cfg.task)
+    teacher = _read_teacher(cfg, data) if cfg.train.teacher is not None else None
     cfg, head, built, counts, auto_lora, recipe = build_head(cfg, data, quiet)
     train_texts = data.splits["train"].texts  # for the report's length plot: as loaded, before the filter
     length_stats = _filter_train(data, head.tokenizer, cfg)
     if METHODS[cfg.model.method].trains:
         _check_steps(cfg.train, len(data.splits["train"]), accelerator.num_processes)
     enc = {split: head.encode(s.texts, s.labels, cfg.data.max_length, s.pairs) for split, s in data.splits.items()}
+    if teacher is not None:
+        _use_teacher(cfg, head, data, enc["train"], teacher)
 
     main = accelerator.is_main_process
     _open_run_dir(cfg, run_dir, resume, accelerator, locks)
