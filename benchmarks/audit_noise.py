@@ -27,6 +27,10 @@ docs/few-labels.md). A rerun with the same --out reuses the audit and the models
 folder without metrics.json is trained again); without runs/audit/audit.csv, the finished cross-validation
 is ranked again (e.g. with other --neighbours) rather than retrained. Give another --out for other settings.
 
+--teacher 0.5 0.8 trains on the noisy slice as it is with train.teacher: each row's target blends its given
+label with the audit's out-of-fold probabilities for it, at each weight; validation chooses among those
+models and the cuts alike.
+
 With --cuts, the models are also scored on two larger sets nobody chose on, with the paired standard error
 of each difference from the noisy model: the validation rows outside the sample that chooses
 ("unused_validation"), and the train rows outside the slice whose text is not in it ("unused_train",
@@ -86,8 +90,10 @@ def precision_at_recall(ranked: list[int], truth: set, recall: float) -> float |
     return None
 
 
-def train_on(frame: pd.DataFrame, out: Path, name: str, sets: list[str], dataset: str) -> dict:
-    """Validation and test accuracy of a model trained on `frame` (reused when it finished before)."""
+def train_on(frame: pd.DataFrame | None, out: Path, name: str, sets: list[str], dataset: str,
+             train_file: Path | None = None) -> dict:
+    """Validation and test accuracy of a model trained on `frame` (or on `train_file` as it is), reused when it
+    finished before."""
     import shutil
 
     import loraclf
@@ -96,10 +102,11 @@ def train_on(frame: pd.DataFrame, out: Path, name: str, sets: list[str], dataset
     if finished.exists():
         return accuracies(json.loads(finished.read_text()))
     shutil.rmtree(finished.parent, ignore_errors=True)  # what an interrupted attempt left
-    d = out / "data" / name
-    d.mkdir(parents=True, exist_ok=True)
-    frame[["text", "label"]].to_csv(d / "train.csv", index=False)
-    cfg = load_config(None, [f"data.train={d / 'train.csv'}", f"data.test={datasets_root() / dataset / 'test.csv'}",
+    if train_file is None:
+        train_file = out / "data" / name / "train.csv"
+        train_file.parent.mkdir(parents=True, exist_ok=True)
+        frame[["text", "label"]].to_csv(train_file, index=False)
+    cfg = load_config(None, [f"data.train={train_file}", f"data.test={datasets_root() / dataset / 'test.csv'}",
                              f"output_dir={out / 'runs'}", f"name={name}", "report.enabled=false", *sets])
     return accuracies(loraclf.train(cfg, quiet=True).metrics)
 
@@ -138,6 +145,21 @@ def cut_models(part: pd.DataFrame, ranked: list[int], cuts: list[float], train, 
     return {"cuts": {f"{c:g}": {"rows_" + ("relabelled" if relabel else "dropped"): size[c], **a}
                      for c, a in runs.items()},
             "chosen_cut": best, "chosen": runs[best], "chosen_model": cut_name(best, relabel)}
+
+
+def teacher_name(weight: float) -> str:
+    return f"teacher-w{weight:g}"
+
+
+def teacher_models(noisy: Path, cv_run: Path, weights: list[float], sets: list[str], out: Path, dataset: str) -> dict:
+    """Models trained on the noisy slice itself (the file the audit folded over, so its rows are the teacher's)
+    with each row's target blended with the audit's out-of-fold probabilities (train.teacher) at each weight;
+    the weight with the best validation accuracy is chosen (ties: the smaller)."""
+    runs = {w: train_on(None, out, teacher_name(w), [*sets, f"train.teacher={cv_run}", f"train.teacher_weight={w}"],
+                        dataset, noisy / "train.csv") for w in weights}
+    best = max(sorted(runs), key=lambda w: runs[w]["validation"])
+    return {"weights": {f"{w:g}": a for w, a in runs.items()}, "chosen_weight": best, "chosen": runs[best],
+            "chosen_model": teacher_name(best)}
 
 
 def validation_sample(dataset: str, n: int, seed: int, out: Path) -> Path:
@@ -179,7 +201,7 @@ def recovery_elsewhere(args: argparse.Namespace, out: Path, chosen: str, rest: p
     train rows outside the slice): many more rows than SST-2's 872-text test split, so the share of the
     loss won back is measured with less noise (same distribution as train)."""
     acted = [*dict.fromkeys([cut_name(c, True) for c in [1, *(args.relabel_cuts or [])]]
-                            + [cut_name(c) for c in [1, *args.cuts]])]
+                            + [cut_name(c) for c in [1, *args.cuts]] + [teacher_name(w) for w in args.teacher or []])]
     acc = accuracy_on(rest, out / "runs", ["clean", "noisy", *acted])
     lost = acc["clean"]["accuracy"] - acc["noisy"]["accuracy"]
     share = {name: (acc[name]["accuracy"] - acc["noisy"]["accuracy"]) / lost if lost > 0 else None for name in acted}
@@ -198,6 +220,8 @@ def parse_args() -> argparse.Namespace:
                    "one kept chosen on validation (then every model validates on --validation-n rows)")
     p.add_argument("--relabel-cuts", type=float, nargs="+", help="with --cuts: shares of the flagged rows to "
                    "relabel as suggested from the top, chosen on validation with the cuts")
+    p.add_argument("--teacher", type=float, nargs="+", metavar="WEIGHT", help="with --cuts: also train on the "
+                   "noisy slice with train.teacher (the audit's out-of-fold probabilities) at these weights")
     p.add_argument("--validation-n", type=int, default=2000)
     p.add_argument("--unused-train", type=int, default=None, metavar="N", help="with --cuts: score the models on "
                    "at most N train rows outside the slice as well (default: all of them; 0: none)")
@@ -205,8 +229,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--neighbour-weight", type=float, default=WEIGHT)
     p.add_argument("--out", default="runs/audit-noise")
     args = p.parse_args()
-    if args.relabel_cuts and not args.cuts:
-        p.error("--relabel-cuts needs --cuts (the clean validation sample that chooses among them)")
+    if (args.relabel_cuts or args.teacher) and not args.cuts:
+        p.error("--relabel-cuts and --teacher need --cuts (the clean validation sample that chooses among them)")
     return args
 
 
@@ -256,7 +280,9 @@ def main() -> None:
         summary["top_cut"] = cut_models(part, ranked, args.cuts, train)
         if args.relabel_cuts:
             summary["relabel_cut"] = cut_models(part, ranked, args.relabel_cuts, train, suggested)
-        chosen = max((summary[k] for k in ("top_cut", "relabel_cut") if k in summary),
+        if args.teacher:
+            summary["teacher"] = teacher_models(noisy, cv_run, args.teacher, sets, out, args.dataset)
+        chosen = max((summary[k] for k in ("top_cut", "relabel_cut", "teacher") if k in summary),
                      key=lambda c: c["chosen"]["validation"])  # ties: dropping, the first one
         summary["chosen"] = chosen["chosen_model"]
         summary["recovered_top_cut"] = (chosen["chosen"]["test"] - test["noisy"]) / lost if lost > 0 else None
