@@ -117,3 +117,34 @@ def test_regression_has_no_label_to_write():
 
     with pytest.raises(ConfigError, match="has none"):
         make_task("regression", ["score"]).write_labels(pd.DataFrame(), [0], ["1"], None, None)
+
+
+def test_edge_forms_sets_in_any_order_parquet_index_bare_integers_and_kept_labels(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    # a label set audited in label order, written in another; labels outside data.include_labels stay
+    pd.DataFrame({"text": ["a", "b"], "labels": ["joy;anger;other", "other"]}).to_csv(data / "train.csv", index=False)
+    run = _audited_run(tmp_path, data, "multi-label", ["anger", "joy"], [(data / "train.csv", 0, "anger;joy", "joy")],
+                       "  label_column: labels\n  include_labels: [anger, joy]\n")
+    fix_data(run, "relabel", 1)
+    assert pd.read_csv(run / "fixed" / "train.csv")["labels"].tolist() == ["joy;other", "other"]
+
+    # Parquet with an index of its own: rows are positions; integer labels without names stay integers
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    frame = pd.DataFrame({"text": ["x", "y", "z"], "label": [0, 1, 1]}, index=[10, 20, 30])
+    frame.to_parquet(pq / "train.parquet")
+    run = _audited_run(tmp_path / "p", pq, "single-label", ["0", "1"], [(pq / "train.parquet", 1, "1", "0")])
+    fix_data(run, "relabel", 1)
+    back = pd.read_parquet(run / "fixed" / "train.parquet")
+    assert back["label"].tolist() == [0, 0, 1] and back["text"].tolist() == ["x", "y", "z"]
+
+
+def test_the_fix_never_writes_over_the_audited_files(sentiment, capsys):
+    data, run = sentiment
+    from loraclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds the audited files"):
+        fix_data(run, "relabel", 0.5, data)
+    assert main(["audit", str(run), "--fixed-to", str(tmp := run / "elsewhere")]) == 2
+    assert "give --fix" in capsys.readouterr().err and not tmp.exists()

@@ -87,3 +87,10 @@ def test_a_head_that_learns_answer_words_takes_no_teacher(tmp_path):
     with pytest.raises(ConfigError, match="learns the answer's words"):
         HEADS["generate"].check_config(cfg, task)
     HEADS["classifier"].check_config(cfg, task)  # takes one
+
+
+def test_a_task_without_labels_to_blend_is_refused_before_the_teacher_is_read(tmp_path):
+    from loraclf.training.teacher import teacher_probabilities
+
+    with pytest.raises(ConfigError, match="no labels to blend"):
+        teacher_probabilities(str(tmp_path), make_task("regression", ["score"]))

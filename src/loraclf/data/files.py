@@ -280,10 +280,13 @@ def write_table(df, path: Path, like: Path, fmt: str = "auto") -> None:
         if kind in ("csv", "tsv"):
             df.to_csv(tmp, sep="," if kind == "csv" else "\t", index=False, compression=compression)
         elif kind in ("jsonl", "json"):
-            df.to_json(tmp, orient="records", lines=kind == "jsonl", force_ascii=False, compression=compression)
+            df.to_json(tmp, orient="records", lines=kind == "jsonl", force_ascii=False, compression=compression,
+                       double_precision=15)
         else:
             df.to_parquet(tmp, index=False)
         os.replace(tmp, path)
+    except (TypeError, ValueError) as e:  # pyarrow's ArrowTypeError/ArrowInvalid are among these
+        raise DataError(f"{path}: cannot write it as {kind} ({str(e).splitlines()[0][:200]})") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -96,6 +96,8 @@ def fix_data(run_dir: str | Path, action: str, top: float = FIX_TOP, to: Optiona
     files = find_files(cfg)
     out = Path(to) if to is not None else rd.path / "fixed"
     _check_sources(chosen, files)
+    if any(out.resolve() == p.parent.resolve() for p in files.values()):
+        raise ConfigError(f"audit: {out} holds the audited files; the fix writes a copy, give another folder")
     written = _write_fixed(files, chosen, action, task_of(rd.read_metrics()), cfg, out)
     summary = {"action": action, "top": top, "fixed": len(chosen), "flagged": len(suspects), "folder": str(out),
                "files": written}
@@ -160,7 +162,8 @@ def _fixed_table(path: Path, mine, action: str, task, cfg, names):
     from ..data.remote import shown
     from ..tasks import LABEL_JOIN
 
-    df, where = read_table(path, cfg.format), shown(path)
+    # rows are positions (a Parquet file may carry an index of its own)
+    df, where = read_table(path, cfg.format).reset_index(drop=True), shown(path)
     rows = [int(r) for r in mine["row"]]
     if max(rows) >= len(df):
         raise DataError(f"{where} has {len(df):,} rows and the audit names row {max(rows) + 1:,}; the file changed "
@@ -170,7 +173,9 @@ def _fixed_table(path: Path, mine, action: str, task, cfg, names):
     for row, given in zip(rows, mine["given"]):
         now = labels[row] if not isinstance(labels[row], list) else \
             LABEL_JOIN.join(x for x in labels[row] if keep is None or x in keep)  # the set the audit saw
-        if str(now) != given:
+        same = set(now.split(LABEL_JOIN)) == set(given.split(LABEL_JOIN)) if isinstance(labels[row], list) else \
+            str(now) == given  # a set in any order
+        if not same:
             raise DataError(f"{where}: row {row + 1} is labelled {now!r}, not {given!r} as audited; the file "
                             "changed since the audit: audit it again")
     if action == "drop":
@@ -212,6 +217,8 @@ def audit(target: str, config: Optional[str] = None, sets: Optional[list[str]] =
                           f"(got {weight})")
     if fix is not None:  # refused before any training
         check_fix(fix, fix_top)
+    elif fixed_to is not None:
+        raise ConfigError("audit: --fixed-to says where --fix writes; give --fix relabel or --fix drop")
     if RunDir(target).finished:
         run = Path(target)
     else:

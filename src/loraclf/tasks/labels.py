@@ -234,6 +234,8 @@ def raw_label(name: str, like, names: Optional[list[str]]):
         like = int(like)
     is_id = (isinstance(like, (int, np.integer)) and not isinstance(like, (bool, np.bool_))) or (
         isinstance(like, str) and like.strip().lstrip("-").isdigit())
+    if names is None and is_id and not isinstance(like, str) and name.lstrip("-").isdigit():
+        return int(name)  # integer labels without names stay integers
     if names is None or not is_id or name not in names:
         return name
     return str(names.index(name)) if isinstance(like, str) else names.index(name)

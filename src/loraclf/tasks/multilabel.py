@@ -281,6 +281,10 @@ class MultiLabel(Task):
 
     def write_labels(self, df, rows: list[int], labels: list[str], cfg, names: Optional[list[str]]) -> None:
         sets = [[x for x in str(s).split(LABEL_JOIN) if x] for s in labels]
+        keep = {str(x) for x in cfg.include_labels} if cfg.include_labels else None
+        if keep is not None:  # labels the run left out were not audited: each row keeps its own
+            had = label_sets(df.iloc[rows], cfg, names, "the file")
+            sets = [chosen + [x for x in old if x not in keep] for chosen, old in zip(sets, had)]
         if cfg.label_columns:  # one 0/1 column a label, written as the row had it
             for row, chosen in zip(rows, sets):
                 for c in cfg.label_columns:

@@ -424,10 +424,15 @@ def train(config: Config | dict | str | os.PathLike | None, overrides: Optional[
 
 def _read_teacher(cfg: Config, data: Data):
     """train.teacher's out-of-fold probabilities by file and row, read (and refused) before any model loads."""
-    from .teacher import teacher_probabilities, teacher_rows
+    from .teacher import seen_by_teacher, teacher_probabilities, teacher_rows
 
     teacher = teacher_probabilities(cfg.train.teacher, make_task(data.task, data.labels.names))
     teacher_rows(cfg.train.teacher, teacher[0], data.splits["train"])
+    seen = seen_by_teacher(teacher[0], data.splits["validation"])
+    if seen:
+        data.notes.append(f"train.teacher: {seen:,} validation rows were among the teacher's cross-validation rows, so "
+                          "what it teaches knows their labels: validation scores (early stopping, calibration) may be "
+                          "optimistic; give a validation file it never saw for honest ones")
     return teacher
 
 

@@ -21,6 +21,8 @@ from ..tasks import Task, task_of
 
 def teacher_probabilities(run: str, task: Task) -> tuple[dict, np.ndarray]:
     """{(resolved file, row): index} and the teacher's out-of-fold probabilities, in `task`'s label order."""
+    if type(task).soft_targets is Task.soft_targets:  # the task has no labels to blend
+        task.soft_targets(np.zeros(0), np.zeros((0, 0)), 0.0)
     rd = RunDir(run)
     metrics = rd.read_metrics() if rd.finished else {}
     table = rd.read_predictions("oof") if "cv" in metrics else None
@@ -48,6 +50,13 @@ def teacher_rows(run: str, where: dict, train: Split) -> np.ndarray:
                         f"have no out-of-fold prediction in {run} (the first: row {first + 1}); the teacher must be a "
                         "cross-validation run over the same files")
     return idx
+
+
+def seen_by_teacher(where: dict, split: Split) -> int:
+    """How many rows of `split` the teacher's fold models trained on (all but the fold that held each out)."""
+    source = str(Path(split.source).resolve())
+    rows = split.rows if split.rows is not None else np.arange(len(split))
+    return sum((source, int(r)) in where for r in rows)
 
 
 def soft_targets(run: str, weight: float, task: Task, train: Split, teacher: tuple[dict, np.ndarray]
