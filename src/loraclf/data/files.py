@@ -29,6 +29,10 @@ SPLIT_ALIASES = {
 }
 
 
+# compressed files are read by suffix, and fixed copies (loraclf audit --fix) written back the same way
+COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+
+
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
 
@@ -47,7 +51,7 @@ def _format_of(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+    if suffixes and suffixes[-1] in COMPRESSION:
         suffixes = suffixes[:-1]
     if suffixes and suffixes[-1] in EXTENSIONS:
         return EXTENSIONS[suffixes[-1]]
@@ -275,7 +279,7 @@ def write_table(df, path: Path, like: Path, fmt: str = "auto") -> None:
     it reads back as `like` did; a reader sees the old file or the new one, never half of one."""
     kind = _format_of(like, fmt)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    compression = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}.get(like.suffix.lower())
+    compression = COMPRESSION.get(like.suffix.lower())
     try:
         if kind in ("csv", "tsv"):
             df.to_csv(tmp, sep="," if kind == "csv" else "\t", index=False, compression=compression)

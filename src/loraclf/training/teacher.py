@@ -39,13 +39,19 @@ def teacher_probabilities(run: str, task: Task) -> tuple[dict, np.ndarray]:
     return where, probs
 
 
+def _keys(split: Split) -> list[tuple[str, int]]:
+    """Each row of `split` as the teacher's predictions name it: (resolved file, row in it)."""
+    source = str(Path(split.source).resolve())
+    rows = split.rows if split.rows is not None else np.arange(len(split))
+    return [(source, int(r)) for r in rows]
+
+
 def teacher_rows(run: str, where: dict, train: Split) -> np.ndarray:
     """Each train row's index among the teacher's predictions; refused when one has none."""
-    source = str(Path(train.source).resolve())
-    rows = train.rows if train.rows is not None else np.arange(len(train))
-    idx = np.array([where.get((source, int(r)), -1) for r in rows], dtype=np.int64)
+    keys = _keys(train)
+    idx = np.array([where.get(k, -1) for k in keys], dtype=np.int64)
     if (idx < 0).any():
-        first = int(rows[np.flatnonzero(idx < 0)[0]])
+        first = keys[int(np.flatnonzero(idx < 0)[0])][1]
         raise DataError(f"train.teacher: {int((idx < 0).sum()):,} of the {len(idx):,} train rows of {train.source} "
                         f"have no out-of-fold prediction in {run} (the first: row {first + 1}); the teacher must be a "
                         "cross-validation run over the same files")
@@ -54,9 +60,7 @@ def teacher_rows(run: str, where: dict, train: Split) -> np.ndarray:
 
 def seen_by_teacher(where: dict, split: Split) -> int:
     """How many rows of `split` the teacher's fold models trained on (all but the fold that held each out)."""
-    source = str(Path(split.source).resolve())
-    rows = split.rows if split.rows is not None else np.arange(len(split))
-    return sum((source, int(r)) in where for r in rows)
+    return sum(k in where for k in _keys(split))
 
 
 def soft_targets(run: str, weight: float, task: Task, train: Split, teacher: tuple[dict, np.ndarray]
